@@ -1,0 +1,332 @@
+"""Backbones: a spec string becomes a model with `dim`, `preprocess`, `embed(batch)` and a manifest description."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import BackboneError, SpecError
+from .specs import BACKBONE_KINDS, BackboneSpec, parse_backbone
+
+log = logging.getLogger(__name__)
+
+POOLS = ("default", "cls", "avg", "tokens")
+TOKEN_MAP_WARN_DIM = 50_000
+
+
+@dataclass
+class Backbone:
+    """What the runner needs: a preprocessing transform (PIL → tensor), a batched forward and a description.
+
+    `describe()` is what the manifest stores; two backbones that describe themselves the same way produce the same
+    embedding space.
+    """
+
+    spec: BackboneSpec
+    model: Any
+    preprocess: Callable
+    forward: Callable  # (model, batch tensor) -> (B, D) tensor
+    info: dict = field(default_factory=dict)
+    dim: int = 0
+    text: Callable | None = None  # (list[str]) -> (N, D) tensor, for open_clip
+
+    def embed(self, batch):
+        return self.forward(self.model, batch)
+
+    def describe(self) -> dict:
+        return {"spec": self.spec.raw, "kind": self.spec.kind, "dim": self.dim, **self.info}
+
+
+def list_backbones() -> list[dict]:
+    return [{"kind": k, "usage": v.split("  ")[0].strip(), "description": v.split("  ", 1)[1].strip()}
+            for k, v in BACKBONE_KINDS.items()]
+
+
+# --------------------------------------------------------------------------------------------- weights
+
+
+def load_state_dict(path: str | os.PathLike) -> dict:
+    """Load a state dict from safetensors, or from a torch file with `weights_only=True` (never full unpickling)."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise BackboneError(f"weights file {p} does not exist")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(p))
+        else:
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 — any failure here is "this file is not usable weights"
+        msg = str(e).splitlines()[0][:200]
+        raise BackboneError(f"cannot load weights {p}: {type(e).__name__}: {msg}") from None
+    for key in ("state_dict", "model", "module"):  # training checkpoints wrap the weights
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise BackboneError(f"weights file {p} does not hold a state dict of tensors")
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in sd.items()}
+
+
+def apply_state_dict(model, sd: dict, source: str, ignore_prefixes: tuple[str, ...] = ()) -> None:
+    """Load `sd` into `model`; missing keys are an error naming the file, classifier-head extras are ignored."""
+    own = model.state_dict()
+    sd = {k: v for k, v in sd.items() if not any(k.startswith(p) for p in ignore_prefixes) or k in own}
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shape_bad = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shape_bad:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys ({', '.join(missing[:5])}{' …' if len(missing) > 5 else ''})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:5])}{' …' if len(unexpected) > 5 else ''})")
+        if shape_bad:
+            k = shape_bad[0]
+            parts.append(f"shape mismatch at {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}")
+        raise BackboneError(f"weights {source} do not fit the architecture: " + "; ".join(parts))
+    model.load_state_dict(sd, strict=True)
+
+
+def weights_hash(model) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes): identifies the weights, not the file."""
+    import torch
+
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _offline_error(spec: BackboneSpec, e: Exception, cache_hint: str) -> BackboneError:
+    detail = str(e).splitlines()[0][:90] if str(e) else type(e).__name__
+    return BackboneError(
+        f"no weights for {spec.raw} and no network ({type(e).__name__}: {detail}): "
+        f"pass --weights FILE or {cache_hint}")
+
+
+# --------------------------------------------------------------------------------------------- kinds
+
+
+def _timm(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) -> Backbone:
+    import timm
+    import torch
+    from timm.data import create_transform, resolve_model_data_config
+
+    base = spec.name.split(".")[0]
+    if not timm.is_model(base):
+        close = timm.list_models(f"*{base[:12]}*")[:5]
+        raise SpecError(f"unknown timm model {spec.name!r}" + (f"; did you mean {', '.join(close)}?" if close else
+                        "; see timm.list_models()"))
+    kwargs: dict = {"num_classes": 0}
+    if image_size:
+        kwargs["img_size"] = image_size
+    use_pretrained = pretrained and weights is None
+    torch.manual_seed(seed)
+    try:
+        try:
+            model = timm.create_model(spec.name, pretrained=use_pretrained, **kwargs)
+        except TypeError:  # CNNs take no img_size; the transform alone sets their input size
+            kwargs.pop("img_size", None)
+            model = timm.create_model(spec.name, pretrained=use_pretrained, **kwargs)
+    except (SpecError, BackboneError):
+        raise
+    except Exception as e:  # noqa: BLE001 — hub/network/cache failures come in many types
+        if use_pretrained:
+            raise _offline_error(spec, e, "set HF_HUB_CACHE to a cache that has them") from None
+        raise BackboneError(f"cannot create timm model {spec.name}: {e}") from None
+    if weights:
+        head = model.default_cfg.get("classifier", "head")
+        heads = tuple(h + "." for h in ([head] if isinstance(head, str) else head))
+        apply_state_dict(model, load_state_dict(weights), str(weights), ignore_prefixes=heads + ("head.", "fc."))
+    cfg = resolve_model_data_config(model)
+    if image_size:
+        cfg["input_size"] = (3, image_size, image_size)
+    transform = create_transform(**cfg, is_training=False)
+
+    npt = getattr(model, "num_prefix_tokens", None)
+    if pool != "default" and npt is None:
+        raise SpecError(f"--pool {pool} applies to ViT-style timm models; {spec.name} has no token map")
+
+    def forward(m, x):
+        if pool == "default":
+            return m(x)
+        tokens = m.forward_features(x)
+        if pool == "cls":
+            return tokens[:, 0]
+        if pool == "avg":
+            return tokens[:, npt:].mean(dim=1)
+        return tokens.flatten(1)
+
+    info = {
+        "model": spec.name,
+        "weights": str(weights) if weights else ("pretrained" if use_pretrained else "random-init"),
+        "pretrained_cfg": {k: model.pretrained_cfg.get(k) for k in ("hf_hub_id", "tag", "architecture")
+                           if model.pretrained_cfg.get(k)} if use_pretrained else None,
+        "pool": pool if pool != "default" else f"default ({getattr(model, 'global_pool', 'model')})",
+        "preprocess": _json_cfg(cfg),
+    }
+    return Backbone(spec, model, transform, forward, info)
+
+
+def _open_clip(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) -> Backbone:
+    import open_clip
+    import torch
+
+    if pool != "default":
+        raise SpecError("--pool applies to timm ViTs; open_clip backbones use the model's own image embedding")
+    arch, tag = spec.name, spec.entry
+    if not arch.startswith("hf-hub:") and arch not in open_clip.list_models():
+        close = [m for m in open_clip.list_models() if arch.lower()[:6] in m.lower()][:5]
+        raise SpecError(f"unknown open_clip architecture {arch!r}" + (f"; did you mean {', '.join(close)}?" if close
+                        else "; see open_clip.list_models()"))
+    use_pretrained = pretrained and weights is None and (tag is not None or arch.startswith("hf-hub:"))
+    kwargs = {"force_image_size": image_size} if image_size else {}
+    torch.manual_seed(seed)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            arch, pretrained=tag if use_pretrained else None, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        if use_pretrained:
+            raise _offline_error(spec, e, "set HF_HUB_CACHE to a cache that has them") from None
+        raise BackboneError(f"cannot create open_clip model {arch}: {e}") from None
+    if weights:
+        apply_state_dict(model, load_state_dict(weights), str(weights))
+    elif pretrained and not use_pretrained:
+        raise BackboneError(f"{spec.raw} names no pretrained tag: use open_clip:ARCH/TAG, --weights FILE, "
+                            "or --random-init for an untrained model")
+    tokenizer = open_clip.get_tokenizer(arch)
+
+    def forward(m, x):
+        return m.encode_image(x)
+
+    def text(texts: list[str]):
+        dev = next(model.parameters()).device
+        return model.encode_text(tokenizer(texts).to(dev))
+
+    pcfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    info = {
+        "model": arch,
+        "pretrained_tag": tag,
+        "weights": str(weights) if weights else ("pretrained" if use_pretrained else "random-init"),
+        "pool": "model (encode_image)",
+        "preprocess": _json_cfg({**pcfg, "image_size": getattr(model.visual, "image_size", None)}),
+    }
+    return Backbone(spec, model, preprocess, forward, info, text=text)
+
+
+def _hub(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) -> Backbone:
+    import torch
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+
+    owner, repo = spec.name.split("/")
+    torch.manual_seed(seed)
+    hub_dir = Path(torch.hub.get_dir())
+    cached = next((hub_dir / f"{owner}_{repo}_{ref}" for ref in ("main", "master")
+                   if (hub_dir / f"{owner}_{repo}_{ref}" / "hubconf.py").is_file()), None)
+    load_kwargs = {} if pretrained and weights is None else {"pretrained": False}
+    try:
+        if cached is not None:  # the local copy first: works offline, and is what torch.hub would use anyway
+            model = torch.hub.load(str(cached), spec.entry, source="local", **load_kwargs)
+        else:
+            model = torch.hub.load(spec.name, spec.entry, trust_repo=True, **load_kwargs)
+    except Exception as e:  # noqa: BLE001
+        if cached is None or load_kwargs == {}:
+            raise _offline_error(spec, e, f"populate the torch.hub cache ({hub_dir}) with {spec.name}") from None
+        raise BackboneError(f"torch.hub entry {spec.raw} failed: {e}") from None
+    if weights:
+        apply_state_dict(model, load_state_dict(weights), str(weights))
+    size = image_size or 224
+    # torch.hub entries carry no data config; this is the DINOv2 evaluation transform (resize 256 → crop 224,
+    # bicubic, ImageNet mean/std), scaled with --image-size
+    cfg = {"input_size": (3, size, size), "interpolation": "bicubic", "crop_pct": 224 / 256,
+           "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD}
+    transform = create_transform(**cfg, is_training=False)
+
+    def forward(m, x):
+        out = m(x)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        if out.ndim == 3:  # a token map: class token unless --pool avg/tokens
+            return out.flatten(1) if pool == "tokens" else out[:, 1:].mean(1) if pool == "avg" else out[:, 0]
+        return out
+
+    info = {"model": f"{spec.name}:{spec.entry}", "hub_dir": str(cached) if cached else None,
+            "weights": str(weights) if weights else ("pretrained" if load_kwargs == {} else "random-init"),
+            "pool": pool, "preprocess": _json_cfg(cfg)}
+    return Backbone(spec, model, transform, forward, info)
+
+
+def _pixels(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) -> Backbone:
+    import torch
+    from torchvision.transforms import v2
+
+    if weights:
+        raise SpecError("the pixels backbone has no weights")
+    size = image_size or spec.size
+    transform = v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True),
+                            v2.ToDtype(torch.float32, scale=True)])
+
+    def forward(_, x):
+        return x.flatten(1)
+
+    info = {"model": "pixels", "weights": None, "pool": "flatten",
+            "preprocess": {"input_size": [3, size, size], "interpolation": "bilinear (antialias)", "scale": "[0, 1]"}}
+    return Backbone(spec, None, transform, forward, info)
+
+
+def _ckpt(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) -> Backbone:
+    raise SpecError("ckpt: backbones come from `embedsearch pretrain`, which this version does not have yet")
+
+
+_BUILDERS = {"timm": _timm, "open_clip": _open_clip, "hub": _hub, "pixels": _pixels, "ckpt": _ckpt}
+
+
+def _json_cfg(cfg: dict) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if v is not None}
+
+
+def create_backbone(
+    spec: str | BackboneSpec,
+    *,
+    weights: str | None = None,
+    pretrained: bool = True,
+    image_size: int | None = None,
+    pool: str = "default",
+    seed: int = 0,
+    device: str = "cpu",
+) -> Backbone:
+    """Create a backbone from its spec; the model is in eval mode on `device` and its output dimension probed.
+
+    >>> bb = create_backbone("pixels:8"); bb.dim
+    192
+    """
+    import torch
+
+    s = parse_backbone(spec) if isinstance(spec, str) else spec
+    if pool not in POOLS:
+        raise SpecError(f"unknown --pool {pool!r}: expected one of {', '.join(POOLS)}")
+    bb = _BUILDERS[s.kind](s, weights, pretrained, image_size, pool, seed)
+    if bb.model is not None:
+        bb.model.eval().to(device)
+        bb.info["weights_sha256"] = weights_hash(bb.model)
+        bb.info["params"] = sum(p.numel() for p in bb.model.parameters())
+    bb.info["seed"] = seed if bb.info.get("weights") == "random-init" else None
+    from PIL import Image
+
+    probe = bb.preprocess(Image.new("RGB", (32, 32))).unsqueeze(0).to(device)
+    with torch.inference_mode():
+        bb.dim = int(bb.embed(probe).shape[-1])
+    if bb.dim > TOKEN_MAP_WARN_DIM:
+        log.warning("%s gives %d-d embeddings (%.1f KiB each as float16): token maps are large, and distance-based "
+                    "methods on them are dominated by noise; prefer --pool cls or avg", s.raw, bb.dim, bb.dim * 2 / 1024)
+    return bb

@@ -1,0 +1,316 @@
+"""The indexing pipeline: source → backbone → Parquet parts → catalog → FAISS → manifest, resumable part by part."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import catalog as cat
+from . import index as vindex
+from . import store
+from .embed import PartResult, Timings, resolve_device, resolve_precision, run_embedding
+from .errors import IndexStateError, SourceError
+from .manifest import (FORMAT_VERSION, Layout, check_space, library_versions, read_manifest, resolve, space_of,
+                       write_manifest, writer_lock)
+from .sources import Source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything `embedsearch index` was asked; `to_dict()` lands in the manifest and the run record."""
+
+    name: str
+    backbone: str = "pixels"
+    weights: str | None = None
+    pretrained: bool = True
+    image_size: int | None = None
+    pool: str = "default"
+    dtype: str = "float16"
+    index: str = vindex.DEFAULT_FACTORY
+    batch_size: int = 64
+    num_workers: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = False
+    part_size: int = 2048
+    seed: int = 0
+    add: bool = False
+    vectors: str | None = None
+    root: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True) -> dict:
+    """Build (or resume, or extend with `add`) the index `cfg.name` from `source`; returns the run summary."""
+    if cfg.dtype not in store.DTYPES:
+        raise SourceError(f"unknown --dtype {cfg.dtype!r}: expected float16 or float32")
+    if not source.records:
+        raise SourceError(f"source {source.spec} has no items: nothing to do")
+    layout = resolve(cfg.name, Path(cfg.root) if cfg.root else None)
+    started = time.time()
+    with writer_lock(layout):
+        layout.parts.mkdir(parents=True, exist_ok=True)
+        layout.reports.mkdir(exist_ok=True)
+        _remove_stray_temporaries(layout)
+
+        device = resolve_device(cfg.device)
+        if cfg.vectors:
+            backbone, external = None, load_external_vectors(Path(cfg.vectors), source)
+            desc = {"spec": "external", "kind": "external", "model": None, "file": cfg.vectors,
+                    "weights_sha256": store.file_sha256(Path(cfg.vectors)), "preprocess": None, "pool": None,
+                    "dim": int(next(iter(external.values())).shape[0])}
+        else:
+            from .backbones import create_backbone
+
+            backbone = create_backbone(cfg.backbone, weights=cfg.weights, pretrained=cfg.pretrained,
+                                       image_size=cfg.image_size, pool=cfg.pool, seed=cfg.seed, device=device)
+            external, desc = None, backbone.describe()
+        space = space_of(desc, cfg.dtype)
+
+        manifest = read_manifest(layout) if layout.manifest.exists() else None
+        if manifest is not None:
+            check_space(layout, manifest, space)
+        else:
+            manifest = {"format": "embedsearch-index", "format_version": FORMAT_VERSION, "name": layout.dir.name,
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "state": "building",
+                        "space": space, "backbone": desc, "normalization": "raw vectors stored; FAISS index and "
+                        "cosine methods use L2-normalized vectors", "parts": [], "faiss": None}
+        manifest.update({"source": source.describe(), "build": cfg.to_dict(), "versions": library_versions(),
+                         "catalog": {"file": layout.catalog.name, "schema_version": cat.SCHEMA_VERSION}})
+
+        catalog = cat.Catalog(layout.catalog)
+        catalog.init()
+        _plan_new_items(catalog, source, cfg)
+        plan = catalog.plan()
+        committed = _committed_parts(layout, manifest, catalog, plan)
+        manifest["parts"] = [committed[p] for p in sorted(committed)]
+        manifest["state"] = "building"
+        write_manifest(layout, manifest)
+
+        by_id = {r.id: r for r in source.records}
+        todo = [(p, [by_id[i] for i in ids]) for p, ids in sorted(plan.items()) if p not in committed]
+        part_md = {"space": space, "index": layout.dir.name}
+        failures: Counter = Counter()
+
+        def commit(res: PartResult) -> None:
+            ok = store.finite_rows(res.vectors, cfg.dtype) if len(res.ids) else np.zeros(0, bool)
+            bad = set(res.ids[~ok].tolist())
+            for row in res.rows:
+                if row["id"] in bad:
+                    row.update(status="failed", stage="embed", error_type="NonFiniteEmbedding",
+                               error=f"embedding is NaN/Inf/zero after casting to {cfg.dtype}")
+                if row["status"] == "failed":
+                    failures[(row["stage"], row["error_type"])] += 1
+            # the catalog first, then the part: a crash in between leaves no part file, so the part is redone
+            catalog.update_items(res.rows)
+            info = store.write_part(layout.parts / store.part_name(res.part), res.ids[ok], res.vectors[ok],
+                                    cfg.dtype, part_md)
+            committed[res.part] = info
+            manifest["parts"] = [committed[p] for p in sorted(committed)]
+            write_manifest(layout, manifest)
+
+        if external is not None:
+            timings = _commit_external(todo, external, commit)
+        else:
+            timings = run_embedding(backbone, todo, source.root, commit, batch_size=cfg.batch_size,
+                                    num_workers=cfg.num_workers, device=device,
+                                    precision=resolve_precision(cfg.precision, device),
+                                    channels_last=cfg.channels_last, progress=progress)
+
+        t0 = time.perf_counter()
+        if todo or manifest.get("faiss") is None or not layout.faiss.exists():
+            manifest["faiss"] = _build_faiss(layout, manifest, cfg)
+        t_faiss = time.perf_counter() - t0
+
+        counts = _counts(layout)
+        manifest["counts"] = counts
+        manifest["state"] = "complete"
+        write_manifest(layout, manifest)
+        summary = {
+            "index": str(layout.dir), "run_id": uuid.uuid4().hex[:12], "backbone": desc["spec"], "dim": desc["dim"],
+            "dtype": cfg.dtype, "parts_embedded": len(todo), "parts_total": len(manifest["parts"]),
+            "items": counts["items"], "embedded": counts["embedded"], "failed": counts["failed"],
+            "failures_this_run": {f"{s}/{k}": n for (s, k), n in failures.items()},
+            "device": device, "precision": resolve_precision(cfg.precision, device) if backbone else None,
+            "timings_s": {**timings.to_dict(), "faiss": round(t_faiss, 4)},
+        }
+        catalog.add_run(summary["run_id"], "index", started, time.time(), "complete", cfg.to_dict(), summary)
+        return summary
+
+
+def _remove_stray_temporaries(layout: Layout) -> None:
+    # only the lock holder writes here, so any temporary file is a leftover of a killed run
+    for d in (layout.dir, layout.parts):
+        for f in d.glob(".*.tmp-*"):
+            f.unlink(missing_ok=True)
+
+
+def _plan_new_items(catalog: cat.Catalog, source: Source, cfg: BuildConfig) -> None:
+    existing = catalog.item_ids()
+    new = sorted((r for r in source.records if r.id not in existing), key=lambda r: r.id)
+    if existing and new and not cfg.add:
+        ex = new[0].path or new[0].id
+        raise IndexStateError(f"source has {len(new)} items that index {cfg.name} does not (e.g. {ex}); "
+                              "pass --add to embed them, or use a new --name")
+    gone = len(existing - {r.id for r in source.records})
+    if gone:
+        log.warning("%d indexed items are no longer in the source; they stay in the index", gone)
+    if not new:
+        return
+    plan = catalog.plan() if existing else {}
+    first = max(plan) + 1 if plan else 0
+    parts = [first + i // cfg.part_size for i in range(len(new))]
+    catalog.add_items(new, parts, source.classes)
+
+
+def _committed_parts(layout: Layout, manifest: dict, catalog: cat.Catalog, plan: dict[int, list[int]]) -> dict:
+    """Parts already done: listed in the manifest with a matching file, or renamed into place by a run that was
+    killed before it updated the manifest (then its ids must be exactly the plan's ok items)."""
+    listed = {int(p["file"][5:10]): p for p in manifest.get("parts", [])}
+    done: dict[int, dict] = {}
+    for part in plan:
+        f = layout.parts / store.part_name(part)
+        if not f.exists():
+            continue
+        rec = listed.get(part)
+        if rec and rec["bytes"] == f.stat().st_size and rec["sha256"] == store.file_sha256(f):
+            done[part] = rec
+            continue
+        try:
+            ids, _ = store.read_part(f, with_vectors=False)
+        except IndexStateError:
+            ids = None
+        con = cat._connect(catalog.path, read_only=True)
+        try:
+            status = dict(con.execute("SELECT id, status FROM items WHERE part = ?", [part]).fetchall())
+        finally:
+            con.close()
+        ok_ids = sorted(i for i, s in status.items() if s == "ok")
+        if ids is not None and "pending" not in status.values() and sorted(ids.tolist()) == ok_ids:
+            done[part] = {"file": f.name, "rows": len(ids), "bytes": f.stat().st_size, "sha256": store.file_sha256(f)}
+        else:
+            log.warning("part %s does not match its plan; it will be embedded again", f.name)
+            f.unlink()
+    return done
+
+
+def _build_faiss(layout: Layout, manifest: dict, cfg: BuildConfig) -> dict:
+    paths = [layout.parts / p["file"] for p in manifest["parts"]]
+    dim = manifest["space"]["dim"]
+    n = sum(p["rows"] for p in manifest["parts"])
+    factory = cfg.index if manifest.get("faiss") is None else manifest["faiss"]["factory"]
+    sample = None
+    probe = vindex.make_index(dim, factory)
+    if not probe.is_trained:
+        rng = np.random.default_rng(cfg.seed)
+        want = vindex.train_sample_size(factory, n)
+        keep = np.sort(rng.choice(n, size=want, replace=False))
+        chunks, offset = [], 0
+        for ids, v in store.iter_parts(paths):  # one part in memory at a time
+            sel = keep[(keep >= offset) & (keep < offset + len(ids))] - offset
+            chunks.append(v[sel])
+            offset += len(ids)
+        sample = np.concatenate(chunks) if chunks else None
+    t0 = time.perf_counter()
+    index = vindex.build_index(store.iter_parts(paths), dim, factory, train_sample=sample)
+    vindex.save_index(index, layout.faiss)
+    return {"file": layout.faiss.name, "factory": factory, "metric": "inner_product on L2-normalized vectors (cosine)",
+            "ntotal": int(index.ntotal), "bytes": layout.faiss.stat().st_size,
+            "sha256": store.file_sha256(layout.faiss), "trained_on": None if sample is None else len(sample),
+            "seed": cfg.seed, "gpu": vindex.gpu_count() > 0, "build_s": round(time.perf_counter() - t0, 3)}
+
+
+def _counts(layout: Layout) -> dict:
+    con = cat._connect(layout.catalog, read_only=True)
+    try:
+        rows = dict(con.execute("SELECT status, count(*) FROM items GROUP BY status").fetchall())
+        classes = con.execute("SELECT count(*) FROM classes").fetchone()[0]
+    finally:
+        con.close()
+    return {"items": sum(rows.values()), "embedded": rows.get("ok", 0), "failed": rows.get("failed", 0),
+            "pending": rows.get("pending", 0), "classes": classes}
+
+
+# --------------------------------------------------------------------------------------------- external vectors
+
+
+def load_external_vectors(path: Path, source: Source) -> dict[int, np.ndarray]:
+    """Vectors computed elsewhere: `.npy` (rows in source order), Parquet (an `id` or `path` column + a list
+    column), or JSON (a list of lists in source order, or an object keyed by id or path)."""
+    if not path.is_file():
+        raise SourceError(f"--vectors {path} does not exist")
+    recs = source.records
+    by_key = {str(r.id): r.id for r in recs} | {r.path: r.id for r in recs if r.path}
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        arr = np.load(path, allow_pickle=False)
+        rows = _aligned(arr, recs, path)
+    elif suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(path)
+        vcol = next((c for c in t.column_names if str(t.schema.field(c).type).startswith(("list", "fixed_size_list",
+                                                                                           "large_list"))), None)
+        if vcol is None:
+            raise SourceError(f"--vectors {path} has no list column of vectors (columns: {', '.join(t.column_names)})")
+        vecs = np.asarray(t.column(vcol).to_pylist(), dtype=np.float32)
+        key = "id" if "id" in t.column_names else "path" if "path" in t.column_names else None
+        if key is None:
+            rows = _aligned(vecs, recs, path)
+        else:
+            rows = {}
+            for k, v in zip(t.column(key).to_pylist(), vecs):
+                if str(k) not in by_key:
+                    raise SourceError(f"--vectors {path}: {key} {k!r} is not in the source")
+                rows[by_key[str(k)]] = v
+    elif suffix == ".json":
+        data = json.loads(path.read_text())
+        if isinstance(data, list):
+            rows = _aligned(np.asarray(data, dtype=np.float32), recs, path)
+        elif isinstance(data, dict):
+            rows = {}
+            for k, v in data.items():
+                if k not in by_key:
+                    raise SourceError(f"--vectors {path}: key {k!r} is neither an id nor a path of the source")
+                rows[by_key[k]] = np.asarray(v, dtype=np.float32).reshape(-1)
+        else:
+            raise SourceError(f"--vectors {path}: expected a JSON list of vectors or an object of id/path → vector")
+    else:
+        raise SourceError(f"--vectors {path}: expected .npy, .parquet or .json")
+    dims = {v.shape[0] for v in rows.values()}
+    if len(dims) != 1:
+        raise SourceError(f"--vectors {path}: vectors have different lengths {sorted(dims)[:5]}")
+    missing = [r.id for r in recs if r.id not in rows]
+    if missing:
+        raise SourceError(f"--vectors {path} has no vector for {len(missing)} source items (e.g. id {missing[0]})")
+    return rows
+
+
+def _aligned(arr: np.ndarray, recs, path: Path) -> dict[int, np.ndarray]:
+    if arr.ndim != 2 or len(arr) != len(recs):
+        raise SourceError(f"--vectors {path}: shape {arr.shape}, expected ({len(recs)}, d) in source order")
+    return {r.id: arr[i].astype(np.float32) for i, r in enumerate(recs)}
+
+
+def _commit_external(todo, vectors: dict[int, np.ndarray], commit) -> Timings:
+    t = Timings()
+    t0 = time.perf_counter()
+    for part, recs in todo:
+        ids = np.asarray([r.id for r in recs], np.int64)
+        rows = [{"id": r.id, "status": "ok", "stage": None, "error_type": None, "error": None, "width": None,
+                 "height": None} for r in recs]
+        commit(PartResult(part, ids, np.stack([vectors[r.id] for r in recs]), rows))
+        t.images += len(recs)
+    t.wall = time.perf_counter() - t0
+    return t

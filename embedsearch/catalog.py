@@ -1,0 +1,258 @@
+"""The DuckDB catalog: items, classes, runs and results; read-only SQL over it and views over the Parquet parts."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .errors import IndexStateError, QueryError
+
+SCHEMA_VERSION = 1
+BASE_COLUMNS = ("id", "path", "label", "class_index", "split", "part", "status", "stage", "error_type", "error",
+                "width", "height")
+_LOCK_RETRY_S = 10.0
+
+# Scalar functions a --where predicate may call; anything else that looks like a call (read_csv, glob, …) is refused.
+WHERE_FUNCTIONS = {
+    "lower", "upper", "length", "abs", "round", "coalesce", "substr", "substring", "starts_with", "ends_with",
+    "contains", "regexp_matches", "regexp_full_match", "like", "ilike", "cast", "try_cast", "hash", "trim", "in",
+    "not", "and", "or", "strlen", "mod", "greatest", "least", "isnan", "is", "between", "floor", "ceil",
+}
+
+_DDL = [
+    "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
+    "CREATE TABLE IF NOT EXISTS classes (class_index INTEGER PRIMARY KEY, name VARCHAR UNIQUE)",
+    """CREATE TABLE IF NOT EXISTS runs (run_id VARCHAR PRIMARY KEY, kind VARCHAR, started TIMESTAMP,
+           finished TIMESTAMP, status VARCHAR, config JSON, summary JSON)""",
+    """CREATE TABLE IF NOT EXISTS results (run_id VARCHAR, method VARCHAR, schema_version INTEGER,
+           created TIMESTAMP, result JSON)""",
+]
+
+
+def _connect(path: Path, read_only: bool):
+    import duckdb
+
+    deadline = time.monotonic() + _LOCK_RETRY_S
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as e:
+            # another process holds the write lock for a moment (the indexer commits a part); wait briefly
+            if "lock" not in str(e).lower() or time.monotonic() > deadline:
+                raise IndexStateError(f"catalog {path} cannot be opened: {str(e).splitlines()[0][:160]}") from None
+            time.sleep(0.05)
+        except duckdb.Error as e:
+            raise IndexStateError(f"catalog {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                                  "run `embedsearch verify --repair`") from None
+
+
+class Catalog:
+    """One DuckDB file per index. Writers hold a connection only for one short transaction at a time, so queries
+    from other processes keep working while an index is being built."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @contextmanager
+    def write(self) -> Iterator:
+        con = _connect(self.path, read_only=False)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.close()
+
+    # ----------------------------------------------------------------------------------- schema
+
+    def init(self) -> None:
+        """Create or migrate the schema. A catalog from a newer embedsearch is refused, never rebuilt."""
+        exists = self.path.exists()
+        with self.write() as con:
+            for stmt in _DDL:
+                con.execute(stmt)
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                if exists and con.execute("SELECT count(*) FROM classes").fetchone()[0]:
+                    raise IndexStateError(f"catalog {self.path} has no schema version; rebuild it with verify --repair")
+                con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise IndexStateError(f"catalog {self.path} has schema v{row[0]}, newer than this embedsearch "
+                                      f"(v{SCHEMA_VERSION}): upgrade embedsearch")
+            # migrations from older versions go here, one step per version, each in this transaction
+
+    # ----------------------------------------------------------------------------------- items
+
+    def add_items(self, records, parts: list[int], classes: list[str]) -> None:
+        """Insert new items (with their planned part) and any classes not yet in the class table."""
+        import pyarrow as pa
+
+        with self.write() as con:
+            known = dict(con.execute("SELECT name, class_index FROM classes").fetchall())
+            for c in classes:
+                if c not in known:
+                    known[c] = len(known)
+                    con.execute("INSERT INTO classes VALUES (?, ?)", [known[c], c])
+            meta_cols = sorted({k for r in records for k in r.meta})
+            clash = [c for c in meta_cols if c in BASE_COLUMNS]
+            if clash:
+                raise QueryError(f"source column {clash[0]!r} collides with a catalog column; rename it")
+            cols = {
+                "id": pa.array([r.id for r in records], pa.int64()),
+                "path": pa.array([r.path for r in records], pa.string()),
+                "label": pa.array([r.label for r in records], pa.string()),
+                "class_index": pa.array([known.get(r.label) if r.label is not None else None for r in records],
+                                        pa.int32()),
+                "split": pa.array([r.split for r in records], pa.string()),
+                "part": pa.array(parts, pa.int32()),
+                "status": pa.array(["pending"] * len(records), pa.string()),
+                "stage": pa.nulls(len(records), pa.string()),
+                "error_type": pa.nulls(len(records), pa.string()),
+                "error": pa.nulls(len(records), pa.string()),
+                "width": pa.nulls(len(records), pa.int32()),
+                "height": pa.nulls(len(records), pa.int32()),
+            }
+            for c in meta_cols:
+                cols[c] = pa.array([r.meta.get(c) for r in records])
+            new = pa.table(cols)  # noqa: F841 — referenced by name in the SQL below
+            has_items = con.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'items'").fetchone()[0]
+            if not has_items:
+                con.execute("CREATE TABLE items AS SELECT * FROM new")
+            else:
+                con.execute("INSERT INTO items BY NAME SELECT * FROM new")
+
+    def item_ids(self) -> set[int]:
+        if not self.path.exists():
+            return set()
+        con = _connect(self.path, read_only=True)
+        try:
+            if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name='items'").fetchone()[0]:
+                return set()
+            return {r[0] for r in con.execute("SELECT id FROM items").fetchall()}
+        finally:
+            con.close()
+
+    def plan(self) -> dict[int, list[int]]:
+        """part number → its item ids in order; the plan is fixed when items are added, so resume redoes the same."""
+        con = _connect(self.path, read_only=True)
+        try:
+            out: dict[int, list[int]] = {}
+            for part, rid in con.execute("SELECT part, id FROM items ORDER BY part, id").fetchall():
+                out.setdefault(part, []).append(rid)
+            return out
+        finally:
+            con.close()
+
+    def update_items(self, rows: list[dict]) -> None:
+        """Set status / stage / error / size for the items of one part, in one transaction."""
+        import pyarrow as pa
+
+        if not rows:
+            return
+        upd = pa.Table.from_pylist(rows, schema=pa.schema([  # noqa: F841 — used in SQL
+            ("id", pa.int64()), ("status", pa.string()), ("stage", pa.string()), ("error_type", pa.string()),
+            ("error", pa.string()), ("width", pa.int32()), ("height", pa.int32())]))
+        with self.write() as con:
+            con.execute("""UPDATE items SET status = upd.status, stage = upd.stage, error_type = upd.error_type,
+                           error = upd.error, width = upd.width, height = upd.height
+                           FROM upd WHERE items.id = upd.id""")
+
+    def add_run(self, run_id: str, kind: str, started: float, finished: float | None, status: str,
+                config: dict, summary: dict) -> None:
+        with self.write() as con:
+            con.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
+            con.execute("INSERT INTO runs VALUES (?, ?, to_timestamp(?), to_timestamp(?), ?, ?, ?)",
+                        [run_id, kind, started, finished, status, json.dumps(config, default=str),
+                         json.dumps(summary, default=str)])
+
+    def add_result(self, run_id: str, method: str, schema_version: int, result: dict) -> None:
+        with self.write() as con:
+            con.execute("INSERT INTO results VALUES (?, ?, ?, now(), ?)",
+                        [run_id, method, schema_version, json.dumps(result, default=str)])
+
+
+# --------------------------------------------------------------------------------------------- read-only queries
+
+
+def connect_readonly(catalog_path: Path, parts: list[Path]):
+    """A read-only connection that can read the catalog and exactly these Parquet parts, nothing else.
+
+    `embeddings` is a temp view over the parts; external access is then switched off and the configuration locked,
+    so user SQL cannot read other files, write files, attach databases or undo the settings.
+    """
+    con = _connect(catalog_path, read_only=True)
+    files = [str(p.resolve()) for p in parts]
+    if files:
+        con.execute(f"CREATE TEMP VIEW embeddings AS SELECT * FROM read_parquet({_sql_list(files)})")
+        con.execute(f"SET allowed_paths = {_sql_list(files)}")
+    else:
+        con.execute("CREATE TEMP VIEW embeddings AS SELECT NULL::BIGINT AS id, NULL::FLOAT[] AS embedding WHERE false")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def _sql_list(items: list[str]) -> str:
+    return "[" + ", ".join("'" + s.replace("'", "''") + "'" for s in items) + "]"
+
+
+def check_select(sql: str) -> None:
+    """Only one SELECT statement may run through `embedsearch sql`."""
+    import duckdb
+
+    try:
+        stmts = duckdb.extract_statements(sql)
+    except duckdb.Error as e:
+        raise QueryError(f"SQL does not parse: {str(e).splitlines()[0][:200]}") from None
+    if len(stmts) != 1:
+        raise QueryError(f"expected exactly one SQL statement, got {len(stmts)}")
+    if stmts[0].type != duckdb.StatementType.SELECT:
+        raise QueryError(f"only SELECT statements are allowed (got {stmts[0].type.name})")
+
+
+_LITERAL = re.compile(r"'(?:[^']|'')*'")
+
+
+def check_where(pred: str) -> None:
+    """Refuse anything in a --where predicate beyond column comparisons and a few scalar functions."""
+    if not pred.strip():
+        raise QueryError("--where is empty")
+    bare = _LITERAL.sub("''", pred)
+    if bare.count("'") % 2:
+        raise QueryError(f"--where {pred!r} has an unterminated string literal")
+    for token, why in ((";", "multiple statements"), ("--", "comments"), ("/*", "comments"), ('"', "quoted identifiers")):
+        if token in bare:
+            raise QueryError(f"--where may not contain {token!r} ({why} are not allowed): {pred!r}")
+    if re.search(r"\bselect\b|\bfrom\b|\bunion\b", bare, re.I):
+        raise QueryError(f"--where may not contain subqueries: {pred!r}")
+    for fn in re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(", bare):
+        if fn.lower() not in WHERE_FUNCTIONS:
+            raise QueryError(f"--where may not call {fn}(); allowed: {', '.join(sorted(WHERE_FUNCTIONS - {'in', 'not', 'and', 'or', 'is', 'between'}))}")
+
+
+def select_ids(con, where: str | None, columns: str = "id") -> list[tuple]:
+    """Rows of `items` matching a user predicate, with unknown columns and type errors turned into QueryError."""
+    import duckdb
+
+    sql = f"SELECT {columns} FROM items"
+    if where:
+        check_where(where)
+        sql += f" WHERE ({where})"
+    try:
+        return con.execute(sql + " ORDER BY id").fetchall()
+    except duckdb.BinderException as e:
+        m = re.search(r'column "?([^"\s]+)"? not found', str(e), re.I) or re.search(r'"([^"]+)"', str(e))
+        cols = [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
+                                          "WHERE table_name = 'items' ORDER BY ordinal_position").fetchall()]
+        name = m.group(1) if m else "?"
+        raise QueryError(f"--where {where!r}: unknown column {name!r}; columns: {', '.join(cols)}") from None
+    except duckdb.Error as e:
+        raise QueryError(f"--where {where!r}: {str(e).splitlines()[0][:200]}") from None

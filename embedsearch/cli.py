@@ -1,0 +1,189 @@
+"""The `embedsearch` command line: a thin click layer; each command parses, calls one library function, prints."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+
+import click
+
+from .errors import EmbedsearchError
+from .output import emit, output_options
+
+
+def _handle_errors(f):
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except EmbedsearchError as e:
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="embedsearch")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or info logs on stderr.")
+@click.pass_context
+def cli(ctx, debug, quiet):
+    """Embed image datasets with vision backbones once; search and evaluate them from a FAISS index + DuckDB catalog.
+
+    \b
+    Example:
+        embedsearch index digits --backbone pixels:8 --name digits-pixels
+        embedsearch info digits-pixels
+    """
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("faiss.loader", "httpx", "huggingface_hub", "timm", "urllib3", "PIL"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    ctx.obj = {"quiet": quiet}
+
+
+def _progress() -> bool:
+    return not click.get_current_context().find_root().obj.get("quiet", False)
+
+
+root_option = click.option("--root", type=click.Path(file_okay=False), default=None, envvar="EMBEDSEARCH_HOME",
+                           help="Directory holding indexes (default ./indexes, or $EMBEDSEARCH_HOME).")
+
+
+@cli.command()
+@click.argument("source")
+@click.option("-b", "--backbone", default="pixels", show_default=True,
+              help="timm:NAME[.TAG] | open_clip:ARCH/TAG | hub:OWNER/REPO:ENTRY | pixels[:SIZE] (see `backbones`).")
+@click.option("-n", "--name", help="Index name (default: derived from source and backbone).")
+@root_option
+@click.option("--weights", type=click.Path(dir_okay=False), help="Local weights (.safetensors, or a torch file read "
+              "with weights_only=True) for the backbone's architecture.")
+@click.option("--random-init", is_flag=True, help="Random (seeded) weights: for tests and speed benchmarks only.")
+@click.option("--image-size", type=int, help="Override the model's input size (recorded in the manifest).")
+@click.option("--pool", type=click.Choice(["default", "cls", "avg", "tokens"]), default="default", show_default=True,
+              help="ViT pooling; `tokens` is the flattened token map (large).")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="Storage dtype of the vectors in Parquet.")
+@click.option("--index", "index_factory", default="Flat", show_default=True,
+              help="FAISS factory string, e.g. Flat, HNSW32, IVF1024,PQ32 (cosine on normalized vectors).")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--workers", type=int, default=None, help="Decode/preprocess workers (default: cores − 1).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="Autocast precision; auto = bf16/fp16 on CUDA, fp32 on CPU.")
+@click.option("--channels-last", is_flag=True, help="channels_last memory format (helps CNNs).")
+@click.option("--part-size", type=int, default=2048, show_default=True, help="Items per Parquet part (unit of resume).")
+@click.option("--label-regex", help="Take labels from file names, e.g. '^(.*)_\\d+\\.jpg$' for Oxford Pets.")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Root for a manifest's relative paths.")
+@click.option("--split", "split_arg", help="Seeded stratified split for sources without one, e.g. test=0.1.")
+@click.option("--min-per-class", type=int, default=0, help="Drop (and report) classes with fewer items.")
+@click.option("--vectors", type=click.Path(dir_okay=False), help="Import precomputed vectors (.npy/.parquet/.json) "
+              "instead of running a backbone.")
+@click.option("--add", is_flag=True, help="Embed only the items a grown source gained.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, random init, FAISS training.")
+@output_options
+@_handle_errors
+def index(source, backbone, name, root, weights, random_init, image_size, pool, dtype, index_factory, batch_size,
+          workers, device, precision, channels_last, part_size, label_regex, data_root, split_arg, min_per_class,
+          vectors, add, seed, fmt):
+    """Embed SOURCE with a backbone into Parquet parts, a FAISS index and a DuckDB catalog.
+
+    SOURCE: digits | mnist:DIR | cifar10:DIR | cifar100:DIR | an image folder | a CSV/Parquet manifest.
+    Re-running the same command after an interruption resumes from the committed parts.
+
+    \b
+    Example:
+        embedsearch index digits --backbone pixels:8 --name digits-pixels
+        embedsearch index ./pets --label-regex '^(.*)_\\d+\\.jpg$' --split test=0.1 \\
+            --backbone timm:vit_small_patch14_dinov2.lvd142m --image-size 224
+    """
+    from .build import BuildConfig, build_index
+    from .sources import open_source
+
+    src = open_source(source, root=data_root, label_regex=label_regex, split=split_arg, seed=seed,
+                      min_per_class=min_per_class, require_paths=vectors is None)
+    name = name or _default_name(source, "external" if vectors else backbone)
+    cfg = BuildConfig(name=name, backbone=backbone, weights=weights, pretrained=not random_init, image_size=image_size,
+                      pool=pool, dtype=dtype, index=index_factory, batch_size=batch_size, num_workers=workers,
+                      device=device, precision=precision, channels_last=channels_last, part_size=part_size, seed=seed,
+                      add=add, vectors=vectors, root=root)
+    summary = build_index(src, cfg, progress=_progress())
+    if summary["failed"]:
+        click.echo(f"{summary['failed']} items could not be embedded; see "
+                   f"`embedsearch sql {name} \"SELECT path, stage, error FROM items WHERE status = 'failed'\"`",
+                   err=True)
+    emit(summary, fmt)
+
+
+def _default_name(source: str, backbone: str) -> str:
+    import re
+    from pathlib import Path
+
+    s = Path(source.split(":")[-1]).stem if ":" in source else Path(source).stem or source
+    b = backbone.split(":", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{s}-{b}").strip("-").lower()
+
+
+@cli.command()
+@click.argument("name")
+@root_option
+@output_options
+@_handle_errors
+def info(name, root, fmt):
+    """Show an index's manifest summary and counts.
+
+    \b
+    Example:
+        embedsearch info digits-pixels --json
+    """
+    from .reader import Index
+
+    emit(Index.open(name, root).info(), fmt)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("query")
+@root_option
+@output_options
+@_handle_errors
+def sql(name, query, root, fmt):
+    """Run one read-only SELECT over an index's catalog and embeddings.
+
+    Tables: items, classes, runs, results; `embeddings` (id, embedding) is a view over the Parquet parts.
+
+    \b
+    Example:
+        embedsearch sql digits-pixels "SELECT label, count(*) AS n FROM items GROUP BY label ORDER BY label"
+    """
+    from .reader import Index
+
+    cols, rows = Index.open(name, root).sql(query)
+    emit([dict(zip(cols, r)) for r in rows], fmt, columns=cols)
+
+
+@cli.command()
+@output_options
+@_handle_errors
+def backbones(fmt):
+    """List the backbone kinds and their spec syntax.
+
+    \b
+    Example:
+        embedsearch backbones --json
+    """
+    from .backbones import list_backbones
+
+    emit(list_backbones(), fmt)
+
+
+def main() -> None:
+    cli(prog_name="embedsearch")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""The embedding runner: batched inference with parallel decode/preprocess, autocast and per-stage timings."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .images import ImageLoadError, array_to_image, load_image
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class Timings:
+    """Seconds per stage. read/preprocess are summed over workers (CPU time); forward/write/wall are wall time."""
+
+    read: float = 0.0
+    preprocess: float = 0.0
+    forward: float = 0.0
+    write: float = 0.0
+    wall: float = 0.0
+    images: int = 0
+
+    def to_dict(self) -> dict:
+        d = {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        d["images_per_s"] = round(self.images / self.wall, 2) if self.wall > 0 else None
+        return d
+
+
+@dataclass
+class PartResult:
+    part: int
+    ids: np.ndarray          # ids embedded successfully, in plan order
+    vectors: np.ndarray      # (len(ids), d) float32
+    rows: list[dict] = field(default_factory=list)  # one status row per planned item (ok or failed)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """The CUDA seam for inference: `auto` picks cuda when torch sees a GPU."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from .errors import EmbedsearchError
+
+        raise EmbedsearchError(f"--device {device} asked for, but torch sees no CUDA GPU")
+    return device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """`auto`: bf16 (or fp16) autocast on CUDA, fp32 on CPU, where bf16 is only faster with AMX/AVX512-BF16."""
+    import torch
+
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+class _Items:
+    """A map-style dataset over records; a failing item yields its error instead of an image, never a neighbour."""
+
+    def __init__(self, records, root: Path | None, preprocess: Callable):
+        self.records, self.root, self.preprocess = records, root, preprocess
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        r = self.records[i]
+        t0 = time.perf_counter()
+        try:
+            if r.array is not None:
+                img = array_to_image(r.array)
+            else:
+                img = load_image(self.root / r.path if self.root else Path(r.path), self.root)
+        except ImageLoadError as e:
+            return i, None, (e.stage, e.kind, str(e)), None, (time.perf_counter() - t0, 0.0)
+        t1 = time.perf_counter()
+        try:
+            x = self.preprocess(img)
+        except Exception as e:  # noqa: BLE001 — a transform failure costs this image only
+            return i, None, ("preprocess", type(e).__name__, f"{r.path}: {e}"), img.size, (t1 - t0, 0.0)
+        return i, x, None, img.size, (t1 - t0, time.perf_counter() - t1)
+
+
+def _collate(batch):
+    return batch  # tensors are stacked in the main process, after dropping failed items
+
+
+def _part_batches(part_sizes: list[int], batch_size: int) -> Iterator[list[int]]:
+    """Index batches that never cross a part boundary, so each part is complete when its last batch returns."""
+    start = 0
+    for n in part_sizes:
+        for b in range(start, start + n, batch_size):
+            yield list(range(b, min(b + batch_size, start + n)))
+        start += n
+
+
+def run_embedding(
+    backbone,
+    parts: list[tuple[int, list]],
+    root: Path | None,
+    on_part: Callable[[PartResult], None],
+    *,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    channels_last: bool = False,
+    progress: bool = True,
+) -> Timings:
+    """Embed the records of each (part number, records) pair in order; call `on_part` as each part completes."""
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    timings = Timings()
+    records = [r for _, recs in parts for r in recs]
+    if not records:
+        return timings
+    if num_workers is None:
+        num_workers = default_workers()
+    dataset = _Items(records, root, backbone.preprocess)
+    loader = DataLoader(dataset, batch_sampler=list(_part_batches([len(r) for _, r in parts], batch_size)),
+                        num_workers=num_workers, collate_fn=_collate, pin_memory=device.startswith("cuda"),
+                        prefetch_factor=4 if num_workers else None, persistent_workers=False)
+    model = backbone.model
+    if channels_last and model is not None:
+        model.to(memory_format=torch.channels_last)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    dev_type = "cuda" if device.startswith("cuda") else "cpu"
+
+    bounds = np.cumsum([len(r) for _, r in parts])
+    part_idx, buf_ids, buf_vecs, buf_rows = 0, [], [], []
+    t_start = time.perf_counter()
+    bar = tqdm(total=len(records), unit="img", desc="embed", disable=not progress, file=None, smoothing=0.1)
+    for batch in loader:
+        good = [b for b in batch if b[1] is not None]
+        for i, _, err, size, (t_read, t_pre) in batch:
+            timings.read += t_read
+            timings.preprocess += t_pre
+        vecs = np.zeros((0, 0), np.float32)
+        if good:
+            t0 = time.perf_counter()
+            x = torch.stack([b[1] for b in good]).to(device, non_blocking=True)
+            if channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode(), torch.autocast(dev_type, dtype=dtype, enabled=dtype is not None):
+                out = backbone.embed(x)
+            vecs = out.float().cpu().numpy()
+            timings.forward += time.perf_counter() - t0
+        gi = 0
+        for i, x, err, size, _ in batch:
+            r = records[i]
+            w, h = size if size else (None, None)
+            if err is None:
+                buf_ids.append(r.id)
+                buf_vecs.append(vecs[gi])
+                gi += 1
+                buf_rows.append({"id": r.id, "status": "ok", "stage": None, "error_type": None, "error": None,
+                                 "width": w, "height": h})
+            else:
+                stage, kind, msg = err
+                buf_rows.append({"id": r.id, "status": "failed", "stage": stage, "error_type": kind,
+                                 "error": msg[:500], "width": w, "height": h})
+        bar.update(len(batch))
+        timings.images += len(good)
+        last = batch[-1][0]
+        if last + 1 == bounds[part_idx]:
+            d = backbone.dim
+            t0 = time.perf_counter()
+            on_part(PartResult(parts[part_idx][0], np.asarray(buf_ids, np.int64),
+                               np.stack(buf_vecs) if buf_vecs else np.zeros((0, d), np.float32), buf_rows))
+            timings.write += time.perf_counter() - t0
+            part_idx, buf_ids, buf_vecs, buf_rows = part_idx + 1, [], [], []
+    bar.close()
+    timings.wall = time.perf_counter() - t_start
+    return timings
+
+
+def default_workers() -> int:
+    """Decode workers: one fewer than the cores (the main process runs the model), at most 8."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))

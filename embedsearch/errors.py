@@ -1,0 +1,29 @@
+"""The one exception hierarchy: every error a user can cause is an EmbedsearchError with a one-line message."""
+
+
+class EmbedsearchError(Exception):
+    """Base class; the CLI prints `error: <message>` and exits 1."""
+
+
+class SpecError(EmbedsearchError):
+    """A backbone or source spec that cannot be parsed or resolved."""
+
+
+class SourceError(EmbedsearchError):
+    """A dataset, manifest or file that cannot be read as asked."""
+
+
+class BackboneError(EmbedsearchError):
+    """A model that cannot be created, or weights that cannot be loaded."""
+
+
+class IndexStateError(EmbedsearchError):
+    """An index directory that is missing, locked, inconsistent or built differently."""
+
+
+class QueryError(EmbedsearchError):
+    """A query (SQL, --where, -k, vector) that is invalid."""
+
+
+class EvalError(EmbedsearchError):
+    """An evaluation that cannot run on the selected items."""

@@ -1,0 +1,114 @@
+"""Decode one image safely into an RGB PIL image: allowlisted formats, EXIF orientation, every pixel mode."""
+
+from __future__ import annotations
+
+import os
+import stat
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Formats Pillow may open. EPS/PDF/etc. are never handed to Pillow (EPS would reach Ghostscript).
+ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM", "MPO")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+
+
+class ImageLoadError(Exception):
+    """An image that cannot be embedded; `stage` says where it failed (path, decode)."""
+
+    def __init__(self, stage: str, kind: str, message: str):
+        super().__init__(message)
+        self.stage, self.kind = stage, kind
+
+
+def check_path(path: Path, root: Path | None) -> None:
+    """Refuse paths that escape the dataset root (also through symlinks) or are not regular files."""
+    try:
+        real = path.resolve(strict=True)
+    except FileNotFoundError:
+        raise ImageLoadError("path", "FileNotFoundError", f"no such file: {path}") from None
+    except RuntimeError as e:  # symlink loop
+        raise ImageLoadError("path", "SymlinkLoop", f"symlink loop at {path}: {e}") from None
+    except OSError as e:
+        raise ImageLoadError("path", type(e).__name__, f"{path}: {e}") from None
+    if root is not None:
+        root_real = root.resolve()
+        if real != root_real and root_real not in real.parents:
+            raise ImageLoadError("path", "OutsideRoot", f"{path} resolves outside the dataset root {root}")
+    try:
+        st = os.stat(real)
+    except OSError as e:
+        raise ImageLoadError("path", type(e).__name__, f"{path}: {e}") from None
+    if not stat.S_ISREG(st.st_mode):  # directories named x.jpg, FIFOs (would block), devices
+        raise ImageLoadError("path", "NotAFile", f"{path} is not a regular file")
+    if st.st_size == 0:
+        raise ImageLoadError("decode", "EmptyFile", f"{path} is empty (0 bytes)")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB; alpha is composited over white, 16/32-bit and float data are scaled."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        if mode.startswith("I;16"):
+            a = a / 65535.0
+        elif mode == "I":
+            # 16-bit PNGs decode as mode I: scale by the bit depth the values need, never clip
+            hi = a.max(initial=0)
+            a = a / (65535.0 if hi > 255 else 255.0) if hi >= 0 else a
+        else:  # F: values already in [0, 1] stay; anything else is min-max scaled
+            lo, hi = a.min(initial=0), a.max(initial=0)
+            if lo < 0 or hi > 1:
+                a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+        a8 = np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(a8, "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info) or (
+        mode in ("L", "RGB") and "transparency" in img.info
+    ):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(path: str | os.PathLike, root: Path | None = None) -> Image.Image:
+    """Open `path` as RGB with EXIF orientation applied; raise ImageLoadError with a reason otherwise."""
+    p = Path(path)
+    check_path(p, root)
+    try:
+        with warnings.catch_warnings():
+            # DecompressionBombWarning (over MAX_IMAGE_PIXELS) is treated as an error: a 1-pixel-per-byte bomb
+            # would otherwise be decoded; DecompressionBombError (2× the limit) is not an OSError, caught below.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p, formats=ALLOWED_FORMATS) as im:
+                if getattr(im, "is_animated", False):
+                    im.seek(0)  # first frame only
+                try:
+                    im = ImageOps.exif_transpose(im)
+                except Exception:  # broken EXIF must not cost us the image
+                    pass
+                im.load()
+                rgb = to_rgb(im)
+                rgb.load()
+        return rgb
+    except ImageLoadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageLoadError("decode", "DecompressionBomb", f"{p}: {e}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageLoadError("decode", "UnidentifiedImage", f"{p}: not an image in an allowed format") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated files raise OSError; bad headers SyntaxError
+        raise ImageLoadError("decode", type(e).__name__, f"{p}: {e}") from None
+    except Exception as e:  # noqa: BLE001 — a plugin bug must cost one image, not the run
+        raise ImageLoadError("decode", type(e).__name__, f"{p}: {e}") from None
+
+
+def array_to_image(a: np.ndarray) -> Image.Image:
+    """An in-memory uint8 HxW or HxWxC array (built-in datasets) as an RGB image."""
+    if a.ndim == 2:
+        return Image.fromarray(a, "L").convert("RGB")
+    return Image.fromarray(a, "RGB")

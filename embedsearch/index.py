@@ -1,0 +1,135 @@
+"""The FAISS index: built from the Parquet parts on L2-normalized vectors, ids = item ids, GPU behind one seam."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from .errors import IndexStateError, QueryError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FACTORY = "Flat"
+TRAIN_SAMPLE_PER_CENTROID = 64
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalization in float32 (cosine similarity = inner product of the results)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(n, 1e-12)
+
+
+def gpu_count() -> int:
+    """The GPU seam: how many GPUs faiss can use (0 with faiss-cpu)."""
+    import faiss
+
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+def _to_gpu(index):
+    import faiss
+
+    return faiss.index_cpu_to_all_gpus(index)
+
+
+def _to_cpu(index):
+    import faiss
+
+    return faiss.index_gpu_to_cpu(index)
+
+
+def make_index(dim: int, factory: str):
+    """A FAISS index for a factory string, wrapped in IDMap2 when the type cannot store ids itself."""
+    import faiss
+
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        msg = str(e).strip().splitlines()[-1][:160]
+        raise QueryError(f"bad FAISS factory string {factory!r} for dim {dim}: {msg}") from None
+    if faiss.try_extract_index_ivf(index) is None and not isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        index = faiss.IndexIDMap2(index)
+    return index
+
+
+def build_index(
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+    dim: int,
+    factory: str = DEFAULT_FACTORY,
+    *,
+    train_sample: np.ndarray | None = None,
+    use_gpu: bool | None = None,
+):
+    """Add (ids, vectors) chunks to a new index; `train_sample` trains IVF/PQ types first. Returns a CPU index."""
+    index = make_index(dim, factory)
+    gpu = (gpu_count() > 0) if use_gpu is None else use_gpu
+    work = index
+    if not index.is_trained:
+        if train_sample is None or len(train_sample) == 0:
+            raise QueryError(f"FAISS index {factory!r} needs training vectors")
+        if gpu:
+            work = _to_gpu(index)
+        work.train(normalize(train_sample))
+    elif gpu:
+        work = _to_gpu(index)
+    for ids, vecs in chunks:
+        if len(ids):
+            work.add_with_ids(normalize(vecs), np.ascontiguousarray(ids, dtype=np.int64))
+    return _to_cpu(work) if work is not index else index
+
+
+def train_sample_size(factory: str, n: int) -> int:
+    """Enough points for k-means (FAISS warns under 39 per centroid) without reading everything."""
+    import re
+
+    m = re.search(r"IVF(\d+)", factory)
+    nlist = int(m.group(1)) if m else 256
+    return min(n, max(TRAIN_SAMPLE_PER_CENTROID * nlist, 10_000))
+
+
+def save_index(index, path: Path) -> None:
+    import faiss
+
+    from .store import atomic_write_bytes
+
+    atomic_write_bytes(path, faiss.serialize_index(index).tobytes())
+
+
+def load_index(path: Path, mmap: bool = False):
+    import faiss
+
+    if not path.is_file():
+        raise IndexStateError(f"FAISS file {path} is missing; run `embedsearch verify --repair`")
+    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    try:
+        return faiss.read_index(str(path), flags)
+    except RuntimeError as e:
+        raise IndexStateError(f"FAISS file {path} is unreadable: {str(e).strip().splitlines()[-1][:120]}") from None
+
+
+def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine top-k: (scores, ids) each (nq, k'), k' ≤ k when the index is small.
+
+    An approximate index may find fewer than k for some queries: those slots hold id -1 and score -inf, and columns
+    that are padding for every query are cut. Callers showing hits must skip id -1 (see `search.hits`).
+    """
+    q = np.asarray(queries, dtype=np.float32)
+    if q.ndim == 1:
+        q = q[None]
+    if q.ndim != 2 or q.shape[1] != index.d:
+        raise QueryError(f"query vectors have shape {q.shape}; this index holds {index.d}-d vectors")
+    if not np.isfinite(q).all():
+        raise QueryError("query vector contains NaN or Inf")
+    if k < 1:
+        raise QueryError(f"-k must be at least 1 (got {k})")
+    if index.ntotal == 0:
+        return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+    kk = min(k, index.ntotal)
+    scores, ids = index.search(normalize(q), kk)
+    scores[ids < 0] = -np.inf
+    keep = (ids >= 0).any(axis=0)
+    return scores[:, keep], ids[:, keep]

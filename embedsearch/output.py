@@ -1,0 +1,69 @@
+"""One way to print data for every command: a table by default, or --json / --nl / --csv (sqlite-utils style)."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import math
+
+import click
+
+
+def output_options(f):
+    """Add --json / --nl / --csv to a command; the command passes `fmt` on to `emit`."""
+
+    @click.option("--json", "fmt", flag_value="json", help="Output JSON.")
+    @click.option("--nl", "fmt", flag_value="nl", help="Output newline-delimited JSON, one object per row.")
+    @click.option("--csv", "fmt", flag_value="csv", help="Output CSV.")
+    @functools.wraps(f)
+    def wrapper(*args, fmt=None, **kwargs):
+        return f(*args, fmt=fmt or "table", **kwargs)
+
+    return wrapper
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, default=str)
+    return str(v)
+
+
+def table(rows: list[dict], columns: list[str] | None = None) -> str:
+    if not rows:
+        return "(no rows)"
+    cols = columns or list(dict.fromkeys(k for r in rows for k in r))
+    cells = [[_cell(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
+    sep = "  ".join("-" * w for w in widths)
+    body = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join([line.rstrip(), sep, *body])
+
+
+def emit(data, fmt: str, columns: list[str] | None = None) -> None:
+    """Print rows (list of dicts) or one object (dict) to stdout in the chosen format."""
+    rows = data if isinstance(data, list) else None
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2, default=str))
+    elif fmt == "nl":
+        for r in rows if rows is not None else [data]:
+            click.echo(json.dumps(r, default=str))
+    elif fmt == "csv":
+        buf = io.StringIO()
+        rs = rows if rows is not None else [data]
+        cols = columns or list(dict.fromkeys(k for r in rs for k in r))
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for r in rs:
+            w.writerow({k: _cell(r.get(k)) for k in cols})
+        click.echo(buf.getvalue(), nl=False)
+    elif rows is not None:
+        click.echo(table(rows, columns))
+    else:
+        click.echo(table([{"key": k, "value": v} for k, v in data.items()]))

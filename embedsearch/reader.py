@@ -1,0 +1,130 @@
+"""An opened index: the manifest checked against the files, vectors from Parquet, metadata from DuckDB, FAISS."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from . import catalog as cat
+from . import store
+from .errors import IndexStateError, QueryError
+from .manifest import Layout, check_consistent, read_manifest, resolve
+
+
+class Index:
+    """Read access to one index directory. Opening refuses an index whose files disagree with its manifest.
+
+    >>> ix = Index.open("digits-pixels")            # doctest: +SKIP
+    >>> ix.sql("SELECT label, count(*) FROM items GROUP BY label")  # doctest: +SKIP
+    """
+
+    def __init__(self, layout: Layout, manifest: dict):
+        self.layout, self.manifest = layout, manifest
+
+    @classmethod
+    def open(cls, name_or_path: str | os.PathLike, root: str | os.PathLike | None = None) -> Index:
+        layout = resolve(name_or_path, Path(root) if root else None)
+        manifest = read_manifest(layout)
+        if manifest.get("state") != "complete":
+            raise IndexStateError(f"index {layout.dir} is not complete (state {manifest.get('state')!r}): re-run "
+                                  "the same `embedsearch index` command to resume it")
+        check_consistent(layout, manifest)
+        return cls(layout, manifest)
+
+    # ----------------------------------------------------------------------------------- description
+
+    @property
+    def name(self) -> str:
+        return self.layout.dir.name
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["space"]["dim"])
+
+    @property
+    def backbone_spec(self) -> str:
+        return self.manifest["space"]["spec"]
+
+    @property
+    def part_paths(self) -> list[Path]:
+        return [self.layout.parts / p["file"] for p in self.manifest["parts"]]
+
+    def info(self) -> dict:
+        m = self.manifest
+        return {"name": self.name, "path": str(self.layout.dir), "state": m["state"], "backbone": m["backbone"],
+                "dtype": m["space"]["dtype"], "dim": self.dim, "source": m.get("source"), "counts": m.get("counts"),
+                "parts": len(m["parts"]), "bytes_parts": sum(p["bytes"] for p in m["parts"]),
+                "faiss": m.get("faiss"), "versions": m.get("versions"), "created": m.get("created"),
+                "updated": m.get("updated")}
+
+    # ----------------------------------------------------------------------------------- catalog
+
+    @cached_property
+    def con(self):
+        return cat.connect_readonly(self.layout.catalog, self.part_paths)
+
+    def sql(self, query: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
+        """Run one read-only SELECT over `items`, `classes`, `runs`, `results` and `embeddings`."""
+        import duckdb
+
+        cat.check_select(query)
+        try:
+            cur = self.con.execute(query, params or [])
+        except duckdb.Error as e:
+            raise QueryError(f"SQL error: {str(e).splitlines()[0][:300]}") from None
+        return [d[0] for d in cur.description], cur.fetchall()
+
+    def classes(self) -> list[str]:
+        """All class names of the dataset in class-index order (not only those present in a selection)."""
+        return [r[0] for r in self.con.execute("SELECT name FROM classes ORDER BY class_index").fetchall()]
+
+    def select(self, where: str | None = None, embedded_only: bool = True) -> dict[str, np.ndarray]:
+        """Items matching a user predicate: arrays of id, class_index (-1 when unlabeled), label, split, path."""
+        pred = where
+        if embedded_only:
+            pred = f"status = 'ok' AND ({where})" if where else "status = 'ok'"
+        rows = cat.select_ids(self.con, pred, "id, coalesce(class_index, -1), label, split, path")
+        if not rows:
+            return {"id": np.zeros(0, np.int64), "class_index": np.zeros(0, np.int64), "label": np.array([], object),
+                    "split": np.array([], object), "path": np.array([], object)}
+        ids, ci, label, split, path = zip(*rows)
+        return {"id": np.asarray(ids, np.int64), "class_index": np.asarray(ci, np.int64),
+                "label": np.asarray(label, object), "split": np.asarray(split, object), "path": np.asarray(path, object)}
+
+    def items_by_id(self, ids, columns: str = "*") -> dict[int, dict]:
+        ids = [int(i) for i in ids]
+        if not ids:
+            return {}
+        cur = self.con.execute(f"SELECT {columns} FROM items WHERE id IN (SELECT unnest(?))", [ids])
+        cols = [d[0] for d in cur.description]
+        return {r[cols.index("id")]: dict(zip(cols, r)) for r in cur.fetchall()}
+
+    # ----------------------------------------------------------------------------------- vectors
+
+    @cached_property
+    def _all(self) -> tuple[np.ndarray, np.ndarray]:
+        ids, vecs = store.read_all(self.part_paths, np.float32)
+        order = np.argsort(ids, kind="stable")
+        return ids[order], vecs[order] if len(vecs) else np.zeros((0, self.dim), np.float32)
+
+    def vectors(self, ids: np.ndarray | None = None) -> np.ndarray:
+        """Raw float32 vectors for `ids` (all, in id order, when None). Unknown ids raise QueryError."""
+        all_ids, vecs = self._all
+        if ids is None:
+            return vecs
+        ids = np.asarray(ids, np.int64)
+        pos = np.searchsorted(all_ids, ids)
+        pos = np.clip(pos, 0, max(len(all_ids) - 1, 0))
+        if len(all_ids) == 0 or not np.array_equal(all_ids[pos], ids):
+            missing = ids[(len(all_ids) == 0) | (all_ids[pos] != ids)] if len(all_ids) else ids
+            raise QueryError(f"id {int(missing[0])} has no embedding in index {self.name}")
+        return vecs[pos]
+
+    @cached_property
+    def faiss(self):
+        from .index import load_index
+
+        return load_index(self.layout.faiss)

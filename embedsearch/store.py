@@ -1,0 +1,120 @@
+"""Embeddings as Parquet parts: `id` int64 + `embedding` fixed_size_list<float16|float32>[d], written atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import IndexStateError
+
+DTYPES = {"float16": np.float16, "float32": np.float32}
+SCHEMA_KEY = b"embedsearch"
+
+
+def part_name(number: int) -> str:
+    return f"part-{number:05d}.parquet"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same directory, fsync, rename: readers see the old or the new file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def finite_rows(vectors: np.ndarray, dtype: str) -> np.ndarray:
+    """Mask of rows that are finite and non-zero *after* the cast to the storage dtype (fp16 overflows to inf)."""
+    v = vectors.astype(DTYPES[dtype])
+    ok = np.isfinite(v).all(axis=1)
+    ok &= np.abs(v.astype(np.float32)).sum(axis=1) > 0
+    return ok
+
+
+def write_part(path: Path, ids: np.ndarray, vectors: np.ndarray, dtype: str, metadata: dict) -> dict:
+    """Write one part atomically; every row must be finite (callers filter with `finite_rows`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = np.asarray(ids, dtype=np.int64)
+    assert vectors.ndim == 2 and len(ids) == len(vectors), (ids.shape, vectors.shape)
+    v = np.ascontiguousarray(vectors.astype(DTYPES[dtype]))
+    if not np.isfinite(v).all():
+        raise ValueError("refusing to store non-finite embeddings")
+    d = v.shape[1]
+    arr = pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), d)
+    schema = pa.schema([("id", pa.int64()), ("embedding", pa.list_(pa.from_numpy_dtype(v.dtype), d))],
+                       metadata={SCHEMA_KEY: json.dumps(metadata, sort_keys=True).encode()})
+    table = pa.Table.from_arrays([pa.array(ids), arr], schema=schema)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # page checksums let a reader detect bit flips; vectors barely compress, so don't spend time on it
+    pq.write_table(table, tmp, compression={"id": "zstd", "embedding": "none"}, write_page_checksum=True,
+                   row_group_size=max(1, len(ids)), use_dictionary=False, write_statistics=["id"])
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return {"file": path.name, "rows": int(len(ids)), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def read_part(path: Path, with_vectors: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read one part as numpy (ids, vectors in their stored dtype); a damaged file raises IndexStateError."""
+    import pyarrow.parquet as pq
+
+    try:
+        t = pq.read_table(path, columns=["id", "embedding"] if with_vectors else ["id"],
+                          page_checksum_verification=True)
+    except Exception as e:  # noqa: BLE001 — pyarrow raises several types for damaged files
+        raise IndexStateError(f"part {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                              "run `embedsearch verify --repair`") from None
+    ids = t.column("id").to_numpy()
+    if not with_vectors:
+        return ids, None
+    col = t.column("embedding").combine_chunks()
+    d = col.type.list_size
+    vecs = col.values.to_numpy(zero_copy_only=False).reshape(-1, d) if len(col) else np.zeros((0, d), np.float32)
+    return ids, vecs
+
+
+def part_metadata(path: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    md = pq.read_schema(path).metadata or {}
+    return json.loads(md.get(SCHEMA_KEY, b"{}"))
+
+
+def iter_parts(paths: list[Path], dtype=np.float32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for p in paths:
+        ids, v = read_part(p)
+        yield ids, v.astype(dtype, copy=False)
+
+
+def read_all(paths: list[Path], dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    chunks = list(iter_parts(paths, dtype))
+    if not chunks:
+        return np.zeros(0, np.int64), np.zeros((0, 0), dtype)
+    return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
