@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
 import os
@@ -124,7 +125,7 @@ def _timm(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) -> Ba
 
     base = spec.name.split(".")[0]
     if not timm.is_model(base):
-        close = timm.list_models(f"*{base[:12]}*")[:5]
+        close = difflib.get_close_matches(base, timm.list_models(), n=5, cutoff=0.6)
         raise SpecError(f"unknown timm model {spec.name!r}" + (f"; did you mean {', '.join(close)}?" if close else
                         "; see timm.list_models()"))
     kwargs: dict = {"num_classes": 0}
@@ -185,8 +186,13 @@ def _open_clip(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) 
     if pool != "default":
         raise SpecError("--pool applies to timm ViTs; open_clip backbones use the model's own image embedding")
     arch, tag = spec.name, spec.entry
+    if arch.endswith(".json"):
+        if not Path(arch).is_file():
+            raise SpecError(f"open_clip model config {arch} does not exist")
+        open_clip.add_model_config(arch)
+        arch = Path(arch).stem
     if not arch.startswith("hf-hub:") and arch not in open_clip.list_models():
-        close = [m for m in open_clip.list_models() if arch.lower()[:6] in m.lower()][:5]
+        close = difflib.get_close_matches(arch, open_clip.list_models(), n=5, cutoff=0.6)
         raise SpecError(f"unknown open_clip architecture {arch!r}" + (f"; did you mean {', '.join(close)}?" if close
                         else "; see open_clip.list_models()"))
     use_pretrained = pretrained and weights is None and (tag is not None or arch.startswith("hf-hub:"))

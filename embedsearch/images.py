@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 # Formats Pillow may open. EPS/PDF/etc. are never handed to Pillow (EPS would reach Ghostscript).
-ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM", "MPO")
+ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM")  # MPO opens through JPEG
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 
 

@@ -10,7 +10,7 @@ from .errors import SpecError
 
 BACKBONE_KINDS = {
     "timm": "timm:NAME[.TAG]        any timm model, e.g. timm:vit_small_patch14_dinov2.lvd142m",
-    "open_clip": "open_clip:ARCH[/TAG]   an open_clip image tower, e.g. open_clip:ViT-H-14/laion2b_s32b_b79k",
+    "open_clip": "open_clip:ARCH[/TAG]   an open_clip image tower, e.g. open_clip:ViT-H-14/laion2b_s32b_b79k (ARCH may be a config .json)",
     "hub": "hub:OWNER/REPO:ENTRY   a torch.hub entry, e.g. hub:facebookresearch/dinov2:dinov2_vits14",
     "ckpt": "ckpt:FILE              a checkpoint written by `embedsearch pretrain`",
     "pixels": "pixels[:SIZE]          raw RGB pixels resized to SIZE×SIZE (default 32): the honest baseline",
@@ -72,8 +72,9 @@ def parse_backbone(spec: str) -> BackboneSpec:
     if kind == "timm":
         return BackboneSpec("timm", rest, raw=spec)
     if kind == "open_clip":
-        # hf-hub:org/repo names contain a slash themselves and carry their own weights
-        if rest.startswith("hf-hub:"):
+        # hf-hub:org/repo names contain a slash themselves and carry their own weights; a .json path is a model
+        # config file (registered with open_clip at creation), e.g. a tiny test architecture
+        if rest.startswith("hf-hub:") or rest.endswith(".json"):
             return BackboneSpec("open_clip", rest, raw=spec)
         arch, _, tag = rest.partition("/")
         return BackboneSpec("open_clip", arch, entry=tag or None, raw=spec)

@@ -49,7 +49,8 @@ def _fsync_dir(d: Path) -> None:
 
 def finite_rows(vectors: np.ndarray, dtype: str) -> np.ndarray:
     """Mask of rows that are finite and non-zero *after* the cast to the storage dtype (fp16 overflows to inf)."""
-    v = vectors.astype(DTYPES[dtype])
+    with np.errstate(over="ignore"):
+        v = vectors.astype(DTYPES[dtype])
     ok = np.isfinite(v).all(axis=1)
     ok &= np.abs(v.astype(np.float32)).sum(axis=1) > 0
     return ok
@@ -62,7 +63,8 @@ def write_part(path: Path, ids: np.ndarray, vectors: np.ndarray, dtype: str, met
 
     ids = np.asarray(ids, dtype=np.int64)
     assert vectors.ndim == 2 and len(ids) == len(vectors), (ids.shape, vectors.shape)
-    v = np.ascontiguousarray(vectors.astype(DTYPES[dtype]))
+    with np.errstate(over="ignore"):
+        v = np.ascontiguousarray(vectors.astype(DTYPES[dtype]))
     if not np.isfinite(v).all():
         raise ValueError("refusing to store non-finite embeddings")
     d = v.shape[1]

@@ -1,0 +1,51 @@
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network in tests
+
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+def make_image(path: Path, color, size=(40, 30), seed=0, fmt=None):
+    rng = np.random.default_rng(seed)
+    a = np.clip(np.array(color)[None, None, :] + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a).save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """root/{train,test}/{red,green,blue}/*.png|jpg — 8 train + 3 test images per class, varied sizes."""
+    root = tmp_path / "images"
+    k = 0
+    for split, n in (("train", 8), ("test", 3)):
+        for cls, color in COLORS.items():
+            for i in range(n):
+                ext = "png" if i % 2 else "jpg"
+                make_image(root / split / cls / f"{cls}_{i}.{ext}", color, size=(32 + 4 * i, 28 + 2 * i), seed=k)
+                k += 1
+    return root
+
+
+@pytest.fixture
+def index_root(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "indexes"
+    monkeypatch.setenv("EMBEDSEARCH_HOME", str(root))
+    return root
+
+
+@pytest.fixture
+def tiny_clip_config(tmp_path) -> Path:
+    """A tiny open_clip architecture as a config file (spec `open_clip:<path>.json`)."""
+    cfg = {"embed_dim": 32,
+           "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    p = tmp_path / "es-tiny-clip.json"
+    p.write_text(json.dumps(cfg))
+    return p

@@ -1,0 +1,135 @@
+import pickle
+
+import pytest
+import torch
+from PIL import Image
+
+from embedsearch.backbones import create_backbone, load_state_dict
+from embedsearch.errors import BackboneError, SpecError
+
+
+def _batch(bb, n=3):
+    imgs = [Image.new("RGB", (40 + 7 * i, 30), (50 * i, 100, 200)) for i in range(n)]
+    return torch.stack([bb.preprocess(im) for im in imgs])
+
+
+def test_timm_vit_pools():
+    dims = {p: create_backbone("timm:test_vit", pretrained=False, pool=p).dim for p in ("default", "cls", "avg")}
+    assert dims == {"default": 64, "cls": 64, "avg": 64}
+    tok = create_backbone("timm:test_vit", pretrained=False, pool="tokens")
+    assert tok.dim % 64 == 0 and tok.dim > 64
+
+
+def test_timm_cnn_and_preprocess_from_data_config():
+    bb = create_backbone("timm:test_resnet", pretrained=False, image_size=96)
+    assert bb.info["preprocess"]["input_size"] == [3, 96, 96]
+    assert bb.embed(_batch(bb)).shape == (3, bb.dim)
+    with pytest.raises(SpecError, match="no token map"):
+        create_backbone("timm:test_resnet", pretrained=False, pool="cls")
+
+
+def test_unknown_timm_model_hints():
+    with pytest.raises(SpecError, match="did you mean"):
+        create_backbone("timm:vit_smal_patch14", pretrained=False)
+
+
+def test_offline_pretrained_is_one_clear_line():
+    with pytest.raises(BackboneError) as e:
+        create_backbone("timm:test_vit.r160_in1k")
+    msg = str(e.value)
+    assert "timm:test_vit.r160_in1k" in msg and "--weights FILE" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pt"])
+def test_weights_round_trip_gives_identical_embeddings(tmp_path, fmt):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(123)
+    ref = timm.create_model("test_vit", pretrained=False, num_classes=10).eval()  # with a head: it must be ignored
+    path = tmp_path / f"w.{fmt}"
+    sd = {k: v.contiguous() for k, v in ref.state_dict().items()}
+    save_file(sd, str(path)) if fmt == "safetensors" else torch.save({"state_dict": sd}, path)
+    bb = create_backbone("timm:test_vit", weights=str(path), seed=999)
+    x = _batch(bb)
+    with torch.inference_mode():
+        want = ref.forward_head(ref.forward_features(x), pre_logits=True)
+        got = bb.embed(x)
+    assert torch.equal(got, want)
+    assert bb.info["weights"] == str(path)
+    other = create_backbone("timm:test_vit", pretrained=False, seed=999)
+    assert other.info["weights_sha256"] != bb.info["weights_sha256"]
+
+
+def test_wrong_architecture_weights_name_missing_keys(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    sd = timm.create_model("test_resnet", pretrained=False).state_dict()
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "r.safetensors"))
+    with pytest.raises(BackboneError, match=r"r\.safetensors do not fit.*missing keys"):
+        create_backbone("timm:test_vit", weights=str(tmp_path / "r.safetensors"))
+    (tmp_path / "t.safetensors").write_bytes((tmp_path / "r.safetensors").read_bytes()[:100])
+    with pytest.raises(BackboneError, match=r"cannot load weights .*t\.safetensors"):
+        create_backbone("timm:test_vit", weights=str(tmp_path / "t.safetensors"))
+
+
+def test_malicious_pickle_never_executes(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"w": Evil()}, f)
+    with pytest.raises(BackboneError, match="evil.pt"):
+        load_state_dict(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_open_clip_tiny_config_image_and_text(tiny_clip_config):
+    bb = create_backbone(f"open_clip:{tiny_clip_config}", pretrained=False)
+    assert bb.dim == 32 and bb.info["preprocess"]["size"] == [32, 32]
+    assert bb.embed(_batch(bb)).shape == (3, 32)
+    with torch.inference_mode():
+        assert bb.text(["a photo of a cat", "a dog"]).shape == (2, 32)
+    with pytest.raises(BackboneError, match="names no pretrained tag"):
+        create_backbone(f"open_clip:{tiny_clip_config}")
+
+
+def test_open_clip_weights_round_trip(tmp_path, tiny_clip_config):
+    import open_clip
+    from safetensors.torch import save_file
+
+    a = create_backbone(f"open_clip:{tiny_clip_config}", pretrained=False, seed=5)
+    save_file({k: v.contiguous() for k, v in a.model.state_dict().items()}, str(tmp_path / "clip.safetensors"))
+    b = create_backbone(f"open_clip:{tiny_clip_config}", weights=str(tmp_path / "clip.safetensors"), seed=6)
+    x = _batch(a)
+    with torch.inference_mode():
+        assert torch.equal(a.embed(x), b.embed(x))
+    assert open_clip  # imported through the backbone
+
+
+def test_torch_hub_local_cache(tmp_path, monkeypatch):
+    hub = tmp_path / "hub"
+    repo = hub / "someone_tinyrepo_main"
+    repo.mkdir(parents=True)
+    (repo / "hubconf.py").write_text(
+        "dependencies = ['timm']\n"
+        "def tiny(pretrained=True):\n"
+        "    import timm\n"
+        "    return timm.create_model('test_vit', pretrained=False, num_classes=0)\n")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    bb = create_backbone("hub:someone/tinyrepo:tiny", pretrained=False)
+    assert bb.dim == 64 and bb.info["preprocess"]["input_size"] == [3, 224, 224]
+    assert bb.info["hub_dir"] == str(repo)
+    with pytest.raises(BackboneError, match="no weights for hub:someone/missing:tiny"):
+        create_backbone("hub:someone/missing:tiny")
+
+
+def test_pixels_baseline():
+    bb = create_backbone("pixels:4")
+    x = bb.preprocess(Image.new("RGB", (10, 10), (255, 0, 0)))
+    v = bb.embed(x[None])
+    assert v.shape == (1, 48) and float(v[0, :16].min()) == 1.0 and float(v[0, 16:].max()) == 0.0

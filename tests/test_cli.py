@@ -1,0 +1,53 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from embedsearch.cli import cli
+
+
+def _commands(group, prefix=()):
+    for name, cmd in group.commands.items():
+        yield prefix + (name,), cmd
+        if hasattr(cmd, "commands"):
+            yield from _commands(cmd, prefix + (name,))
+
+
+def test_every_command_has_help_with_an_example():
+    for path, cmd in _commands(cli):
+        assert cmd.help and "Example" in cmd.help, f"{' '.join(path)} needs help text with an example"
+        r = CliRunner().invoke(cli, [*path, "--help"])
+        assert r.exit_code == 0
+
+
+def test_index_info_sql_flow(index_root):
+    r = CliRunner().invoke(cli, ["-q", "index", "digits", "-b", "pixels:8", "-n", "d8", "--workers", "0", "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["items"] == 1797 and summary["embedded"] == 1797
+    r = CliRunner().invoke(cli, ["info", "d8", "--json"])
+    assert json.loads(r.stdout)["dim"] == 192
+    r = CliRunner().invoke(cli, ["sql", "d8", "SELECT split, count(*) AS n FROM items GROUP BY split ORDER BY split", "--csv"])
+    assert r.stdout.splitlines() == ["split,n", "test,450", "train,1347"]
+
+
+def test_errors_are_one_line_with_exit_1(index_root):
+    r = CliRunner().invoke(cli, ["info", "nope"])
+    assert r.exit_code == 1 and r.stderr.startswith("error: no index at") and r.stderr.count("\n") == 1
+    r = CliRunner().invoke(cli, ["index", "digits", "-b", "foo:bar"])
+    assert r.exit_code == 1 and "unknown backbone 'foo:bar'" in r.stderr
+    r = CliRunner().invoke(cli, ["index", "digits", "--dtype", "int8"])
+    assert r.exit_code == 2  # usage error
+
+
+@pytest.mark.slow
+def test_real_subprocess_main_flow(tmp_path, image_folder):
+    env = {"EMBEDSEARCH_HOME": str(tmp_path / "ix"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "embedsearch", *a], capture_output=True, text=True, env=env)
+    p = run("index", str(image_folder), "-b", "timm:test_vit", "--random-init", "-n", "f", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["embedded"] == 33
+    p = run("sql", "f", "SELECT label, count(*) AS n FROM items GROUP BY 1 ORDER BY 1", "--json")
+    assert [r["n"] for r in json.loads(p.stdout)] == [11, 11, 11]
