@@ -56,15 +56,24 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def cpu_has_bf16() -> bool:
+    """Whether the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX); without them bf16 is slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 def resolve_precision(precision: str, device: str) -> str:
-    """`auto`: bf16 (or fp16) autocast on CUDA, fp32 on CPU, where bf16 is only faster with AMX/AVX512-BF16."""
+    """`auto`: bf16 (or fp16) autocast on CUDA; on CPU bf16 where it has native bf16 instructions, else fp32."""
     import torch
 
     if precision != "auto":
         return precision
     if device.startswith("cuda"):
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    return "bf16" if cpu_has_bf16() else "fp32"
 
 
 class _Items:

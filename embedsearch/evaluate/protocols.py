@@ -1,0 +1,280 @@
+"""The classifiers of PROTOCOLS.md on frozen vectors: prototypes, weighted kNN, linear / SVC / MLP probes, zero-shot.
+
+Every function takes train arrays and returns something that scores test vectors; hyper-parameters are chosen on a
+seeded stratified held-out part of train (`holdout_split`) and never see test data.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+KNN_KS = (10, 20, 100, 200)
+KNN_T = 0.07
+LINEAR_C_GRID = np.logspace(-6, 5, 45)
+HOLDOUT = 0.1
+SVC_WARN_N = 50_000
+
+
+def l2n(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def holdout_split(y: np.ndarray, frac: float = HOLDOUT, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split of train positions into (fit, held-out); classes with one item stay in fit."""
+    rng = np.random.default_rng(seed)
+    fit, held = [], []
+    for c in np.unique(y):
+        pos = np.flatnonzero(y == c)
+        pos = pos[rng.permutation(len(pos))]
+        n = int(round(frac * len(pos))) if len(pos) > 1 else 0
+        n = max(n, 1) if len(pos) > 1 else 0
+        held.append(pos[:n])
+        fit.append(pos[n:])
+    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(held))
+
+
+# --------------------------------------------------------------------------------------------- prototypes
+
+
+def prototypes(x: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """prototype_c = normalize(mean of normalize(e_i) over train items of class c); (C, d) and a has-prototype mask."""
+    xn = l2n(x)
+    d = x.shape[1]
+    sums = np.zeros((n_classes, d), np.float64)
+    np.add.at(sums, y, xn)
+    counts = np.bincount(y, minlength=n_classes)
+    protos = l2n(sums / np.maximum(counts, 1)[:, None])
+    return protos, counts > 0
+
+
+def prototype_scores(protos: np.ndarray, has: np.ndarray, q: np.ndarray) -> np.ndarray:
+    s = l2n(q) @ protos.T
+    s[:, ~has] = -np.inf  # a class with no train item cannot be predicted
+    return s
+
+
+# --------------------------------------------------------------------------------------------- kNN
+
+
+def knn_neighbours(bank: np.ndarray, q: np.ndarray, kmax: int, bank_ids=None, q_ids=None, chunk: int = 2048):
+    """Exact cosine top-kmax over the whole bank (torch matmul + topk, chunked); drops a query's own id."""
+    import torch
+
+    b = torch.from_numpy(l2n(bank))
+    drop_self = bank_ids is not None and q_ids is not None and np.isin(q_ids, bank_ids).any()
+    k = min(kmax + (1 if drop_self else 0), len(bank))
+    sims_out, idx_out = [], []
+    for s in range(0, len(q), chunk):
+        qs = torch.from_numpy(l2n(q[s:s + chunk]))
+        sims = qs @ b.T
+        if drop_self:
+            pos = {int(i): j for j, i in enumerate(bank_ids)}
+            for r, qi in enumerate(q_ids[s:s + chunk]):
+                j = pos.get(int(qi))
+                if j is not None:
+                    sims[r, j] = -float("inf")
+        v, i = torch.topk(sims, k, dim=1)
+        sims_out.append(v[:, :kmax].numpy())
+        idx_out.append(i[:, :kmax].numpy())
+    return np.concatenate(sims_out), np.concatenate(idx_out)
+
+
+def knn_scores(sims: np.ndarray, labels: np.ndarray, k: int, n_classes: int, T: float | None = KNN_T) -> np.ndarray:
+    """DINOv2 weighted vote: softmax(sim / T) over the k neighbours, summed per class; T=None: majority vote."""
+    s, lab = sims[:, :k].astype(np.float64), labels[:, :k]
+    if T is None:
+        w = np.ones_like(s)
+    else:
+        w = np.exp((s - s.max(axis=1, keepdims=True)) / T)
+        w /= w.sum(axis=1, keepdims=True)
+    out = np.zeros((len(s), n_classes))
+    np.add.at(out, (np.repeat(np.arange(len(s)), lab.shape[1]), lab.ravel()), w.ravel())
+    return out
+
+
+# --------------------------------------------------------------------------------------------- linear probe
+
+
+def _fit_logreg(x, y, n_classes: int, C: float, init=None, max_iter: int = 1000, tol: float = 1e-10):
+    """Multinomial logistic regression with L2 penalty by L-BFGS (torch, float64): the sklearn objective
+    C·Σ CE + ½‖W‖² (bias unpenalized), divided by n for conditioning."""
+    import torch
+
+    n, d = x.shape
+    W = torch.zeros(d, n_classes, dtype=torch.float64, device=x.device) if init is None else init[0].clone()
+    b = torch.zeros(n_classes, dtype=torch.float64, device=x.device) if init is None else init[1].clone()
+    W.requires_grad_(True)
+    b.requires_grad_(True)
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
+                            history_size=20, line_search_fn="strong_wolfe")
+    lam = 1.0 / (C * n)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ W + b, y) + 0.5 * lam * (W * W).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return W.detach(), b.detach()
+
+
+def linear_probe(xtr, ytr, n_classes: int, seed: int = 0, grid=LINEAR_C_GRID, device: str | None = None):
+    """C chosen on the held-out 10 % of train over a coarse pass of `grid` refined around the best, then refit on
+    all of train. Returns (predict_scores_fn, params)."""
+    import torch
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    fit, held = holdout_split(ytr, seed=seed)
+    X = torch.from_numpy(np.asarray(xtr, np.float64)).to(dev)
+    Y = torch.from_numpy(np.asarray(ytr, np.int64)).to(dev)
+
+    tried: dict[int, float] = {}
+
+    def score(i, init=None):
+        W, b = _fit_logreg(X[fit], Y[fit], n_classes, float(grid[i]), init)
+        tried[i] = float(((X[held] @ W + b).argmax(1) == Y[held]).double().mean())
+        return W, b
+
+    coarse = list(range(0, len(grid), 4))
+    if coarse[-1] != len(grid) - 1:
+        coarse.append(len(grid) - 1)
+    init = None
+    for i in coarse:  # increasing C: warm start from the more regularized solution (the problem is convex)
+        init = score(i, init)
+    best = max(tried, key=lambda i: (tried[i], -i))
+    for i in range(max(0, best - 3), min(len(grid), best + 4)):
+        if i not in tried:
+            score(i)
+    best = max(tried, key=lambda i: (tried[i], -i))  # ties: the stronger regularization
+    C = float(grid[best])
+    W, b = _fit_logreg(X, Y, n_classes, C)
+
+    def predict(q):
+        Q = torch.from_numpy(np.asarray(q, np.float64)).to(dev)
+        return (Q @ W + b).cpu().numpy()
+
+    params = {"C": C, "C_grid": "10^linspace(-6, 5, 45): every 4th value, then ±3 grid steps around the best",
+              "C_tried": {f"{grid[i]:.3g}": round(a, 5) for i, a in sorted(tried.items())},
+              "selection": f"held-out {HOLDOUT:.0%} of train, stratified, seed {seed}; refit on all of train",
+              "features": "raw (unnormalized)", "solver": "L-BFGS (torch, float64), strong Wolfe, max_iter 1000",
+              "penalty": "L2, C·ΣCE + ½‖W‖² (sklearn's objective)", "device": dev}
+    return predict, params, (W.cpu().numpy(), b.cpu().numpy())
+
+
+# --------------------------------------------------------------------------------------------- SVC
+
+
+def svc_probe(xtr, ytr, kind: str = "rbf", seed: int = 0):
+    """`rbf`: SVC(kernel="rbf", gamma="scale", C=1) as in the notebooks; `linear`: LinearSVC with C chosen on the
+    held-out part. Both on standardized features (cuML's SVC when installed)."""
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(xtr)
+    Xs = scaler.transform(xtr)
+    if kind == "rbf":
+        n = len(xtr)
+        if n > SVC_WARN_N:
+            est = 1e-9 * n * n * xtr.shape[1] / 384
+            log.warning("RBF SVC on %d training items costs O(n²): expect on the order of %.0f min on CPU; "
+                        "install cuML for GPU SVC, or use the linear probe", n, est / 60)
+        try:
+            from cuml.svm import SVC as _SVC  # noqa: N811
+            backend = "cuml"
+        except ImportError:
+            from sklearn.svm import SVC as _SVC  # noqa: N811
+            backend = "sklearn"
+        clf = _SVC(kernel="rbf", gamma="scale", C=1.0, decision_function_shape="ovr").fit(Xs, ytr)
+        params = {"kernel": "rbf", "gamma": "scale", "C": 1.0, "backend": backend, "features": "standardized"}
+    else:
+        from sklearn.svm import LinearSVC
+
+        grid = np.logspace(-5, 2, 8)
+        fit, held = holdout_split(ytr, seed=seed)
+        acc = {}
+        for C in grid:
+            m = LinearSVC(C=C, dual="auto", max_iter=5000, random_state=seed).fit(Xs[fit], ytr[fit])
+            acc[float(C)] = float((m.predict(Xs[held]) == ytr[held]).mean())
+        C = max(acc, key=lambda c: (acc[c], -c))
+        clf = LinearSVC(C=C, dual="auto", max_iter=5000, random_state=seed).fit(Xs, ytr)
+        params = {"C": C, "C_tried": {f"{c:.3g}": round(a, 5) for c, a in acc.items()},
+                  "selection": f"held-out {HOLDOUT:.0%} of train, stratified, seed {seed}; refit on all of train",
+                  "features": "standardized", "backend": "sklearn LinearSVC"}
+    classes_ = np.asarray(clf.classes_)
+
+    def predict(q, n_classes):
+        d = np.asarray(clf.decision_function(scaler.transform(q)))
+        if d.ndim == 1:  # binary: one column, positive = classes_[1]
+            d = np.stack([-d, d], axis=1)
+        out = np.full((len(q), n_classes), -np.inf)
+        out[:, classes_] = d
+        return out
+
+    return predict, params, (scaler, clf)
+
+
+# --------------------------------------------------------------------------------------------- MLP
+
+
+def mlp_probe(xtr, ytr, n_classes: int, seed: int = 0, hidden: int = 256, lr: float = 1e-3, batch: int = 256,
+              max_epochs: int = 200, patience: int = 10):
+    """One hidden layer of 256 ReLU, Adam 1e-3, cross-entropy. The epoch count is chosen by early stopping on the
+    held-out part of train; the final model is refit on all of train for that many epochs."""
+    import torch
+
+    mean, std = xtr.mean(0), xtr.std(0) + 1e-6
+    Xall = torch.from_numpy(((xtr - mean) / std).astype(np.float32))
+    Yall = torch.from_numpy(np.asarray(ytr, np.int64))
+    fit, held = holdout_split(ytr, seed=seed)
+
+    def train(idx, epochs, val=None):
+        g = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.Linear(Xall.shape[1], hidden), torch.nn.ReLU(),
+                                  torch.nn.Linear(hidden, n_classes))
+        opt = torch.optim.Adam(net.parameters(), lr=lr)
+        best, best_ep, hist = -1.0, 0, []
+        for ep in range(1, epochs + 1):
+            net.train()
+            perm = idx[torch.randperm(len(idx), generator=g).numpy()]
+            for s in range(0, len(perm), batch):
+                b = perm[s:s + batch]
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(net(Xall[b]), Yall[b]).backward()
+                opt.step()
+            if val is not None:
+                net.eval()
+                with torch.no_grad():
+                    acc = float((net(Xall[val]).argmax(1) == Yall[val]).float().mean())
+                hist.append(acc)
+                if acc > best:
+                    best, best_ep = acc, ep
+                elif ep - best_ep >= patience:
+                    break
+        return net, best_ep, hist
+
+    _, epochs, hist = train(fit, max_epochs, held)
+    net, _, _ = train(np.arange(len(ytr)), max(epochs, 1))
+    net.eval()
+
+    def predict(q):
+        with torch.no_grad():
+            return net(torch.from_numpy(((q - mean) / std).astype(np.float32))).numpy()
+
+    params = {"hidden": hidden, "activation": "relu", "optimizer": f"Adam lr {lr}", "batch_size": batch,
+              "epochs": epochs, "max_epochs": max_epochs, "patience": patience, "features": "standardized",
+              "selection": f"epochs by early stopping on held-out {HOLDOUT:.0%} of train (seed {seed}); "
+                           "refit on all of train", "heldout_accuracy_curve": [round(a, 4) for a in hist]}
+    return predict, params, (net, mean, std)
+
+
+def timed(fn, *a, **kw):
+    t0 = time.perf_counter()
+    out = fn(*a, **kw)
+    return out, time.perf_counter() - t0
