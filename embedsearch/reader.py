@@ -123,6 +123,29 @@ class Index:
             raise QueryError(f"id {int(missing[0])} has no embedding in index {self.name}")
         return vecs[pos]
 
+    def close(self) -> None:
+        """Close the read-only catalog connection (DuckDB refuses a writer in the same process while it is open)."""
+        if "con" in self.__dict__:
+            self.__dict__.pop("con").close()
+
+    def backbone(self, device: str = "auto"):
+        """The index's own backbone, recreated from the manifest and checked against its weights hash, for
+        embedding new images and text in the same space."""
+        from .backbones import create_backbone
+        from .embed import resolve_device
+
+        if self.manifest["space"].get("kind") == "external":
+            raise QueryError(f"index {self.name} holds imported vectors: there is no backbone to embed new queries")
+        b = self.manifest.get("build", {})
+        bb = create_backbone(self.backbone_spec, weights=b.get("weights"), pretrained=b.get("pretrained", True),
+                             image_size=b.get("image_size"), pool=b.get("pool", "default"), seed=b.get("seed", 0),
+                             device=resolve_device(device))
+        want = self.manifest["space"].get("weights_sha256")
+        if want and bb.info.get("weights_sha256") != want:
+            raise IndexStateError(f"the backbone recreated for {self.name} has different weights than the index was "
+                                  f"built with (sha256 {bb.info.get('weights_sha256', '')[:12]} vs {want[:12]})")
+        return bb
+
     @cached_property
     def faiss(self):
         from .index import load_index

@@ -1,0 +1,65 @@
+"""CLIP zero-shot with text prompts (CLIP_benchmark / open_clip): prompt-ensembled class vectors, logits = 100·cos."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EvalError
+
+# CLIP's CIFAR-10/100 templates (18), as in CLIP_benchmark
+CIFAR_TEMPLATES = [
+    "a photo of a {}.", "a blurry photo of a {}.", "a black and white photo of a {}.", "a low contrast photo of a {}.",
+    "a high contrast photo of a {}.", "a bad photo of a {}.", "a good photo of a {}.", "a photo of a small {}.",
+    "a photo of a big {}.", "a photo of the {}.", "a blurry photo of the {}.", "a black and white photo of the {}.",
+    "a low contrast photo of the {}.", "a high contrast photo of the {}.", "a bad photo of the {}.",
+    "a good photo of the {}.", "a photo of the small {}.", "a photo of the big {}.",
+]
+GENERIC_TEMPLATES = ["a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}.", "an image of a {}."]
+
+
+def templates_for(source_kind: str) -> tuple[str, list[str]]:
+    if source_kind in ("cifar10", "cifar100"):
+        return "cifar (18 CLIP templates)", CIFAR_TEMPLATES
+    return "generic (4 templates)", GENERIC_TEMPLATES
+
+
+def read_prompt_file(path: str, classes: list[str]) -> tuple[list[str], list[str] | None]:
+    """JSON {"classnames": {label: name} | [names in class order], "templates": ["a photo of a {}.", …]}."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise EvalError(f"prompt file {path}: {e}") from None
+    names = data.get("classnames")
+    if isinstance(names, dict):
+        names = [names.get(c, c) for c in classes]
+    elif isinstance(names, list):
+        if len(names) != len(classes):
+            raise EvalError(f"prompt file {path}: {len(names)} classnames for {len(classes)} classes")
+    else:
+        names = list(classes)
+    templates = data.get("templates")
+    if templates is not None and (not templates or not all("{}" in t for t in templates)):
+        raise EvalError(f"prompt file {path}: every template needs a '{{}}' placeholder")
+    return names, templates
+
+
+def class_vectors(text_fn, names: list[str], templates: list[str]) -> np.ndarray:
+    """class vector = normalize(mean over templates of normalize(encode_text(template.format(name))))."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for n in names:
+            e = text_fn([t.format(n) for t in templates]).float()
+            e = e / e.norm(dim=-1, keepdim=True)
+            m = e.mean(0)
+            out.append((m / m.norm()).cpu().numpy())
+    return np.stack(out)
+
+
+def zeroshot_scores(class_vecs: np.ndarray, q: np.ndarray) -> np.ndarray:
+    qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    return 100.0 * qn @ class_vecs.T
