@@ -6,9 +6,10 @@ import difflib
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import BackboneError, SpecError
 from .specs import BACKBONE_KINDS, BackboneSpec, parse_backbone

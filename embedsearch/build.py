@@ -17,8 +17,17 @@ from . import index as vindex
 from . import store
 from .embed import PartResult, Timings, resolve_device, resolve_precision, run_embedding
 from .errors import IndexStateError, SourceError
-from .manifest import (FORMAT_VERSION, Layout, check_space, library_versions, read_manifest, resolve, space_of,
-                       write_manifest, writer_lock)
+from .manifest import (
+    FORMAT_VERSION,
+    Layout,
+    check_space,
+    library_versions,
+    read_manifest,
+    resolve,
+    space_of,
+    write_manifest,
+    writer_lock,
+)
 from .sources import Source
 
 log = logging.getLogger(__name__)
@@ -270,7 +279,7 @@ def load_external_vectors(path: Path, source: Source) -> dict[int, np.ndarray]:
             rows = _aligned(vecs, recs, path)
         else:
             rows = {}
-            for k, v in zip(t.column(key).to_pylist(), vecs):
+            for k, v in zip(t.column(key).to_pylist(), vecs, strict=False):
                 if str(k) not in by_key:
                     raise SourceError(f"--vectors {path}: {key} {k!r} is not in the source")
                 rows[by_key[str(k)]] = v

@@ -163,7 +163,7 @@ def sql(name, query, root, fmt):
     from .reader import Index
 
     cols, rows = Index.open(name, root).sql(query)
-    emit([dict(zip(cols, r)) for r in rows], fmt, columns=cols)
+    emit([dict(zip(cols, r, strict=False)) for r in rows], fmt, columns=cols)
 
 
 @cli.command()
@@ -179,6 +179,120 @@ def backbones(fmt):
     from .backbones import list_backbones
 
     emit(list_backbones(), fmt)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False),
+              help="Query image(s), embedded with the index's own backbone and preprocessing.")
+@click.option("--id", "ids", multiple=True, type=int, help="Query by item id (the item itself is not returned).")
+@click.option("--text", "texts", multiple=True, help="Text query (open_clip indexes).")
+@click.option("--vector", "vector_file", type=click.Path(dir_okay=False), help=".npy with one or many query vectors.")
+@click.option("-k", type=int, default=10, show_default=True, help="Hits per query.")
+@click.option("--where", help="SQL predicate over catalog columns, e.g. \"split = 'train' AND label = 'cat'\".")
+@root_option
+@output_options
+@_handle_errors
+def search(name, images, ids, texts, vector_file, k, where, root, fmt):
+    """Nearest neighbours (cosine) of images, ids, texts or vectors in an index.
+
+    \b
+    Example:
+        embedsearch search digits-pixels --id 0 -k 5 --where "split = 'train'"
+    """
+    from .reader import Index
+    from .search import search as run_search
+
+    rows = run_search(Index.open(name, root), images=images, ids=ids, texts=texts, vector_file=vector_file, k=k,
+                      where=where)
+    emit(rows, fmt, columns=["query", "rank", "id", "score", "label", "split", "path"])
+
+
+@cli.command(name="eval")
+@click.argument("name")
+@click.option("--train", "train_where", default="split = 'train'", show_default=True,
+              help="SQL predicate selecting the training items.")
+@click.option("--test", "test_where", default="split = 'test'", show_default=True,
+              help="SQL predicate selecting the test items.")
+@click.option("-m", "--methods", help="Comma-separated: prototypes,knn,linear,svc,mlp,zeroshot,fewshot "
+              "(default: all that apply).")
+@click.option("--prompts", type=click.Path(dir_okay=False), help="JSON of classnames/templates for zeroshot.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@root_option
+@output_options
+@_handle_errors
+def eval_cmd(name, train_where, test_where, methods, prompts, seed, root, fmt):
+    """Evaluate an index's embeddings: prototypes, kNN, probes, zero-shot, few-shot.
+
+    Hyper-parameters are chosen on a seeded, stratified 10 % of the train selection and never on test. Results are
+    stored as JSON under reports/ and in the catalog; a Markdown summary goes to stdout.
+
+    \b
+    Example:
+        embedsearch eval digits-pixels --methods prototypes,knn,linear
+    """
+    from .evaluate import evaluate, save_run
+    from .reader import Index
+    from .report import markdown_run
+
+    ix = Index.open(name, root)
+    run = evaluate(ix, train=train_where, test=test_where, methods=methods.split(",") if methods else None,
+                   seed=seed, prompts=prompts)
+    md = markdown_run(run, ix)
+    paths = save_run(ix, run)
+    click.echo(f"results: {ix.layout.reports}/eval-{run.run_id}-*.json ({len(paths)} files)", err=True)
+    if fmt == "table":
+        click.echo(md)
+    else:
+        emit(run.table(), fmt)
+
+
+@cli.command()
+@click.argument("names", nargs=-1, required=True)
+@root_option
+@output_options
+@_handle_errors
+def report(names, root, fmt):
+    """Aggregate the latest evaluation results of one or more indexes into one table.
+
+    \b
+    Example:
+        embedsearch report digits-pixels digits-vit --csv > results.csv
+    """
+    from .reader import Index
+    from .report import aggregate
+
+    emit(aggregate([Index.open(n, root) for n in names]), fmt)
+
+
+@cli.command()
+@click.argument("names", nargs=-1, required=True)
+@root_option
+@click.option("--per-class", is_flag=True, help="Also print the per-class recall deltas.")
+@output_options
+@_handle_errors
+def compare(names, root, per_class, fmt):
+    """Compare indexes of the same items under different backbones (joined on id), method by method.
+
+    Reports top-1 of each, error overlap (A wrong / B right, B wrong / A right, both wrong) and McNemar's exact test.
+
+    \b
+    Example:
+        embedsearch compare digits-pixels digits-vit
+    """
+    from .reader import Index
+    from .report import compare as run_compare
+
+    out = run_compare([Index.open(n, root) for n in names])
+    if fmt != "table":
+        emit(out["pairs"] if fmt in ("csv", "nl") else out, fmt)
+        return
+    rows = [{k: v for k, v in p.items() if k not in ("per_class", "test_where", "seeds")} for p in out["pairs"]]
+    emit(rows, fmt)
+    if per_class:
+        for p in out["pairs"]:
+            click.echo(f"\n{p['method']} / {p['variant']}: recall per class ({p['b']} − {p['a']})")
+            emit(p["per_class"], fmt)
 
 
 def main() -> None:

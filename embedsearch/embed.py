@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -156,7 +156,7 @@ def run_embedding(
     bar = tqdm(total=len(records), unit="img", desc="embed", disable=not progress, file=None, smoothing=0.1)
     for batch in loader:
         good = [b for b in batch if b[1] is not None]
-        for i, _, err, size, (t_read, t_pre) in batch:
+        for *_, (t_read, t_pre) in batch:
             timings.read += t_read
             timings.preprocess += t_pre
         vecs = np.zeros((0, 0), np.float32)
@@ -170,7 +170,7 @@ def run_embedding(
             vecs = out.float().cpu().numpy()
             timings.forward += time.perf_counter() - t0
         gi = 0
-        for i, x, err, size, _ in batch:
+        for i, _x, err, size, _ in batch:
             r = records[i]
             w, h = size if size else (None, None)
             if err is None:

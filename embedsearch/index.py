@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -111,7 +111,7 @@ def load_index(path: Path, mmap: bool = False):
         raise IndexStateError(f"FAISS file {path} is unreadable: {str(e).strip().splitlines()[-1][:120]}") from None
 
 
-def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search(index, queries: np.ndarray, k: int, subset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Cosine top-k: (scores, ids) each (nq, k'), k' ≤ k when the index is small.
 
     An approximate index may find fewer than k for some queries: those slots hold id -1 and score -inf, and columns
@@ -128,8 +128,16 @@ def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         raise QueryError(f"-k must be at least 1 (got {k})")
     if index.ntotal == 0:
         return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-    kk = min(k, index.ntotal)
-    scores, ids = index.search(normalize(q), kk)
+    kk = min(k, index.ntotal if subset is None else len(subset))
+    if kk == 0:
+        return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+    if subset is None:
+        scores, ids = index.search(normalize(q), kk)
+    else:  # filtered search: FAISS skips ids outside the selection (works through IDMap and IVF alike)
+        import faiss
+
+        sel = faiss.IDSelectorBatch(np.ascontiguousarray(subset, dtype=np.int64))
+        scores, ids = index.search(normalize(q), kk, params=faiss.SearchParameters(sel=sel))
     scores[ids < 0] = -np.inf
     keep = (ids >= 0).any(axis=0)
     return scores[:, keep], ids[:, keep]

@@ -90,7 +90,7 @@ class Index:
         if not rows:
             return {"id": np.zeros(0, np.int64), "class_index": np.zeros(0, np.int64), "label": np.array([], object),
                     "split": np.array([], object), "path": np.array([], object)}
-        ids, ci, label, split, path = zip(*rows)
+        ids, ci, label, split, path = zip(*rows, strict=False)
         return {"id": np.asarray(ids, np.int64), "class_index": np.asarray(ci, np.int64),
                 "label": np.asarray(label, object), "split": np.asarray(split, object), "path": np.asarray(path, object)}
 
@@ -100,7 +100,7 @@ class Index:
             return {}
         cur = self.con.execute(f"SELECT {columns} FROM items WHERE id IN (SELECT unnest(?))", [ids])
         cols = [d[0] for d in cur.description]
-        return {r[cols.index("id")]: dict(zip(cols, r)) for r in cur.fetchall()}
+        return {r[cols.index("id")]: dict(zip(cols, r, strict=False)) for r in cur.fetchall()}
 
     # ----------------------------------------------------------------------------------- vectors
 

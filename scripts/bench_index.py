@@ -112,7 +112,7 @@ def main() -> None:
 
     # how close are the vectors? (same weights: the seeded random init is identical in every run)
     ids32, v32 = store.read_all(ix.part_paths)
-    ref = {int(i): v for i, v in zip(ids32, v32)}
+    ref = {int(i): v for i, v in zip(ids32, v32, strict=False)}
     def cos_to_ref(ids, v):
         r = np.stack([ref[int(i)] for i in ids])
         return (np.sum(r * v, 1) / np.linalg.norm(r, axis=1) / np.linalg.norm(v, axis=1)).astype(np.float64)
@@ -146,7 +146,7 @@ def main() -> None:
               f"- float16 storage vs float32 vectors: cosine min {c16.min():.8f}.",
               f"- bf16 autocast vs fp32 (both stored as float16): cosine min {cbf.min():.6f}, mean {cbf.mean():.6f}, "
               f"max |Δ| relative to the vector norm {rel_bf:.2e}.",
-              f"- `--precision auto` picks bf16 on this CPU (it has AVX512-BF16; see `embed.cpu_has_bf16`), fp32 on CPUs "
+              "- `--precision auto` picks bf16 on this CPU (it has AVX512-BF16; see `embed.cpu_has_bf16`), fp32 on CPUs "
               "without native bf16.",
               f"- notebook-loop vectors vs embedsearch fp32 (same weights; JPEG decode identical): max |Δ| "
               f"{np.abs(np.sort(v_loop.ravel()) - np.sort(v32.ravel())).max():.2e} (sorted-value comparison).", "",

@@ -45,9 +45,32 @@ def test_errors_are_one_line_with_exit_1(index_root):
 @pytest.mark.slow
 def test_real_subprocess_main_flow(tmp_path, image_folder):
     env = {"EMBEDSEARCH_HOME": str(tmp_path / "ix"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    run = lambda *a: subprocess.run([sys.executable, "-m", "embedsearch", *a], capture_output=True, text=True, env=env)
+    def run(*a):
+        return subprocess.run([sys.executable, "-m", "embedsearch", *a], capture_output=True, text=True, env=env)
     p = run("index", str(image_folder), "-b", "timm:test_vit", "--random-init", "-n", "f", "--json")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["embedded"] == 33
     p = run("sql", "f", "SELECT label, count(*) AS n FROM items GROUP BY 1 ORDER BY 1", "--json")
     assert [r["n"] for r in json.loads(p.stdout)] == [11, 11, 11]
+
+
+def test_eval_report_compare_search_flow(index_root):
+    r = CliRunner()
+    for name, bb in (("px8", "pixels:8"), ("px4", "pixels:4")):
+        assert r.invoke(cli, ["-q", "index", "digits", "-b", bb, "-n", name, "--workers", "0"]).exit_code == 0
+        res = r.invoke(cli, ["-q", "eval", name, "-m", "prototypes,knn"])
+        assert res.exit_code == 0, res.output
+        assert "| knn | weighted k=20, T=0.07 |" in res.stdout and "1,000 resamples" in res.stdout
+    res = r.invoke(cli, ["report", "px8", "px4", "--json"])
+    rows = json.loads(res.stdout)
+    assert {(x["index"], x["method"]) for x in rows} >= {("px8", "knn"), ("px4", "prototypes")}
+    assert len(list((index_root / "px8" / "reports").glob("eval-*.json"))) == 3
+    res = r.invoke(cli, ["compare", "px8", "px4", "--json"])
+    pairs = json.loads(res.stdout)["pairs"]
+    p = next(x for x in pairs if x["method"] == "prototypes")
+    assert p["n_common"] == 450 and 0 <= p["mcnemar_p"] <= 1
+    assert p["a_wrong_b_right"] + p["both_wrong"] == round((1 - p["top1_a"]) * 450)
+    res = r.invoke(cli, ["search", "px8", "--id", "0", "-k", "3", "--where", "split = 'train'", "--json"])
+    assert [x["rank"] for x in json.loads(res.stdout)] == [1, 2, 3]
+    res = r.invoke(cli, ["search", "px8", "--id", "0", "--where", "1=1; DROP TABLE items"])
+    assert res.exit_code == 1 and "multiple statements" in res.stderr

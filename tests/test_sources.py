@@ -109,7 +109,7 @@ def test_label_regex_split_and_min_per_class(tmp_path):
 def test_manifest_csv_and_parquet(tmp_path, image_folder):
     rows = [("train/red/red_0.jpg", "red", "train", 5), ("test/blue/blue_1.png", "blue", "test", 7)]
     csv = tmp_path / "m.csv"
-    csv.write_text("path,label,split,score\n" + "".join(f"{p},{l},{s},{x}\n" for p, l, s, x in rows))
+    csv.write_text("path,label,split,score\n" + "".join(f"{p},{lab},{s},{x}\n" for p, lab, s, x in rows))
     src = open_source(str(csv), root=str(image_folder))
     assert [r.label for r in src.records] == ["red", "blue"] and src.records[0].meta == {"score": "5"}
     assert src.root == image_folder and src.records[0].id == path_id("train/red/red_0.jpg")

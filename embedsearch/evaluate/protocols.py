@@ -199,11 +199,10 @@ def svc_probe(xtr, ytr, kind: str = "rbf", seed: int = 0):
         clf = _SVC(kernel="rbf", gamma="scale", C=1.0, decision_function_shape="ovr").fit(Xs, ytr)
         params = {"kernel": "rbf", "gamma": "scale", "C": 1.0, "backend": backend, "features": "standardized"}
     else:
-        from sklearn.svm import LinearSVC
-
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
+        from sklearn.svm import LinearSVC
 
         grid = np.logspace(-4, 1, 6)
         fit, held = holdout_split(ytr, seed=seed)

@@ -1,0 +1,140 @@
+"""Reports: the Markdown summary of an eval run, the aggregate table over runs, and model-vs-model comparison."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from .errors import EvalError
+
+
+def _pct(x) -> str:
+    return "" if x is None else f"{100 * x:.2f}"
+
+
+def markdown_run(run, ix) -> str:
+    """The summary printed after `embedsearch eval`: every number with its method, selection and parameters."""
+    r0 = run.results[0].data
+    lines = [f"## {ix.name}: evaluation run {run.run_id}", "",
+             f"- backbone: `{r0['backbone']}` (d = {r0['space']['dim']}, stored {r0['space']['dtype']})",
+             f"- train: `{r0['train']['where']}` → {r0['train']['n']} items, {r0['train']['n_classes']} classes; "
+             f"test: `{r0['test']['where']}` → {r0['test']['n']} items, {r0['test']['n_classes']} classes",
+             f"- seed {r0['seed']}; hyper-parameters chosen on a stratified held-out 10 % of train, then refit on all "
+             "of train; test used once. CI: 95 % percentile bootstrap, 1,000 resamples of test.", "",
+             "| method | variant | top-1 % [95 % CI] | top-5 % | balanced acc. % | macro F1 % | parameters |",
+             "|---|---|---|---|---|---|---|"]
+    for r in run.results:
+        d = r.data
+        m = d.get("metrics") or {}
+        if d["method"] == "fewshot":
+            continue
+        ci = m.get("ci95", {}).get("top1")
+        lines.append(f"| {d['method']} | {d['variant']} | {_pct(m.get('top1'))} [{_pct(ci[0])}, {_pct(ci[1])}] | "
+                     f"{_pct(m.get('top5'))} | {_pct(m.get('balanced_accuracy'))} | {_pct(m.get('macro_f1'))} | "
+                     f"{_params_md(d)} |")
+    for r in run.results:
+        if r.method == "knn" and r.data["params"].get("vote") != "majority":
+            sweep = r.data["params"]["k_sweep_top1"]
+            lines += ["", "kNN k-sweep (weighted, T = {}), top-1 %: ".format(r.data["params"]["T"])
+                      + ", ".join(f"k={k}: {_pct(v)}" for k, v in sweep.items())]
+        if r.method == "fewshot":
+            lines += ["", "Few-shot top-1 % (mean ± std over seeds; kNN k = 20, T = 0.07):", "",
+                      "| shots / class | prototypes | kNN |", "|---|---|---|"]
+            for c in r.data["curve"]:
+                lines.append(f"| {c['shots']} | {_pct(c['prototypes_mean'])} ± {_pct(c['prototypes_std'])} | "
+                             f"{_pct(c['knn_mean'])} ± {_pct(c['knn_std'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _params_md(d: dict) -> str:
+    p = d.get("params", {})
+    keys = {"prototypes": ["metric"], "knn": ["k", "T", "vote"], "linear": ["C"], "svc": ["kernel", "gamma", "C"],
+            "mlp": ["hidden", "epochs"], "zeroshot": ["templates", "template_set"]}.get(d["method"], [])
+    out = []
+    for k in keys:
+        if k in p:
+            v = p[k]
+            out.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
+    return ", ".join(out)
+
+
+def latest_results(ix) -> list[dict]:
+    """The newest result of each (method, variant) stored in an index's catalog."""
+    _, rows = ix.sql("SELECT result FROM results ORDER BY created")
+    latest: dict[tuple, dict] = {}
+    for (res,) in rows:
+        d = json.loads(res) if isinstance(res, str) else res
+        latest[(d["method"], d.get("variant"))] = d
+    return list(latest.values())
+
+
+def aggregate(indexes) -> list[dict]:
+    """One row per (index, method variant): the table `embedsearch report` prints."""
+    rows = []
+    for ix in indexes:
+        for d in latest_results(ix):
+            m = d.get("metrics") or {}
+            if not m:
+                continue
+            ci = m.get("ci95", {}).get("top1", [None, None])
+            rows.append({"index": ix.name, "backbone": d["backbone"], "method": d["method"], "variant": d["variant"],
+                         "top1": m.get("top1"), "top1_ci_low": ci[0], "top1_ci_high": ci[1], "top5": m.get("top5"),
+                         "balanced_accuracy": m.get("balanced_accuracy"), "macro_f1": m.get("macro_f1"),
+                         "params": _params_md(d), "train": f"{d['train']['where']} (n={d['train']['n']})",
+                         "test": f"{d['test']['where']} (n={d['test']['n']})", "seed": d["seed"],
+                         "run_id": d["run_id"]})
+    return rows
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts (binomial test, p = 0.5)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return float(min(1.0, 2 * tail))
+
+
+def compare(indexes) -> dict:
+    """Pairwise comparison on the items both evaluated (joined on id), per shared method variant."""
+    if len(indexes) < 2:
+        raise EvalError("compare needs at least two indexes")
+    res = {ix.name: {(d["method"], d["variant"]): d for d in latest_results(ix) if d.get("predictions")}
+           for ix in indexes}
+    a, others = indexes[0], indexes[1:]
+    out = {"reference": a.name, "pairs": []}
+    for b in others:
+        shared = sorted(set(res[a.name]) & set(res[b.name]))
+        if not shared:
+            raise EvalError(f"{a.name} and {b.name} have no evaluation method in common: run `embedsearch eval` on both")
+        for key in shared:
+            ra, rb = res[a.name][key], res[b.name][key]
+            pa = dict(zip(ra["predictions"]["id"], zip(ra["predictions"]["true"], ra["predictions"]["pred"], strict=False), strict=False))
+            pb = dict(zip(rb["predictions"]["id"], zip(rb["predictions"]["true"], rb["predictions"]["pred"], strict=False), strict=False))
+            common = sorted(set(pa) & set(pb))
+            if not common:
+                continue
+            if ra["classes"] != rb["classes"]:
+                raise EvalError(f"{a.name} and {b.name} have different class tables; they are not the same dataset")
+            ya = np.array([pa[i][0] for i in common])
+            ca = np.array([pa[i][1] == pa[i][0] for i in common])
+            cb = np.array([pb[i][1] == pb[i][0] for i in common])
+            b_only, a_only = int((~ca & cb).sum()), int((ca & ~cb).sum())
+            classes = ra["classes"]
+            per_class = []
+            for c in np.unique(ya):
+                sel = ya == c
+                per_class.append({"class": classes[c], "support": int(sel.sum()), f"recall_{a.name}": float(ca[sel].mean()),
+                                  f"recall_{b.name}": float(cb[sel].mean()),
+                                  "delta": float(cb[sel].mean() - ca[sel].mean())})
+            per_class.sort(key=lambda r: r["delta"])
+            out["pairs"].append({
+                "a": a.name, "b": b.name, "method": key[0], "variant": key[1], "n_common": len(common),
+                "top1_a": float(ca.mean()), "top1_b": float(cb.mean()), "delta": float(cb.mean() - ca.mean()),
+                "a_wrong_b_right": b_only, "b_wrong_a_right": a_only, "both_wrong": int((~ca & ~cb).sum()),
+                "mcnemar_p": mcnemar_exact(a_only, b_only), "per_class": per_class,
+                "test_where": (ra["test"]["where"], rb["test"]["where"]), "seeds": (ra["seed"], rb["seed"])})
+    return out

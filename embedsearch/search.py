@@ -1,0 +1,82 @@
+"""Nearest-neighbour queries against an index: by image, id, text or vector, optionally filtered with --where."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import index as vindex
+from .errors import QueryError
+
+
+def query_vectors(ix, *, images=(), ids=(), texts=(), vector_file=None) -> tuple[list[dict], np.ndarray]:
+    """Embed the queries in the index's own space: (descriptions, (n, d) float32)."""
+    descs, vecs = [], []
+    if images:
+        import torch
+
+        from .images import ImageLoadError, load_image
+
+        bb = ix.backbone()
+        dev = next(bb.model.parameters()).device if bb.model is not None else "cpu"
+        for f in images:
+            try:
+                x = bb.preprocess(load_image(f)).unsqueeze(0).to(dev)
+            except ImageLoadError as e:
+                raise QueryError(f"query image {e}") from None
+            with torch.inference_mode():
+                vecs.append(bb.embed(x).float().cpu().numpy()[0])
+            descs.append({"query": str(f), "exclude": None})
+    if ids:
+        got = ix.vectors(np.asarray(ids, np.int64))
+        for i, v in zip(ids, got, strict=False):
+            vecs.append(v)
+            descs.append({"query": f"id:{i}", "exclude": int(i)})
+    if texts:
+        import torch
+
+        bb = ix.backbone()
+        if bb.text is None:
+            raise QueryError(f"--text needs an open_clip index; {ix.name} was built with {ix.backbone_spec}")
+        with torch.inference_mode():
+            t = bb.text(list(texts)).float().cpu().numpy()
+        vecs.extend(t)
+        descs.extend({"query": f"text:{s}", "exclude": None} for s in texts)
+    if vector_file:
+        p = Path(vector_file)
+        try:
+            v = np.load(p, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise QueryError(f"--vector {p}: {e}") from None
+        v = np.atleast_2d(v).astype(np.float32)
+        vecs.extend(v)
+        descs.extend({"query": f"{p.name}[{i}]", "exclude": None} for i in range(len(v)))
+    if not vecs:
+        raise QueryError("give a query: --image FILE, --id ID, --text TEXT or --vector FILE.npy")
+    return descs, np.stack(vecs).astype(np.float32)
+
+
+def search(ix, *, images=(), ids=(), texts=(), vector_file=None, k: int = 10, where: str | None = None) -> list[dict]:
+    """Top-k hits per query with their catalog metadata; a query by id never returns itself.
+
+    >>> search(Index.open("digits-pixels"), ids=[0], k=5, where="split = 'train'")   # doctest: +SKIP
+    """
+    if k < 1:
+        raise QueryError(f"-k must be at least 1 (got {k})")
+    descs, q = query_vectors(ix, images=images, ids=ids, texts=texts, vector_file=vector_file)
+    subset = ix.select(where)["id"] if where else None
+    extra = 1 if any(d["exclude"] is not None for d in descs) else 0
+    scores, hit_ids = vindex.search(ix.faiss, q, k + extra, subset)
+    meta = ix.items_by_id(np.unique(hit_ids[hit_ids >= 0]), "id, label, split, path")
+    rows = []
+    for qi, d in enumerate(descs):
+        rank = 0
+        for s, i in zip(scores[qi], hit_ids[qi], strict=False):
+            if i < 0 or i == d["exclude"] or rank == k:
+                continue
+            rank += 1
+            m = meta.get(int(i), {})
+            rows.append({"query": d["query"], "rank": rank, "id": int(i), "score": round(float(s), 6),
+                         "label": m.get("label"), "split": m.get("split"), "path": m.get("path")})
+    return rows

@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from embedsearch.build import BuildConfig, build_index
+from embedsearch.errors import QueryError
+from embedsearch.reader import Index
+from embedsearch.search import search
+from embedsearch.sources import open_source
+
+
+@pytest.fixture(scope="module")
+def ix(tmp_path_factory):
+    root = tmp_path_factory.mktemp("s")
+    src = open_source("digits")
+    src.records = src.records[:300]
+    build_index(src, BuildConfig(name="d", root=str(root), backbone="pixels:8", num_workers=0, dtype="float32"),
+                progress=False)
+    return Index.open("d", root)
+
+
+def _brute(ix, q, ids):
+    v = ix.vectors(ids)
+    s = (q / np.linalg.norm(q)) @ (v / np.linalg.norm(v, axis=1, keepdims=True)).T
+    return ids[np.argsort(-s, kind="stable")]
+
+
+def test_search_by_id_drops_self_and_matches_brute_force(ix):
+    rows = search(ix, ids=[7], k=5)
+    all_ids = ix.select()["id"]
+    want = [i for i in _brute(ix, ix.vectors([7])[0], all_ids) if i != 7][:5]
+    assert [r["id"] for r in rows] == want and all(r["query"] == "id:7" for r in rows)
+
+
+def test_filtered_search_stays_inside_the_selection(ix):
+    rows = search(ix, ids=[3], k=8, where="split = 'train' AND label = '3'")
+    sel = ix.select("split = 'train' AND label = '3'")["id"]
+    assert {r["label"] for r in rows} == {"3"} and {r["split"] for r in rows} == {"train"}
+    assert [r["id"] for r in rows] == [i for i in _brute(ix, ix.vectors([3])[0], sel) if i != 3][:8]
+
+
+def test_search_by_vector_file_and_image(ix, tmp_path):
+    np.save(tmp_path / "q.npy", ix.vectors([1, 2]))
+    rows = search(ix, vector_file=tmp_path / "q.npy", k=1)
+    assert [r["id"] for r in rows] == [1, 2]
+    from PIL import Image
+
+    src = open_source("digits")
+    Image.fromarray(src.records[4].array).save(tmp_path / "four.png")
+    rows = search(ix, images=[tmp_path / "four.png"], k=1)
+    assert rows[0]["id"] == 4 and rows[0]["score"] > 0.999
+
+
+def test_search_bad_input(ix, tmp_path):
+    with pytest.raises(QueryError, match="at least 1"):
+        search(ix, ids=[1], k=0)
+    np.save(tmp_path / "bad.npy", np.ones((1, 5)))
+    with pytest.raises(QueryError, match="192-d"):
+        search(ix, vector_file=tmp_path / "bad.npy")
+    with pytest.raises(QueryError, match="has no embedding"):
+        search(ix, ids=[10**12])
+    with pytest.raises(QueryError, match="--text needs an open_clip"):
+        search(ix, texts=["a cat"])
+    assert len(search(ix, ids=[0], k=10_000)) == 299
