@@ -190,10 +190,11 @@ def backbones(fmt):
 @click.option("--vector", "vector_file", type=click.Path(dir_okay=False), help=".npy with one or many query vectors.")
 @click.option("-k", type=int, default=10, show_default=True, help="Hits per query.")
 @click.option("--where", help="SQL predicate over catalog columns, e.g. \"split = 'train' AND label = 'cat'\".")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write a contact sheet with thumbnails.")
 @root_option
 @output_options
 @_handle_errors
-def search(name, images, ids, texts, vector_file, k, where, root, fmt):
+def search(name, images, ids, texts, vector_file, k, where, html_file, root, fmt):
     """Nearest neighbours (cosine) of images, ids, texts or vectors in an index.
 
     \b
@@ -203,9 +204,18 @@ def search(name, images, ids, texts, vector_file, k, where, root, fmt):
     from .reader import Index
     from .search import search as run_search
 
-    rows = run_search(Index.open(name, root), images=images, ids=ids, texts=texts, vector_file=vector_file, k=k,
-                      where=where)
+    ix = Index.open(name, root)
+    rows = run_search(ix, images=images, ids=ids, texts=texts, vector_file=vector_file, k=k, where=where)
     emit(rows, fmt, columns=["query", "rank", "id", "score", "label", "split", "path"])
+    if html_file:
+        from pathlib import Path
+
+        from .html import contact_sheet, to_data_uri
+        from .images import load_image
+
+        queries = {str(f): to_data_uri(load_image(f)) for f in images}
+        Path(html_file).write_text(contact_sheet(ix, rows, queries))
+        click.echo(f"contact sheet: {html_file}", err=True)
 
 
 @cli.command(name="eval")
@@ -218,10 +228,12 @@ def search(name, images, ids, texts, vector_file, k, where, root, fmt):
               "(default: all that apply).")
 @click.option("--prompts", type=click.Path(dir_okay=False), help="JSON of classnames/templates for zeroshot.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--html", "html_file", type=click.Path(dir_okay=False),
+              help="Where to write the HTML report (default: reports/eval-RUN.html in the index).")
 @root_option
 @output_options
 @_handle_errors
-def eval_cmd(name, train_where, test_where, methods, prompts, seed, root, fmt):
+def eval_cmd(name, train_where, test_where, methods, prompts, seed, html_file, root, fmt):
     """Evaluate an index's embeddings: prototypes, kNN, probes, zero-shot, few-shot.
 
     Hyper-parameters are chosen on a seeded, stratified 10 % of the train selection and never on test. Results are
@@ -239,8 +251,16 @@ def eval_cmd(name, train_where, test_where, methods, prompts, seed, root, fmt):
     run = evaluate(ix, train=train_where, test=test_where, methods=methods.split(",") if methods else None,
                    seed=seed, prompts=prompts)
     md = markdown_run(run, ix)
+    from pathlib import Path
+
+    from .html import eval_report
+
+    page = eval_report(ix, run, md)
     paths = save_run(ix, run)
-    click.echo(f"results: {ix.layout.reports}/eval-{run.run_id}-*.json ({len(paths)} files)", err=True)
+    html_path = Path(html_file) if html_file else ix.layout.reports / f"eval-{run.run_id}.html"
+    html_path.write_text(page)
+    click.echo(f"results: {ix.layout.reports}/eval-{run.run_id}-*.json ({len(paths)} files); report: {html_path}",
+               err=True)
     if fmt == "table":
         click.echo(md)
     else:

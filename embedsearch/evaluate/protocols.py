@@ -101,46 +101,72 @@ def knn_scores(sims: np.ndarray, labels: np.ndarray, k: int, n_classes: int, T: 
 # --------------------------------------------------------------------------------------------- linear probe
 
 
-def _fit_logreg(x, y, n_classes: int, C: float, init=None, max_iter: int = 1000, tol: float = 1e-7):
-    """Multinomial logistic regression with L2 penalty by L-BFGS (torch, float64): the sklearn objective
-    C·Σ CE + ½‖W‖² (bias unpenalized), divided by n for conditioning."""
+def _fit_logreg(x, y, n_classes: int, C: float, pen_w, init=None, max_iter: int = 1000, tol: float = 1e-6):
+    """Multinomial logistic regression with L2 penalty by L-BFGS (torch, float64) on *preconditioned* features.
+
+    `x` is centred and divided by the per-feature std σ; `pen_w` = 1/σ². With W = V/σ the objective
+    mean CE + ½λ Σ pen_w·V² (λ = 1/(C·n)) is exactly sklearn's C·Σ CE + ½‖W‖² divided by C·n, so the optimum is
+    the same as on raw features (the bias is unpenalized, so centring is exact too); only the conditioning improves
+    (≈20 L-BFGS iterations instead of hundreds)."""
     import torch
 
     n, d = x.shape
-    W = torch.zeros(d, n_classes, dtype=torch.float64, device=x.device) if init is None else init[0].clone()
-    b = torch.zeros(n_classes, dtype=torch.float64, device=x.device) if init is None else init[1].clone()
-    W.requires_grad_(True)
+    V = torch.zeros(d, n_classes, dtype=x.dtype, device=x.device) if init is None else init[0].clone()
+    b = torch.zeros(n_classes, dtype=x.dtype, device=x.device) if init is None else init[1].clone()
+    V.requires_grad_(True)
     b.requires_grad_(True)
-    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
+    opt = torch.optim.LBFGS([V, b], lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
                             history_size=20, line_search_fn="strong_wolfe")
     lam = 1.0 / (C * n)
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x @ W + b, y) + 0.5 * lam * (W * W).sum()
+        loss = torch.nn.functional.cross_entropy(x @ V + b, y) + 0.5 * lam * (pen_w[:, None] * V * V).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
-    return W.detach(), b.detach()
+    return V.detach(), b.detach()
+
+
+class _Preconditioned:
+    """Centre/scale statistics of one fitting set, and the map from its (V, b) back to raw-feature (W, b)."""
+
+    def __init__(self, x: np.ndarray, device: str):
+        import torch
+
+        x64 = np.asarray(x, np.float64)
+        self.mu = x64.mean(0)
+        sd = x64.std(0)
+        # any positive scale vector gives an exact reparametrization; flooring σ keeps near-constant features
+        # (e.g. border pixels) from making the σ-weighted penalty itself ill-conditioned
+        floor = 0.1 * float(np.median(sd[sd > 0])) if (sd > 0).any() else 1.0
+        self.sd = np.maximum(sd, floor)
+        self.X = torch.from_numpy((x64 - self.mu) / self.sd).to(device)
+        self.pen_w = torch.from_numpy(1.0 / self.sd**2).to(device)
+
+    def raw(self, V, b) -> tuple[np.ndarray, np.ndarray]:
+        W = V.cpu().numpy() / self.sd[:, None]
+        return W, b.cpu().numpy() - self.mu @ W
 
 
 def linear_probe(xtr, ytr, n_classes: int, seed: int = 0, grid=LINEAR_C_GRID, device: str | None = None):
     """C chosen on the held-out 10 % of train over a coarse pass of `grid` refined around the best, then refit on
-    all of train. Returns (predict_scores_fn, params)."""
+    all of train. Returns (predict_scores_fn, params, (W, b)) with W, b acting on raw features."""
     import torch
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     fit, held = holdout_split(ytr, seed=seed)
-    X = torch.from_numpy(np.asarray(xtr, np.float64)).to(dev)
+    pre = _Preconditioned(xtr[fit], dev)
     Y = torch.from_numpy(np.asarray(ytr, np.int64)).to(dev)
-
+    x_held = np.asarray(xtr[held], np.float64)
     tried: dict[int, float] = {}
 
     def score(i, init=None):
-        W, b = _fit_logreg(X[fit], Y[fit], n_classes, float(grid[i]), init)
-        tried[i] = float(((X[held] @ W + b).argmax(1) == Y[held]).double().mean())
-        return W, b
+        V, b = _fit_logreg(pre.X, Y[fit], n_classes, float(grid[i]), pre.pen_w, init)
+        W, b0 = pre.raw(V, b)
+        tried[i] = float(((x_held @ W + b0).argmax(1) == ytr[held]).mean())
+        return V, b
 
     coarse = list(range(0, len(grid), 4))
     if coarse[-1] != len(grid) - 1:
@@ -157,21 +183,22 @@ def linear_probe(xtr, ytr, n_classes: int, seed: int = 0, grid=LINEAR_C_GRID, de
             score(i)
     best = max(tried, key=lambda i: (tried[i], -i))  # ties: the stronger regularization
     C = float(grid[best])
-    W, b = _fit_logreg(X, Y, n_classes, C)
+    full = _Preconditioned(xtr, dev)
+    W, b = full.raw(*_fit_logreg(full.X, Y, n_classes, C, full.pen_w))
 
     def predict(q):
-        Q = torch.from_numpy(np.asarray(q, np.float64)).to(dev)
-        return (Q @ W + b).cpu().numpy()
+        return np.asarray(q, np.float64) @ W + b
 
-    params = {"C": C, "C_grid": "10^linspace(-6, 5, 45): every 4th value (stopping after 3 steps of falling held-out accuracy), then "
-                        "±2 grid steps around the best",
+    params = {"C": C, "C_grid": "10^linspace(-6, 5, 45): every 4th value (stopping after 3 steps of falling held-out "
+                                "accuracy), then ±2 grid steps around the best",
               "C_tried": {f"{grid[i]:.3g}": round(a, 5) for i, a in sorted(tried.items())},
               "selection": f"held-out {HOLDOUT:.0%} of train, stratified, seed {seed}; refit on all of train",
-              "features": "raw (unnormalized)",
-              "solver": "L-BFGS (torch, float64), strong Wolfe, max_iter 1000, gradient tolerance 1e-7 on the "
-                        "per-sample objective, warm-started along the coarse grid",
+              "features": "raw (unnormalized); solved in a centred/standardized parametrization with a σ-weighted "
+                          "penalty, which has the same optimum",
+              "solver": "L-BFGS (torch, float64), strong Wolfe, max_iter 1000, gradient tolerance 1e-6, warm-started "
+                        "along the coarse grid",
               "penalty": "L2, C·ΣCE + ½‖W‖² (sklearn's objective)", "device": dev}
-    return predict, params, (W.cpu().numpy(), b.cpu().numpy())
+    return predict, params, (W, b)
 
 
 # --------------------------------------------------------------------------------------------- SVC

@@ -1,0 +1,278 @@
+"""Self-contained HTML: the evaluation report (SVG charts, misclassified examples) and the search contact sheet."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+from functools import lru_cache
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}h1{font-size:22px}h2{font-size:18px;
+margin-top:32px}table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+th{background:#f4f4f4}.grid{display:flex;flex-wrap:wrap;gap:8px}.card{border:1px solid #ddd;padding:4px;width:120px;
+font-size:12px}.card img{width:112px;height:112px;object-fit:contain;image-rendering:pixelated;background:#eee}
+.row{display:flex;gap:6px;align-items:flex-start;margin:6px 0;border-bottom:1px solid #eee;padding-bottom:6px}
+.bad{color:#b00}.ok{color:#070}.muted{color:#777}"""
+
+# Sets <body data-images="ok N"> once every image decoded, or "broken N": read by tests through headless Chromium.
+_CHECK = """<script>window.addEventListener('load',()=>{const im=[...document.images];
+const bad=im.filter(i=>!(i.complete&&i.naturalWidth>0));
+document.body.dataset.images=(bad.length?'broken ':'ok ')+im.length;});</script>"""
+
+
+def page(title: str, body: str) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}{_CHECK}</body></html>")
+
+
+# --------------------------------------------------------------------------------------------- thumbnails
+
+
+class Thumbnails:
+    """Item id → small PNG data URI, from the source files (folders, manifests) or the built-in arrays."""
+
+    def __init__(self, ix, size: int = 112):
+        self.ix, self.size = ix, size
+        self.source = ix.manifest.get("source") or {}
+
+    @lru_cache(maxsize=1)  # noqa: B019 — one Thumbnails object per report
+    def _records(self):
+        from .sources import open_source
+
+        try:
+            return {r.id: r for r in open_source(self.source["spec"]).records}
+        except Exception as e:  # noqa: BLE001 — a report without thumbnails beats no report
+            log.warning("no thumbnails: cannot reopen source %s (%s)", self.source.get("spec"), e)
+            return {}
+
+    def for_id(self, item_id: int, path: str | None = None) -> str | None:
+        from pathlib import Path
+
+        from .images import ImageLoadError, array_to_image, load_image
+
+        try:
+            if path and self.source.get("root"):
+                img = load_image(Path(self.source["root"]) / path, Path(self.source["root"]))
+            else:
+                rec = self._records().get(int(item_id))
+                if rec is None or rec.array is None:
+                    return None
+                img = array_to_image(rec.array)
+        except ImageLoadError:
+            return None
+        return to_data_uri(img, self.size)
+
+
+def to_data_uri(img, size: int = 112) -> str:
+    img = img.copy()
+    if max(img.size) < size:  # tiny images (8×8 digits) are scaled up, crisp
+        from PIL import Image
+
+        f = max(1, size // max(img.size))
+        img = img.resize((img.size[0] * f, img.size[1] * f), Image.NEAREST)
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _img(uri: str | None, alt: str) -> str:
+    return f"<img src='{uri}' alt='{html.escape(alt)}'>" if uri else f"<div class='muted'>[no image: {html.escape(alt)}]</div>"
+
+
+# --------------------------------------------------------------------------------------------- SVG charts
+
+
+def svg_lines(series: dict[str, list[tuple[float, float]]], title: str, xlabel: str, log_x: bool = False,
+              w: int = 520, h: int = 260) -> str:
+    """A small line chart; y is accuracy in [0, 1]."""
+    pad = 40
+    xs = [x for pts in series.values() for x, _ in pts]
+    tx = (lambda x: np.log2(x)) if log_x else (lambda x: x)
+    x0, x1 = tx(min(xs)), tx(max(xs))
+    span = (x1 - x0) or 1
+    X = lambda x: pad + (tx(x) - x0) / span * (w - 2 * pad)  # noqa: E731
+    Y = lambda y: h - pad - y * (h - 2 * pad)  # noqa: E731
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    parts = [f"<svg width='{w}' height='{h}' xmlns='http://www.w3.org/2000/svg'>",
+             f"<text x='{w / 2}' y='16' text-anchor='middle' font-size='13'>{html.escape(title)}</text>",
+             f"<line x1='{pad}' y1='{h - pad}' x2='{w - pad}' y2='{h - pad}' stroke='#999'/>",
+             f"<line x1='{pad}' y1='{pad}' x2='{pad}' y2='{h - pad}' stroke='#999'/>",
+             f"<text x='{w / 2}' y='{h - 8}' text-anchor='middle' font-size='11'>{html.escape(xlabel)}</text>"]
+    for v in (0, 0.5, 1):
+        parts.append(f"<text x='{pad - 4}' y='{Y(v) + 4}' text-anchor='end' font-size='10'>{v:.1f}</text>")
+    for x in sorted(set(xs)):
+        parts.append(f"<text x='{X(x)}' y='{h - pad + 14}' text-anchor='middle' font-size='10'>{x:g}</text>")
+    for i, (name, pts) in enumerate(series.items()):
+        c = colors[i % len(colors)]
+        path = " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y in pts)
+        parts.append(f"<polyline fill='none' stroke='{c}' stroke-width='2' points='{path}'/>")
+        parts += [f"<circle cx='{X(x):.1f}' cy='{Y(y):.1f}' r='3' fill='{c}'/>" for x, y in pts]
+        parts.append(f"<text x='{w - pad}' y='{pad + 14 * i}' text-anchor='end' font-size='11' fill='{c}'>"
+                     f"{html.escape(name)}</text>")
+    return "".join(parts) + "</svg>"
+
+
+def svg_bars(labels: list[str], values: list[float], title: str, w: int = 640) -> str:
+    """Horizontal bars in [0, 1] (per-class recall)."""
+    bh, left = 16, 140
+    h = 30 + bh * len(labels)
+    parts = [f"<svg width='{w}' height='{h}' xmlns='http://www.w3.org/2000/svg'>",
+             f"<text x='{w / 2}' y='14' text-anchor='middle' font-size='13'>{html.escape(title)}</text>"]
+    for i, (lab, v) in enumerate(zip(labels, values)):
+        y = 24 + i * bh
+        parts.append(f"<text x='{left - 4}' y='{y + 11}' text-anchor='end' font-size='10'>{html.escape(lab[:22])}</text>")
+        parts.append(f"<rect x='{left}' y='{y}' width='{max(0.0, v) * (w - left - 50):.1f}' height='{bh - 3}' fill='#4c78a8'/>")
+        parts.append(f"<text x='{left + max(0.0, v) * (w - left - 50) + 4:.1f}' y='{y + 11}' font-size='10'>{100 * v:.1f}</text>")
+    return "".join(parts) + "</svg>"
+
+
+def svg_confusion(matrix: list[list[int]], labels: list[str], title: str, cell: int | None = None) -> str:
+    n = len(labels)
+    cell = cell or max(6, min(28, 560 // max(n, 1)))
+    left, top = 110, 40
+    w, h = left + n * cell + 10, top + n * cell + 30
+    m = np.asarray(matrix, float)
+    rows = m / np.maximum(m.sum(1, keepdims=True), 1)
+    parts = [f"<svg width='{w}' height='{h}' xmlns='http://www.w3.org/2000/svg'>",
+             f"<text x='{w / 2}' y='14' text-anchor='middle' font-size='13'>{html.escape(title)}</text>",
+             f"<text x='{left + n * cell / 2}' y='30' text-anchor='middle' font-size='10'>predicted →</text>"]
+    for i in range(n):
+        if cell >= 10:
+            parts.append(f"<text x='{left - 4}' y='{top + i * cell + cell * 0.7}' text-anchor='end' font-size='10'>"
+                         f"{html.escape(labels[i][:16])}</text>")
+        for j in range(n):
+            v = rows[i, j]
+            shade = int(255 - 200 * v)
+            parts.append(f"<rect x='{left + j * cell}' y='{top + i * cell}' width='{cell}' height='{cell}' "
+                         f"fill='rgb({shade},{shade},255)'><title>true {html.escape(labels[i])}, predicted "
+                         f"{html.escape(labels[j])}: {int(m[i, j])}</title></rect>")
+            if cell >= 22 and m[i, j]:
+                parts.append(f"<text x='{left + j * cell + cell / 2}' y='{top + i * cell + cell * 0.65}' "
+                             f"text-anchor='middle' font-size='9'>{int(m[i, j])}</text>")
+    return "".join(parts) + "</svg>"
+
+
+# --------------------------------------------------------------------------------------------- pages
+
+
+def markdown_to_html(md: str) -> str:
+    """Just enough Markdown for our own summaries: headings, bullet lists, pipe tables, paragraphs."""
+    out, table, items = [], [], []
+
+    def flush():
+        if table:
+            rows = [r for r in table if not set(r.replace("|", "").strip()) <= {"-", " "}]
+            cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
+            out.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells[0]) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in cells[1:])
+                       + "</table>")
+            table.clear()
+        if items:
+            out.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
+            items.clear()
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        if line.startswith("- "):
+            items.append(line[2:].replace("`", ""))
+            continue
+        flush()
+        if line.startswith("#"):
+            level = min(len(line) - len(line.lstrip("#")) + 1, 4)
+            out.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
+        elif line.strip():
+            out.append(f"<p>{html.escape(line.replace('`', ''))}</p>")
+    flush()
+    return "".join(out)
+
+
+def eval_report(ix, run, markdown: str, n_errors: int = 24, n_neighbours: int = 5) -> str:
+    """The HTML report of one eval run: summary table, per-method charts, misclassified items with neighbours."""
+    from .evaluate import protocols as P
+
+    thumbs = Thumbnails(ix)
+    body = [markdown_to_html(markdown)]
+    scored = [r.data for r in run.results if r.data.get("metrics")]
+    for d in scored:
+        labels = [d["classes"][c] for c in d["confusion"]["labels"]]
+        body.append(f"<h2>{html.escape(d['method'])}: {html.escape(d['variant'])}</h2>")
+        body.append(svg_confusion(d["confusion"]["matrix"], labels, "confusion matrix (row-normalized)"))
+        body.append(svg_bars([p["class"] for p in d["per_class"]], [p["recall"] for p in d["per_class"]],
+                             "per-class recall (%)"))
+        m = d["metrics"]
+        ks = [k for k in (1, 3, 5) if f"top{k}" in m]
+        body.append(svg_lines({"top-k": [(k, m[f"top{k}"]) for k in ks]}, "top-k accuracy", "k"))
+        if d["method"] == "knn" and d["params"].get("vote") != "majority":
+            body.append(svg_lines({"weighted": [(int(k), v) for k, v in d["params"]["k_sweep_top1"].items()],
+                                   "majority": [(int(k), v) for k, v in d["params"]["k_sweep_majority_top1"].items()]},
+                                  "kNN top-1 vs k", "k", log_x=True))
+    for r in run.results:
+        if r.method == "fewshot":
+            curve = r.data["curve"]
+            last = max(c["shots"] for c in curve if c["shots"] != "all") * 2 if len(curve) > 1 else 1
+            xs = [c["shots"] if c["shots"] != "all" else last for c in curve]
+            body.append("<h2>few-shot curve</h2>")
+            body.append(svg_lines({"prototypes": list(zip(xs, [c["prototypes_mean"] for c in curve])),
+                                   "kNN k=20": list(zip(xs, [c["knn_mean"] for c in curve]))},
+                                  "top-1 vs train items per class (last point: all)", "shots / class", log_x=True))
+    if scored:
+        d = next((x for x in scored if x["method"] == "knn"), scored[0])
+        body.append(_misclassified(ix, d, thumbs, n_errors, n_neighbours, P))
+    return page(f"{ix.name}: evaluation {run.run_id}", "".join(body))
+
+
+def _misclassified(ix, d, thumbs, n_errors, n_neighbours, P) -> str:
+    pr = d["predictions"]
+    wrong = [(i, t, p) for i, t, p in zip(pr["id"], pr["true"], pr["pred"]) if t != p][:n_errors]
+    out = [f"<h2>misclassified by {html.escape(d['method'])} ({html.escape(d['variant'])}): first {len(wrong)} "
+           f"and their {n_neighbours} nearest train items</h2>"]
+    if not wrong:
+        return out[0] + "<p>none</p>"
+    tr = ix.select(d["train"]["where"])
+    bank = ix.vectors(tr["id"])
+    ids = np.asarray([w[0] for w in wrong])
+    sims, idx = P.knn_neighbours(bank, ix.vectors(ids), n_neighbours, tr["id"], ids)
+    meta = ix.items_by_id(list(ids) + list(tr["id"][idx.ravel()]), "id, path, label")
+    classes = d["classes"]
+    for row, (i, t, p) in enumerate(wrong):
+        cards = [f"<div class='card'>{_img(thumbs.for_id(i, meta[i]['path']), str(i))}<br>id {i}<br>"
+                 f"true <b>{html.escape(classes[t])}</b><br><span class='bad'>pred {html.escape(classes[p])}</span></div>"]
+        for s, j in zip(sims[row], tr["id"][idx[row]]):
+            m = meta[int(j)]
+            cls = "ok" if m["label"] == classes[t] else "bad"
+            cards.append(f"<div class='card'>{_img(thumbs.for_id(j, m['path']), str(j))}<br>"
+                         f"<span class='{cls}'>{html.escape(str(m['label']))}</span> {s:.3f}</div>")
+        out.append("<div class='row'>" + "".join(cards) + "</div>")
+    return "".join(out)
+
+
+def contact_sheet(ix, rows: list[dict], query_images: dict[str, str] | None = None) -> str:
+    """Search results as a grid: each query, then its hits with thumbnail, label and score."""
+    thumbs = Thumbnails(ix)
+    query_images = query_images or {}
+    body, current = [], None
+    for r in rows:
+        if r["query"] != current:
+            if current is not None:
+                body.append("</div>")
+            current = r["query"]
+            q = r["query"]
+            uri = query_images.get(q)
+            if uri is None and q.startswith("id:"):
+                uri = thumbs.for_id(int(q[3:]), ix.items_by_id([int(q[3:])], "id, path").get(int(q[3:]), {}).get("path"))
+            body.append(f"<h2>{html.escape(q)}</h2><div class='row'>")
+            if uri:
+                body.append(f"<div class='card'>{_img(uri, q)}<br><b>query</b></div>")
+        body.append(f"<div class='card'>{_img(thumbs.for_id(r['id'], r.get('path')), str(r['id']))}<br>#{r['rank']} "
+                    f"id {r['id']}<br>{html.escape(str(r.get('label')))} · {r['score']:.3f}</div>")
+    if current is not None:
+        body.append("</div>")
+    return page(f"{ix.name}: search", "".join(body))

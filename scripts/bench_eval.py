@@ -1,0 +1,187 @@
+"""Benchmark the evaluation methods against scikit-learn on clustered synthetic vectors, side by side in one run.
+
+50,000 × 384 train / 10,000 test, 10 and 100 classes (Gaussian clusters, anisotropic feature scales, a common offset
+— raw features as a backbone gives them). For each: time and top-1 of embedsearch's method and of the scikit-learn
+estimator doing the same work. Writes scripts/bench_eval.md and scripts/bench_eval.csv.
+
+    python scripts/bench_eval.py [--classes 10 100] [--n-train 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).parent
+
+
+def make_data(n_train, n_test, d, n_classes, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_classes, d)) * 0.12
+    scales = rng.uniform(0.2, 3.0, d)
+
+    def draw(n):
+        y = rng.integers(0, n_classes, n)
+        return ((centers[y] + rng.normal(size=(n, d))) * scales + 2.0).astype(np.float32), y
+
+    return draw(n_train), draw(n_test)
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def sklearn_knn(xtr, ytr, xte, k, T):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from embedsearch.evaluate.protocols import l2n
+
+    # on L2-normalized vectors, euclidean distance d gives cosine = 1 − d²/2; weights exp(cos/T) are the DINOv2
+    # softmax weights up to a per-query constant, so the weighted vote is the same
+    w = "uniform" if T is None else (lambda dist: np.exp((1 - dist**2 / 2) / T))
+    clf = KNeighborsClassifier(n_neighbors=k, weights=w, algorithm="brute").fit(l2n(xtr), ytr)
+    return clf.predict(l2n(xte))
+
+
+def sklearn_linear_selection(xtr, ytr, seed, grid):
+    """The same selection procedure as embedsearch's probe (coarse grid, early stop, refine, refit), with sklearn."""
+    from sklearn.linear_model import LogisticRegression
+
+    from embedsearch.evaluate.protocols import holdout_split
+
+    fit, held = holdout_split(ytr, seed=seed)
+    tried = {}
+
+    def score(i):
+        m = LogisticRegression(C=float(grid[i]), max_iter=1000).fit(xtr[fit], ytr[fit])
+        tried[i] = float((m.predict(xtr[held]) == ytr[held]).mean())
+
+    coarse = list(range(0, len(grid), 4)) + [len(grid) - 1]
+    worse = 0
+    for i in coarse:
+        score(i)
+        worse = worse + 1 if tried[i] < max(tried.values()) else 0
+        if worse == 3:
+            break
+    best = max(tried, key=lambda i: (tried[i], -i))
+    for i in range(max(0, best - 2), min(len(grid), best + 3)):
+        if i not in tried:
+            score(i)
+    best = max(tried, key=lambda i: (tried[i], -i))
+    return LogisticRegression(C=float(grid[best]), max_iter=1000).fit(xtr, ytr), float(grid[best])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--classes", type=int, nargs="+", default=[10, 100])
+    ap.add_argument("--n-train", type=int, default=50_000)
+    ap.add_argument("--n-test", type=int, default=10_000)
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--svc-n", type=int, default=5_000, help="RBF SVC training items (O(n²): subsampled)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    from embedsearch.evaluate import protocols as P
+
+    rows = []
+
+    def add(C, method, ours_s, ours_acc, ref, ref_s, ref_acc, note=""):
+        rows.append({"classes": C, "method": method, "embedsearch_s": round(ours_s, 3), "embedsearch_top1": ours_acc,
+                     "sklearn": ref, "sklearn_s": None if ref_s is None else round(ref_s, 3), "sklearn_top1": ref_acc,
+                     "speedup": None if ref_s is None else round(ref_s / ours_s, 2), "note": note})
+        print(rows[-1], flush=True)
+
+    for C in args.classes:
+        (xtr, ytr), (xte, yte) = make_data(args.n_train, args.n_test, args.dim, C, args.seed)
+        acc = lambda pred: float((np.asarray(pred) == yte).mean())  # noqa: E731
+
+        (protos, has), t = timed(lambda: P.prototypes(xtr, ytr, C))
+        s, t2 = timed(lambda: P.prototype_scores(protos, has, xte))
+        add(C, "prototypes", t + t2, acc(s.argmax(1)), "(none)", None, None)
+
+        (sims, idx), t_search = timed(lambda: P.knn_neighbours(xtr, xte, 200))
+        ours20, t_vote = timed(lambda: P.knn_scores(sims, ytr[idx], 20, C, P.KNN_T).argmax(1))
+        ref20, t_ref = timed(lambda: sklearn_knn(xtr, ytr, xte, 20, P.KNN_T))
+        (sims20, idx20), t_s20 = timed(lambda: P.knn_neighbours(xtr, xte, 20))
+        ours20_only = P.knn_scores(sims20, ytr[idx20], 20, C, P.KNN_T).argmax(1)
+        add(C, "kNN weighted k=20, T=0.07 (one k)", t_s20, acc(ours20_only), "KNeighborsClassifier(20, exp(cos/T))",
+            t_ref, acc(ref20), f"identical predictions: {np.mean(ours20_only == ref20):.4%}")
+        # the protocol's sweep: k ∈ {10, 20, 100, 200} × {weighted, majority} from one exact search
+        t_sweep_ours = t_search
+        t_sweep_ref = 0.0
+        same = []
+        for k in P.KNN_KS:
+            for T in (P.KNN_T, None):
+                ours, tv = timed(lambda: P.knn_scores(sims, ytr[idx], k, C, T).argmax(1))  # noqa: B023
+                t_sweep_ours += tv
+                ref, tr = timed(lambda: sklearn_knn(xtr, ytr, xte, k, T))  # noqa: B023
+                t_sweep_ref += tr
+                same.append(np.mean(ours == ref))
+        add(C, "kNN protocol sweep (k ∈ {10,20,100,200} × weighted/majority)", t_sweep_ours, None,
+            "8 × KNeighborsClassifier", t_sweep_ref, None, f"identical predictions: min {min(same):.4%} over the 8")
+
+        (predict, params, _), t_ours = timed(lambda: P.linear_probe(xtr, ytr, C, seed=args.seed))
+        ours_acc = acc(predict(xte).argmax(1))
+        (ref_m, ref_C), t_ref = timed(lambda: sklearn_linear_selection(xtr, ytr, args.seed, P.LINEAR_C_GRID))
+        add(C, "linear probe, C selection + refit", t_ours, ours_acc, "LogisticRegression(lbfgs), same procedure",
+            t_ref, acc(ref_m.predict(xte)), f"C: embedsearch {params['C']:.3g}, sklearn {ref_C:.3g}")
+        best_C = params["C"]
+        pre = P._Preconditioned(xtr, "cpu")
+        Y = torch.from_numpy(ytr)
+        (V, b), t_one = timed(lambda: P._fit_logreg(pre.X, Y, C, best_C, pre.pen_w))
+        W, b0 = pre.raw(V, b)
+        one, t_ref1 = timed(lambda: LogisticRegression(C=best_C, max_iter=1000).fit(xtr, ytr))
+        add(C, f"linear, one fit at C={best_C:.3g}", t_one, acc((xte @ W + b0).argmax(1)), "LogisticRegression(lbfgs)",
+            t_ref1, acc(one.predict(xte)), f"sklearn iterations {int(one.n_iter_[0])}")
+
+        sub = np.random.default_rng(args.seed).permutation(len(ytr))[: args.svc_n]
+        (svc_pred, svc_params, _), t_svc = timed(lambda: P.svc_probe(xtr[sub], ytr[sub], "rbf"))
+        ours_svc = acc(svc_pred(xte, C).argmax(1))
+
+        def ref_svc():
+            sc = StandardScaler().fit(xtr[sub])
+            return SVC(kernel="rbf", gamma="scale").fit(sc.transform(xtr[sub]), ytr[sub]).predict(sc.transform(xte))
+
+        ref_p, t_rs = timed(ref_svc)
+        add(C, f"SVC rbf ({args.svc_n} train items)", t_svc, ours_svc, "SVC(rbf, gamma=scale)", t_rs, acc(ref_p),
+            f"backend {svc_params['backend']}: the same estimator")
+        (mlp_pred, mlp_params, _), t_mlp = timed(lambda: P.mlp_probe(xtr, ytr, C, seed=args.seed))
+        add(C, "MLP 256 ReLU (early stopping on held-out)", t_mlp, acc(mlp_pred(xte).argmax(1)), "(none)", None, None,
+            f"epochs {mlp_params['epochs']}")
+
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    with open(HERE / "bench_eval.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    fmt = lambda v: "" if v is None else (f"{100 * v:.2f}" if isinstance(v, float) and v <= 1 else str(v))  # noqa: E731
+    lines = ["# bench_eval: evaluation methods vs scikit-learn", "",
+             f"- machine: {machine}",
+             f"- command: `python scripts/bench_eval.py --classes {' '.join(map(str, args.classes))} "
+             f"--n-train {args.n_train}`",
+             f"- data: {args.n_train} × {args.dim} train / {args.n_test} test clustered synthetic vectors (seed {args.seed})",
+             "- seconds are wall time of fit + predict; top-1 in %", "",
+             "| classes | method | embedsearch s | top-1 | scikit-learn | sklearn s | top-1 | speed-up | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['classes']} | {r['method']} | {r['embedsearch_s']} | {fmt(r['embedsearch_top1'])} | "
+                     f"{r['sklearn']} | {fmt(r['sklearn_s'])} | {fmt(r['sklearn_top1'])} | "
+                     f"{'' if r['speedup'] is None else str(r['speedup']) + '×'} | {r['note']} |")
+    (HERE / "bench_eval.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
