@@ -315,6 +315,28 @@ def compare(names, root, per_class, fmt):
             emit(p["per_class"], fmt)
 
 
+@cli.command()
+@click.argument("name")
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--probe", type=click.Choice(["prototypes", "linear", "svc", "mlp"]), default="linear", show_default=True,
+              help="A probe saved by `embedsearch eval` (svc = the LinearSVC).")
+@click.option("-k", type=int, default=3, show_default=True, help="Classes per image.")
+@root_option
+@output_options
+@_handle_errors
+def classify(name, images, probe, k, root, fmt):
+    """Classify images from anywhere with a probe trained by `embedsearch eval` on an index.
+
+    \b
+    Example:
+        embedsearch classify pets-dinov2 --probe linear my_cat.jpg other_dataset/*.png
+    """
+    from .probes import classify as run_classify
+    from .reader import Index
+
+    emit(run_classify(Index.open(name, root), probe, images, k=k), fmt)
+
+
 def main() -> None:
     cli(prog_name="embedsearch")
 

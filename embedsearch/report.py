@@ -72,7 +72,9 @@ def latest_results(ix) -> list[dict]:
 
 def aggregate(indexes) -> list[dict]:
     """One row per (index, method variant): the table `embedsearch report` prints."""
-    rows = []
+    from .results import Rows
+
+    rows = Rows()
     for ix in indexes:
         for d in latest_results(ix):
             m = d.get("metrics") or {}

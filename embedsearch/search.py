@@ -69,7 +69,9 @@ def search(ix, *, images=(), ids=(), texts=(), vector_file=None, k: int = 10, wh
     extra = 1 if any(d["exclude"] is not None for d in descs) else 0
     scores, hit_ids = vindex.search(ix.faiss, q, k + extra, subset)
     meta = ix.items_by_id(np.unique(hit_ids[hit_ids >= 0]), "id, label, split, path")
-    rows = []
+    from .results import Rows
+
+    rows = Rows()
     for qi, d in enumerate(descs):
         rank = 0
         for s, i in zip(scores[qi], hit_ids[qi], strict=False):

@@ -26,6 +26,7 @@ class EvalResult:
     """One (index, method) result; `to_dict()` is the JSON stored in reports/ and the catalog."""
 
     data: dict
+    model: object = None  # the fitted classifier (not serialized into the JSON; saved as a probe)
 
     def to_dict(self) -> dict:
         return self.data
@@ -51,8 +52,11 @@ class EvalRun:
     def to_dict(self) -> dict:
         return {"run_id": self.run_id, "index": self.index, "results": [r.to_dict() for r in self.results]}
 
-    def table(self) -> list[dict]:
-        return [r.headline() for r in self.results]
+    def table(self):
+        """Headline rows (a list of dicts with `to_arrow()` / `to_pandas()`)."""
+        from ..results import Rows
+
+        return Rows(r.headline() for r in self.results)
 
 
 def _short_params(p: dict) -> str:
@@ -106,7 +110,7 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
             "test": {"where": test, "n": int(len(yte)), "n_classes": int(len(np.unique(yte)))},
             "classes": classes}
 
-    def add(method, variant, scores, params, seconds, extra=None):
+    def add(method, variant, scores, params, seconds, extra=None, model=None):
         metrics, pred = classification_report(yte, scores, classes, seed=seed)
         per_class, confusion = metrics.pop("per_class"), metrics.pop("confusion")
         run.results.append(EvalResult({
@@ -114,7 +118,7 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
             "per_class": per_class, "confusion": confusion,
             "predictions": {"id": te_ids.tolist(), "true": yte.tolist(), "pred": pred.tolist()},
             "timings_s": {"fit_and_predict": round(seconds, 4)}, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            **(extra or {})}))
+            **(extra or {})}, model=model))
         log.info("%s %s: top-1 %.4f (%.1fs)", method, variant, metrics["top1"], seconds)
 
     for m in methods:
@@ -123,7 +127,7 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
             protos, has = P.prototypes(xtr, ytr, C)
             add(m, "nearest class prototype (cosine)", P.prototype_scores(protos, has, xte),
                 {"prototype": "normalize(mean of L2-normalized train vectors)", "metric": "cosine"},
-                time.perf_counter() - t0)
+                time.perf_counter() - t0, model=(protos, has))
         elif m == "knn":
             ks = [k for k in knn_ks if k <= len(ytr)] or [len(ytr)]
             sims, idx = P.knn_neighbours(xtr, xte, max(ks), tr_ids, te_ids)
@@ -143,17 +147,17 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
             add(m, f"majority k={head}", P.knn_scores(sims, labels, head, C, None),
                 {"k": head, "vote": "majority", **common}, t_search)
         elif m == "linear":
-            predict, params, _ = P.linear_probe(xtr, ytr, C, seed=seed)
-            add(m, "logistic regression (L-BFGS)", predict(xte), params, time.perf_counter() - t0)
+            predict, params, model = P.linear_probe(xtr, ytr, C, seed=seed)
+            add(m, "logistic regression (L-BFGS)", predict(xte), params, time.perf_counter() - t0, model=model)
         elif m == "svc":
             for kind in ("rbf", "linear"):
                 t0 = time.perf_counter()
-                predict, params, _ = P.svc_probe(xtr, ytr, kind, seed=seed)
+                predict, params, model = P.svc_probe(xtr, ytr, kind, seed=seed)
                 add(m, f"{'SVC rbf' if kind == 'rbf' else 'LinearSVC'}", predict(xte, C), params,
-                    time.perf_counter() - t0)
+                    time.perf_counter() - t0, model=model)
         elif m == "mlp":
-            predict, params, _ = P.mlp_probe(xtr, ytr, C, seed=seed)
-            add(m, "MLP 256 ReLU", predict(xte), params, time.perf_counter() - t0)
+            predict, params, model = P.mlp_probe(xtr, ytr, C, seed=seed)
+            add(m, "MLP 256 ReLU", predict(xte), params, time.perf_counter() - t0, model=model)
         elif m == "zeroshot":
             from .zeroshot import class_vectors, read_prompt_file, templates_for, zeroshot_scores
 
@@ -199,9 +203,16 @@ def fewshot_curve(xtr, ytr, tr_ids, xte, yte, C, seed, knn_t, n_seeds: int = 5) 
 
 
 def save_run(ix, run: EvalRun) -> list[str]:
-    """One JSON per (index, method variant) under reports/, and the same rows in the catalog's results table."""
+    """One JSON per (index, method variant) under reports/, the same rows in the catalog's results table, and the
+    fitted classifiers as probes under probes/ (for `embedsearch classify`)."""
     from ..catalog import Catalog
+    from ..probes import probe_tensors, save_probe
     from ..store import atomic_write_bytes
+
+    for r in run.results:
+        t = probe_tensors(r.method, r.model) if r.model is not None else None
+        if t is not None:
+            save_probe(ix, r.method, t, {k: r.data[k] for k in ("run_id", "variant", "params", "train", "seed")})
 
     ix.close()
     ix.layout.reports.mkdir(exist_ok=True)

@@ -1,0 +1,18 @@
+"""Result rows that are plain lists of dicts and also convert to Arrow and pandas tables."""
+
+from __future__ import annotations
+
+
+class Rows(list):
+    """A list of dicts (what `--json` prints) with `to_arrow()` and `to_pandas()`."""
+
+    def to_dicts(self) -> list[dict]:
+        return list(self)
+
+    def to_arrow(self):
+        import pyarrow as pa
+
+        return pa.Table.from_pylist(list(self))
+
+    def to_pandas(self):
+        return self.to_arrow().to_pandas()
