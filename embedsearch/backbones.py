@@ -292,7 +292,36 @@ def _pixels(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) -> 
 
 
 def _ckpt(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) -> Backbone:
-    raise SpecError("ckpt: backbones come from `embedsearch pretrain`, which this version does not have yet")
+    """A ViT trained by `embedsearch pretrain`, with the preprocessing it was trained with."""
+    import torch
+    from torchvision.transforms import v2
+
+    from .pretrain import ckpt_paths, load_checkpoint
+
+    if weights:
+        raise SpecError("ckpt: backbones carry their own weights; drop --weights")
+    vit, meta = load_checkpoint(spec.name)
+    pre = meta["preprocess"]
+    size = pre["input_size"][-1]
+    if image_size and image_size != size:
+        raise SpecError(f"{spec.raw} was trained at {size} px; --image-size {image_size} would change its space")
+    transform = v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True),
+                            v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre["mean"], pre["std"])])
+    npt = vit.num_prefix_tokens
+
+    def forward(m, x):
+        tokens = m.forward_features(x)
+        if pool == "avg":
+            return tokens[:, npt:].mean(dim=1)
+        if pool == "tokens":
+            return tokens.flatten(1)
+        return tokens[:, 0]
+
+    info = {"model": f"ViT {meta['vit']}", "weights": str(ckpt_paths(spec.name)["weights"]),
+            "pool": "cls" if pool == "default" else pool, "preprocess": pre,
+            "pretrain": {k: meta["pretrain"][k] for k in ("method", "epochs", "seed", "where")},
+            "epochs_done": meta["epochs_done"]}
+    return Backbone(spec, vit, transform, forward, info)
 
 
 _BUILDERS = {"timm": _timm, "open_clip": _open_clip, "hub": _hub, "pixels": _pixels, "ckpt": _ckpt}

@@ -337,6 +337,107 @@ def classify(name, images, probe, k, root, fmt):
     emit(run_classify(Index.open(name, root), probe, images, k=k), fmt)
 
 
+@cli.command()
+@click.argument("source")
+@click.option("--method", type=click.Choice(["mae", "infonce", "mae+infonce"]), default="mae+infonce",
+              show_default=True)
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
+              help="Checkpoint path: writes OUT.safetensors, OUT.json, OUT.state.pt and OUT.loss.png.")
+@click.option("--where", default="split = 'train'", show_default=True,
+              help="Which items to train on (SQL over id, label, split, path, metadata). Keep test out.")
+@click.option("--epochs", type=int, default=60, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--image-size", type=int, default=0, help="Default: the data's size (8 digits, 28 MNIST, 32 CIFAR).")
+@click.option("--patch-size", type=int, default=0, help="Default: image size / 4.")
+@click.option("--depth", type=int, default=4, show_default=True)
+@click.option("--width", type=int, default=0, help="Default: 64 up to 16 px, else 128.")
+@click.option("--heads", type=int, default=4, show_default=True)
+@click.option("--mask-ratio", type=float, default=0.5, show_default=True)
+@click.option("--decoder-depth", type=int, default=2, show_default=True)
+@click.option("--temperature", type=float, default=0.1, show_default=True, help="InfoNCE temperature.")
+@click.option("--mae-weight", type=float, default=1.0, show_default=True)
+@click.option("--infonce-weight", type=float, default=1.0, show_default=True)
+@click.option("--augment", default="crop,affine", show_default=True, help="InfoNCE views: crop,affine,flip,color.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from the last saved epoch of OUT.")
+@output_options
+@_handle_errors
+def pretrain(source, method, out, where, epochs, batch_size, lr, image_size, patch_size, depth, width, heads,
+             mask_ratio, decoder_depth, temperature, mae_weight, infonce_weight, augment, seed, device, resume, fmt):
+    """Self-supervised pretraining of a small ViT (MAE, InfoNCE, or both) on SOURCE's images.
+
+    The checkpoint is a backbone: `embedsearch index SOURCE --backbone ckpt:OUT`.
+
+    \b
+    Example:
+        embedsearch pretrain digits --method mae+infonce -o ckpts/digits-vit --epochs 60
+        embedsearch index digits --backbone ckpt:ckpts/digits-vit --name digits-vit
+    """
+    from .pretrain import PretrainConfig
+    from .pretrain import pretrain as run_pretrain
+    from .sources import open_source
+
+    cfg = PretrainConfig(method=method, image_size=image_size, patch_size=patch_size, depth=depth, width=width,
+                         heads=heads, mask_ratio=mask_ratio, decoder_depth=decoder_depth, temperature=temperature,
+                         mae_weight=mae_weight, infonce_weight=infonce_weight,
+                         augment=tuple(a for a in augment.split(",") if a), epochs=epochs, batch_size=batch_size,
+                         lr=lr, seed=seed, where=where or None)
+    res = run_pretrain(open_source(source), cfg, out, resume=resume, device=device, progress=_progress())
+    d = res.to_dict()
+    d["final_loss"] = d["losses"][-1] if d["losses"] else None
+    d.pop("losses")
+    emit(d, fmt)
+
+
+@cli.command()
+@root_option
+@click.option("--epochs", type=int, default=40, show_default=True, help="Pretraining epochs for the ViT.")
+@click.option("--method", type=click.Choice(["mae", "infonce", "mae+infonce"]), default="infonce", show_default=True)
+@_handle_errors
+def quickstart(root, epochs, method):
+    """The whole pipeline offline on the embedded digits: index with pixels and with a self-supervised ViT trained
+    here on the train split, evaluate both, compare them, write the HTML report.
+
+    \b
+    Example:
+        embedsearch quickstart
+    """
+    from .quickstart import run_quickstart
+
+    run_quickstart(root, epochs=epochs, method=method, progress=_progress())
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--repair", is_flag=True, help="Re-embed damaged parts and rebuild the FAISS index and catalog.")
+@root_option
+@output_options
+@_handle_errors
+def verify(name, repair, root, fmt):
+    """Check an index's parts, FAISS file and catalog against its manifest; exit 1 if anything is wrong.
+
+    \b
+    Example:
+        embedsearch verify digits-pixels || embedsearch verify digits-pixels --repair
+    """
+    from .verify import repair as run_repair
+    from .verify import verify as run_verify
+
+    rep = run_repair(name, root, progress=_progress()) if repair else run_verify(name, root)
+    if fmt == "table":
+        for r in rep.repaired:
+            click.echo(f"repaired: {r}", err=True)
+        click.echo(f"{rep.index}: {'sound' if rep.sound else 'NOT sound'} ({'; '.join(f'{k}: {v}' for k, v in rep.checked.items())})")
+        if rep.problems:
+            emit(rep.problems, fmt)
+    else:
+        emit(rep.to_dict(), fmt)
+    if not rep.sound:
+        sys.exit(1)
+
+
 def main() -> None:
     cli(prog_name="embedsearch")
 

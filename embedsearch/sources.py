@@ -43,10 +43,12 @@ class Source:
     records: list[Record]
     classes: list[str]
     notes: list[str] = field(default_factory=list)
+    options: dict = field(default_factory=dict)  # the open_source() arguments, so the source can be reopened
 
     def describe(self) -> dict:
         return {
             "spec": self.spec,
+            "options": self.options,
             "kind": self.kind,
             "root": str(self.root) if self.root else None,
             "items": len(self.records),
@@ -78,6 +80,8 @@ def open_source(
     """
     s = parse_source(spec)
     src = _READERS[s.kind](s, root=root, label_regex=label_regex, require_paths=require_paths)
+    src.options = {"root": root, "label_regex": label_regex, "split": split, "seed": seed,
+                   "min_per_class": min_per_class, "require_paths": require_paths}
     if min_per_class:
         _drop_small_classes(src, min_per_class)
     if split:

@@ -1,0 +1,391 @@
+"""Self-supervised pretraining of a small timm ViT (MAE, InfoNCE, MAE+InfoNCE); checkpoints become `ckpt:` backbones."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from .errors import BackboneError, EmbedsearchError
+
+log = logging.getLogger(__name__)
+
+METHODS = ("mae", "infonce", "mae+infonce")
+CKPT_FORMAT = "embedsearch-ckpt/1"
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Everything that defines a pretraining run; stored next to the checkpoint."""
+
+    method: str = "mae+infonce"
+    image_size: int = 0          # 0: from the data (8, 28, 32 …)
+    patch_size: int = 0          # 0: image_size // 4 (at least 2)
+    depth: int = 4
+    width: int = 0               # 0: 64 for images ≤ 16 px, else 128
+    heads: int = 4
+    mask_ratio: float = 0.5
+    decoder_depth: int = 2
+    decoder_width: int = 64
+    temperature: float = 0.1
+    mae_weight: float = 1.0
+    infonce_weight: float = 1.0
+    augment: tuple[str, ...] = ("crop", "affine")
+    epochs: int = 60
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: int = 5
+    seed: int = 0
+    where: str | None = "split = 'train'"
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def resolved(self, data_size: int) -> PretrainConfig:
+        """Fill the size-dependent defaults: 8×8 → patch 2, 28×28 → patch 7, 32×32 → patch 8 (16 tokens each)."""
+        size = self.image_size or data_size
+        patch = self.patch_size or max(2, size // 4)
+        if size % patch:
+            raise EmbedsearchError(f"--patch-size {patch} does not divide --image-size {size}")
+        return replace(self, image_size=size, patch_size=patch, width=self.width or (64 if size <= 16 else 128))
+
+
+def vit_kwargs(cfg: PretrainConfig) -> dict:
+    return {"img_size": cfg.image_size, "patch_size": cfg.patch_size, "embed_dim": cfg.width, "depth": cfg.depth,
+            "num_heads": cfg.heads, "num_classes": 0, "global_pool": "token", "class_token": True}
+
+
+def make_vit(cfg: PretrainConfig):
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(**vit_kwargs(cfg))
+
+
+def base_transform(cfg: PretrainConfig):
+    import torch
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.PILToTensor(), v2.Resize((cfg.image_size, cfg.image_size), antialias=True),
+                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std))])
+
+
+def view_transform(cfg: PretrainConfig):
+    """The InfoNCE views: the chosen augmentations (no flips by default: a mirrored digit is another digit)."""
+    import torch
+    from torchvision.transforms import v2
+
+    s = cfg.image_size
+    ops = [v2.PILToTensor()]
+    if "crop" in cfg.augment:
+        ops.append(v2.RandomResizedCrop((s, s), scale=(0.6, 1.0), ratio=(0.85, 1.15), antialias=True))
+    else:
+        ops.append(v2.Resize((s, s), antialias=True))
+    if "affine" in cfg.augment:
+        ops.append(v2.RandomAffine(degrees=12, translate=(0.08, 0.08)))
+    if "flip" in cfg.augment:
+        ops.append(v2.RandomHorizontalFlip())
+    if "color" in cfg.augment:
+        ops.append(v2.ColorJitter(0.4, 0.4, 0.2))
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std))]
+    return v2.Compose(ops)
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+def _build_mae_parts(cfg: PretrainConfig, vit):
+    import torch
+    from timm.models.vision_transformer import Block
+
+    n = (cfg.image_size // cfg.patch_size) ** 2
+    dec = torch.nn.ModuleDict({
+        "embed": torch.nn.Linear(cfg.width, cfg.decoder_width),
+        "blocks": torch.nn.Sequential(*[Block(cfg.decoder_width, max(1, cfg.decoder_width // 32))
+                                        for _ in range(cfg.decoder_depth)]),
+        "norm": torch.nn.LayerNorm(cfg.decoder_width),
+        "pred": torch.nn.Linear(cfg.decoder_width, cfg.patch_size ** 2 * 3),
+    })
+    dec.mask_token = torch.nn.Parameter(torch.zeros(1, 1, cfg.decoder_width))
+    dec.pos = torch.nn.Parameter(torch.randn(1, n + 1, cfg.decoder_width) * 0.02)
+    return dec
+
+
+def patchify(imgs, p: int):
+    B, C, H, W = imgs.shape
+    x = imgs.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 3, 5, 1)
+    return x.reshape(B, (H // p) * (W // p), p * p * C)
+
+
+def mae_loss(vit, dec, imgs, cfg: PretrainConfig, gen):
+    """MSE on the masked patches (MAE): encode the visible patches, decode all, score only the hidden ones."""
+    import torch
+
+    x = vit.patch_embed(imgs)
+    B, N, D = x.shape
+    pos = vit.pos_embed
+    x = x + pos[:, 1:]
+    keep_n = max(1, int(round(N * (1 - cfg.mask_ratio))))
+    noise = torch.rand(B, N, generator=gen, device=imgs.device)
+    shuffle = noise.argsort(dim=1)
+    restore = shuffle.argsort(dim=1)
+    keep = shuffle[:, :keep_n]
+    x = torch.gather(x, 1, keep[..., None].expand(-1, -1, D))
+    cls = (vit.cls_token + pos[:, :1]).expand(B, -1, -1)
+    x = vit.norm(vit.blocks(vit.norm_pre(torch.cat([cls, x], dim=1))))
+    y = dec["embed"](x)
+    Dd = y.shape[-1]
+    y_ = torch.cat([y[:, 1:], dec.mask_token.expand(B, N - keep_n, -1)], dim=1)
+    y_ = torch.gather(y_, 1, restore[..., None].expand(-1, -1, Dd))
+    y = torch.cat([y[:, :1], y_], dim=1) + dec.pos
+    pred = dec["pred"](dec["norm"](dec["blocks"](y)))[:, 1:]
+    mask = torch.ones(B, N, device=imgs.device)
+    mask[:, :keep_n] = 0
+    mask = torch.gather(mask, 1, restore)
+    per_patch = ((pred - patchify(imgs, cfg.patch_size)) ** 2).mean(-1)
+    return (per_patch * mask).sum() / mask.sum()
+
+
+def infonce_loss(vit, v1, v2, temperature: float):
+    """NT-Xent over 2B views: the normalized CLS tokens, cosine similarity / T, the other view is the positive."""
+    import torch
+
+    z = torch.nn.functional.normalize(torch.cat([vit.forward_features(v1)[:, 0], vit.forward_features(v2)[:, 0]]), dim=1)
+    B = v1.shape[0]
+    sim = z @ z.T / temperature
+    sim.fill_diagonal_(-float("inf"))
+    target = torch.cat([torch.arange(B, 2 * B), torch.arange(0, B)]).to(z.device)
+    return torch.nn.functional.cross_entropy(sim, target)
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def select_records(source, where: str | None):
+    """Records of `source` matching a --where predicate over id, label, split, path and metadata columns."""
+    import duckdb
+    import pyarrow as pa
+
+    from .catalog import check_where
+
+    if not where:
+        return source.records
+    check_where(where)
+    meta_cols = sorted({k for r in source.records for k in r.meta})
+    items = pa.table({"id": [r.id for r in source.records], "label": [r.label for r in source.records],
+                      "split": [r.split for r in source.records], "path": [r.path for r in source.records],
+                      **{c: [r.meta.get(c) for r in source.records] for c in meta_cols}})
+    con = duckdb.connect()
+    con.register("items", items)
+    con.execute("SET enable_external_access = false")
+    try:
+        ids = {r[0] for r in con.execute(f"SELECT id FROM items WHERE ({where})").fetchall()}
+    except duckdb.Error as e:
+        raise EmbedsearchError(f"--where {where!r}: {str(e).splitlines()[0][:200]}") from None
+    finally:
+        con.close()
+    out = [r for r in source.records if r.id in ids]
+    if not out:
+        raise EmbedsearchError(f"--where {where!r} selects no items of {source.spec}")
+    return out
+
+
+class _Views:
+    def __init__(self, records, root, base, view, two_views: bool):
+        self.records, self.root, self.base, self.view, self.two = records, root, base, view, two_views
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        from .images import ImageLoadError, array_to_image, load_image
+
+        r = self.records[i]
+        try:
+            img = array_to_image(r.array) if r.array is not None else load_image(self.root / r.path, self.root)
+        except ImageLoadError:
+            return None
+        return (self.base(img), self.view(img), self.view(img)) if self.two else (self.base(img),)
+
+
+def _collate(batch):
+    import torch
+
+    batch = [b for b in batch if b is not None]  # unreadable images are skipped (the index records them)
+    return tuple(torch.stack(t) for t in zip(*batch))
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class PretrainResult:
+    checkpoint: str
+    config: dict
+    epochs: int
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    n_images: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def pretrain(source, cfg: PretrainConfig, out: str | Path, *, resume: bool = False, device: str = "auto",
+             progress: bool = True, num_workers: int = 0) -> PretrainResult:
+    """Train on the --where selection of `source`; writes OUT.safetensors (encoder), OUT.json (config, history),
+    OUT.state.pt (decoder + optimizer, for --resume) and OUT.loss.png."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from .embed import resolve_device
+
+    if cfg.method not in METHODS:
+        raise EmbedsearchError(f"unknown --method {cfg.method!r}: expected one of {', '.join(METHODS)}")
+    out = Path(out).with_suffix("")
+    records = select_records(source, cfg.where)
+    first = next(r for r in records)
+    data_size = first.array.shape[0] if first.array is not None else 32
+    cfg = cfg.resolved(data_size)
+    dev = resolve_device(device)
+    torch.manual_seed(cfg.seed)
+    vit = make_vit(cfg).to(dev)
+    dec = _build_mae_parts(cfg, vit).to(dev) if "mae" in cfg.method else None
+    params = list(vit.parameters()) + (list(dec.parameters()) if dec is not None else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    losses: list[float] = []
+    start = 0
+    paths = ckpt_paths(out)
+    if resume:
+        if not paths["state"].exists():
+            raise EmbedsearchError(f"--resume: no training state at {paths['state']}")
+        saved = json.loads(paths["json"].read_text())
+        if saved["pretrain"] != {**cfg.to_dict(), "augment": list(cfg.augment), "mean": list(cfg.mean),
+                                 "std": list(cfg.std)}:
+            raise EmbedsearchError(f"--resume: {paths['json']} was trained with another configuration")
+        vit.load_state_dict(load_file(str(paths["weights"])))
+        state = torch.load(paths["state"], map_location=dev, weights_only=True)
+        if dec is not None:
+            dec.load_state_dict(state["decoder"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        start, losses = saved["epochs_done"], saved["losses"]
+        log.info("resuming %s at epoch %d of %d", out, start, cfg.epochs)
+    two = "infonce" in cfg.method
+    data = _Views(records, source.root, base_transform(cfg), view_transform(cfg), two)
+    g = torch.Generator().manual_seed(cfg.seed + start)
+    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, drop_last=len(records) > cfg.batch_size,
+                        collate_fn=_collate, generator=g, num_workers=num_workers)
+    mask_gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1 + start)
+    steps_per_epoch = len(loader)
+    total = cfg.epochs * steps_per_epoch
+
+    def lr_at(step):
+        warm = cfg.warmup_epochs * steps_per_epoch
+        if step < warm:
+            return cfg.lr * (step + 1) / warm
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, cfg.epochs), desc=f"pretrain {cfg.method}", unit="epoch", disable=not progress,
+               initial=start, total=cfg.epochs)
+    vit.train()
+    for epoch in bar:
+        run_loss, n = 0.0, 0
+        for i, batch in enumerate(loader):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(epoch * steps_per_epoch + i)
+            batch = [b.to(dev) for b in batch]
+            loss = 0.0
+            if "mae" in cfg.method:
+                loss = loss + cfg.mae_weight * mae_loss(vit, dec, batch[0], cfg, mask_gen)
+            if two:
+                loss = loss + cfg.infonce_weight * infonce_loss(vit, batch[1], batch[2], cfg.temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            run_loss += loss.item() * len(batch[0])
+            n += len(batch[0])
+        losses.append(run_loss / max(n, 1))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        _save(out, vit, dec, opt, cfg, epoch + 1, losses, len(records), save_file)
+    bar.close()
+    loss_png(losses, paths["png"], f"{cfg.method} pretraining loss")
+    return PretrainResult(str(paths["weights"]), cfg.to_dict(), cfg.epochs, losses, time.perf_counter() - t0,
+                          len(records))
+
+
+def ckpt_paths(out: Path) -> dict[str, Path]:
+    out = Path(out).with_suffix("") if Path(out).suffix in (".safetensors", ".json") else Path(out)
+    return {"weights": out.with_suffix(".safetensors"), "json": out.with_suffix(".json"),
+            "state": out.with_suffix(".state.pt"), "png": out.with_suffix(".loss.png")}
+
+
+def _save(out, vit, dec, opt, cfg, epochs_done, losses, n_images, save_file):
+    import torch
+
+    from .store import atomic_write_bytes
+
+    p = ckpt_paths(out)
+    p["weights"].parent.mkdir(parents=True, exist_ok=True)
+    tmp = p["weights"].with_name(f".{p['weights'].name}.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in vit.state_dict().items()}, str(tmp))
+    tmp.replace(p["weights"])
+    tmp = p["state"].with_name(f".{p['state'].name}.tmp")
+    torch.save({"decoder": dec.state_dict() if dec is not None else {}, "optimizer": opt.state_dict(),
+                "rng": torch.get_rng_state()}, tmp)
+    tmp.replace(p["state"])
+    meta = {"format": CKPT_FORMAT, "arch": "timm VisionTransformer", "vit": vit_kwargs(cfg),
+            "preprocess": {"input_size": [3, cfg.image_size, cfg.image_size], "interpolation": "bilinear (antialias)",
+                           "mean": list(cfg.mean), "std": list(cfg.std)},
+            "pretrain": {**cfg.to_dict(), "augment": list(cfg.augment), "mean": list(cfg.mean), "std": list(cfg.std)},
+            "epochs_done": epochs_done, "losses": losses, "n_images": n_images}
+    atomic_write_bytes(p["json"], json.dumps(meta, indent=1).encode())
+
+
+def loss_png(losses: list[float], path: Path, title: str, w: int = 640, h: int = 360) -> None:
+    """A plain line chart of the loss per epoch (Pillow only)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    pad = 50
+    d.text((w // 2 - 80, 10), title, fill="black")
+    d.line([(pad, h - pad), (w - pad, h - pad)], fill="gray")
+    d.line([(pad, pad), (pad, h - pad)], fill="gray")
+    if losses:
+        lo, hi = min(losses), max(losses)
+        span = (hi - lo) or 1.0
+        pts = [(pad + i * (w - 2 * pad) / max(1, len(losses) - 1), h - pad - (v - lo) / span * (h - 2 * pad))
+               for i, v in enumerate(losses)]
+        if len(pts) > 1:
+            d.line(pts, fill=(31, 119, 180), width=2)
+        d.text((5, pad - 5), f"{hi:.4f}", fill="black")
+        d.text((5, h - pad - 5), f"{lo:.4f}", fill="black")
+        d.text((w - pad - 40, h - pad + 8), f"epoch {len(losses)}", fill="black")
+    img.save(path)
+
+
+def load_checkpoint(path: str | Path):
+    """(encoder model, checkpoint JSON) of a `ckpt:FILE` backbone; the file may be given with or without suffix."""
+    from .backbones import apply_state_dict, load_state_dict
+
+    p = ckpt_paths(Path(path))
+    if not p["json"].exists() or not p["weights"].exists():
+        raise BackboneError(f"checkpoint {path}: expected {p['weights'].name} and {p['json'].name} side by side "
+                            "(written by `embedsearch pretrain`)")
+    meta = json.loads(p["json"].read_text())
+    if meta.get("format") != CKPT_FORMAT:
+        raise BackboneError(f"checkpoint {p['json']} is not an embedsearch checkpoint ({meta.get('format')})")
+    from timm.models.vision_transformer import VisionTransformer
+
+    vit = VisionTransformer(**meta["vit"])
+    apply_state_dict(vit, load_state_dict(p["weights"]), str(p["weights"]))
+    return vit, meta

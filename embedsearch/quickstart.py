@@ -1,0 +1,57 @@
+"""`embedsearch quickstart`: index digits with pixels and with a self-supervised ViT, evaluate, compare, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+METHODS = ["prototypes", "knn", "linear", "fewshot"]
+
+
+def run_quickstart(root: str | None, *, epochs: int = 40, method: str = "infonce", progress: bool = True) -> dict:
+    from .build import BuildConfig, build_index
+    from .evaluate import evaluate, save_run
+    from .html import eval_report
+    from .manifest import DEFAULT_ROOT
+    from .output import table
+    from .pretrain import PretrainConfig, pretrain
+    from .reader import Index
+    from .report import compare, markdown_run
+    from .sources import open_source
+
+    base = Path(root) if root else DEFAULT_ROOT
+    src = open_source("digits")
+    say = lambda m: click.echo(m, err=True)  # noqa: E731
+    say("1/5 index digits with the raw-pixel baseline (pixels:8)")
+    build_index(src, BuildConfig(name="quickstart-pixels", backbone="pixels:8", root=str(base), num_workers=0),
+                progress=progress)
+    ckpt = base / "quickstart-ckpt" / f"digits-{method.replace('+', '-')}"
+    say(f"2/5 pretrain a ViT with {method} on the train split only ({epochs} epochs) → {ckpt}.safetensors")
+    pretrain(src, PretrainConfig(method=method, epochs=epochs), ckpt, device="cpu", progress=progress)
+    say("3/5 index digits with that checkpoint")
+    build_index(src, BuildConfig(name="quickstart-vit", backbone=f"ckpt:{ckpt}", root=str(base), num_workers=0,
+                                 device="cpu", precision="fp32"), progress=progress)
+    out = {}
+    for name in ("quickstart-pixels", "quickstart-vit"):
+        say(f"4/5 evaluate {name}: {', '.join(METHODS)}")
+        ix = Index.open(name, base)
+        run = evaluate(ix, methods=METHODS)
+        md = markdown_run(run, ix)
+        page = eval_report(ix, run, md)
+        save_run(ix, run)
+        html_path = ix.layout.reports / f"eval-{run.run_id}.html"
+        html_path.write_text(page)
+        click.echo(md)
+        out[name] = {"report": str(html_path), "run_id": run.run_id}
+    say("5/5 compare")
+    cmp = compare([Index.open("quickstart-pixels", base), Index.open("quickstart-vit", base)])
+    rows = [{k: v for k, v in p.items() if k in ("method", "variant", "top1_a", "top1_b", "delta", "a_wrong_b_right",
+                                                 "b_wrong_a_right", "both_wrong", "mcnemar_p")} for p in cmp["pairs"]]
+    click.echo("## quickstart-pixels (a) vs quickstart-vit (b), same 450 test digits\n")
+    click.echo(table(rows))
+    click.echo(f"\nindexes: {base}/quickstart-pixels, {base}/quickstart-vit; checkpoint: {ckpt}.safetensors "
+               f"(loss curve {ckpt}.loss.png)")
+    for name, o in out.items():
+        click.echo(f"HTML report for {name}: {o['report']}")
+    return {"compare": cmp, "reports": out, "checkpoint": str(ckpt)}

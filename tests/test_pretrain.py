@@ -1,0 +1,78 @@
+import json
+
+import pytest
+import torch
+
+from embedsearch import pretrain as pt
+from embedsearch.backbones import create_backbone
+from embedsearch.errors import EmbedsearchError
+from embedsearch.sources import open_source
+
+
+@pytest.fixture(scope="module")
+def small_digits():
+    src = open_source("digits")
+    src.records = src.records[:160]
+    return src
+
+
+def _cfg(method, **kw):
+    base = dict(method=method, epochs=6, batch_size=32, warmup_epochs=1, lr=2e-3, depth=2, width=32, heads=2,
+                decoder_depth=1, decoder_width=32)
+    return pt.PretrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("method", ["mae", "infonce", "mae+infonce"])
+def test_a_few_epochs_lower_the_loss(tmp_path, small_digits, method):
+    res = pt.pretrain(small_digits, _cfg(method), tmp_path / "ck", device="cpu", progress=False)
+    assert len(res.losses) == 6 and res.losses[-1] < res.losses[0], res.losses
+    n_train = sum(r.split == "train" for r in small_digits.records)
+    assert res.n_images == n_train  # --where "split = 'train'": test images never reach pretraining
+    assert (tmp_path / "ck.loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_checkpoint_round_trip_gives_identical_embeddings(tmp_path, small_digits):
+    pt.pretrain(small_digits, _cfg("mae", epochs=2), tmp_path / "ck", device="cpu", progress=False)
+    vit, meta = pt.load_checkpoint(tmp_path / "ck")
+    bb = create_backbone(f"ckpt:{tmp_path / 'ck'}")
+    assert bb.dim == 32 and bb.info["preprocess"] == meta["preprocess"] and bb.info["pretrain"]["method"] == "mae"
+    from embedsearch.images import array_to_image
+
+    x = torch.stack([bb.preprocess(array_to_image(r.array)) for r in small_digits.records[:8]])
+    vit.eval()
+    with torch.inference_mode():
+        assert torch.equal(bb.embed(x), vit.forward_features(x)[:, 0])
+    with pytest.raises(EmbedsearchError, match="trained at 8 px"):
+        create_backbone(f"ckpt:{tmp_path / 'ck'}", image_size=16)
+
+
+def test_resume_continues_from_the_saved_epoch(tmp_path, small_digits, monkeypatch):
+    cfg = _cfg("infonce", epochs=4)
+    real_save, calls = pt._save, {"n": 0}
+
+    def save_then_die(*a, **kw):
+        real_save(*a, **kw)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pt, "_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pt.pretrain(small_digits, cfg, tmp_path / "ck", device="cpu", progress=False)
+    monkeypatch.setattr(pt, "_save", real_save)
+    saved = json.loads((tmp_path / "ck.json").read_text())
+    assert saved["epochs_done"] == 2
+    res = pt.pretrain(small_digits, cfg, tmp_path / "ck", resume=True, device="cpu", progress=False)
+    assert len(res.losses) == 4 and res.losses[:2] == saved["losses"]
+    assert json.loads((tmp_path / "ck.json").read_text())["epochs_done"] == 4
+    with pytest.raises(EmbedsearchError, match="another configuration"):
+        pt.pretrain(small_digits, _cfg("infonce", epochs=5), tmp_path / "ck", resume=True, device="cpu", progress=False)
+
+
+def test_where_selection_and_bad_method(small_digits):
+    recs = pt.select_records(small_digits, "split = 'test' AND label = '3'")
+    assert recs and all(r.split == "test" and r.label == "3" for r in recs)
+    with pytest.raises(EmbedsearchError, match="selects no items"):
+        pt.select_records(small_digits, "label = 'x'")
+    with pytest.raises(EmbedsearchError, match="unknown --method"):
+        pt.pretrain(small_digits, pt.PretrainConfig(method="byol"), "/tmp/never", progress=False)
