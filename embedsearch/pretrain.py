@@ -68,6 +68,7 @@ def make_vit(cfg: PretrainConfig):
 
 
 def base_transform(cfg: PretrainConfig):
+    """PIL → normalized tensor at the training size: also the `ckpt:` backbone's preprocessing."""
     import torch
     from torchvision.transforms import v2
 
@@ -75,25 +76,49 @@ def base_transform(cfg: PretrainConfig):
                        v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std))])
 
 
-def view_transform(cfg: PretrainConfig):
-    """The InfoNCE views: the chosen augmentations (no flips by default: a mirrored digit is another digit)."""
+def normalize(x, cfg: PretrainConfig):
     import torch
-    from torchvision.transforms import v2
 
-    s = cfg.image_size
-    ops = [v2.PILToTensor()]
+    mean = torch.tensor(cfg.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def random_views(x, cfg: PretrainConfig, gen):
+    """Batched augmentation of [0, 1] images (B, 3, S, S) with per-sample parameters, in one grid_sample: random
+    resized crop (area 0.6–1, aspect 0.85–1.15), rotation ±12°, translation ±8 %, optional flip and brightness /
+    contrast jitter. No flips by default: a mirrored digit is another digit."""
+    import math as _m
+
+    import torch
+    import torch.nn.functional as F
+
+    B = x.shape[0]
+    u = lambda lo, hi: lo + (hi - lo) * torch.rand(B, generator=gen, device=x.device)  # noqa: E731
+    one, zero = torch.ones(B, device=x.device), torch.zeros(B, device=x.device)
     if "crop" in cfg.augment:
-        ops.append(v2.RandomResizedCrop((s, s), scale=(0.6, 1.0), ratio=(0.85, 1.15), antialias=True))
+        area, ratio = u(0.6, 1.0), u(0.85, 1.15)
+        sx, sy = torch.sqrt(area * ratio).clamp(max=1), torch.sqrt(area / ratio).clamp(max=1)
+        cx, cy = u(-1, 1) * (1 - sx), u(-1, 1) * (1 - sy)
     else:
-        ops.append(v2.Resize((s, s), antialias=True))
+        sx, sy, cx, cy = one, one, zero, zero
     if "affine" in cfg.augment:
-        ops.append(v2.RandomAffine(degrees=12, translate=(0.08, 0.08)))
+        th = u(-12, 12) * _m.pi / 180
+        cx, cy = cx + u(-0.16, 0.16), cy + u(-0.16, 0.16)  # ±8 % of the side in [-1, 1] coordinates
+    else:
+        th = zero
     if "flip" in cfg.augment:
-        ops.append(v2.RandomHorizontalFlip())
+        sx = sx * torch.where(torch.rand(B, generator=gen, device=x.device) < 0.5, -one, one)
+    cos, sin = torch.cos(th), torch.sin(th)
+    theta = torch.stack([torch.stack([cos * sx, -sin * sy, cx], 1), torch.stack([sin * sx, cos * sy, cy], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if "color" in cfg.augment:
-        ops.append(v2.ColorJitter(0.4, 0.4, 0.2))
-    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std))]
-    return v2.Compose(ops)
+        b = u(0.6, 1.4).view(B, 1, 1, 1)
+        c = u(0.6, 1.4).view(B, 1, 1, 1)
+        m = out.mean(dim=(1, 2, 3), keepdim=True)
+        out = ((out - m) * c + m) * b
+    return out.clamp(0, 1)
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -195,29 +220,28 @@ def select_records(source, where: str | None):
     return out
 
 
-class _Views:
-    def __init__(self, records, root, base, view, two_views: bool):
-        self.records, self.root, self.base, self.view, self.two = records, root, base, view, two_views
-
-    def __len__(self):
-        return len(self.records)
-
-    def __getitem__(self, i):
-        from .images import ImageLoadError, array_to_image, load_image
-
-        r = self.records[i]
-        try:
-            img = array_to_image(r.array) if r.array is not None else load_image(self.root / r.path, self.root)
-        except ImageLoadError:
-            return None
-        return (self.base(img), self.view(img), self.view(img)) if self.two else (self.base(img),)
-
-
-def _collate(batch):
+def load_images(records, root, size: int):
+    """The selection as one uint8 tensor (N, 3, size, size): small-image pretraining fits in memory (60,000 MNIST
+    digits are 141 MB), and batches then cost no decoding. Unreadable images are skipped and counted."""
     import torch
+    from torchvision.transforms import v2
 
-    batch = [b for b in batch if b is not None]  # unreadable images are skipped (the index records them)
-    return tuple(torch.stack(t) for t in zip(*batch))
+    from .images import ImageLoadError, array_to_image, load_image
+
+    resize = v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True)])
+    out, skipped = [], 0
+    for r in records:
+        try:
+            img = array_to_image(r.array) if r.array is not None else load_image(root / r.path, root)
+        except ImageLoadError:
+            skipped += 1
+            continue
+        out.append(resize(img))
+    if skipped:
+        log.warning("pretraining skips %d unreadable images", skipped)
+    if not out:
+        raise EmbedsearchError("no readable images to pretrain on")
+    return torch.stack(out)
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -237,12 +261,11 @@ class PretrainResult:
 
 
 def pretrain(source, cfg: PretrainConfig, out: str | Path, *, resume: bool = False, device: str = "auto",
-             progress: bool = True, num_workers: int = 0) -> PretrainResult:
+             progress: bool = True) -> PretrainResult:
     """Train on the --where selection of `source`; writes OUT.safetensors (encoder), OUT.json (config, history),
     OUT.state.pt (decoder + optimizer, for --resume) and OUT.loss.png."""
     import torch
     from safetensors.torch import load_file, save_file
-    from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     from .embed import resolve_device
@@ -275,16 +298,16 @@ def pretrain(source, cfg: PretrainConfig, out: str | Path, *, resume: bool = Fal
         if dec is not None:
             dec.load_state_dict(state["decoder"])
         opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
         start, losses = saved["epochs_done"], saved["losses"]
         log.info("resuming %s at epoch %d of %d", out, start, cfg.epochs)
     two = "infonce" in cfg.method
-    data = _Views(records, source.root, base_transform(cfg), view_transform(cfg), two)
+    images = load_images(records, source.root, cfg.image_size).to(dev)
+    n = len(images)
     g = torch.Generator().manual_seed(cfg.seed + start)
-    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, drop_last=len(records) > cfg.batch_size,
-                        collate_fn=_collate, generator=g, num_workers=num_workers)
+    aug_gen = torch.Generator(device=dev).manual_seed(cfg.seed + 2 + start)
     mask_gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1 + start)
-    steps_per_epoch = len(loader)
+    bs = min(cfg.batch_size, n)
+    steps_per_epoch = n // bs  # drop the ragged last batch: InfoNCE needs same-size batches of negatives
     total = cfg.epochs * steps_per_epoch
 
     def lr_at(step):
@@ -298,28 +321,30 @@ def pretrain(source, cfg: PretrainConfig, out: str | Path, *, resume: bool = Fal
                initial=start, total=cfg.epochs)
     vit.train()
     for epoch in bar:
-        run_loss, n = 0.0, 0
-        for i, batch in enumerate(loader):
+        run_loss, seen = 0.0, 0
+        order = torch.randperm(n, generator=g).to(dev)
+        for i in range(steps_per_epoch):
             for group in opt.param_groups:
                 group["lr"] = lr_at(epoch * steps_per_epoch + i)
-            batch = [b.to(dev) for b in batch]
+            x = images[order[i * bs:(i + 1) * bs]].float() / 255.0
             loss = 0.0
             if "mae" in cfg.method:
-                loss = loss + cfg.mae_weight * mae_loss(vit, dec, batch[0], cfg, mask_gen)
+                loss = loss + cfg.mae_weight * mae_loss(vit, dec, normalize(x, cfg), cfg, mask_gen)
             if two:
-                loss = loss + cfg.infonce_weight * infonce_loss(vit, batch[1], batch[2], cfg.temperature)
+                v1 = normalize(random_views(x, cfg, aug_gen), cfg)
+                v2 = normalize(random_views(x, cfg, aug_gen), cfg)
+                loss = loss + cfg.infonce_weight * infonce_loss(vit, v1, v2, cfg.temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            run_loss += loss.item() * len(batch[0])
-            n += len(batch[0])
-        losses.append(run_loss / max(n, 1))
+            run_loss += loss.item() * len(x)
+            seen += len(x)
+        losses.append(run_loss / max(seen, 1))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        _save(out, vit, dec, opt, cfg, epoch + 1, losses, len(records), save_file)
+        _save(out, vit, dec, opt, cfg, epoch + 1, losses, n, save_file)
     bar.close()
     loss_png(losses, paths["png"], f"{cfg.method} pretraining loss")
-    return PretrainResult(str(paths["weights"]), cfg.to_dict(), cfg.epochs, losses, time.perf_counter() - t0,
-                          len(records))
+    return PretrainResult(str(paths["weights"]), cfg.to_dict(), cfg.epochs, losses, time.perf_counter() - t0, n)
 
 
 def ckpt_paths(out: Path) -> dict[str, Path]:
@@ -339,8 +364,7 @@ def _save(out, vit, dec, opt, cfg, epochs_done, losses, n_images, save_file):
     save_file({k: v.detach().cpu().contiguous() for k, v in vit.state_dict().items()}, str(tmp))
     tmp.replace(p["weights"])
     tmp = p["state"].with_name(f".{p['state'].name}.tmp")
-    torch.save({"decoder": dec.state_dict() if dec is not None else {}, "optimizer": opt.state_dict(),
-                "rng": torch.get_rng_state()}, tmp)
+    torch.save({"decoder": dec.state_dict() if dec is not None else {}, "optimizer": opt.state_dict()}, tmp)
     tmp.replace(p["state"])
     meta = {"format": CKPT_FORMAT, "arch": "timm VisionTransformer", "vit": vit_kwargs(cfg),
             "preprocess": {"input_size": [3, cfg.image_size, cfg.image_size], "interpolation": "bilinear (antialias)",

@@ -87,10 +87,16 @@ def main():
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--svc-n", type=int, default=5_000, help="RBF SVC training items (O(n²): subsampled)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--from-csv", action="store_true", help="only re-render bench_eval.md from bench_eval.csv")
     ap.add_argument("--selection-classes", type=int, nargs="*", default=[10],
                     help="class counts for which scikit-learn also runs the whole C selection (slow on raw features)")
     args = ap.parse_args()
     import torch
+
+    if args.from_csv:
+        with open(HERE / "bench_eval.csv") as f:
+            rows = [{k: _parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        return render(rows, args, torch)
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
@@ -167,11 +173,26 @@ def main():
         add(C, "MLP 256 ReLU (early stopping on held-out)", t_mlp, acc(mlp_pred(xte).argmax(1)), "(none)", None, None,
             f"epochs {mlp_params['epochs']}")
 
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
     with open(HERE / "bench_eval.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    render(rows, args, torch)
+
+
+def _parse(v: str):
+    if v in ("", "None"):
+        return None
+    for t in (int, float):
+        try:
+            return t(v)
+        except ValueError:
+            pass
+    return v
+
+
+def render(rows, args, torch) -> None:
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
     fmt = lambda v: "" if v is None else (f"{100 * v:.2f}" if isinstance(v, float) and v <= 1 else str(v))  # noqa: E731
     lines = ["# bench_eval: evaluation methods vs scikit-learn", "",
              f"- machine: {machine}",
@@ -185,6 +206,22 @@ def main():
         lines.append(f"| {r['classes']} | {r['method']} | {r['embedsearch_s']} | {fmt(r['embedsearch_top1'])} | "
                      f"{r['sklearn']} | {fmt(r['sklearn_s'])} | {fmt(r['sklearn_top1'])} | "
                      f"{'' if r['speedup'] is None else str(r['speedup']) + '×'} | {r['note']} |")
+    lines += ["", "Reading:",
+              "- kNN at one k is bound by the same matrix product in both (10,000 × 50,000 × 384 similarities):",
+              "  embedsearch's torch matmul + topk is 1.3–1.4× faster, not the 5× the issue asked for. The DINOv2",
+              "  protocol needs every k ∈ {10, 20, 100, 200} with weighted and majority votes: embedsearch gets all 8",
+              "  from one exact search, scikit-learn needs 8 classifiers. The rare differing prediction (1 or 2 in",
+              "  10,000) comes from float32 rounding of near-tied similarities (sklearn ranks by euclidean distance).",
+              "- The linear probe solves scikit-learn's objective with a diagonally preconditioned L-BFGS (same optimum);",
+              "  'same procedure' runs the identical C grid, early stop and refit with LogisticRegression.",
+              "- SVC rows: both columns are scikit-learn's SVC on the same standardized data (embedsearch calls",
+              "  decision_function, the reference predict); the time difference is not an embedsearch speed-up.",
+              "- The 100-class synthetic task is hard by construction (low top-1 for every method); it measures time.",
+              "- Rows missing for 100 classes (linear, SVC, MLP): in the committed run the 100-class linear probe had",
+              "  not finished after 13 minutes (some fits run into the 1,000-iteration cap; the preconditioner assumes",
+              "  near-uniform class probabilities). The run was stopped and the rows measured so far kept: an open",
+              "  problem, see the issue notes.",
+              "- MLP: early stopping on the held-out 10 % chose the epoch count shown."]
     (HERE / "bench_eval.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -120,3 +120,15 @@ def test_space_is_recorded_in_manifest_and_parquet_schema(tmp_path):
     assert sp["spec"] == "timm:test_vit" and sp["preprocess"]["input_size"] == [3, 32, 32] and len(sp["weights_sha256"]) == 64
     assert store.part_metadata(ix.part_paths[0])["space"] == sp
     assert {"torch", "timm", "faiss-cpu", "duckdb"} <= set(ix.manifest["versions"])
+
+
+def test_second_writer_fails_fast_naming_the_holder(tmp_path):
+    import os
+
+    from embedsearch.manifest import resolve, writer_lock
+
+    layout = resolve("ix", tmp_path)
+    with writer_lock(layout):
+        src = open_source("digits")
+        with pytest.raises(IndexStateError, match=f"locked by PID {os.getpid()}"):
+            build_index(src, _cfg(tmp_path, backbone="pixels:8"), progress=False)

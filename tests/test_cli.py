@@ -74,3 +74,13 @@ def test_eval_report_compare_search_flow(index_root):
     assert [x["rank"] for x in json.loads(res.stdout)] == [1, 2, 3]
     res = r.invoke(cli, ["search", "px8", "--id", "0", "--where", "1=1; DROP TABLE items"])
     assert res.exit_code == 1 and "multiple statements" in res.stderr
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end_offline(index_root):
+    r = CliRunner().invoke(cli, ["-q", "quickstart", "--epochs", "2"])
+    assert r.exit_code == 0, r.output
+    assert "quickstart-pixels (a) vs quickstart-vit (b)" in r.stdout and "mcnemar_p" in r.stdout
+    for name in ("quickstart-pixels", "quickstart-vit"):
+        assert list((index_root / name / "reports").glob("eval-*.html"))
+    assert (index_root / "quickstart-ckpt" / "digits-infonce.loss.png").exists()
