@@ -293,10 +293,7 @@ def _pixels(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) -> 
 
 def _ckpt(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) -> Backbone:
     """A ViT trained by `embedsearch pretrain`, with the preprocessing it was trained with."""
-    import torch
-    from torchvision.transforms import v2
-
-    from .pretrain import ckpt_paths, load_checkpoint
+    from .pretrain import base_transform, ckpt_paths, load_checkpoint
 
     if weights:
         raise SpecError("ckpt: backbones carry their own weights; drop --weights")
@@ -305,8 +302,7 @@ def _ckpt(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) -> Ba
     size = pre["input_size"][-1]
     if image_size and image_size != size:
         raise SpecError(f"{spec.raw} was trained at {size} px; --image-size {image_size} would change its space")
-    transform = v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True),
-                            v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre["mean"], pre["std"])])
+    transform = base_transform(size, pre["mean"], pre["std"])
     npt = vit.num_prefix_tokens
 
     def forward(m, x):

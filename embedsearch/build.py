@@ -200,11 +200,8 @@ def _committed_parts(layout: Layout, manifest: dict, catalog: cat.Catalog, plan:
             ids, _ = store.read_part(f, with_vectors=False)
         except IndexStateError:
             ids = None
-        con = cat._connect(catalog.path, read_only=True)
-        try:
+        with catalog.read() as con:
             status = dict(con.execute("SELECT id, status FROM items WHERE part = ?", [part]).fetchall())
-        finally:
-            con.close()
         ok_ids = sorted(i for i, s in status.items() if s == "ok")
         if ids is not None and "pending" not in status.values() and sorted(ids.tolist()) == ok_ids:
             done[part] = {"file": f.name, "rows": len(ids), "bytes": f.stat().st_size, "sha256": store.file_sha256(f)}
@@ -241,12 +238,9 @@ def _build_faiss(layout: Layout, manifest: dict, cfg: BuildConfig) -> dict:
 
 
 def _counts(layout: Layout) -> dict:
-    con = cat._connect(layout.catalog, read_only=True)
-    try:
+    with cat.Catalog(layout.catalog).read() as con:
         rows = dict(con.execute("SELECT status, count(*) FROM items GROUP BY status").fetchall())
         classes = con.execute("SELECT count(*) FROM classes").fetchone()[0]
-    finally:
-        con.close()
     return {"items": sum(rows.values()), "embedded": rows.get("ok", 0), "failed": rows.get("failed", 0),
             "pending": rows.get("pending", 0), "classes": classes}
 

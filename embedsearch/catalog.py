@@ -70,6 +70,15 @@ class Catalog:
         finally:
             con.close()
 
+    @contextmanager
+    def read(self) -> Iterator:
+        """A short read-only connection (the writer may be another process)."""
+        con = _connect(self.path, read_only=True)
+        try:
+            yield con
+        finally:
+            con.close()
+
     # ----------------------------------------------------------------------------------- schema
 
     def init(self) -> None:
@@ -132,24 +141,18 @@ class Catalog:
     def item_ids(self) -> set[int]:
         if not self.path.exists():
             return set()
-        con = _connect(self.path, read_only=True)
-        try:
+        with self.read() as con:
             if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name='items'").fetchone()[0]:
                 return set()
             return {r[0] for r in con.execute("SELECT id FROM items").fetchall()}
-        finally:
-            con.close()
 
     def plan(self) -> dict[int, list[int]]:
         """part number → its item ids in order; the plan is fixed when items are added, so resume redoes the same."""
-        con = _connect(self.path, read_only=True)
-        try:
+        with self.read() as con:
             out: dict[int, list[int]] = {}
             for part, rid in con.execute("SELECT part, id FROM items ORDER BY part, id").fetchall():
                 out.setdefault(part, []).append(rid)
             return out
-        finally:
-            con.close()
 
     def update_items(self, rows: list[dict]) -> None:
         """Set status / stage / error / size for the items of one part, in one transaction."""

@@ -67,13 +67,13 @@ def make_vit(cfg: PretrainConfig):
     return VisionTransformer(**vit_kwargs(cfg))
 
 
-def base_transform(cfg: PretrainConfig):
-    """PIL → normalized tensor at the training size: also the `ckpt:` backbone's preprocessing."""
+def base_transform(size: int, mean, std):
+    """PIL → normalized tensor at the training size: the `ckpt:` backbone's preprocessing."""
     import torch
     from torchvision.transforms import v2
 
-    return v2.Compose([v2.PILToTensor(), v2.Resize((cfg.image_size, cfg.image_size), antialias=True),
-                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std))])
+    return v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True),
+                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
 
 def normalize(x, cfg: PretrainConfig):

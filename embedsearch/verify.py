@@ -91,15 +91,12 @@ def verify(name: str, root=None) -> Report:
             rep.add("faiss unreadable", layout.faiss.name, str(e))
 
     try:
-        con = cat._connect(layout.catalog, read_only=True) if layout.catalog.exists() else None
-        if con is None:
+        if not layout.catalog.exists():
             rep.add("catalog missing", layout.catalog.name, "not on disk")
         else:
-            try:
+            with cat.Catalog(layout.catalog).read() as con:
                 ok = {r[0] for r in con.execute("SELECT id FROM items WHERE status = 'ok'").fetchall()}
                 version = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            finally:
-                con.close()
             have = set(all_ids.tolist())
             if part_ids and len(part_ids) == len(listed) and ok != have:
                 rep.add("catalog out of step", layout.catalog.name,
@@ -161,11 +158,8 @@ def repair(name: str, root=None, progress: bool = True) -> Report:
 
 
 def _pending(layout: Layout) -> int:
-    con = cat._connect(layout.catalog, read_only=True)
-    try:
+    with cat.Catalog(layout.catalog).read() as con:
         return con.execute("SELECT count(*) FROM items WHERE status = 'pending'").fetchone()[0]
-    finally:
-        con.close()
 
 
 def _mark_pending(layout: Layout, parts: set[str]) -> None:

@@ -7,7 +7,6 @@ seeded stratified held-out part of train (`holdout_split`) and never see test da
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 
@@ -317,9 +316,3 @@ def mlp_probe(xtr, ytr, n_classes: int, seed: int = 0, hidden: int = 256, lr: fl
               "selection": f"epochs by early stopping on held-out {HOLDOUT:.0%} of train (seed {seed}); "
                            "refit on all of train", "heldout_accuracy_curve": [round(a, 4) for a in hist]}
     return predict, params, (net, mean, std)
-
-
-def timed(fn, *a, **kw):
-    t0 = time.perf_counter()
-    out = fn(*a, **kw)
-    return out, time.perf_counter() - t0
