@@ -136,21 +136,25 @@ def _fit_logreg(pre, y, n_classes: int, C: float, init=None, max_iter: int = 100
     return W, b.detach() - pre.mu_t @ W
 
 
-class _Preconditioned:
-    """The centred, standardized copy of one fitting set (float64, on the probe's device)."""
+FLOAT64_BUDGET = 2.5e8  # n·d·classes up to which the probe solves in float64 ("where affordable")
 
-    def __init__(self, x: np.ndarray, device: str):
+
+class _Preconditioned:
+    """The centred, standardized copy of one fitting set (float64 by default, on the probe's device)."""
+
+    def __init__(self, x: np.ndarray, device: str, dtype=None):
         import torch
 
+        dtype = dtype or torch.float64
         x64 = np.asarray(x, np.float64)
         mu = x64.mean(0)
         sd = x64.std(0)
         # any positive scale is exact; the floor keeps near-constant features (border pixels) from blowing up
         floor = 0.1 * float(np.median(sd[sd > 0])) if (sd > 0).any() else 1.0
         sd = np.maximum(sd, floor)
-        self.X = torch.from_numpy((x64 - mu) / sd).to(device)
-        self.mu_t = torch.from_numpy(mu).to(device)
-        self.sd_t = torch.from_numpy(sd).to(device)
+        self.X = torch.from_numpy((x64 - mu) / sd).to(device, dtype)
+        self.mu_t = torch.from_numpy(mu).to(device, dtype)
+        self.sd_t = torch.from_numpy(sd).to(device, dtype)
 
 
 def linear_probe(xtr, ytr, n_classes: int, seed: int = 0, grid=LINEAR_C_GRID, device: str | None = None):
@@ -159,10 +163,13 @@ def linear_probe(xtr, ytr, n_classes: int, seed: int = 0, grid=LINEAR_C_GRID, de
     import torch
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # float64 where affordable; above the budget float32 is ~4× faster per step and, measured on 50k×384×100,
+    # reaches the same accuracy in a fraction of the iterations
+    dtype = torch.float64 if len(xtr) * xtr.shape[1] * n_classes <= FLOAT64_BUDGET else torch.float32
     fit, held = holdout_split(ytr, seed=seed)
-    pre = _Preconditioned(xtr[fit], dev)
+    pre = _Preconditioned(xtr[fit], dev, dtype)
     Y = torch.from_numpy(np.asarray(ytr, np.int64)).to(dev)
-    x_held = torch.from_numpy(np.asarray(xtr[held], np.float64)).to(dev)
+    x_held = torch.from_numpy(np.asarray(xtr[held], np.float64)).to(dev, dtype)
     y_held = Y[held]
     tried: dict[int, float] = {}
 
@@ -186,7 +193,7 @@ def linear_probe(xtr, ytr, n_classes: int, seed: int = 0, grid=LINEAR_C_GRID, de
             score(i)
     best = max(tried, key=lambda i: (tried[i], -i))  # ties: the stronger regularization
     C = float(grid[best])
-    W, b = (t.cpu().numpy() for t in _fit_logreg(_Preconditioned(xtr, dev), Y, n_classes, C))
+    W, b = (t.cpu().double().numpy() for t in _fit_logreg(_Preconditioned(xtr, dev, dtype), Y, n_classes, C))
 
     def predict(q):
         return np.asarray(q, np.float64) @ W + b
@@ -197,8 +204,9 @@ def linear_probe(xtr, ytr, n_classes: int, seed: int = 0, grid=LINEAR_C_GRID, de
               "selection": f"held-out {HOLDOUT:.0%} of train, stratified, seed {seed}; refit on all of train",
               "features": "raw (unnormalized); solved in a diagonally preconditioned parametrization with the "
                           "same optimum",
-              "solver": "L-BFGS (torch, float64), strong Wolfe, max_iter 1000, gradient tolerance 1e-6, warm-started "
-                        "along the coarse grid",
+              "solver": f"L-BFGS (torch, {str(dtype).removeprefix('torch.')}), strong Wolfe, max_iter 1000, "
+                        "gradient tolerance 1e-6, warm-started along the coarse grid",
+              "dtype": str(dtype).removeprefix("torch."),
               "penalty": "L2, C·ΣCE + ½‖W‖² (sklearn's objective)", "device": dev}
     return predict, params, (W, b)
 
