@@ -5,6 +5,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from embedsearch.errors import SourceError
 from embedsearch.sources import open_source, path_id
@@ -147,3 +149,33 @@ def test_manifest_bom_crlf_quotes_and_bad_bytes(tmp_path):
 def test_split_argument_errors():
     with pytest.raises(SourceError, match="already has splits"):
         open_source("digits", split="test=0.1")
+
+
+_text = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=12).map(str.strip).filter(bool)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(_text, st.one_of(st.just(""), _text)), min_size=1, max_size=15,
+                     unique_by=lambda t: t[0]))
+def test_manifest_round_trips_any_text(tmp_path, rows):
+    import csv
+
+    p = tmp_path / "m.csv"
+    with open(p, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        w.writerows(rows)
+    src = open_source(str(p))
+    assert [r.path for r in src.records] == [r[0] for r in rows]
+    assert [r.label for r in src.records] == [r[1] or None for r in rows]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=200))
+def test_manifest_garbage_is_a_source_error_or_a_source(tmp_path, data):
+    p = tmp_path / "g.csv"
+    p.write_bytes(b"path,label\n" + data)
+    try:
+        open_source(str(p))
+    except SourceError:
+        pass
