@@ -111,12 +111,34 @@ def index(source, backbone, name, root, weights, random_init, image_size, pool, 
                       pool=pool, dtype=dtype, index=index_factory, batch_size=batch_size, num_workers=workers,
                       device=device, precision=precision, channels_last=channels_last, part_size=part_size, seed=seed,
                       add=add, vectors=vectors, root=root)
-    summary = build_index(src, cfg, progress=_progress())
+    summary = _interruptible(lambda: build_index(src, cfg, progress=_progress()), name)
     if summary["failed"]:
         click.echo(f"{summary['failed']} items could not be embedded; see "
                    f"`embedsearch sql {name} \"SELECT path, stage, error FROM items WHERE status = 'failed'\"`",
                    err=True)
     emit(summary, fmt)
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _interruptible(run, name: str):
+    """SIGINT/SIGTERM stop the run between atomic writes: committed parts stay, the current one is abandoned, and
+    re-running the same command resumes. Exit 130 (SIGINT) or 143 (SIGTERM), as shells expect."""
+    import signal
+
+    def on_term(signum, frame):
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        return run()
+    except (KeyboardInterrupt, _Terminated) as e:
+        click.echo(f"interrupted: committed parts of {name} are kept; re-run the same command to resume", err=True)
+        sys.exit(143 if isinstance(e, _Terminated) else 130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _default_name(source: str, backbone: str) -> str:

@@ -1,0 +1,75 @@
+"""Real processes killed mid-run (SIGKILL, SIGTERM, SIGINT), then resumed: the result equals an uninterrupted run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from embedsearch import store
+from embedsearch.reader import Index
+from embedsearch.search import search
+
+ARGS = ["-b", "timm:vit_small_patch14_dinov2", "--random-init", "--image-size", "112", "--precision", "fp32",
+        "--part-size", "4", "--batch-size", "4", "--workers", "0", "-n", "k"]
+
+
+def _run(root, image_folder, **kw):
+    env = {**os.environ, "EMBEDSEARCH_HOME": str(root), "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "embedsearch", "-q", "index", str(image_folder), *ARGS],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _state(root):
+    ix = Index.open("k", root)
+    ids, v = store.read_all(ix.part_paths)
+    o = np.argsort(ids)
+    return ids[o], v[o], [r["id"] for r in search(ix, ids=ids[o][:3].tolist(), k=5)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, image_folder_module):
+    root = tmp_path_factory.mktemp("ref")
+    p = _run(root, image_folder_module)
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    return _state(root)
+
+
+@pytest.fixture(scope="module")
+def image_folder_module(tmp_path_factory):
+    from tests.conftest import COLORS, make_image
+
+    root = tmp_path_factory.mktemp("imgs")
+    k = 0
+    for cls, color in COLORS.items():
+        for i in range(10):
+            make_image(root / cls / f"{cls}_{i}.png", color, seed=k)
+            k += 1
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code", [(signal.SIGKILL, -9), (signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_killed_run_resumes_to_the_same_index(tmp_path, image_folder_module, reference, sig, code):
+    p = _run(tmp_path, image_folder_module)
+    parts = tmp_path / "k" / "parts"
+    deadline = time.time() + 120
+    while not (parts / "part-00001.parquet").exists():  # wait until a couple of parts are committed
+        assert p.poll() is None and time.time() < deadline, p.stderr.read() if p.poll() is not None else "timeout"
+        time.sleep(0.05)
+    p.send_signal(sig)
+    assert p.wait(timeout=60) == code
+    if sig != signal.SIGKILL:
+        assert "re-run the same command to resume" in p.stderr.read()
+    done_before = len(list(parts.glob("part-*.parquet")))
+    assert 2 <= done_before < 8  # 30 images / 4 per part = 8 parts: it really stopped midway
+    p = _run(tmp_path, image_folder_module)
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    ids, v, hits = _state(tmp_path)
+    np.testing.assert_array_equal(ids, reference[0])
+    np.testing.assert_array_equal(v, reference[1])
+    assert hits == reference[2]
+    assert not [f for f in (tmp_path / "k").rglob("*") if ".tmp-" in f.name]
