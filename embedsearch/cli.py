@@ -265,24 +265,14 @@ def eval_cmd(name, train_where, test_where, methods, prompts, seed, html_file, r
     Example:
         embedsearch eval digits-pixels --methods prototypes,knn,linear
     """
-    from .evaluate import evaluate, save_run
     from .reader import Index
-    from .report import markdown_run
+    from .report import evaluate_and_report
 
     ix = Index.open(name, root)
-    run = evaluate(ix, train=train_where, test=test_where, methods=methods.split(",") if methods else None,
-                   seed=seed, prompts=prompts)
-    md = markdown_run(run, ix)
-    from pathlib import Path
-
-    from .html import eval_report
-
-    page = eval_report(ix, run, md)
-    paths = save_run(ix, run)
-    html_path = Path(html_file) if html_file else ix.layout.reports / f"eval-{run.run_id}.html"
-    html_path.write_text(page)
-    click.echo(f"results: {ix.layout.reports}/eval-{run.run_id}-*.json ({len(paths)} files); report: {html_path}",
-               err=True)
+    run, md, html_path = evaluate_and_report(
+        ix, html_file, train=train_where, test=test_where, methods=methods.split(",") if methods else None,
+        seed=seed, prompts=prompts)
+    click.echo(f"results: {ix.layout.reports}/eval-{run.run_id}-*.json; report: {html_path}", err=True)
     if fmt == "table":
         click.echo(md)
     else:

@@ -15,9 +15,6 @@ from .images import ImageLoadError, array_to_image, load_image
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
 @dataclass
 class Timings:
     """Seconds per stage. read/preprocess are summed over workers (CPU time); forward/write/wall are wall time."""

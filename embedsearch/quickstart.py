@@ -11,13 +11,11 @@ METHODS = ["prototypes", "knn", "linear", "fewshot"]
 
 def run_quickstart(root: str | None, *, epochs: int = 40, method: str = "infonce", progress: bool = True) -> dict:
     from .build import BuildConfig, build_index
-    from .evaluate import evaluate, save_run
-    from .html import eval_report
     from .manifest import DEFAULT_ROOT
     from .output import table
     from .pretrain import PretrainConfig, pretrain
     from .reader import Index
-    from .report import compare, markdown_run
+    from .report import compare, evaluate_and_report
     from .sources import open_source
 
     base = Path(root) if root else DEFAULT_ROOT
@@ -35,13 +33,7 @@ def run_quickstart(root: str | None, *, epochs: int = 40, method: str = "infonce
     out = {}
     for name in ("quickstart-pixels", "quickstart-vit"):
         say(f"4/5 evaluate {name}: {', '.join(METHODS)}")
-        ix = Index.open(name, base)
-        run = evaluate(ix, methods=METHODS)
-        md = markdown_run(run, ix)
-        page = eval_report(ix, run, md)
-        save_run(ix, run)
-        html_path = ix.layout.reports / f"eval-{run.run_id}.html"
-        html_path.write_text(page)
+        run, md, html_path = evaluate_and_report(Index.open(name, base), methods=METHODS)
         click.echo(md)
         out[name] = {"report": str(html_path), "run_id": run.run_id}
     say("5/5 compare")

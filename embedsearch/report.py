@@ -48,6 +48,23 @@ def markdown_run(run, ix) -> str:
     return "\n".join(lines) + "\n"
 
 
+def evaluate_and_report(ix, html_path=None, **eval_kwargs):
+    """Evaluate, save the result JSONs and probes, write the HTML report: what `embedsearch eval` and
+    `quickstart` do. Returns (run, markdown summary, path of the HTML report)."""
+    from pathlib import Path
+
+    from .evaluate import evaluate, save_run
+    from .html import eval_report
+
+    run = evaluate(ix, **eval_kwargs)
+    md = markdown_run(run, ix)
+    page = eval_report(ix, run, md)  # before save_run, which closes the index's read connection
+    save_run(ix, run)
+    path = Path(html_path) if html_path else ix.layout.reports / f"eval-{run.run_id}.html"
+    path.write_text(page)
+    return run, md, path
+
+
 def _params_md(d: dict) -> str:
     p = d.get("params", {})
     keys = {"prototypes": ["metric"], "knn": ["k", "T", "vote"], "linear": ["C"], "svc": ["kernel", "gamma", "C"],
