@@ -44,7 +44,10 @@ class BuildConfig:
     image_size: int | None = None
     pool: str = "default"
     dtype: str = "float16"
-    index: str = vindex.DEFAULT_FACTORY
+    index: str = vindex.DEFAULT_FACTORY  # a FAISS factory string, or "auto" (see ann.auto_index)
+    max_memory: int | None = None  # bytes the FAISS index may take (auto)
+    target_recall: float = 0.95  # 10-recall@10 the auto index must reach on held-out queries
+    max_latency_ms: float | None = None  # mean one-query latency the auto index must stay under
     batch_size: int = 64
     num_workers: int | None = None
     device: str = "auto"
@@ -212,29 +215,37 @@ def _committed_parts(layout: Layout, manifest: dict, catalog: cat.Catalog, plan:
 
 
 def _build_faiss(layout: Layout, manifest: dict, cfg: BuildConfig) -> dict:
+    """Build the FAISS file from the parts, streaming them (one part in memory at a time besides the index)."""
     paths = [layout.parts / p["file"] for p in manifest["parts"]]
     dim = manifest["space"]["dim"]
     n = sum(p["rows"] for p in manifest["parts"])
-    factory = cfg.index if manifest.get("faiss") is None else manifest["faiss"]["factory"]
-    sample = None
-    probe = vindex.make_index(dim, factory)
-    if not probe.is_trained:
-        rng = np.random.default_rng(cfg.seed)
-        want = vindex.train_sample_size(factory, n)
-        keep = np.sort(rng.choice(n, size=want, replace=False))
-        chunks, offset = [], 0
-        for ids, v in store.iter_parts(paths):  # one part in memory at a time
-            sel = keep[(keep >= offset) & (keep < offset + len(ids))] - offset
-            chunks.append(v[sel])
-            offset += len(ids)
-        sample = np.concatenate(chunks) if chunks else None
+    old = manifest.get("faiss") or {}
+    requested = old.get("requested", old.get("factory", cfg.index))  # an index keeps the choice it was created with (--add, repair)
     t0 = time.perf_counter()
-    index = vindex.build_index(store.iter_parts(paths), dim, factory, train_sample=sample)
+    auto = None
+    if requested == "auto":
+        from .ann import auto_index
+
+        budget = cfg.max_memory if cfg.max_memory is not None else (old.get("auto") or {}).get("max_memory")
+        target = (old.get("auto") or {}).get("target", {}) if old else {}
+        index, auto = auto_index(lambda: store.iter_parts(paths), n, dim, max_memory=budget,
+                                 target_recall=target.get("10-recall@10", cfg.target_recall),
+                                 max_latency_ms=target.get("max_latency_ms", cfg.max_latency_ms), seed=cfg.seed)
+        factory, params, sample_n = auto["chosen"], auto["params"], None
+    else:
+        factory, params, sample = requested, {}, None
+        if not vindex.make_index(dim, factory).is_trained:
+            from .ann import sample_rows
+
+            _, sample = sample_rows(store.iter_parts(paths), n, vindex.train_sample_size(factory, n), cfg.seed)
+        index = vindex.build_index(store.iter_parts(paths), dim, factory, train_sample=sample)
+        sample_n = None if sample is None else len(sample)
     vindex.save_index(index, layout.faiss)
-    return {"file": layout.faiss.name, "factory": factory, "metric": "inner_product on L2-normalized vectors (cosine)",
-            "ntotal": int(index.ntotal), "bytes": layout.faiss.stat().st_size,
-            "sha256": store.file_sha256(layout.faiss), "trained_on": None if sample is None else len(sample),
-            "seed": cfg.seed, "gpu": vindex.gpu_count() > 0, "build_s": round(time.perf_counter() - t0, 3)}
+    return {"file": layout.faiss.name, "requested": requested, "factory": factory, "params": params,
+            "metric": "inner_product on L2-normalized vectors (cosine)", "ntotal": int(index.ntotal),
+            "bytes": layout.faiss.stat().st_size, "sha256": store.file_sha256(layout.faiss), "trained_on": sample_n,
+            "seed": cfg.seed, "gpu": vindex.gpu_count() > 0, "build_s": round(time.perf_counter() - t0, 3),
+            "auto": auto}
 
 
 def _counts(layout: Layout) -> dict:

@@ -69,7 +69,12 @@ root_option = click.option("--root", type=click.Path(file_okay=False), default=N
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
               help="Storage dtype of the vectors in Parquet.")
 @click.option("--index", "index_factory", default="Flat", show_default=True,
-              help="FAISS factory string, e.g. Flat, HNSW32, IVF1024,PQ32 (cosine on normalized vectors).")
+              help="FAISS factory string, e.g. Flat, HNSW32, IVF1024,PQ32 (cosine on normalized vectors), or `auto`: "
+              "choose and tune one for --max-memory and --target-recall.")
+@click.option("--max-memory", help="With --index auto: the most the FAISS index may take, e.g. 2GB, 512MiB.")
+@click.option("--target-recall", type=click.FloatRange(0, 1), default=0.95, show_default=True,
+              help="With --index auto: 10-recall@10 to reach on held-out queries.")
+@click.option("--max-latency-ms", type=float, help="With --index auto: mean one-query latency to stay under.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--workers", type=int, default=None, help="Decode/preprocess workers (default: cores − 1).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
@@ -87,8 +92,8 @@ root_option = click.option("--root", type=click.Path(file_okay=False), default=N
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, random init, FAISS training.")
 @output_options
 @_handle_errors
-def index(source, backbone, name, root, weights, random_init, image_size, pool, dtype, index_factory, batch_size,
-          workers, device, precision, channels_last, part_size, label_regex, data_root, split_arg, min_per_class,
+def index(source, backbone, name, root, weights, random_init, image_size, pool, dtype, index_factory, max_memory,
+          target_recall, max_latency_ms, batch_size, workers, device, precision, channels_last, part_size, label_regex, data_root, split_arg, min_per_class,
           vectors, add, seed, fmt):
     """Embed SOURCE with a backbone into Parquet parts, a FAISS index and a DuckDB catalog.
 
@@ -103,12 +108,18 @@ def index(source, backbone, name, root, weights, random_init, image_size, pool, 
     """
     from .build import BuildConfig, build_index
     from .sources import open_source
+    from .specs import parse_size
+
+    if index_factory != "auto" and (max_memory or max_latency_ms):
+        raise click.UsageError("--max-memory and --max-latency-ms apply to --index auto")
 
     src = open_source(source, root=data_root, label_regex=label_regex, split=split_arg, seed=seed,
                       min_per_class=min_per_class, require_paths=vectors is None)
     name = name or _default_name(source, "external" if vectors else backbone)
     cfg = BuildConfig(name=name, backbone=backbone, weights=weights, pretrained=not random_init, image_size=image_size,
-                      pool=pool, dtype=dtype, index=index_factory, batch_size=batch_size, num_workers=workers,
+                      pool=pool, dtype=dtype, index=index_factory,
+                      max_memory=parse_size(max_memory) if max_memory else None, target_recall=target_recall,
+                      max_latency_ms=max_latency_ms, batch_size=batch_size, num_workers=workers,
                       device=device, precision=precision, channels_last=channels_last, part_size=part_size, seed=seed,
                       add=add, vectors=vectors, root=root)
     summary = _interruptible(lambda: build_index(src, cfg, progress=_progress()), name)
@@ -165,6 +176,49 @@ def info(name, root, fmt):
     from .reader import Index
 
     emit(Index.open(name, root).info(), fmt)
+
+
+@cli.command("index-quality")
+@click.argument("name")
+@root_option
+@click.option("--queries", "n_queries", type=click.IntRange(1), default=1000, show_default=True,
+              help="Items sampled as queries (each left out of its own results).")
+@click.option("--seed", type=int, default=1234, show_default=True,
+              help="Sampling seed (auto tuning used the build seed + 1: a different sample).")
+@click.option("-k", "k_knn", type=click.IntRange(1), default=20, show_default=True, help="k of the kNN comparison.")
+@click.option("--train", default="split = 'train'", show_default=True, help="kNN bank (a --where predicate).")
+@click.option("--test", default="split = 'test'", show_default=True, help="kNN queries (a --where predicate).")
+@output_options
+@_handle_errors
+def index_quality(name, root, n_queries, seed, k_knn, train, test, fmt):
+    """What the FAISS index costs against exact search: 1-recall@R and R-recall@R (R = 10, 20), mean and p99
+    latency, bytes per vector, and, for a labelled index, weighted-kNN accuracy with the index vs exact search.
+
+    \b
+    Example:
+        embedsearch index-quality cifar10-dinov2 --json
+    """
+    from .ann import quality
+    from .reader import Index
+
+    q = quality(Index.open(name, root), n_queries=n_queries, seed=seed, k_knn=k_knn, train=train, test=test)
+    if fmt != "table":
+        return emit(q, fmt)
+    how = f"{q['queries']['n']} queries, seed {seed}, own id left out; exact = streamed brute force"
+    rows = [{"metric": "index", "value": f"{q['factory']} {q['params'] or ''}".strip(), "how": f"{q['n']} × {q['dim']}-d"}]
+    rows += [{"metric": k, "value": v, "how": how} for k, v in q["recall"].items()]
+    lat = q["latency_ms"]
+    rows += [{"metric": "latency mean (ms)", "value": lat["mean"], "how": f"{lat['single_queries']} single queries"},
+             {"metric": "latency p99 (ms)", "value": lat["p99"], "how": f"{lat['single_queries']} single queries"},
+             {"metric": "batch queries/s", "value": lat["batch_qps"], "how": f"one batch of {lat['batch_queries']}"},
+             {"metric": "bytes per vector", "value": q["bytes_per_vector"], "how": "FAISS file size / vectors"}]
+    if "knn" in q:
+        kn = q["knn"]
+        how = f"{kn['method']}; train {kn['n_train']} ({kn['train']}), test {kn['n_test']} ({kn['test']})"
+        rows += [{"metric": "kNN top-1 exact (%)", "value": kn["top1_exact"], "how": how},
+                 {"metric": "kNN top-1 with index (%)", "value": kn["top1_approximate"], "how": how},
+                 {"metric": "kNN same prediction (%)", "value": kn["same_prediction_pct"], "how": "exact vs index"}]
+    emit(rows, fmt)
 
 
 @cli.command()

@@ -91,6 +91,13 @@ def train_sample_size(factory: str, n: int) -> int:
     return min(n, max(TRAIN_SAMPLE_PER_CENTROID * nlist, 10_000))
 
 
+def index_bytes(index) -> int:
+    """Serialized size of an index: what it takes on disk and, loaded without mmap, in memory."""
+    import faiss
+
+    return int(faiss.serialize_index(index).size)
+
+
 def save_index(index, path: Path) -> None:
     import faiss
 
@@ -99,16 +106,45 @@ def save_index(index, path: Path) -> None:
     atomic_write_bytes(path, faiss.serialize_index(index).tobytes())
 
 
-def load_index(path: Path, mmap: bool = False):
+def load_index(path: Path, mmap: bool = False, params: dict | None = None):
+    """Read a FAISS file; `mmap` maps flat codes and IVF lists from the file instead of reading them into memory
+    (pages come from the OS cache on demand, and the old file stays valid for readers when a rebuild replaces it).
+    `params` are the recorded search-time settings (nprobe, efSearch)."""
     import faiss
 
     if not path.is_file():
         raise IndexStateError(f"FAISS file {path} is missing; run `embedsearch verify --repair`")
-    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0
     try:
-        return faiss.read_index(str(path), flags)
+        index = faiss.read_index(str(path), flags)
     except RuntimeError as e:
         raise IndexStateError(f"FAISS file {path} is unreadable: {str(e).strip().splitlines()[-1][:120]}") from None
+    set_params(index, params)
+    return index
+
+
+def set_params(index, params: dict | None) -> None:
+    """Apply search-time parameters (nprobe, efSearch) through any wrapper (IDMap, OPQ, ...)."""
+    import faiss
+
+    ps = faiss.ParameterSpace()
+    for k, v in (params or {}).items():
+        ps.set_index_parameter(index, k, v)
+
+
+def _filter_params(index, sel):
+    """Search parameters carrying an id selector, typed for the index inside any IDMap/OPQ wrapper so that its own
+    nprobe / efSearch still apply (FAISS's IVF refuses untyped parameters)."""
+    import faiss
+
+    inner = faiss.downcast_index(index)
+    while isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexPreTransform)):
+        inner = faiss.downcast_index(inner.index)
+    if isinstance(inner, faiss.IndexIVF):
+        return faiss.SearchParametersIVF(sel=sel, nprobe=inner.nprobe)
+    if isinstance(inner, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(sel=sel, efSearch=inner.hnsw.efSearch)
+    return faiss.SearchParameters(sel=sel)
 
 
 def search(index, queries: np.ndarray, k: int, subset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -137,7 +173,7 @@ def search(index, queries: np.ndarray, k: int, subset: np.ndarray | None = None)
         import faiss
 
         sel = faiss.IDSelectorBatch(np.ascontiguousarray(subset, dtype=np.int64))
-        scores, ids = index.search(normalize(q), kk, params=faiss.SearchParameters(sel=sel))
+        scores, ids = index.search(normalize(q), kk, params=_filter_params(index, sel))
     scores[ids < 0] = -np.inf
     keep = (ids >= 0).any(axis=0)
     return scores[:, keep], ids[:, keep]

@@ -148,6 +148,8 @@ class Index:
 
     @cached_property
     def faiss(self):
+        """The FAISS index, memory-mapped (vectors and IVF lists are paged in from the file on demand) with the
+        search parameters recorded at build time (e.g. the auto-tuned nprobe)."""
         from .index import load_index
 
-        return load_index(self.layout.faiss)
+        return load_index(self.layout.faiss, mmap=True, params=(self.manifest.get("faiss") or {}).get("params"))

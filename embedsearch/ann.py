@@ -1,0 +1,331 @@
+"""Approximate search: choose a FAISS index for a size and a memory budget, tune it to a recall target on held-out
+queries, and measure what the approximation costs (PROTOCOLS.md, "ANN quality").
+
+Queries are items of the index itself, left out of their own results ("leave-one-out"): a query's own id is dropped
+from both the exact and the approximate top-k. Tuning and `index-quality` draw different seeded samples, so the
+reported recall is measured on queries the tuning never saw.
+
+The choice follows FAISS's own guidelines (wiki "Guidelines to choose an index"): exact `Flat` while it is cheap,
+`HNSW32` when the vectors plus graph fit the budget, `IVF{K},Flat` with K ≈ 4·√n, then `IVF{K},SQ8` (4× smaller),
+then `IVF{K},PQ{m}x4fs` (4-bit fast-scan PQ, up to 8× smaller). Each candidate that fits is built, tuned (nprobe /
+efSearch doubled until the recall target is met) and kept when it meets the target (and the latency limit, when
+given). OPQ is not tried automatically: on clustered 64-d data it trained 10–100× longer for +0.01 recall (measured
+while writing this; pass `--index OPQ16,IVF1024,PQ16` explicitly to use it).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from . import index as vindex
+from .errors import QueryError
+
+log = logging.getLogger(__name__)
+
+EXACT_UP_TO = 50_000  # below this many vectors exact search takes well under a millisecond per query batch row
+RECALL_R = (10, 20)
+TUNE_QUERIES = 1000
+LATENCY_QUERIES = 200
+NPROBE_MAX_FRACTION = 0.25  # beyond a quarter of the lists an IVF index is slower than exact search
+EF_VALUES = (16, 32, 64, 128, 256, 512, 1024, 2048)
+
+Chunks = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]  # a fresh iterator of raw (ids, vectors) per call
+
+
+@dataclass
+class Candidate:
+    factory: str
+    param: str | None  # the search-time knob tuned to the target: "nprobe", "efSearch" or None (exact)
+    bytes_estimate: int
+    values: tuple[int, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        f = self.factory
+        return "exact" if f == "Flat" else "HNSW" if f.startswith("HNSW") else "IVF-PQ" if "PQ" in f else \
+            "IVF-SQ8" if "SQ8" in f else "IVF-Flat"
+
+
+@dataclass
+class Tuned:
+    factory: str
+    params: dict
+    recall: dict  # {"1-recall@10": .., "10-recall@10": .., ...}
+    latency_ms: dict  # {"mean": .., "p99": .., "batch_qps": ..}
+    bytes: int
+    n: int
+    build_s: float
+    sweep: list[dict] = field(default_factory=list)
+    met: bool = True
+    why: str = ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["bytes_per_vector"] = round(self.bytes / max(self.n, 1), 2)
+        return d
+
+
+def nlist_for(n: int) -> int:
+    """K ≈ 4·√n lists, a power of two, with at least 39 training points per list (FAISS's k-means minimum)."""
+    k = 2 ** round(math.log2(max(4 * math.sqrt(n), 1)))
+    return int(max(1, min(k, n // 39, 65536)))
+
+
+def pq_m(d: int, budget_bytes: float) -> int:
+    """Sub-quantizers of a 4-bit PQ code (m/2 bytes): the largest even divisor of d up to d/2 within the budget."""
+    best = 2
+    for m in range(2, d // 2 + 1, 2):
+        if d % m == 0 and m / 2 <= budget_bytes:
+            best = m
+    return best
+
+
+def candidates(n: int, d: int, max_memory: int | None = None, exact_up_to: int = EXACT_UP_TO) -> list[Candidate]:
+    """Index types worth trying for n vectors of dim d, fastest-at-equal-recall first, within `max_memory` bytes."""
+    budget = max_memory if max_memory is not None else float("inf")
+    flat = n * (4 * d + 48)  # IDMap2 keeps an id and a hash entry per vector
+    if n <= exact_up_to and flat <= budget:
+        return [Candidate("Flat", None, flat)]
+    k = nlist_for(n)
+    centroids = k * 4 * d
+    probes = tuple(p for p in (2 ** i for i in range(17)) if p <= max(1, int(k * NPROBE_MAX_FRACTION)))
+    out = [
+        Candidate("HNSW32", "efSearch", n * (4 * d + 32 * 2 * 4 + 64), EF_VALUES),
+        Candidate(f"IVF{k},Flat", "nprobe", n * (4 * d + 8) + centroids, probes),
+        Candidate(f"IVF{k},SQ8", "nprobe", n * (d + 8) + centroids, probes),
+    ]
+    m = pq_m(d, (budget - centroids) / max(n, 1) - 8 if budget != float("inf") else d)
+    out.append(Candidate(f"IVF{k},PQ{m}x4fs", "nprobe", n * (m // 2 + 8) + centroids, probes))
+    fits = [c for c in out if c.bytes_estimate <= budget]
+    if not fits:
+        need = min(c.bytes_estimate for c in out)
+        raise QueryError(f"no index type fits --max-memory {budget / 2**20:.0f} MiB for {n} × {d}-d vectors "
+                         f"(the smallest, {out[-1].factory}, needs about {need / 2**20:.0f} MiB)")
+    if flat <= budget:
+        fits.append(Candidate("Flat", None, flat))  # always reaches the target: the last resort
+    return fits
+
+
+# --------------------------------------------------------------------------------------------- measuring
+
+
+def sample_rows(chunks: Iterable[tuple[np.ndarray, np.ndarray]], n: int, size: int, seed: int):
+    """A seeded sample of `size` rows in one streaming pass: (ids, raw float32 vectors), in storage order."""
+    keep = np.sort(np.random.default_rng(seed).choice(n, size=min(size, n), replace=False))
+    ids_out, vec_out, offset = [], [], 0
+    for ids, v in chunks:
+        sel = keep[(keep >= offset) & (keep < offset + len(ids))] - offset
+        ids_out.append(np.asarray(ids)[sel])
+        vec_out.append(np.asarray(v, np.float32)[sel])
+        offset += len(ids)
+    if not ids_out:
+        return np.zeros(0, np.int64), None
+    return np.concatenate(ids_out), np.concatenate(vec_out)
+
+
+def exact_topk(chunks: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray, k: int):
+    """Exact cosine top-k of normalized `queries` over all chunks, one chunk in memory at a time: (scores, ids)."""
+    import faiss
+
+    q = vindex.normalize(queries)
+    heap = faiss.ResultHeap(len(q), k, keep_max=True)
+    for ids, v in chunks:
+        if not len(ids):
+            continue
+        flat = faiss.IndexFlatIP(q.shape[1])
+        flat.add(vindex.normalize(v))
+        s, pos = flat.search(q, min(k, len(ids)))
+        got = np.where(pos >= 0, np.asarray(ids, np.int64)[np.maximum(pos, 0)], -1)
+        if s.shape[1] < k:  # pad a small chunk to k columns
+            pad = k - s.shape[1]
+            s = np.hstack([s, np.full((len(q), pad), -np.inf, np.float32)])
+            got = np.hstack([got, np.full((len(q), pad), -1, np.int64)])
+        heap.add_result(np.ascontiguousarray(s), np.ascontiguousarray(got))
+    heap.finalize()
+    return heap.D, heap.I
+
+
+def drop_self(ids: np.ndarray, scores: np.ndarray, self_ids: np.ndarray, k: int):
+    """Remove each query's own id from its result row and keep k columns (padding -1 / -inf)."""
+    out_i = np.full((len(ids), k), -1, np.int64)
+    out_s = np.full((len(ids), k), -np.inf, np.float32)
+    for r in range(len(ids)):
+        keep = ids[r] != self_ids[r]
+        row_i, row_s = ids[r][keep][:k], scores[r][keep][:k]
+        out_i[r, :len(row_i)], out_s[r, :len(row_s)] = row_i, row_s
+    return out_i, out_s
+
+
+def recalls(approx: np.ndarray, exact: np.ndarray, rs=RECALL_R) -> dict:
+    """1-recall@R: the true nearest is in the approximate top R; R-recall@R: share of the true top R found."""
+    out = {}
+    for r in rs:
+        a, e = approx[:, :r], exact[:, :r]
+        out[f"1-recall@{r}"] = round(float(np.mean([e[i, 0] in a[i] for i in range(len(a)) if e[i, 0] >= 0])), 4)
+        hits = [len(np.intersect1d(a[i][a[i] >= 0], e[i][e[i] >= 0])) / max((e[i] >= 0).sum(), 1)
+                for i in range(len(a))]
+        out[f"{r}-recall@{r}"] = round(float(np.mean(hits)), 4)
+    return out
+
+
+def latency(index, queries: np.ndarray, k: int, n: int = LATENCY_QUERIES) -> dict:
+    """Mean and p99 of one-query-at-a-time search, and the throughput of one batch of all `queries`."""
+    q = vindex.normalize(queries)
+    times = []
+    for row in q[:n]:
+        t0 = time.perf_counter()
+        index.search(row[None], k)
+        times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    index.search(q, k)
+    batch = time.perf_counter() - t0
+    t = np.asarray(times) * 1e3
+    return {"mean": round(float(t.mean()), 4), "p99": round(float(np.percentile(t, 99)), 4),
+            "batch_qps": round(len(q) / batch, 1), "single_queries": len(t), "batch_queries": len(q)}
+
+
+def tune(index, cand: Candidate, q_ids: np.ndarray, queries: np.ndarray, gt_ids: np.ndarray, target: float,
+         r: int = 10) -> tuple[dict, dict, list[dict]]:
+    """Smallest nprobe / efSearch whose R-recall@R on the queries reaches `target`: (params, recalls, sweep)."""
+    q = vindex.normalize(queries)
+    rmax = max(RECALL_R)
+    sweep = []
+    values = cand.values if cand.param else (None,)
+    for v in values:
+        params = {cand.param: max(v, rmax + 1) if cand.param == "efSearch" else v} if cand.param else {}
+        vindex.set_params(index, params)
+        s, ids = index.search(q, rmax + 1)
+        got, _ = drop_self(ids, s, q_ids, rmax)
+        rec = recalls(got, gt_ids)
+        sweep.append({**params, **rec})
+        if rec[f"{r}-recall@{r}"] >= target:
+            return params, rec, sweep
+    return params, rec, sweep
+
+
+def auto_index(chunks: Chunks, n: int, d: int, *, max_memory: int | None = None, target_recall: float = 0.95,
+               max_latency_ms: float | None = None, seed: int = 0, n_queries: int = TUNE_QUERIES,
+               exact_up_to: int = EXACT_UP_TO, progress: Callable[[str], None] | None = None):
+    """Build the first candidate that fits `max_memory` and reaches `target_recall` (10-recall@10) on held-out
+    queries (and `max_latency_ms` mean single-query latency, when given). Returns (index, record)."""
+    say = progress or log.info
+    cands = candidates(n, d, max_memory, exact_up_to)
+    record = {"mode": "auto", "target": {"10-recall@10": target_recall, "max_latency_ms": max_latency_ms},
+              "max_memory": max_memory, "n": n, "dim": d, "seed": seed, "tried": []}
+    if cands[0].factory == "Flat" and len(cands) == 1:
+        index = vindex.build_index(chunks(), d, "Flat")
+        record.update(chosen="Flat", why=f"{n} vectors ≤ {exact_up_to}: exact search is cheap and has recall 1",
+                      params={})
+        return index, record
+
+    q_ids, q = sample_rows(chunks(), n, min(n_queries, max(n // 10, 1)), seed + 1)
+    gt_s, gt_i = exact_topk(chunks(), q, max(RECALL_R) + 1)
+    gt, _ = drop_self(gt_i, gt_s, q_ids, max(RECALL_R))
+    record["tuning_queries"] = {"n": len(q_ids), "sampled_from": "the index's own vectors, seed "
+                                f"{seed + 1}, own id left out of results"}
+    best = None
+    for cand in cands:
+        if cand.bytes_estimate > (max_memory or float("inf")):
+            continue
+        say(f"auto index: building {cand.factory} (≈ {cand.bytes_estimate / 2**20:.0f} MiB)")
+        t0 = time.perf_counter()
+        sample = None
+        probe = vindex.make_index(d, cand.factory)
+        if not probe.is_trained:
+            _, sample = sample_rows(chunks(), n, vindex.train_sample_size(cand.factory, n), seed)
+        index = vindex.build_index(chunks(), d, cand.factory, train_sample=sample)
+        build_s = time.perf_counter() - t0
+        params, rec, sweep = tune(index, cand, q_ids, q, gt, target_recall)
+        lat = latency(index, q, 10)
+        size = vindex.index_bytes(index)
+        met = rec["10-recall@10"] >= target_recall and (max_latency_ms is None or lat["mean"] <= max_latency_ms)
+        why = "" if met else (f"10-recall@10 {rec['10-recall@10']} < {target_recall} at the largest {cand.param}"
+                              if rec["10-recall@10"] < target_recall else
+                              f"mean latency {lat['mean']} ms > {max_latency_ms} ms")
+        t = Tuned(cand.factory, params, rec, lat, size, n, round(build_s, 2), sweep, met, why)
+        record["tried"].append(t.to_dict())
+        say(f"auto index: {cand.factory} {params} → 10-recall@10 {rec['10-recall@10']}, "
+            f"{lat['mean']:.3f} ms/query{'' if met else ' — ' + why}")
+        if met:
+            best = (index, t)
+            break
+        if best is None or rec["10-recall@10"] > best[1].recall["10-recall@10"]:
+            best = (index, t)
+    index, t = best
+    vindex.set_params(index, t.params)
+    record.update(chosen=t.factory, params=t.params, recall=t.recall, latency_ms=t.latency_ms,
+                  bytes=t.bytes, bytes_per_vector=round(t.bytes / n, 2), met=t.met,
+                  why=("first candidate (by FAISS's guidelines) that fits the budget and meets the target"
+                       if t.met else "no candidate met the target; kept the one with the best recall: " + t.why))
+    if not t.met:
+        log.warning("auto index: no candidate met the target; using %s (%s)", t.factory, t.why)
+    return index, record
+
+
+# --------------------------------------------------------------------------------------------- index-quality
+
+
+def quality(ix, *, n_queries: int = 1000, seed: int = 1234, k_knn: int = 20, train: str = "split = 'train'",
+            test: str = "split = 'test'") -> dict:
+    """How the index's FAISS file compares with exact search on the same vectors (see the module docstring)."""
+    from .evaluate.protocols import KNN_T, knn_scores
+    from .store import iter_parts
+
+    index = ix.faiss
+    paths = ix.part_paths
+    n, d = int(index.ntotal), ix.dim
+
+    def chunks() -> Iterator:
+        return iter_parts(paths)
+
+    if n < 2:
+        raise QueryError(f"index {ix.name} has {n} vectors: nothing to measure")
+    rmax = max(RECALL_R)
+    q_ids, q = sample_rows(chunks(), n, min(n_queries, n), seed)
+    gt_s, gt_i = exact_topk(chunks(), q, rmax + 1)
+    gt, _ = drop_self(gt_i, gt_s, q_ids, rmax)
+    s, ids = index.search(vindex.normalize(q), rmax + 1)
+    got, _ = drop_self(ids, s, q_ids, rmax)
+    fa = ix.manifest.get("faiss") or {}
+    out = {"index": ix.name, "factory": fa.get("factory"), "params": fa.get("params") or {}, "n": n, "dim": d,
+           "queries": {"n": len(q_ids), "seed": seed, "sampled_from": "the index's own vectors; each query's own id "
+                       "left out of exact and approximate results"},
+           "recall": recalls(got, gt), "latency_ms": latency(index, q, rmax),
+           "bytes": ix.layout.faiss.stat().st_size}
+    out["bytes_per_vector"] = round(out["bytes"] / n, 2)
+    tr, te = ix.select(train), ix.select(test)
+    if (tr["class_index"] >= 0).any() and len(te["id"]):
+        tr_mask, te_mask = tr["class_index"] >= 0, te["class_index"] >= 0
+        bank_ids, lab = tr["id"][tr_mask], tr["class_index"][tr_mask]
+        te_ids, y = te["id"][te_mask], te["class_index"][te_mask]
+        n_classes = len(ix.classes())
+        qv = ix.vectors(te_ids)
+        label_of = dict(zip(bank_ids.tolist(), lab.tolist(), strict=False))
+        kk = min(k_knn, len(bank_ids))
+        es, ei = exact_topk(((bank_ids, ix.vectors(bank_ids)),), qv, kk)
+        as_, ai = vindex.search(index, qv, kk, subset=bank_ids)
+        acc = {}
+        for name, (sc, nb) in {"exact": (es, ei), "approximate": (as_, ai)}.items():
+            nb = np.asarray(nb)
+            if nb.shape[1] < kk:  # an approximate index can return fewer than k hits for a query
+                pad = kk - nb.shape[1]
+                nb = np.hstack([nb, np.full((len(nb), pad), -1)])
+                sc = np.hstack([sc, np.full((len(sc), pad), -np.inf, np.float32)])
+            labels = np.vectorize(lambda i: label_of.get(int(i), 0))(nb)
+            sc = np.where(nb >= 0, sc, -np.inf)
+            pred = knn_scores(np.nan_to_num(sc, neginf=-1e9), labels, kk, n_classes, KNN_T).argmax(1)
+            acc[name] = round(float((pred == y).mean() * 100), 3)
+            acc[f"{name}_pred"] = pred
+        agree = float((acc.pop("exact_pred") == acc.pop("approximate_pred")).mean() * 100)
+        out["knn"] = {"method": f"weighted kNN (DINOv2), k={kk}, T={KNN_T}", "train": train, "test": test,
+                      "n_train": len(bank_ids), "n_test": len(te_ids), "top1_exact": acc["exact"],
+                      "top1_approximate": acc["approximate"],
+                      "delta_points": round(acc["approximate"] - acc["exact"], 3),
+                      "same_prediction_pct": round(agree, 3)}
+    return out
