@@ -1,9 +1,12 @@
 """Approximate search: choose a FAISS index for a size and a memory budget, tune it to a recall target on held-out
 queries, and measure what the approximation costs (PROTOCOLS.md, "ANN quality").
 
-Queries are items of the index itself, left out of their own results ("leave-one-out"): a query's own id is dropped
-from both the exact and the approximate top-k. Tuning and `index-quality` draw different seeded samples, so the
-reported recall is measured on queries the tuning never saw.
+Tuning (`--index auto`) holds a seeded sample of the vectors out of the index while it tunes, so the tuning queries
+are new to the index as real queries are, and adds them afterwards. `index-quality` cannot take items out of a built
+index: its queries are indexed items left out of their own results ("leave-one-out": a query's own id is dropped from
+both the exact and the approximate top-k), drawn with another seed. Graph indexes (HNSW) find neighbours of their own
+items more easily than of new vectors, so for them leave-one-out recall is an upper bound (scripts/bench_search.md
+measures both).
 
 The choice follows FAISS's own guidelines (wiki "Guidelines to choose an index"): exact `Flat` while it is cheap,
 `HNSW32` when the vectors plus graph fit the budget, `IVF{K},Flat` with K ≈ 4·√n, then `IVF{K},SQ8` (4× smaller),
@@ -190,18 +193,18 @@ def latency(index, queries: np.ndarray, k: int, n: int = LATENCY_QUERIES) -> dic
             "batch_qps": round(len(q) / batch, 1), "single_queries": len(t), "batch_queries": len(q)}
 
 
-def tune(index, cand: Candidate, q_ids: np.ndarray, queries: np.ndarray, gt_ids: np.ndarray, target: float,
+def tune(index, cand: Candidate, queries: np.ndarray, gt_ids: np.ndarray, target: float,
          r: int = 10) -> tuple[dict, dict, list[dict]]:
-    """Smallest nprobe / efSearch whose R-recall@R on the queries reaches `target`: (params, recalls, sweep)."""
+    """Smallest nprobe / efSearch whose R-recall@R on the queries (not in the index) reaches `target`:
+    (params, recalls, sweep)."""
     q = vindex.normalize(queries)
     rmax = max(RECALL_R)
     sweep = []
     values = cand.values if cand.param else (None,)
     for v in values:
-        params = {cand.param: max(v, rmax + 1) if cand.param == "efSearch" else v} if cand.param else {}
+        params = {cand.param: max(v, rmax) if cand.param == "efSearch" else v} if cand.param else {}
         vindex.set_params(index, params)
-        s, ids = index.search(q, rmax + 1)
-        got, _ = drop_self(ids, s, q_ids, rmax)
+        _, got = index.search(q, rmax)
         rec = recalls(got, gt_ids)
         sweep.append({**params, **rec})
         if rec[f"{r}-recall@{r}"] >= target:
@@ -225,10 +228,16 @@ def auto_index(chunks: Chunks, n: int, d: int, *, max_memory: int | None = None,
         return index, record
 
     q_ids, q = sample_rows(chunks(), n, min(n_queries, max(n // 10, 1)), seed + 1)
-    gt_s, gt_i = exact_topk(chunks(), q, max(RECALL_R) + 1)
-    gt, _ = drop_self(gt_i, gt_s, q_ids, max(RECALL_R))
-    record["tuning_queries"] = {"n": len(q_ids), "sampled_from": "the index's own vectors, seed "
-                                f"{seed + 1}, own id left out of results"}
+
+    def rest() -> Iterator:  # everything but the tuning queries
+        for ids, v in chunks():
+            keep = ~np.isin(ids, q_ids)
+            yield np.asarray(ids)[keep], np.asarray(v)[keep]
+
+    n_rest = n - len(q_ids)
+    _, gt = exact_topk(rest(), q, max(RECALL_R))
+    record["tuning_queries"] = {"n": len(q_ids), "sampled_from": f"the vectors, seed {seed + 1}; held out of the "
+                                "index while tuning, added afterwards"}
     best = None
     for cand in cands:
         if cand.bytes_estimate > (max_memory or float("inf")):
@@ -238,10 +247,10 @@ def auto_index(chunks: Chunks, n: int, d: int, *, max_memory: int | None = None,
         sample = None
         probe = vindex.make_index(d, cand.factory)
         if not probe.is_trained:
-            _, sample = sample_rows(chunks(), n, vindex.train_sample_size(cand.factory, n), seed)
-        index = vindex.build_index(chunks(), d, cand.factory, train_sample=sample)
+            _, sample = sample_rows(rest(), n_rest, vindex.train_sample_size(cand.factory, n_rest), seed)
+        index = vindex.build_index(rest(), d, cand.factory, train_sample=sample)
         build_s = time.perf_counter() - t0
-        params, rec, sweep = tune(index, cand, q_ids, q, gt, target_recall)
+        params, rec, sweep = tune(index, cand, q, gt, target_recall)
         lat = latency(index, q, 10)
         size = vindex.index_bytes(index)
         met = rec["10-recall@10"] >= target_recall and (max_latency_ms is None or lat["mean"] <= max_latency_ms)
@@ -258,6 +267,7 @@ def auto_index(chunks: Chunks, n: int, d: int, *, max_memory: int | None = None,
         if best is None or rec["10-recall@10"] > best[1].recall["10-recall@10"]:
             best = (index, t)
     index, t = best
+    index.add_with_ids(vindex.normalize(q), np.ascontiguousarray(q_ids, dtype=np.int64))
     vindex.set_params(index, t.params)
     record.update(chosen=t.factory, params=t.params, recall=t.recall, latency_ms=t.latency_ms,
                   bytes=t.bytes, bytes_per_vector=round(t.bytes / n, 2), met=t.met,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from .errors import IndexStateError, QueryError
 log = logging.getLogger(__name__)
 
 DEFAULT_FACTORY = "Flat"
-TRAIN_SAMPLE_PER_CENTROID = 64
+TRAIN_SAMPLE_PER_CENTROID = 50  # FAISS warns under 39 points per centroid
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -132,19 +133,79 @@ def set_params(index, params: dict | None) -> None:
         ps.set_index_parameter(index, k, v)
 
 
-def _filter_params(index, sel):
-    """Search parameters carrying an id selector, typed for the index inside any IDMap/OPQ wrapper so that its own
-    nprobe / efSearch still apply (FAISS's IVF refuses untyped parameters)."""
+def _inner(index):
+    """The index doing the work inside IDMap / IDMap2 / OPQ wrappers."""
     import faiss
 
     inner = faiss.downcast_index(index)
     while isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexPreTransform)):
         inner = faiss.downcast_index(inner.index)
+    return inner
+
+
+def _filter_params(index, sel):
+    """Search parameters carrying an id selector, typed for the index inside any IDMap/OPQ wrapper so that its own
+    nprobe / efSearch still apply (FAISS's IVF refuses untyped parameters)."""
+    import faiss
+
+    inner = _inner(index)
     if isinstance(inner, faiss.IndexIVF):
         return faiss.SearchParametersIVF(sel=sel, nprobe=inner.nprobe)
     if isinstance(inner, faiss.IndexHNSW):
         return faiss.SearchParametersHNSW(sel=sel, efSearch=inner.hnsw.efSearch)
     return faiss.SearchParameters(sel=sel)
+
+
+FP16_GEMM_MIN_QUERIES = 20  # from this many queries on, a matrix product beats per-vector loops (measured)
+BLAS_FROM_QUERIES = 20  # FAISS 1.15 switches flat search to BLAS only when nq·d ≥ 128,000 (334 queries at 384-d);
+# on the 2-core CI machine 20–300 queries then ran at 18–20 GFLOP/s instead of 44–130 with BLAS (bench_search.md)
+FP16_BLOCK = 16384  # database rows decoded to float32 at a time (25 MB at 384-d)
+
+
+@contextmanager
+def _threads(n: int | None):
+    """Run FAISS with n OpenMP threads. One query against a flat index runs 2× faster on one thread than on two
+    (measured on the 2-core CI machine, scripts/bench_search.md): FAISS splits it across threads badly."""
+    import faiss
+
+    if n is None:
+        yield
+        return
+    old = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(old)
+
+
+def _is_fp16_flat(inner) -> bool:
+    import faiss
+
+    return isinstance(inner, faiss.IndexScalarQuantizer) and inner.sq.qtype == faiss.ScalarQuantizer.QT_fp16
+
+
+def _fp16_gemm_search(index, inner, q: np.ndarray, k: int):
+    """Exact search over an `SQfp16` index for a batch of queries: decode blocks of rows to float32 and multiply
+    (BLAS), instead of FAISS's per-vector fp16 loop, which reaches about a fifth of the machine's FLOP/s."""
+    import faiss
+
+    heap = faiss.ResultHeap(len(q), k, keep_max=True)
+    n = inner.ntotal
+    for b0 in range(0, n, FP16_BLOCK):
+        nb = min(FP16_BLOCK, n - b0)
+        xb = inner.reconstruct_n(b0, nb)
+        s, pos = faiss.knn(q, xb, min(k, nb), metric=faiss.METRIC_INNER_PRODUCT)
+        if s.shape[1] < k:
+            s = np.hstack([s, np.full((len(q), k - s.shape[1]), -np.inf, np.float32)])
+            pos = np.hstack([pos, np.full((len(q), k - pos.shape[1]), -1, np.int64)])
+        heap.add_result(s, np.where(pos >= 0, pos + b0, -1))
+    heap.finalize()
+    ids = heap.I
+    if inner is not faiss.downcast_index(index):  # IDMap2: positions → ids
+        id_map = faiss.vector_to_array(faiss.downcast_index(index).id_map)
+        ids = np.where(ids >= 0, id_map[np.maximum(ids, 0)], -1)
+    return heap.D, ids
 
 
 def search(index, queries: np.ndarray, k: int, subset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -167,11 +228,16 @@ def search(index, queries: np.ndarray, k: int, subset: np.ndarray | None = None)
     kk = min(k, index.ntotal if subset is None else len(subset))
     if kk == 0:
         return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-    if subset is None:
-        scores, ids = index.search(normalize(q), kk)
-    else:  # filtered search: FAISS skips ids outside the selection (works through IDMap and IVF alike)
-        import faiss
+    import faiss
 
+    faiss.cvar.distance_compute_blas_threshold = BLAS_FROM_QUERIES * index.d
+    inner = _inner(index)
+    if subset is None and len(q) >= FP16_GEMM_MIN_QUERIES and _is_fp16_flat(inner):
+        scores, ids = _fp16_gemm_search(index, inner, normalize(q), kk)
+    elif subset is None:
+        with _threads(1 if len(q) == 1 and isinstance(inner, faiss.IndexFlat) else None):
+            scores, ids = index.search(normalize(q), kk)
+    else:  # filtered search: FAISS skips ids outside the selection (works through IDMap and IVF alike)
         sel = faiss.IDSelectorBatch(np.ascontiguousarray(subset, dtype=np.int64))
         scores, ids = index.search(normalize(q), kk, params=_filter_params(index, sel))
     scores[ids < 0] = -np.inf

@@ -47,3 +47,16 @@ def test_search_rejects_bad_queries_and_caps_k():
             vindex.search(ix, v[:1], k)
     empty = vindex.build_index([], 8)
     assert vindex.search(empty, v[:1], 3)[1].shape == (1, 0)
+
+
+def test_fp16_batch_path_and_single_query_path_equal_faiss_own_search(monkeypatch):
+    monkeypatch.setattr(vindex, "FP16_BLOCK", 1100)  # three blocks, the last one short
+    ids, v = _data(3000, 24)
+    q = np.random.default_rng(2).normal(size=(40, 24)).astype(np.float32)
+    for factory in ("SQfp16", "Flat"):
+        ix = vindex.build_index([(ids, v)], 24, factory)
+        want_s, want = ix.search(vindex.normalize(q), 7)  # FAISS's own loop (IDMap2 maps positions to ids)
+        for batch in (q, q[:1]):  # 40 queries: blocked fp16 → fp32 GEMM for SQfp16; 1 query: one thread
+            s, got = vindex.search(ix, batch, 7)
+            np.testing.assert_array_equal(got, want[:len(batch)])
+            np.testing.assert_allclose(s, want_s[:len(batch)], atol=1e-6)
