@@ -106,6 +106,9 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True) -> d
         _plan_new_items(catalog, source, cfg)
         plan = catalog.plan()
         committed = _committed_parts(layout, manifest, catalog, plan)
+        if manifest["state"] == "complete" and len(committed) < len(plan):
+            # extending a complete index: readers keep serving this snapshot until the new one is published
+            manifest["snapshot"] = {k: manifest.get(k) for k in ("parts", "faiss", "counts")}
         manifest["parts"] = [committed[p] for p in sorted(committed)]
         manifest["state"] = "building"
         write_manifest(layout, manifest)
@@ -140,14 +143,16 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True) -> d
                                     precision=resolve_precision(cfg.precision, device),
                                     channels_last=cfg.channels_last, progress=progress)
 
+        counts = _counts(layout)
         t0 = time.perf_counter()
         if todo or manifest.get("faiss") is None or not layout.faiss.exists():
+            # the FAISS file is renamed into place right before the manifest that names it is published; a reader
+            # that falls between the two re-reads the manifest (reader.Index.open)
             manifest["faiss"] = _build_faiss(layout, manifest, cfg)
         t_faiss = time.perf_counter() - t0
-
-        counts = _counts(layout)
         manifest["counts"] = counts
         manifest["state"] = "complete"
+        manifest.pop("snapshot", None)
         write_manifest(layout, manifest)
         summary = {
             "index": str(layout.dir), "run_id": uuid.uuid4().hex[:12], "backbone": desc["spec"], "dim": desc["dim"],
@@ -189,7 +194,7 @@ def _plan_new_items(catalog: cat.Catalog, source: Source, cfg: BuildConfig) -> N
 def _committed_parts(layout: Layout, manifest: dict, catalog: cat.Catalog, plan: dict[int, list[int]]) -> dict:
     """Parts already done: listed in the manifest with a matching file, or renamed into place by a run that was
     killed before it updated the manifest (then its ids must be exactly the plan's ok items)."""
-    listed = {int(p["file"][5:10]): p for p in manifest.get("parts", [])}
+    listed = {store.part_number(p["file"]): p for p in manifest.get("parts", [])}
     done: dict[int, dict] = {}
     for part in plan:
         f = layout.parts / store.part_name(part)
@@ -240,10 +245,10 @@ def _build_faiss(layout: Layout, manifest: dict, cfg: BuildConfig) -> dict:
             _, sample = sample_rows(store.iter_parts(paths), n, vindex.train_sample_size(factory, n), cfg.seed)
         index = vindex.build_index(store.iter_parts(paths), dim, factory, train_sample=sample)
         sample_n = None if sample is None else len(sample)
-    vindex.save_index(index, layout.faiss)
+    written = vindex.save_index(index, layout.faiss)
     return {"file": layout.faiss.name, "requested": requested, "factory": factory, "params": params,
             "metric": "inner_product on L2-normalized vectors (cosine)", "ntotal": int(index.ntotal),
-            "bytes": layout.faiss.stat().st_size, "sha256": store.file_sha256(layout.faiss), "trained_on": sample_n,
+            "bytes": written["bytes"], "sha256": written["sha256"], "trained_on": sample_n,
             "seed": cfg.seed, "gpu": vindex.gpu_count() > 0, "build_s": round(time.perf_counter() - t0, 3),
             "auto": auto}
 

@@ -59,13 +59,25 @@ class Catalog:
 
     @contextmanager
     def write(self) -> Iterator:
+        """One transaction; a failed write (disk full, I/O error) rolls back and names the catalog file."""
+        import duckdb
+
         con = _connect(self.path, read_only=False)
         try:
             con.execute("BEGIN TRANSACTION")
             yield con
             con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
+        except BaseException as e:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass  # the transaction is already gone (DuckDB invalidates it after an I/O error)
+            io_failure = isinstance(e, (duckdb.IOException, duckdb.FatalException, OSError)) or (
+                isinstance(e, duckdb.TransactionException) and "could not write" in str(e).lower())
+            if io_failure:
+                raise IndexStateError(f"cannot write catalog {self.path}: {str(e).splitlines()[0][:200]}; the "
+                                      "transaction was rolled back and data committed before is intact — free "
+                                      "space or fix the disk, then re-run the same command") from None
             raise
         finally:
             con.close()

@@ -22,6 +22,12 @@ def _handle_errors(f):
                 raise
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
+        except OSError as e:  # a file we did not expect to fail (the library names the ones it writes itself)
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            click.echo(f"error: {where}{e.strerror or e}", err=True)
+            sys.exit(1)
 
     return wrapper
 

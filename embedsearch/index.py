@@ -99,12 +99,17 @@ def index_bytes(index) -> int:
     return int(faiss.serialize_index(index).size)
 
 
-def save_index(index, path: Path) -> None:
+def save_index(index, path: Path) -> dict:
+    """Write atomically; returns the size and sha256 of what was written (no second read of the file)."""
+    import hashlib
+
     import faiss
 
     from .store import atomic_write_bytes
 
-    atomic_write_bytes(path, faiss.serialize_index(index).tobytes())
+    data = faiss.serialize_index(index).tobytes()
+    atomic_write_bytes(path, data)
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def load_index(path: Path, mmap: bool = False, params: dict | None = None):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from functools import cached_property
 from pathlib import Path
 
@@ -12,6 +13,20 @@ from . import catalog as cat
 from . import store
 from .errors import IndexStateError, QueryError
 from .manifest import Layout, check_consistent, read_manifest, resolve
+
+_OPEN_RETRIES = 40
+
+
+def _serving_view(layout: Layout, manifest: dict) -> dict:
+    """What readers see: the manifest when complete; while `embedsearch index --add` extends it, the last complete
+    snapshot (its parts and FAISS file), so queries keep working and never see a part or index in progress."""
+    if manifest.get("state") == "complete":
+        return manifest
+    snap = manifest.get("snapshot")
+    if not snap:
+        raise IndexStateError(f"index {layout.dir} is not complete (state {manifest.get('state')!r}): re-run "
+                              "the same `embedsearch index` command to resume it")
+    return {**manifest, **snap, "state": "complete", "serving": "snapshot (an extension is in progress)"}
 
 
 class Index:
@@ -27,12 +42,20 @@ class Index:
     @classmethod
     def open(cls, name_or_path: str | os.PathLike, root: str | os.PathLike | None = None) -> Index:
         layout = resolve(name_or_path, Path(root) if root else None)
-        manifest = read_manifest(layout)
-        if manifest.get("state") != "complete":
-            raise IndexStateError(f"index {layout.dir} is not complete (state {manifest.get('state')!r}): re-run "
-                                  "the same `embedsearch index` command to resume it")
-        check_consistent(layout, manifest)
-        return cls(layout, manifest)
+        for attempt in range(_OPEN_RETRIES):
+            manifest = _serving_view(layout, read_manifest(layout))
+            try:
+                check_consistent(layout, manifest)
+                ix = cls(layout, manifest)
+                if manifest.get("serving"):
+                    ix.faiss  # noqa: B018 — map the snapshot's FAISS file now, before the writer replaces it
+                return ix
+            except IndexStateError:
+                # a writer may have just replaced the FAISS file and not yet published the manifest naming it
+                if manifest.get("state") == "complete" or attempt == _OPEN_RETRIES - 1:
+                    raise
+                time.sleep(0.05)
+        raise AssertionError("unreachable")
 
     # ----------------------------------------------------------------------------------- description
 
@@ -84,8 +107,10 @@ class Index:
     def select(self, where: str | None = None, embedded_only: bool = True) -> dict[str, np.ndarray]:
         """Items matching a user predicate: arrays of id, class_index (-1 when unlabeled), label, split, path."""
         pred = where
-        if embedded_only:
-            pred = f"status = 'ok' AND ({where})" if where else "status = 'ok'"
+        if embedded_only:  # items of the parts this reader serves (an extension may be adding more)
+            parts = ", ".join(str(store.part_number(p["file"])) for p in self.manifest["parts"]) or "NULL"
+            served = f"status = 'ok' AND part IN ({parts})"
+            pred = f"{served} AND ({where})" if where else served
         rows = cat.select_ids(self.con, pred, "id, coalesce(class_index, -1), label, split, path")
         if not rows:
             return {"id": np.zeros(0, np.int64), "class_index": np.zeros(0, np.int64), "label": np.array([], object),
@@ -152,4 +177,9 @@ class Index:
         search parameters recorded at build time (e.g. the auto-tuned nprobe)."""
         from .index import load_index
 
-        return load_index(self.layout.faiss, mmap=True, params=(self.manifest.get("faiss") or {}).get("params"))
+        fa = self.manifest.get("faiss") or {}
+        index = load_index(self.layout.faiss, mmap=True, params=fa.get("params"))
+        if fa and index.ntotal != fa["ntotal"]:
+            raise IndexStateError(f"{self.layout.faiss} was replaced after {self.name} was opened ({index.ntotal} "
+                                  f"vectors, {fa['ntotal']} when opened): open the index again")
+        return index

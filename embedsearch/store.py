@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,10 @@ def part_name(number: int) -> str:
     return f"part-{number:05d}.parquet"
 
 
+def part_number(name: str) -> int:
+    return int(name[5:10])
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -31,12 +36,27 @@ def file_sha256(path: Path) -> str:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary name in the same directory, fsync, rename: readers see the old or the new file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    with write_errors(path, tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+
+
+@contextmanager
+def write_errors(path: Path, tmp: Path | None = None):
+    """Turn a failed write (disk full, I/O error, file too large, permission) into one line naming the file; the
+    temporary file goes, and whatever was at `path` before stays as it was."""
+    try:
+        yield
+    except OSError as e:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        why = e.strerror or str(e).splitlines()[0][:160]
+        raise IndexStateError(f"cannot write {path}: {why} (errno {e.errno}); data committed before is intact — "
+                              "free space or fix the disk, then re-run the same command") from None
 
 
 def _fsync_dir(d: Path) -> None:
@@ -73,13 +93,14 @@ def write_part(path: Path, ids: np.ndarray, vectors: np.ndarray, dtype: str, met
                        metadata={SCHEMA_KEY: json.dumps(metadata, sort_keys=True).encode()})
     table = pa.Table.from_arrays([pa.array(ids), arr], schema=schema)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    # page checksums let a reader detect bit flips; vectors barely compress, so don't spend time on it
-    pq.write_table(table, tmp, compression={"id": "zstd", "embedding": "none"}, write_page_checksum=True,
-                   row_group_size=max(1, len(ids)), use_dictionary=False, write_statistics=["id"])
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    with write_errors(path, tmp):
+        # page checksums let a reader detect bit flips; vectors barely compress, so don't spend time on it
+        pq.write_table(table, tmp, compression={"id": "zstd", "embedding": "none"}, write_page_checksum=True,
+                       row_group_size=max(1, len(ids)), use_dictionary=False, write_statistics=["id"])
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
     return {"file": path.name, "rows": int(len(ids)), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 

@@ -163,7 +163,7 @@ def _pending(layout: Layout) -> int:
 
 
 def _mark_pending(layout: Layout, parts: set[str]) -> None:
-    nums = [int(f[5:10]) for f in parts]
+    nums = [store.part_number(f) for f in parts]
     with cat.Catalog(layout.catalog).write() as con:
         con.execute("UPDATE items SET status = 'pending', stage = NULL, error_type = NULL, error = NULL "
                     "WHERE part IN (SELECT unnest(?))", [nums])
@@ -183,13 +183,13 @@ def _rebuild_catalog(layout: Layout, manifest: dict) -> None:
     where: dict[int, int] = {}
     for p in manifest["parts"]:
         ids, _ = store.read_part(layout.parts / p["file"], with_vectors=False)
-        where.update({int(i): int(p["file"][5:10]) for i in ids})
+        where.update({int(i): store.part_number(p["file"]) for i in ids})
     for suffix in ("", ".wal"):
         layout.catalog.with_name(layout.catalog.name + suffix).unlink(missing_ok=True)
     c = cat.Catalog(layout.catalog)
     c.init()
     size = int(manifest["build"].get("part_size") or 2048)
-    first = max([int(p["file"][5:10]) for p in manifest.get("parts", [])] + [-1]) + 1
+    first = max([store.part_number(p["file"]) for p in manifest.get("parts", [])] + [-1]) + 1
     missing = sorted(r.id for r in src.records if r.id not in where)
     new_part = {rid: first + i // size for i, rid in enumerate(missing)}
     c.add_items(src.records, [where.get(r.id, new_part.get(r.id)) for r in src.records], src.classes)

@@ -140,47 +140,40 @@ def main():
     x, q = x[:n], x[n:].copy()  # queries: the same clusters, not in the database
     rows = []
 
+    def exact_row(method, search, bytes_scanned, n_single, bytes_per_vector):
+        """One query at a time against the bandwidth limit, one batch of all queries against the FLOP/s limit."""
+        mean, p99 = time_single(search, q, n_single)
+        t_batch = best(lambda: _t(lambda: search(q)), 2)
+        got = search(q[:200])
+        return {"method": method, "recall@10": recall(got, truth[:200]) if truth is not None else 1.0,
+                "single_ms": mean * 1e3, "single_p99_ms": p99 * 1e3, "batch_qps": nq / t_batch,
+                "single_vs_bandwidth": (bytes_scanned / mean) / (lim["bandwidth_GBps"] * 1e9),
+                "batch_vs_flops": (2 * nq * n * d / t_batch) / (lim["sgemm_GFLOPs"] * 1e9),
+                "bytes_per_vector": bytes_per_vector}
+
     # ---- exact search (embedsearch's `Flat` and `SQfp16` through index.search), against the limits
     truth = None
     for factory, bytes_per in (("Flat", 4), ("SQfp16", 2)):
         say(f"exact {factory} …")
         ix = vindex.build_index([(np.arange(n), x)], d, factory)
-        mean, p99 = time_single(lambda qq, ix=ix: vindex.search(ix, qq, K), q, args.single)
-        t_batch = best(lambda ix=ix: _t(lambda: vindex.search(ix, q, K)), 2)
-        _, got = vindex.search(ix, q, K)
         if truth is None:
-            truth = got
-        scanned = n * d * bytes_per
-        rows.append({"method": f"embedsearch exact ({factory}, {'float32' if bytes_per == 4 else 'float16'})",
-                     "recall@10": recall(got, truth), "single_ms": mean * 1e3, "single_p99_ms": p99 * 1e3,
-                     "batch_qps": nq / t_batch,
-                     "single_vs_bandwidth": (scanned / mean) / (lim["bandwidth_GBps"] * 1e9),
-                     "batch_vs_flops": (2 * nq * n * d / t_batch) / (lim["sgemm_GFLOPs"] * 1e9),
-                     "bytes_per_vector": vindex.index_bytes(ix) / n})
+            truth = vindex.search(ix, q, K)[1]
+        rows.append(exact_row(f"embedsearch exact ({factory}, {'float32' if bytes_per == 4 else 'float16'})",
+                              lambda qq, ix=ix: vindex.search(ix, qq, K)[1], n * d * bytes_per, args.single,
+                              vindex.index_bytes(ix) / n))
         say(rows[-1])
         del ix
 
     # ---- numpy and scikit-learn brute force on the same float32 vectors
     say("numpy …")
-    mean, p99 = time_single(lambda qq: numpy_topk(x, qq, K), q, min(args.single, 10))
-    t_batch = _t(lambda: numpy_topk(x, q, K))
-    rows.append({"method": "numpy brute force (float32, blocked matmul + argpartition)",
-                 "recall@10": recall(numpy_topk(x, q[:200], K)[1], truth[:200]), "single_ms": mean * 1e3,
-                 "single_p99_ms": p99 * 1e3, "batch_qps": nq / t_batch,
-                 "single_vs_bandwidth": (n * d * 4 / mean) / (lim["bandwidth_GBps"] * 1e9),
-                 "batch_vs_flops": (2 * nq * n * d / t_batch) / (lim["sgemm_GFLOPs"] * 1e9), "bytes_per_vector": 4 * d})
+    rows.append(exact_row("numpy brute force (float32, blocked matmul + argpartition)",
+                          lambda qq: numpy_topk(x, qq, K)[1], n * d * 4, min(args.single, 10), 4 * d))
     say(rows[-1])
     say("scikit-learn …")
     nn = NearestNeighbors(n_neighbors=K, algorithm="brute", metric="cosine").fit(x)
-    mean, p99 = time_single(lambda qq: nn.kneighbors(qq), q, min(args.single, 10))
-    t_batch = _t(lambda: nn.kneighbors(q))
-    rows.append({"method": "scikit-learn NearestNeighbors(brute, cosine)",
-                 "recall@10": recall(nn.kneighbors(q[:200])[1], truth[:200]), "single_ms": mean * 1e3,
-                 "single_p99_ms": p99 * 1e3, "batch_qps": nq / t_batch,
-                 "single_vs_bandwidth": (n * d * 4 / mean) / (lim["bandwidth_GBps"] * 1e9),
-                 "batch_vs_flops": (2 * nq * n * d / t_batch) / (lim["sgemm_GFLOPs"] * 1e9), "bytes_per_vector": 4 * d})
+    rows.append(exact_row("scikit-learn NearestNeighbors(brute, cosine)", lambda qq: nn.kneighbors(qq)[1],
+                          n * d * 4, min(args.single, 10), 4 * d))
     say(rows[-1])
-    del nn
 
     # ---- approximate: what --index auto picks, then every other candidate tuned the same way
     ids = np.arange(n, dtype=np.int64)

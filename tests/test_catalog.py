@@ -71,3 +71,65 @@ def test_where_checker_never_lets_statements_or_file_access_through(text):
     bare = text.lower()
     assert ";" not in text and "--" not in text and "/*" not in text
     assert "read_" not in bare.replace(" ", "") or "(" not in bare
+
+
+# --------------------------------------------------------------------------------------------- --where vs DuckDB
+
+_COLS = {"label": st.sampled_from(["'1'", "'2'", "'7'", "'x'", "'O''Brien'"]),
+         "split": st.sampled_from(["'train'", "'test'", "''"]),
+         "class_index": st.integers(-2, 11).map(str),
+         "width": st.integers(0, 10).map(str),
+         "path": st.sampled_from(["'digits/0'", "'%1%'", "NULL"])}
+_HOSTILE = ["; DROP TABLE items", " -- x", " /* x */", " OR id IN (SELECT id FROM items)", " OR read_csv('x') IS NULL",
+            " OR getenv('HOME') = ''", "; ATTACH 'x.db'", "; COPY items TO 'x.csv'", " OR \"label\" = '1'", "'"]
+
+
+@st.composite
+def _comparison(draw):
+    col = draw(st.sampled_from(sorted(_COLS)))
+    lit = draw(_COLS[col])
+    op = draw(st.sampled_from(["=", "!=", "<", ">=", "IN", "LIKE", "IS NULL"] if col in ("label", "path", "split")
+                              else ["=", "!=", "<", ">=", "IN", "BETWEEN"]))
+    if op == "IN":
+        return f"{col} IN ({lit}, {draw(_COLS[col])})"
+    if op == "BETWEEN":
+        return f"{col} BETWEEN {lit} AND {draw(_COLS[col])}"
+    if op == "IS NULL":
+        return f"{col} IS {draw(st.sampled_from(['', 'NOT ']))}NULL"
+    if op == "LIKE" and lit == "NULL":
+        lit = "'%'"
+    return f"lower({col}) {op} {lit}" if op == "LIKE" else f"{col} {op} {lit}"
+
+
+_predicate = st.recursive(_comparison(), lambda inner: st.one_of(
+    st.tuples(inner, st.sampled_from(["AND", "OR"]), inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+    inner.map(lambda p: f"NOT ({p})")), max_leaves=4)
+
+
+@pytest.fixture(scope="module")
+def raw_items(ix):
+    """An independent in-memory DuckDB copy of the items table, queried with no checker at all."""
+    import duckdb
+
+    con = duckdb.connect()
+    cols, rows = ix.sql("SELECT * FROM items")
+    con.execute("CREATE TABLE items AS SELECT * FROM (VALUES " + ", ".join(["(" + ", ".join("?" * len(cols)) + ")"]
+                * len(rows)) + f") t({', '.join(cols)})", [v for r in rows for v in r])
+    return con
+
+
+@settings(max_examples=150, deadline=None)
+@given(_predicate, st.one_of(st.none(), st.sampled_from(_HOSTILE)))
+def test_where_equals_duckdb_on_safe_predicates_and_refuses_hostile_ones(ix, raw_items, pred, hostile):
+    n_before = ix.sql("SELECT count(*) FROM items")[1][0][0]
+    text = pred if hostile is None else pred + hostile
+    try:
+        got = ix.select(text)["id"].tolist()
+    except QueryError:
+        assert hostile is not None, f"a plain predicate was refused: {text}"
+        return
+    assert hostile is None, f"a hostile predicate went through: {text}"
+    want = [r[0] for r in raw_items.execute(f"SELECT id FROM items WHERE status = 'ok' AND ({text}) ORDER BY id")
+            .fetchall()]
+    assert got == want, text
+    assert ix.sql("SELECT count(*) FROM items")[1][0][0] == n_before
