@@ -37,10 +37,11 @@ def test_auto_meets_the_recall_target_against_numpy_ground_truth():
     n, d = 12_000, 32
     x, ids = clustered(n, d), np.arange(n, dtype=np.int64) * 5 + 3
     chunks = lambda: ((ids[i:i + 3000], x[i:i + 3000]) for i in range(0, n, 3000))  # noqa: E731
-    for budget in (None, n * (d + 8) * 2):  # no limit (HNSW), then too small for HNSW and IVF-Flat (IVF-SQ8)
+    for budget in (None, n * (d + 8) * 2):  # no limit (IVF-Flat), then too small for IVF-Flat and HNSW (IVF-SQ8)
         index, rec = ann.auto_index(chunks, n, d, max_memory=budget, target_recall=0.9, exact_up_to=1000,
                                     n_queries=300, seed=0)
-        assert rec["met"] and rec["chosen"] == ("HNSW32" if budget is None else f"IVF{ann.nlist_for(n)},SQ8")
+        k = ann.nlist_for(n)
+        assert rec["met"] and rec["chosen"] == (f"IVF{k},Flat" if budget is None else f"IVF{k},SQ8")
         assert budget is None or rec["bytes"] <= budget
         q_pos = np.random.default_rng(99).choice(n, 200, replace=False)  # other queries than the tuning ones
         s, got = vindex.search(index, x[q_pos], 11)
@@ -53,7 +54,7 @@ def test_auto_meets_the_recall_target_against_numpy_ground_truth():
 
 def test_candidates_respect_budget_and_say_when_nothing_fits():
     c = ann.candidates(1_000_000, 384)
-    assert [x.kind for x in c] == ["HNSW", "IVF-Flat", "IVF-SQ8", "IVF-PQ", "exact"]
+    assert [x.kind for x in c] == ["IVF-Flat", "HNSW", "IVF-SQ8", "IVF-PQ", "exact"]
     assert ann.nlist_for(1_000_000) == 4096
     small = ann.candidates(1_000_000, 384, max_memory=200 * 2**20)
     assert [x.kind for x in small] == ["IVF-PQ"] and all(x.bytes_estimate <= 200 * 2**20 for x in small)
@@ -156,3 +157,18 @@ def test_reader_memory_maps_the_faiss_file(index_root):
     mapped = ix.faiss
     loaded = vindex.load_index(ix.layout.faiss, mmap=False)
     np.testing.assert_array_equal(vindex.search(mapped, x, 5)[1], vindex.search(loaded, x, 5)[1])
+
+
+def test_tune_hnsw_efsearch_reaches_target_on_queries_outside_the_index():
+    n, d = 6000, 32
+    x, ids = clustered(n + 200, d, seed=3), np.arange(n + 200, dtype=np.int64)
+    index = vindex.build_index([(ids[:n], x[:n])], d, "HNSW8")
+    xn = vindex.normalize(x)
+    truth = np.argsort(-(xn[n:] @ xn[:n].T), axis=1)[:, :20]  # queries are not in the index; ids = positions
+    cand = next(c for c in ann.candidates(100_000, d) if c.param == "efSearch")
+    params, rec, sweep = ann.tune(index, cand, x[n:], truth, target=0.995)
+    assert rec["10-recall@10"] >= 0.995 and len(sweep) > 1  # efSearch 20 was not enough: the sweep went on
+    assert [s["efSearch"] for s in sweep] == [max(v, 20) for v in ann.EF_VALUES[:len(sweep)]]
+    assert all(s["10-recall@10"] < 0.995 for s in sweep[:-1])  # and stopped at the smallest value that meets it
+    mine = np.mean([len(set(index.search(xn[n:], 10)[1][i]) & set(truth[i, :10])) / 10 for i in range(200)])
+    assert mine == pytest.approx(rec["10-recall@10"], abs=1e-9)  # the index keeps the tuned value
