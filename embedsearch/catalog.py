@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import IndexStateError, QueryError
+from .store import crash_point
 
 SCHEMA_VERSION = 1
 BASE_COLUMNS = ("id", "path", "label", "class_index", "split", "part", "status", "stage", "error_type", "error",
@@ -66,7 +67,9 @@ class Catalog:
         try:
             con.execute("BEGIN TRANSACTION")
             yield con
+            crash_point("before-commit:catalog")
             con.execute("COMMIT")
+            crash_point("after-commit:catalog")
         except BaseException as e:
             try:
                 con.execute("ROLLBACK")

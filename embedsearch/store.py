@@ -33,16 +33,37 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+_crash_counts: dict[str, int] = {}
+
+
+def crash_point(tag: str) -> None:
+    """Crash tests aim `kill -9` here: with EMBEDSEARCH_CRASH_AT=TAG (or TAG#N for its N-th occurrence) the process
+    SIGKILLs itself at that point, e.g. `before-rename:index.faiss`. Does nothing otherwise."""
+    want = os.environ.get("EMBEDSEARCH_CRASH_AT")
+    if not want:
+        return
+    name, _, nth = want.partition("#")
+    if name == tag:
+        _crash_counts[tag] = _crash_counts.get(tag, 0) + 1
+        if _crash_counts[tag] == int(nth or 1):
+            os.kill(os.getpid(), 9)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary name in the same directory, fsync, rename: readers see the old or the new file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with write_errors(path, tmp):
         with open(tmp, "wb") as f:
-            f.write(data)
+            view, half = memoryview(data), len(data) // 2  # two writes, so a crash test can land in between
+            f.write(view[:half])
+            crash_point(f"mid-write:{path.name}")
+            f.write(view[half:])
             f.flush()
             os.fsync(f.fileno())
+        crash_point(f"before-rename:{path.name}")
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+        crash_point(f"after-rename:{path.name}")
 
 
 @contextmanager
@@ -99,8 +120,10 @@ def write_part(path: Path, ids: np.ndarray, vectors: np.ndarray, dtype: str, met
                        row_group_size=max(1, len(ids)), use_dictionary=False, write_statistics=["id"])
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        crash_point(f"before-rename:{path.name}")
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+        crash_point(f"after-rename:{path.name}")
     return {"file": path.name, "rows": int(len(ids)), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 

@@ -17,10 +17,12 @@ ARGS = ["-b", "timm:vit_small_patch14_dinov2", "--random-init", "--image-size", 
         "--part-size", "4", "--batch-size", "4", "--workers", "0", "-n", "k"]
 
 
-def _run(root, image_folder, **kw):
+def _run(root, image_folder, crash_at=None):
     env = {**os.environ, "EMBEDSEARCH_HOME": str(root), "HF_HUB_OFFLINE": "1"}
+    if crash_at:
+        env["EMBEDSEARCH_CRASH_AT"] = crash_at  # store.crash_point: SIGKILL at exactly that write or rename
     return subprocess.Popen([sys.executable, "-m", "embedsearch", "-q", "index", str(image_folder), *ARGS],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _state(root):
@@ -66,6 +68,29 @@ def test_killed_run_resumes_to_the_same_index(tmp_path, image_folder_module, ref
         assert "re-run the same command to resume" in p.stderr.read()
     done_before = len(list(parts.glob("part-*.parquet")))
     assert 2 <= done_before < 8  # 30 images / 4 per part = 8 parts: it really stopped midway
+    p = _run(tmp_path, image_folder_module)
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    ids, v, hits = _state(tmp_path)
+    np.testing.assert_array_equal(ids, reference[0])
+    np.testing.assert_array_equal(v, reference[1])
+    assert hits == reference[2]
+    assert not [f for f in (tmp_path / "k").rglob("*") if ".tmp-" in f.name]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", [
+    "mid-write:index.faiss",  # the FAISS file half written (under its temporary name)
+    "before-rename:index.faiss",  # written and fsynced, not yet renamed into place
+    "after-rename:index.faiss",  # in place, the manifest not yet updated to name it
+    "before-rename:part-00002.parquet",
+    "after-rename:part-00002.parquet",  # the part in place, the manifest not listing it yet
+    "before-commit:catalog#4",  # a catalog transaction (part 1's item statuses) not yet committed
+    "after-commit:catalog#4",
+    "after-rename:manifest.json#3",
+])
+def test_kill_at_each_write_and_rename_point_then_resume(tmp_path, image_folder_module, reference, point):
+    p = _run(tmp_path, image_folder_module, crash_at=point)
+    assert p.wait(timeout=300) == -9, p.stderr.read()  # it really died at that point
     p = _run(tmp_path, image_folder_module)
     assert p.wait(timeout=300) == 0, p.stderr.read()
     ids, v, hits = _state(tmp_path)

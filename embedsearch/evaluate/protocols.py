@@ -61,27 +61,33 @@ def prototype_scores(protos: np.ndarray, has: np.ndarray, q: np.ndarray) -> np.n
 # --------------------------------------------------------------------------------------------- kNN
 
 
-def knn_neighbours(bank: np.ndarray, q: np.ndarray, kmax: int, bank_ids=None, q_ids=None, chunk: int = 2048):
-    """Exact cosine top-kmax over the whole bank (torch matmul + topk, chunked); drops a query's own id."""
-    import torch
+def knn_neighbours(bank: np.ndarray, q: np.ndarray, kmax: int, bank_ids=None, q_ids=None):
+    """Exact cosine top-kmax over the whole bank; drops a query's own id. (sims, bank positions), best first.
 
-    b = torch.from_numpy(l2n(bank))
-    drop_self = bank_ids is not None and q_ids is not None and np.isin(q_ids, bank_ids).any()
-    k = min(kmax + (1 if drop_self else 0), len(bank))
-    sims_out, idx_out = [], []
-    for s in range(0, len(q), chunk):
-        qs = torch.from_numpy(l2n(q[s:s + chunk]))
-        sims = qs @ b.T
-        if drop_self:
-            pos = {int(i): j for j, i in enumerate(bank_ids)}
-            for r, qi in enumerate(q_ids[s:s + chunk]):
-                j = pos.get(int(qi))
-                if j is not None:
-                    sims[r, j] = -float("inf")
-        v, i = torch.topk(sims, k, dim=1)
-        sims_out.append(v[:, :kmax].numpy())
-        idx_out.append(i[:, :kmax].numpy())
-    return np.concatenate(sims_out), np.concatenate(idx_out)
+    FAISS's exact k-NN: blocked BLAS matrix products with a fused top-k heap (no n_test × n_train matrix in memory),
+    BLAS from 20 queries on (see index.search).
+    """
+    import faiss
+
+    from ..index import BLAS_FROM_QUERIES
+
+    b, qq = l2n(bank), l2n(q)
+    self_pos = np.full(len(qq), -1, np.int64)
+    if bank_ids is not None and q_ids is not None:
+        order = np.argsort(bank_ids, kind="stable")
+        at = np.clip(np.searchsorted(np.asarray(bank_ids)[order], q_ids), 0, max(len(order) - 1, 0))
+        hit = len(order) > 0 and np.asarray(bank_ids)[order][at] == np.asarray(q_ids)
+        self_pos = np.where(hit, order[at], -1)
+    drop = int((self_pos >= 0).any())
+    k = min(kmax + drop, len(b))
+    faiss.cvar.distance_compute_blas_threshold = BLAS_FROM_QUERIES * b.shape[1]
+    sims, idx = faiss.knn(qq, b, k, metric=faiss.METRIC_INNER_PRODUCT)
+    if drop:  # remove each query's own position; rows without it lose their last column instead
+        own = idx == self_pos[:, None]
+        own[~own.any(axis=1), -1] = True
+        sims = sims[~own].reshape(len(qq), k - 1)
+        idx = idx[~own].reshape(len(qq), k - 1)
+    return sims[:, :kmax], idx[:, :kmax]
 
 
 def knn_scores(sims: np.ndarray, labels: np.ndarray, k: int, n_classes: int, T: float | None = KNN_T) -> np.ndarray:
