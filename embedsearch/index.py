@@ -93,23 +93,27 @@ def train_sample_size(factory: str, n: int) -> int:
 
 
 def index_bytes(index) -> int:
-    """Serialized size of an index: what it takes on disk and, loaded without mmap, in memory."""
+    """Serialized size of an index: what it takes on disk and, loaded without mmap, in memory (counted, not held)."""
     import faiss
 
-    return int(faiss.serialize_index(index).size)
+    n = 0
+
+    def count(b) -> int:
+        nonlocal n
+        n += len(b)
+        return len(b)
+
+    faiss.write_index(index, faiss.PyCallbackIOWriter(count))
+    return n
 
 
 def save_index(index, path: Path) -> dict:
-    """Write atomically; returns the size and sha256 of what was written (no second read of the file)."""
-    import hashlib
-
+    """Write atomically, streaming (no serialized copy of the index in memory); returns the bytes and sha256."""
     import faiss
 
-    from .store import atomic_write_bytes
+    from .store import atomic_write
 
-    data = faiss.serialize_index(index).tobytes()
-    atomic_write_bytes(path, data)
-    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return atomic_write(path, lambda f: faiss.write_index(index, faiss.PyCallbackIOWriter(f.write)))
 
 
 def load_index(path: Path, mmap: bool = False, params: dict | None = None):

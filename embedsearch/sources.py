@@ -23,7 +23,7 @@ SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val
 DIGITS_TEST_FRACTION, DIGITS_SEED = 0.25, 0
 
 
-@dataclass
+@dataclass(slots=True)
 class Record:
     """One item: `path` (relative to the source root) or an in-memory uint8 `array`, never both."""
 

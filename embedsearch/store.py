@@ -49,21 +49,49 @@ def crash_point(tag: str) -> None:
             os.kill(os.getpid(), 9)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same directory, fsync, rename: readers see the old or the new file."""
+class _HashingFile:
+    """A write-only file that hashes and counts what goes through it, and keeps the OSError of a failed write (a
+    writer calling back from C++, like FAISS's, may turn it into a RuntimeError)."""
+
+    def __init__(self, f, name: str):
+        self.f, self.name, self.h, self.n, self.error = f, name, hashlib.sha256(), 0, None
+
+    def write(self, b) -> int:
+        try:
+            self.f.write(b)
+        except OSError as e:
+            self.error = e
+            raise
+        self.h.update(b)
+        self.n += len(b)
+        crash_point(f"mid-write:{self.name}")
+        return len(b)
+
+
+def atomic_write(path: Path, write) -> dict:
+    """`write(file)` into a temporary name in the same directory, fsync, rename: readers see the old or the new file,
+    never a partial one. Returns the bytes and sha256 of what was written (computed on the way, no re-read)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with write_errors(path, tmp):
         with open(tmp, "wb") as f:
-            view, half = memoryview(data), len(data) // 2  # two writes, so a crash test can land in between
-            f.write(view[:half])
-            crash_point(f"mid-write:{path.name}")
-            f.write(view[half:])
+            hf = _HashingFile(f, path.name)
+            try:
+                write(hf)
+            except Exception:
+                if hf.error is not None:
+                    raise hf.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
         crash_point(f"before-rename:{path.name}")
         os.replace(tmp, path)
         _fsync_dir(path.parent)
         crash_point(f"after-rename:{path.name}")
+    return {"bytes": hf.n, "sha256": hf.h.hexdigest()}
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> dict:
+    return atomic_write(path, lambda f: f.write(data))
 
 
 @contextmanager
