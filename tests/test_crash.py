@@ -21,8 +21,11 @@ def _run(root, image_folder, crash_at=None):
     env = {**os.environ, "EMBEDSEARCH_HOME": str(root), "HF_HUB_OFFLINE": "1"}
     if crash_at:
         env["EMBEDSEARCH_CRASH_AT"] = crash_at  # store.crash_point: SIGKILL at exactly that write or rename
+    # a shell running pytest in the background hands its children SIGINT ignored, and Python then keeps it ignored:
+    # restore the default so the SIGINT test tests embedsearch, not how pytest was started
     return subprocess.Popen([sys.executable, "-m", "embedsearch", "-q", "index", str(image_folder), *ARGS],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _state(root):
