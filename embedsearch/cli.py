@@ -9,7 +9,7 @@ import sys
 import click
 
 from .errors import EmbedsearchError
-from .output import emit, output_options
+from .output import emit, emit_rows, output_options
 
 
 def _handle_errors(f):
@@ -136,8 +136,9 @@ def index(source, backbone, name, root, weights, random_init, image_size, pool, 
     emit(summary, fmt)
 
 
-class _Terminated(Exception):
-    pass
+class _Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt: a BaseException, so the per-image `except Exception` that records a
+    bad image cannot swallow it (it did: the run went on and exited 0)."""
 
 
 def _interruptible(run, name: str):
@@ -284,11 +285,14 @@ def search(name, images, ids, texts, vector_file, k, where, html_file, root, fmt
         embedsearch search digits-pixels --id 0 -k 5 --where "split = 'train'"
     """
     from .reader import Index
-    from .search import search as run_search
+    from .search import iter_search, query_vectors
 
     ix = Index.open(name, root)
-    rows = run_search(ix, images=images, ids=ids, texts=texts, vector_file=vector_file, k=k, where=where)
-    emit(rows, fmt, columns=["query", "rank", "id", "score", "label", "split", "path"])
+    descs, q = query_vectors(ix, images=images, ids=ids, texts=texts, vector_file=vector_file)
+    rows = iter_search(ix, descs, q, k=k, where=where)  # --nl / --csv stream it, one batch of queries at a time
+    if html_file:
+        rows = list(rows)
+    emit_rows(rows, fmt, columns=["query", "rank", "id", "score", "label", "split", "path"])
     if html_file:
         from pathlib import Path
 

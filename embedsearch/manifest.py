@@ -15,7 +15,11 @@ from pathlib import Path
 from .errors import IndexStateError
 
 FORMAT_VERSION = 1
-DEFAULT_ROOT = Path(os.environ.get("EMBEDSEARCH_HOME", "indexes"))
+
+
+def default_root() -> Path:
+    """Where `NAME` indexes live: $EMBEDSEARCH_HOME (read at each call) or ./indexes."""
+    return Path(os.environ.get("EMBEDSEARCH_HOME", "indexes"))
 # fields of the backbone description that define the embedding space (a resume must match them all)
 SPACE_FIELDS = ("spec", "kind", "model", "weights_sha256", "preprocess", "pool", "dim")
 
@@ -56,7 +60,7 @@ def resolve(name_or_path: str | os.PathLike, root: Path | None = None) -> Layout
         return Layout(p)
     if "/" in str(name_or_path) or str(name_or_path) in ("", ".", ".."):
         return Layout(p)
-    return Layout(Path(root or DEFAULT_ROOT) / str(name_or_path))
+    return Layout(Path(root or default_root()) / str(name_or_path))
 
 
 def library_versions() -> dict:

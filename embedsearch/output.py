@@ -67,3 +67,22 @@ def emit(data, fmt: str, columns: list[str] | None = None) -> None:
         click.echo(table(rows, columns))
     else:
         click.echo(table([{"key": k, "value": v} for k, v in data.items()]))
+
+
+def emit_rows(rows, fmt: str, columns: list[str]) -> None:
+    """Rows from an iterator: --nl and --csv print each row as it arrives (streamed), other formats collect first."""
+    if fmt == "nl":
+        for r in rows:
+            click.echo(json.dumps(r, default=str))
+    elif fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _cell(r.get(k)) for k in columns})
+            click.echo(buf.getvalue(), nl=False)
+            buf.seek(0)
+            buf.truncate()
+        click.echo(buf.getvalue(), nl=False)
+    else:
+        emit(list(rows), fmt, columns)

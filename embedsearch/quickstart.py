@@ -11,14 +11,14 @@ METHODS = ["prototypes", "knn", "linear", "fewshot"]
 
 def run_quickstart(root: str | None, *, epochs: int = 40, method: str = "infonce", progress: bool = True) -> dict:
     from .build import BuildConfig, build_index
-    from .manifest import DEFAULT_ROOT
+    from .manifest import default_root
     from .output import table
     from .pretrain import PretrainConfig, pretrain
     from .reader import Index
     from .report import compare, evaluate_and_report
     from .sources import open_source
 
-    base = Path(root) if root else DEFAULT_ROOT
+    base = Path(root) if root else default_root()
     src = open_source("digits")
     say = lambda m: click.echo(m, err=True)  # noqa: E731
     say("1/5 index digits with the raw-pixel baseline (pixels:8)")

@@ -57,28 +57,40 @@ def query_vectors(ix, *, images=(), ids=(), texts=(), vector_file=None) -> tuple
     return descs, np.stack(vecs).astype(np.float32)
 
 
+SEARCH_BATCH = 1024  # queries per FAISS call: one scan of the index per batch, results streamed batch by batch
+
+
+def iter_search(ix, descs: list[dict], q: np.ndarray, *, k: int = 10, where: str | None = None,
+                batch: int | None = None):
+    """Yield hit rows with their catalog metadata, one batch of queries at a time (bounded memory for large query
+    files: one FAISS call and one catalog lookup per batch)."""
+    if k < 1:
+        raise QueryError(f"-k must be at least 1 (got {k})")
+    subset = ix.select(where)["id"] if where else None
+    extra = 1 if any(d["exclude"] is not None for d in descs) else 0
+    batch = batch or SEARCH_BATCH
+    for b0 in range(0, len(q), batch):
+        scores, hit_ids = vindex.search(ix.faiss, q[b0:b0 + batch], k + extra, subset)
+        meta = ix.items_by_id(np.unique(hit_ids[hit_ids >= 0]), "id, label, split, path")
+        for qi, d in enumerate(descs[b0:b0 + batch]):
+            rank = 0
+            for s, i in zip(scores[qi], hit_ids[qi], strict=False):
+                if i < 0 or i == d["exclude"] or rank == k:
+                    continue
+                rank += 1
+                m = meta.get(int(i), {})
+                yield {"query": d["query"], "rank": rank, "id": int(i), "score": round(float(s), 6),
+                       "label": m.get("label"), "split": m.get("split"), "path": m.get("path")}
+
+
 def search(ix, *, images=(), ids=(), texts=(), vector_file=None, k: int = 10, where: str | None = None) -> list[dict]:
     """Top-k hits per query with their catalog metadata; a query by id never returns itself.
 
     >>> search(Index.open("digits-pixels"), ids=[0], k=5, where="split = 'train'")   # doctest: +SKIP
     """
+    from .results import Rows
+
     if k < 1:
         raise QueryError(f"-k must be at least 1 (got {k})")
     descs, q = query_vectors(ix, images=images, ids=ids, texts=texts, vector_file=vector_file)
-    subset = ix.select(where)["id"] if where else None
-    extra = 1 if any(d["exclude"] is not None for d in descs) else 0
-    scores, hit_ids = vindex.search(ix.faiss, q, k + extra, subset)
-    meta = ix.items_by_id(np.unique(hit_ids[hit_ids >= 0]), "id, label, split, path")
-    from .results import Rows
-
-    rows = Rows()
-    for qi, d in enumerate(descs):
-        rank = 0
-        for s, i in zip(scores[qi], hit_ids[qi], strict=False):
-            if i < 0 or i == d["exclude"] or rank == k:
-                continue
-            rank += 1
-            m = meta.get(int(i), {})
-            rows.append({"query": d["query"], "rank": rank, "id": int(i), "score": round(float(s), 6),
-                         "label": m.get("label"), "split": m.get("split"), "path": m.get("path")})
-    return rows
+    return Rows(iter_search(ix, descs, q, k=k, where=where))

@@ -127,3 +127,26 @@ def test_animated_gif_gives_the_first_frame(tmp_path):
     frames = [Image.new("RGB", (4, 4), c) for c in ((255, 0, 0), (0, 255, 0))]
     frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
     assert tuple(np.asarray(load_image(tmp_path / "a.gif"))[0, 0]) == (255, 0, 0)
+
+
+@pytest.mark.parametrize("stage", ["load", "preprocess"])
+def test_a_stop_signal_during_one_image_stops_the_run_instead_of_failing_the_image(image_folder, monkeypatch, stage):
+    """SIGTERM arrives as cli._Terminated (SIGINT as KeyboardInterrupt) wherever the main thread is; inside the
+    per-image error handling it must propagate, not be recorded as a bad image (it was, and the run exited 0)."""
+    from embedsearch import embed
+    from embedsearch.cli import _Terminated
+    from embedsearch.sources import open_source
+
+    src = open_source(str(image_folder))
+
+    def stop(*a, **k):
+        raise _Terminated
+
+    if stage == "load":  # inside the decoder, under load_image's own catch-all for plugin bugs
+        monkeypatch.setattr("embedsearch.images.ImageOps.exif_transpose", stop)
+        monkeypatch.setattr("embedsearch.images.to_rgb", stop)
+        items = embed._Items(src.records[:2], src.root, lambda img: img)
+    else:
+        items = embed._Items(src.records[:2], src.root, stop)
+    with pytest.raises(_Terminated):
+        items[0]

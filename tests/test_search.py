@@ -1,5 +1,8 @@
+import json
+
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from embedsearch.build import BuildConfig, build_index
 from embedsearch.errors import QueryError
@@ -61,3 +64,26 @@ def test_search_bad_input(ix, tmp_path):
     with pytest.raises(QueryError, match="--text needs an open_clip"):
         search(ix, texts=["a cat"])
     assert len(search(ix, ids=[0], k=10_000)) == 299
+
+
+def test_search_streams_batches_and_matches_one_batch(index_root, tmp_path, monkeypatch):
+    from embedsearch import search as S
+    from embedsearch.cli import cli
+
+    build_index(open_source("digits"), BuildConfig(name="s", backbone="pixels:4", num_workers=0), progress=False)
+    ix = Index.open("s")
+    q = ix.vectors()[:50]
+    np.save(tmp_path / "q.npy", q)
+    descs, qv = S.query_vectors(ix, vector_file=tmp_path / "q.npy")
+    whole = list(S.iter_search(ix, descs, qv, k=3, where="split = 'train'"))
+    batched = list(S.iter_search(ix, descs, qv, k=3, where="split = 'train'", batch=7))  # 8 FAISS calls
+    assert whole == batched and len(whole) == 150
+    ix.close()
+    monkeypatch.setattr(S, "SEARCH_BATCH", 7)
+    res = CliRunner().invoke(cli, ["search", "s", "--vector", str(tmp_path / "q.npy"), "-k", "3", "--where",
+                                   "split = 'train'", "--nl"])
+    assert res.exit_code == 0, res.output
+    assert [json.loads(line) for line in res.output.splitlines()] == whole
+    res = CliRunner().invoke(cli, ["search", "s", "--vector", str(tmp_path / "q.npy"), "-k", "3", "--csv"])
+    lines = res.output.splitlines()
+    assert lines[0] == "query,rank,id,score,label,split,path" and len(lines) == 151
