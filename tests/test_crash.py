@@ -35,6 +35,17 @@ def _state(root):
     return ids[o], v[o], [r["id"] for r in search(ix, ids=ids[o][:3].tolist(), k=5)]
 
 
+def _resume_and_compare(root, image_folder, reference):
+    """Re-run the same command: it must finish an index equal to the uninterrupted one, with no temporary file."""
+    p = _run(root, image_folder)
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    ids, v, hits = _state(root)
+    np.testing.assert_array_equal(ids, reference[0])
+    np.testing.assert_array_equal(v, reference[1])
+    assert hits == reference[2]
+    assert not [f for f in (root / "k").rglob("*") if ".tmp-" in f.name]
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, image_folder_module):
     root = tmp_path_factory.mktemp("ref")
@@ -71,13 +82,7 @@ def test_killed_run_resumes_to_the_same_index(tmp_path, image_folder_module, ref
         assert "re-run the same command to resume" in p.stderr.read()
     done_before = len(list(parts.glob("part-*.parquet")))
     assert 2 <= done_before < 8  # 30 images / 4 per part = 8 parts: it really stopped midway
-    p = _run(tmp_path, image_folder_module)
-    assert p.wait(timeout=300) == 0, p.stderr.read()
-    ids, v, hits = _state(tmp_path)
-    np.testing.assert_array_equal(ids, reference[0])
-    np.testing.assert_array_equal(v, reference[1])
-    assert hits == reference[2]
-    assert not [f for f in (tmp_path / "k").rglob("*") if ".tmp-" in f.name]
+    _resume_and_compare(tmp_path, image_folder_module, reference)
 
 
 @pytest.mark.slow
@@ -94,10 +99,4 @@ def test_killed_run_resumes_to_the_same_index(tmp_path, image_folder_module, ref
 def test_kill_at_each_write_and_rename_point_then_resume(tmp_path, image_folder_module, reference, point):
     p = _run(tmp_path, image_folder_module, crash_at=point)
     assert p.wait(timeout=300) == -9, p.stderr.read()  # it really died at that point
-    p = _run(tmp_path, image_folder_module)
-    assert p.wait(timeout=300) == 0, p.stderr.read()
-    ids, v, hits = _state(tmp_path)
-    np.testing.assert_array_equal(ids, reference[0])
-    np.testing.assert_array_equal(v, reference[1])
-    assert hits == reference[2]
-    assert not [f for f in (tmp_path / "k").rglob("*") if ".tmp-" in f.name]
+    _resume_and_compare(tmp_path, image_folder_module, reference)
