@@ -58,6 +58,17 @@ def query_vectors(ix, *, images=(), ids=(), texts=(), vector_file=None) -> tuple
 
 
 SEARCH_BATCH = 1024  # queries per FAISS call: one scan of the index per batch, results streamed batch by batch
+EXACT_FILTER_MAX = 20_000  # a --where selecting at most this many items is searched exactly over their vectors
+
+
+def _filtered_index(ix, subset: np.ndarray):
+    """For a selective --where on an approximate index, a small exact index over just the selected vectors: an IVF or
+    HNSW index probes only part of itself and would return fewer than k hits, or miss some, when few items pass."""
+    import faiss
+
+    if subset is None or len(subset) > EXACT_FILTER_MAX or isinstance(vindex._inner(ix.faiss), faiss.IndexFlat):
+        return ix.faiss, subset
+    return vindex.build_index([(subset, ix.vectors(subset))], ix.dim, "Flat"), None
 
 
 def iter_search(ix, descs: list[dict], q: np.ndarray, *, k: int = 10, where: str | None = None,
@@ -67,10 +78,11 @@ def iter_search(ix, descs: list[dict], q: np.ndarray, *, k: int = 10, where: str
     if k < 1:
         raise QueryError(f"-k must be at least 1 (got {k})")
     subset = ix.select(where)["id"] if where else None
+    index, subset = _filtered_index(ix, subset)
     extra = 1 if any(d["exclude"] is not None for d in descs) else 0
     batch = batch or SEARCH_BATCH
     for b0 in range(0, len(q), batch):
-        scores, hit_ids = vindex.search(ix.faiss, q[b0:b0 + batch], k + extra, subset)
+        scores, hit_ids = vindex.search(index, q[b0:b0 + batch], k + extra, subset)
         meta = ix.items_by_id(np.unique(hit_ids[hit_ids >= 0]), "id, label, split, path")
         for qi, d in enumerate(descs[b0:b0 + batch]):
             rank = 0

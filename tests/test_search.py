@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from embedsearch import index as vindex
 from embedsearch.build import BuildConfig, build_index
 from embedsearch.errors import QueryError
 from embedsearch.reader import Index
@@ -87,3 +88,16 @@ def test_search_streams_batches_and_matches_one_batch(index_root, tmp_path, monk
     res = CliRunner().invoke(cli, ["search", "s", "--vector", str(tmp_path / "q.npy"), "-k", "3", "--csv"])
     lines = res.output.splitlines()
     assert lines[0] == "query,rank,id,score,label,split,path" and len(lines) == 151
+
+
+def test_selective_where_on_an_approximate_index_is_exact_and_full(index_root):
+    build_index(open_source("digits"), BuildConfig(name="ivf", backbone="pixels:8", index="IVF32,Flat",
+                                                   num_workers=0), progress=False)
+    ix = Index.open("ivf")
+    assert ix.faiss.nprobe == 1  # probes 1 of 32 lists: a filter leaves most of them unseen
+    where = "label = '3' AND split = 'test'"
+    sel = ix.select(where)["id"]
+    hits = search(ix, ids=[0], k=10, where=where)
+    x = vindex.normalize(ix.vectors(sel))
+    truth = sel[np.argsort(-(x @ vindex.normalize(ix.vectors([0]))[0]))][:10]
+    assert [h["id"] for h in hits] == truth.tolist()  # k hits, the exact ones, all passing the filter
