@@ -135,6 +135,15 @@ def sample_rows(chunks: Iterable[tuple[np.ndarray, np.ndarray]], n: int, size: i
     return np.concatenate(ids_out), np.concatenate(vec_out)
 
 
+def build_trained(chunks: Chunks, n: int, d: int, factory: str, seed: int):
+    """Build `factory` from a fresh pass over the chunks, trained first (IVF/PQ) on a seeded sample drawn in another
+    pass: (index, training rows or None)."""
+    sample = None
+    if not vindex.make_index(d, factory).is_trained:
+        _, sample = sample_rows(chunks(), n, vindex.train_sample_size(factory, n), seed)
+    return vindex.build_index(chunks(), d, factory, train_sample=sample), None if sample is None else len(sample)
+
+
 def exact_topk(chunks: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray, k: int):
     """Exact cosine top-k of normalized `queries` over all chunks, one chunk in memory at a time: (scores, ids)."""
     import faiss
@@ -147,11 +156,7 @@ def exact_topk(chunks: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndar
         flat = faiss.IndexFlatIP(q.shape[1])
         flat.add(vindex.normalize(v))
         s, pos = flat.search(q, min(k, len(ids)))
-        got = np.where(pos >= 0, np.asarray(ids, np.int64)[np.maximum(pos, 0)], -1)
-        if s.shape[1] < k:  # pad a small chunk to k columns
-            pad = k - s.shape[1]
-            s = np.hstack([s, np.full((len(q), pad), -np.inf, np.float32)])
-            got = np.hstack([got, np.full((len(q), pad), -1, np.int64)])
+        s, got = vindex.pad_to(s, np.where(pos >= 0, np.asarray(ids, np.int64)[np.maximum(pos, 0)], -1), k)
         heap.add_result(np.ascontiguousarray(s), np.ascontiguousarray(got))
     heap.finalize()
     return heap.D, heap.I
@@ -242,16 +247,10 @@ def auto_index(chunks: Chunks, n: int, d: int, *, max_memory: int | None = None,
     record["tuning_queries"] = {"n": len(q_ids), "sampled_from": f"the vectors, seed {seed + 1}; held out of the "
                                 "index while tuning, added afterwards"}
     best = None
-    for cand in cands:
-        if cand.bytes_estimate > (max_memory or float("inf")):
-            continue
+    for cand in cands:  # all within the budget already
         say(f"auto index: building {cand.factory} (≈ {cand.bytes_estimate / 2**20:.0f} MiB)")
         t0 = time.perf_counter()
-        sample = None
-        probe = vindex.make_index(d, cand.factory)
-        if not probe.is_trained:
-            _, sample = sample_rows(rest(), n_rest, vindex.train_sample_size(cand.factory, n_rest), seed)
-        index = vindex.build_index(rest(), d, cand.factory, train_sample=sample)
+        index, _ = build_trained(rest, n_rest, d, cand.factory, seed)
         build_s = time.perf_counter() - t0
         params, rec, sweep = tune(index, cand, q, gt, target_recall)
         lat = latency(index, q, 10)
@@ -326,10 +325,7 @@ def quality(ix, *, n_queries: int = 1000, seed: int = 1234, k_knn: int = 20, tra
         acc = {}
         for name, (sc, nb) in {"exact": (es, ei), "approximate": (as_, ai)}.items():
             nb = np.asarray(nb)
-            if nb.shape[1] < kk:  # an approximate index can return fewer than k hits for a query
-                pad = kk - nb.shape[1]
-                nb = np.hstack([nb, np.full((len(nb), pad), -1)])
-                sc = np.hstack([sc, np.full((len(sc), pad), -np.inf, np.float32)])
+            sc, nb = vindex.pad_to(sc, nb, kk)  # an approximate index can return fewer than k hits for a query
             labels = np.vectorize(lambda i: label_of.get(int(i), 0))(nb)
             sc = np.where(nb >= 0, sc, -np.inf)
             pred = knn_scores(np.nan_to_num(sc, neginf=-1e9), labels, kk, n_classes, KNN_T).argmax(1)

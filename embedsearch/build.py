@@ -238,13 +238,10 @@ def _build_faiss(layout: Layout, manifest: dict, cfg: BuildConfig) -> dict:
                                  max_latency_ms=target.get("max_latency_ms", cfg.max_latency_ms), seed=cfg.seed)
         factory, params, sample_n = auto["chosen"], auto["params"], None
     else:
-        factory, params, sample = requested, {}, None
-        if not vindex.make_index(dim, factory).is_trained:
-            from .ann import sample_rows
+        from .ann import build_trained
 
-            _, sample = sample_rows(store.iter_parts(paths), n, vindex.train_sample_size(factory, n), cfg.seed)
-        index = vindex.build_index(store.iter_parts(paths), dim, factory, train_sample=sample)
-        sample_n = None if sample is None else len(sample)
+        factory, params = requested, {}
+        index, sample_n = build_trained(lambda: store.iter_parts(paths), n, dim, factory, cfg.seed)
     written = vindex.save_index(index, layout.faiss)
     return {"file": layout.faiss.name, "requested": requested, "factory": factory, "params": params,
             "metric": "inner_product on L2-normalized vectors (cosine)", "ntotal": int(index.ntotal),

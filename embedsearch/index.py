@@ -194,6 +194,22 @@ def _is_fp16_flat(inner) -> bool:
     return isinstance(inner, faiss.IndexScalarQuantizer) and inner.sq.qtype == faiss.ScalarQuantizer.QT_fp16
 
 
+def use_blas_from(d: int) -> None:
+    """Make FAISS's flat search use BLAS from BLAS_FROM_QUERIES queries of dim d on (a process-wide FAISS setting)."""
+    import faiss
+
+    faiss.cvar.distance_compute_blas_threshold = BLAS_FROM_QUERIES * d
+
+
+def pad_to(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Widen (nq, k') results to k columns with score -inf and id -1 (for merging results of small blocks)."""
+    if scores.shape[1] >= k:
+        return scores, ids
+    extra = k - scores.shape[1]
+    return (np.hstack([scores, np.full((len(scores), extra), -np.inf, np.float32)]),
+            np.hstack([ids, np.full((len(ids), extra), -1, np.int64)]))
+
+
 def _fp16_gemm_search(index, inner, q: np.ndarray, k: int):
     """Exact search over an `SQfp16` index for a batch of queries: decode blocks of rows to float32 and multiply
     (BLAS), instead of FAISS's per-vector fp16 loop, which reaches about a fifth of the machine's FLOP/s."""
@@ -204,10 +220,7 @@ def _fp16_gemm_search(index, inner, q: np.ndarray, k: int):
     for b0 in range(0, n, FP16_BLOCK):
         nb = min(FP16_BLOCK, n - b0)
         xb = inner.reconstruct_n(b0, nb)
-        s, pos = faiss.knn(q, xb, min(k, nb), metric=faiss.METRIC_INNER_PRODUCT)
-        if s.shape[1] < k:
-            s = np.hstack([s, np.full((len(q), k - s.shape[1]), -np.inf, np.float32)])
-            pos = np.hstack([pos, np.full((len(q), k - pos.shape[1]), -1, np.int64)])
+        s, pos = pad_to(*faiss.knn(q, xb, min(k, nb), metric=faiss.METRIC_INNER_PRODUCT), k)
         heap.add_result(s, np.where(pos >= 0, pos + b0, -1))
     heap.finalize()
     ids = heap.I
@@ -239,7 +252,7 @@ def search(index, queries: np.ndarray, k: int, subset: np.ndarray | None = None)
         return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
     import faiss
 
-    faiss.cvar.distance_compute_blas_threshold = BLAS_FROM_QUERIES * index.d
+    use_blas_from(index.d)
     inner = _inner(index)
     if subset is None and len(q) >= FP16_GEMM_MIN_QUERIES and _is_fp16_flat(inner):
         scores, ids = _fp16_gemm_search(index, inner, normalize(q), kk)

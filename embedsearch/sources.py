@@ -307,7 +307,8 @@ def read_manifest_table(path: Path):
                 raise SourceError(f"manifest {path} is empty: nothing to do")
             first = pacsv.open_csv(path).schema.names  # header only; every column is then read as text
             table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-                column_types={c: pa.string() for c in first}, strings_can_be_null=True))
+                column_types={c: pa.string() for c in first}, strings_can_be_null=True,
+                null_values=[""]))  # only an empty cell is missing: a file or label named "NA" or "null" is kept
         else:
             table = pq.read_table(path)
     except SourceError:

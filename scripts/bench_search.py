@@ -193,10 +193,7 @@ def main():
             continue
         say(f"{cand.factory} …")
         t0 = time.perf_counter()
-        sample = None
-        if not vindex.make_index(d, cand.factory).is_trained:
-            _, sample = ann.sample_rows(chunks(), n, vindex.train_sample_size(cand.factory, n), 0)
-        ix = vindex.build_index(chunks(), d, cand.factory, train_sample=sample)
+        ix, _ = ann.build_trained(chunks, n, d, cand.factory, 0)
         params, _, _ = ann.tune(ix, cand, q[:500], gt, 0.95)
         built[cand.factory] = (ix, params, time.perf_counter() - t0)
     exact_batch = rows[0]["batch_qps"]

@@ -179,3 +179,13 @@ def test_manifest_garbage_is_a_source_error_or_a_source(tmp_path, data):
         open_source(str(p))
     except SourceError:
         pass
+
+
+def test_manifest_keeps_paths_and_labels_that_look_like_nulls(tmp_path):
+    # found by the round-trip property test: Arrow's default CSV null markers turned a path named "null" into a
+    # missing path
+    p = tmp_path / "m.csv"
+    p.write_text("path,label\nnull,NA\nN/A,nan\nx.png,\n")
+    src = open_source(str(p))
+    assert [r.path for r in src.records] == ["null", "N/A", "x.png"]
+    assert [r.label for r in src.records] == ["NA", "nan", None]

@@ -69,7 +69,7 @@ def knn_neighbours(bank: np.ndarray, q: np.ndarray, kmax: int, bank_ids=None, q_
     """
     import faiss
 
-    from ..index import BLAS_FROM_QUERIES
+    from ..index import use_blas_from
 
     b, qq = l2n(bank), l2n(q)
     self_pos = np.full(len(qq), -1, np.int64)
@@ -80,7 +80,7 @@ def knn_neighbours(bank: np.ndarray, q: np.ndarray, kmax: int, bank_ids=None, q_
         self_pos = np.where(hit, order[at], -1)
     drop = int((self_pos >= 0).any())
     k = min(kmax + drop, len(b))
-    faiss.cvar.distance_compute_blas_threshold = BLAS_FROM_QUERIES * b.shape[1]
+    use_blas_from(b.shape[1])
     sims, idx = faiss.knn(qq, b, k, metric=faiss.METRIC_INNER_PRODUCT)
     if drop:  # remove each query's own position; rows without it lose their last column instead
         own = idx == self_pos[:, None]
