@@ -142,7 +142,7 @@ def set_params(index, params: dict | None) -> None:
         ps.set_index_parameter(index, k, v)
 
 
-def _inner(index):
+def unwrap(index):
     """The index doing the work inside IDMap / IDMap2 / OPQ wrappers."""
     import faiss
 
@@ -157,7 +157,7 @@ def _filter_params(index, sel):
     nprobe / efSearch still apply (FAISS's IVF refuses untyped parameters)."""
     import faiss
 
-    inner = _inner(index)
+    inner = unwrap(index)
     if isinstance(inner, faiss.IndexIVF):
         return faiss.SearchParametersIVF(sel=sel, nprobe=inner.nprobe)
     if isinstance(inner, faiss.IndexHNSW):
@@ -253,7 +253,7 @@ def search(index, queries: np.ndarray, k: int, subset: np.ndarray | None = None)
     import faiss
 
     use_blas_from(index.d)
-    inner = _inner(index)
+    inner = unwrap(index)
     if subset is None and len(q) >= FP16_GEMM_MIN_QUERIES and _is_fp16_flat(inner):
         scores, ids = _fp16_gemm_search(index, inner, normalize(q), kk)
     elif subset is None:

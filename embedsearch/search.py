@@ -66,7 +66,7 @@ def _filtered_index(ix, subset: np.ndarray):
     HNSW index probes only part of itself and would return fewer than k hits, or miss some, when few items pass."""
     import faiss
 
-    if subset is None or len(subset) > EXACT_FILTER_MAX or isinstance(vindex._inner(ix.faiss), faiss.IndexFlat):
+    if subset is None or len(subset) > EXACT_FILTER_MAX or isinstance(vindex.unwrap(ix.faiss), faiss.IndexFlat):
         return ix.faiss, subset
     return vindex.build_index([(subset, ix.vectors(subset))], ix.dim, "Flat"), None
 
