@@ -130,19 +130,20 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
                 time.perf_counter() - t0, model=(protos, has))
         elif m == "knn":
             ks = [k for k in knn_ks if k <= len(ytr)] or [len(ytr)]
-            sims, idx = P.knn_neighbours(xtr, xte, max(ks), tr_ids, te_ids)
+            sims, idx = P.knn_neighbours(xtr, xte, max(ks), tr_ids, te_ids, ks=ks)
             labels = ytr[idx]
+            exact = P.ExactSims(xtr, xte, idx)
             t_search = time.perf_counter() - t0
             sweep = {}
             for k in ks:
-                sc = P.knn_scores(sims, labels, k, C, knn_t)
+                sc = P.knn_scores(sims, labels, k, C, knn_t, exact)
                 sweep[str(k)] = float((sc.argmax(1) == yte).mean())
             sweep_majority = {str(k): float((P.knn_scores(sims, labels, k, C, None).argmax(1) == yte).mean())
                               for k in ks}
             head = 20 if 20 in ks else ks[0]
             common = {"T": knn_t, "features": "L2-normalized", "search": "exact, whole train bank",
                       "k_sweep_top1": sweep, "k_sweep_majority_top1": sweep_majority, "self_match": "dropped"}
-            add(m, f"weighted k={head}, T={knn_t}", P.knn_scores(sims, labels, head, C, knn_t),
+            add(m, f"weighted k={head}, T={knn_t}", P.knn_scores(sims, labels, head, C, knn_t, exact),
                 {"k": head, **common}, t_search)
             add(m, f"majority k={head}", P.knn_scores(sims, labels, head, C, None),
                 {"k": head, "vote": "majority", **common}, t_search)
@@ -193,7 +194,8 @@ def fewshot_curve(xtr, ytr, tr_ids, xte, yte, C, seed, knn_t, n_seeds: int = 5) 
             acc_p.append(float((P.prototype_scores(protos, has, xte).argmax(1) == yte).mean()))
             k = min(20, len(pick))
             sims, idx = P.knn_neighbours(xtr[pick], xte, k)
-            acc_k.append(float((P.knn_scores(sims, ytr[pick][idx], k, C, knn_t).argmax(1) == yte).mean()))
+            exact = P.ExactSims(xtr[pick], xte, idx)
+            acc_k.append(float((P.knn_scores(sims, ytr[pick][idx], k, C, knn_t, exact).argmax(1) == yte).mean()))
             if n == largest:
                 break  # all items: no sampling, one seed is the answer
         curve.append({"shots": n if n < largest else "all", "prototypes_mean": float(np.mean(acc_p)),

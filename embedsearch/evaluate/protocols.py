@@ -61,11 +61,15 @@ def prototype_scores(protos: np.ndarray, has: np.ndarray, q: np.ndarray) -> np.n
 # --------------------------------------------------------------------------------------------- kNN
 
 
-def knn_neighbours(bank: np.ndarray, q: np.ndarray, kmax: int, bank_ids=None, q_ids=None):
+def knn_neighbours(bank: np.ndarray, q: np.ndarray, kmax: int, bank_ids=None, q_ids=None, ks=None):
     """Exact cosine top-kmax over the whole bank; drops a query's own id. (sims, bank positions), best first.
 
-    FAISS's exact k-NN: blocked BLAS matrix products with a fused top-k heap (no n_test × n_train matrix in memory),
-    BLAS from 20 queries on (see index.search).
+    FAISS's exact k-NN (blocked float32 BLAS with a fused top-k heap, BLAS from 20 queries on, see index.search)
+    finds a few more than kmax candidates; then the neighbour *set* at each cut-off in `ks` (default: kmax) is made
+    exact: float32 similarities are within EPS of the float64 ones, so where two candidates on either side of a
+    cut-off are closer than 2·EPS the run of near-ties around it is re-ranked in float64 (`certify_cutoffs`). The
+    result is the float64 ranking's k-NN, whatever the BLAS, blocking or thread count. sims are float32 values
+    (float64 where re-ranked).
     """
     import faiss
 
@@ -79,7 +83,7 @@ def knn_neighbours(bank: np.ndarray, q: np.ndarray, kmax: int, bank_ids=None, q_
         hit = len(order) > 0 and np.asarray(bank_ids)[order][at] == np.asarray(q_ids)
         self_pos = np.where(hit, order[at], -1)
     drop = int((self_pos >= 0).any())
-    k = min(kmax + drop, len(b))
+    k = min(kmax + drop + KNN_MARGIN + kmax // 8, len(b))
     use_blas_from(b.shape[1])
     sims, idx = faiss.knn(qq, b, k, metric=faiss.METRIC_INNER_PRODUCT)
     if drop:  # remove each query's own position; rows without it lose their last column instead
@@ -87,19 +91,127 @@ def knn_neighbours(bank: np.ndarray, q: np.ndarray, kmax: int, bank_ids=None, q_
         own[~own.any(axis=1), -1] = True
         sims = sims[~own].reshape(len(qq), k - 1)
         idx = idx[~own].reshape(len(qq), k - 1)
+    complete = idx.shape[1] >= len(b) - drop  # every bank item is a candidate: nothing outside can enter
+    sims, idx = certify_cutoffs(b, qq, sims.astype(np.float64), idx, ks or (kmax,), complete, self_pos)
     return sims[:, :kmax], idx[:, :kmax]
 
 
-def knn_scores(sims: np.ndarray, labels: np.ndarray, k: int, n_classes: int, T: float | None = KNN_T) -> np.ndarray:
-    """DINOv2 weighted vote: softmax(sim / T) over the k neighbours, summed per class; T=None: majority vote."""
-    s, lab = sims[:, :k].astype(np.float64), labels[:, :k]
-    if T is None:
-        w = np.ones_like(s)
-    else:
-        w = np.exp((s - s.max(axis=1, keepdims=True)) / T)
-        w /= w.sum(axis=1, keepdims=True)
-    out = np.zeros((len(s), n_classes))
-    np.add.at(out, (np.repeat(np.arange(len(s)), lab.shape[1]), lab.ravel()), w.ravel())
+def _order_rows(s, i):
+    """Per-row order: higher similarity first, then lower bank position."""
+    return np.lexsort((i, -s), axis=1)
+
+
+def _exact_topk64(b, q, k, self_pos=None, chunk=8192):
+    """float64 top-k of q against the whole bank, streamed over bank chunks; ties: lower bank position first."""
+    q64 = q.astype(np.float64)
+    best_s = np.full((len(q), 0), -np.inf)
+    best_i = np.zeros((len(q), 0), np.int64)
+    for s0 in range(0, len(b), chunk):
+        s64 = q64 @ b[s0:s0 + chunk].astype(np.float64).T
+        if self_pos is not None:
+            own = (self_pos >= s0) & (self_pos < s0 + s64.shape[1])
+            s64[np.flatnonzero(own), self_pos[own] - s0] = -np.inf
+        cand_s = np.concatenate([best_s, s64], axis=1)
+        cand_i = np.concatenate([best_i, np.broadcast_to(np.arange(s0, s0 + s64.shape[1]), s64.shape)], axis=1)
+        if cand_s.shape[1] > k:  # keep everything tied with the k-th value, so the tie-break below is exact
+            kth = -np.partition(-cand_s, k - 1, axis=1)[:, [k - 1]]
+            keep = cand_s >= kth
+            width = int(keep.sum(axis=1).max())
+            pos = np.argsort(~keep, axis=1, kind="stable")[:, :width]
+            cand_s, cand_i = np.take_along_axis(cand_s, pos, 1), np.take_along_axis(cand_i, pos, 1)
+            cand_s[~np.take_along_axis(keep, pos, 1)] = -np.inf
+        o = _order_rows(cand_s, cand_i)[:, :k]
+        best_s, best_i = np.take_along_axis(cand_s, o, 1), np.take_along_axis(cand_i, o, 1)
+    return best_s, best_i
+
+
+KNN_MARGIN = 8  # candidates beyond kmax (plus kmax/8), so a run of near-ties at kmax rarely reaches the list's end
+
+
+def float32_dot_error(d: int) -> float:
+    """Bound on |float32 dot − exact dot| for two unit vectors of dimension d, any summation order, FMA or not
+    (Higham's γ_d = d·u/(1 − d·u) times Σ|q_j x_j| ≤ ‖q‖·‖x‖, which is ≤ 1 + 1e-5 for float32-normalized vectors)."""
+    u = 2.0 ** -24
+    return (d * u / (1 - d * u)) * (1 + 1e-5)
+
+
+def certify_cutoffs(b, q, sims, idx, ks, complete: bool, self_pos=None):
+    """Make the top-k set exact (float64) at each cut-off k in `ks` of float32 candidate lists sorted best first.
+
+    The float32 order is certain between candidates more than 2·EPS apart. At a cut-off whose gap is smaller, the
+    run of candidates linked by gaps ≤ 2·EPS around it is re-scored in float64 and the row re-sorted; a run that
+    reaches the end of the list (items outside it could belong) makes the row fall back to a float64 search over the
+    whole bank. Ties in float64 keep the lower bank position first. `sims` (float64) and `idx` are changed in place."""
+    eps2 = 2 * float32_dot_error(b.shape[1])
+    n, K = idx.shape
+    if n == 0 or K < 2:
+        return sims, idx
+    small = (sims[:, :-1] - sims[:, 1:]) <= eps2             # gap between positions j and j+1 is uncertain
+    comp = np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(~small, axis=1)], axis=1)  # run id per position
+    mark = np.zeros((n, K), bool)
+    for k in sorted({k for k in ks if 0 < k < K}):
+        amb = small[:, k - 1]
+        mark |= amb[:, None] & (comp == comp[:, [k - 1]])
+    full = mark[:, -1] & (not complete)
+    rows = np.flatnonzero(mark.any(axis=1) & ~full)
+    if len(rows):
+        r, c = np.nonzero(mark[rows])
+        r = rows[r]
+        exact = np.empty(len(r))
+        for s in range(0, len(r), 16384):  # products of float32 are exact in float64; the sum is float64
+            sl = slice(s, s + 16384)
+            exact[sl] = np.einsum("pd,pd->p", q[r[sl]], b[idx[r[sl], c[sl]]], dtype=np.float64)
+        # each run keeps its positions (it is isolated by gaps > 2·EPS); sort its items within them
+        items = idx[r, c]
+        o = np.lexsort((items, -exact, comp[r, c], r))
+        sims[r, c], idx[r, c] = exact[o], items[o]
+    full = np.flatnonzero(full)
+    if len(full):
+        sims[full], idx[full] = _exact_topk64(b, q[full], K, None if self_pos is None else self_pos[full])
+    return sims, idx
+
+
+class ExactSims:
+    """float64 cosine similarities of chosen query rows to their neighbours `idx` (for re-voting near-tied rows)."""
+
+    def __init__(self, bank: np.ndarray, q: np.ndarray, idx: np.ndarray):
+        self.bank, self.q, self.idx = bank, q, idx
+        self.eps = float32_dot_error(bank.shape[1])  # how far the float32 similarities can be off
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        nb = self.idx[rows]
+        b = l2n(self.bank[nb.ravel()]).reshape(*nb.shape, -1)
+        return np.einsum("rkd,rd->rk", b, l2n(self.q[rows]), dtype=np.float64)
+
+
+def knn_scores(sims: np.ndarray, labels: np.ndarray, k: int, n_classes: int, T: float | None = KNN_T,
+               exact: ExactSims | None = None) -> np.ndarray:
+    """DINOv2 weighted vote: softmax(sim / T) over the k neighbours, summed per class; T=None: majority vote.
+
+    With `exact`, rows whose top-6 class scores are so close that float32 similarity errors could reorder them
+    (any adjacent pair within the factor exp(±2·EPS/T) each score can move by) are voted again with float64
+    similarities, so top-1/3/5 equal a float64 computation's."""
+    def vote(s, lab):
+        s = s[:, :k].astype(np.float64)
+        if T is None:
+            w = np.ones_like(s)
+        else:
+            w = np.exp((s - s.max(axis=1, keepdims=True)) / T)
+            w /= w.sum(axis=1, keepdims=True)
+        out = np.zeros((len(s), n_classes))
+        np.add.at(out, (np.repeat(np.arange(len(s)), lab.shape[1]), lab.ravel()), w.ravel())
+        return out
+
+    lab = labels[:, :k]
+    out = vote(sims, lab)
+    if exact is not None and T is not None and len(out):
+        top = -np.sort(-out, axis=1)[:, :6]
+        a, b = top[:, :-1], top[:, 1:]
+        near = ((a - b) <= (a + b) * np.expm1(2 * exact.eps / T)) & (b > 0)
+        rows = np.flatnonzero(near.any(axis=1))
+        for c in range(0, len(rows), 2048):
+            r = rows[c:c + 2048]
+            out[r] = vote(exact(r), lab[r])
     return out
 
 

@@ -64,6 +64,80 @@ def test_knn_drops_self_match_when_queries_are_in_the_bank():
     assert not (idx == np.arange(4)[:, None]).any()
 
 
+def _float64_topk(bank, q, k, drop_self=False):
+    """Reference: float64 cosine of the float32-normalized vectors, ties to the lower bank position."""
+    s = P.l2n(q).astype(np.float64) @ P.l2n(bank).astype(np.float64).T
+    if drop_self:
+        np.fill_diagonal(s, -np.inf)
+    return np.lexsort((np.broadcast_to(np.arange(s.shape[1]), s.shape), -s), axis=1)[:, :k]
+
+
+def _near_tied_bank(rng, n=300, d=64):
+    base = rng.normal(size=(n, d)).astype(np.float32)
+    return np.concatenate([base] + [base + rng.normal(size=base.shape).astype(np.float32) * s
+                                    for s in (1e-6, 3e-6, 1e-5, 1e-4)])
+
+
+def test_knn_neighbour_sets_equal_float64_search_at_every_cutoff():
+    import faiss
+
+    rng = np.random.default_rng(1)
+    bank, q = _near_tied_bank(rng), rng.normal(size=(500, 64)).astype(np.float32)
+    ks = (1, 3, 10, 50)
+    sims, idx = P.knn_neighbours(bank, q, 50, ks=ks)
+    ref = _float64_topk(bank, q, 50)
+    plain = faiss.knn(P.l2n(q), P.l2n(bank), 50, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    for k in ks:
+        ours = [set(r) for r in idx[:, :k]]
+        exact = [set(r) for r in ref[:, :k]]
+        assert ours == exact, k
+    # the data does contain float32 near-ties that change a neighbour set (else this test could not fail)
+    assert any(set(a) != set(b) for k in ks for a, b in zip(plain[:, :k], ref[:, :k]))
+    s64 = np.take_along_axis(P.l2n(q).astype(np.float64) @ P.l2n(bank).astype(np.float64).T, idx, 1)
+    assert np.abs(sims - s64).max() <= P.float32_dot_error(64)
+
+
+def test_knn_ties_that_reach_the_candidate_list_end_fall_back_to_a_full_float64_search(monkeypatch):
+    rows = []
+    full = P._exact_topk64
+    monkeypatch.setattr(P, "_exact_topk64", lambda b, q, *a, **kw: rows.append(len(q)) or full(b, q, *a, **kw))
+    rng = np.random.default_rng(2)
+    bank = np.repeat(rng.normal(size=(20, 32)).astype(np.float32), 60, axis=0)  # 60 identical copies each
+    q = rng.normal(size=(40, 32)).astype(np.float32)
+    _, idx = P.knn_neighbours(bank, q, 10, ks=(1, 5, 10))
+    assert (idx == _float64_topk(bank, q, 10)).all()  # copies tie exactly: lower bank position first
+    _, idx = P.knn_neighbours(bank, bank, 5, bank_ids=np.arange(len(bank)), q_ids=np.arange(len(bank)))
+    assert (idx == _float64_topk(bank, bank, 5, drop_self=True)).all()
+    assert sum(rows) > 0  # the fallback ran
+
+
+def test_weighted_knn_vote_equals_float64_vote_on_near_tied_neighbours():
+    rng = np.random.default_rng(4)
+    bank, q = _near_tied_bank(rng, n=400, d=48), rng.normal(size=(2000, 48)).astype(np.float32)
+    labels = rng.integers(0, 7, len(bank))  # near-identical copies carry different labels
+    k = 4
+    sims, idx = P.knn_neighbours(bank, q, k)
+    ours = P.knn_scores(sims, labels[idx], k, 7, P.KNN_T, P.ExactSims(bank, q, idx)).argmax(1)
+    plain = P.knn_scores(sims, labels[idx], k, 7, P.KNN_T).argmax(1)
+    ref_idx = _float64_topk(bank, q, k)
+    s64 = np.take_along_axis(P.l2n(q).astype(np.float64) @ P.l2n(bank).astype(np.float64).T, ref_idx, 1)
+    w = np.exp((s64 - s64[:, :1]) / P.KNN_T)
+    ref = np.array([np.bincount(labels[r], weights=wr, minlength=7).argmax() for r, wr in zip(ref_idx, w)])
+    assert (ours == ref).all()
+    assert (plain != ref).any()  # float32 similarities alone do flip some of these votes
+
+
+def test_float32_dot_error_bounds_faiss_inner_products():
+    import faiss
+
+    rng = np.random.default_rng(3)
+    for d in (8, 384, 1536):
+        b, q = P.l2n(rng.normal(size=(2000, d)) + 1.0), P.l2n(rng.normal(size=(64, d)) + 1.0)
+        s32, i = faiss.knn(q, b, 100, metric=faiss.METRIC_INNER_PRODUCT)
+        s64 = np.take_along_axis(q.astype(np.float64) @ b.astype(np.float64).T, i, 1)
+        assert 0 < np.abs(s32 - s64).max() <= P.float32_dot_error(d)
+
+
 def test_linear_probe_within_half_a_point_of_sklearn(ix, data):
     (_, ytr, xtr), (_, yte, xte) = data
     r = evaluate(ix, methods=["linear"]).results[0].data
