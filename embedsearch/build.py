@@ -88,7 +88,11 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True) -> d
             backbone = create_backbone(cfg.backbone, weights=cfg.weights, pretrained=cfg.pretrained,
                                        image_size=cfg.image_size, pool=cfg.pool, seed=cfg.seed, device=device)
             external, desc = None, backbone.describe()
-        space = space_of(desc, cfg.dtype)
+        # the autocast precision changes the vectors (bf16 vs fp32: cosine ≈ 0.999 on real models), so it is part
+        # of the space; a backbone without a network (pixels, imported vectors) has none
+        precision = resolve_precision(cfg.precision, device) if backbone is not None and backbone.model is not None \
+            else None
+        space = space_of(desc, cfg.dtype, precision)
 
         manifest = read_manifest(layout) if layout.manifest.exists() else None
         if manifest is not None:
@@ -140,7 +144,7 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True) -> d
         else:
             timings = run_embedding(backbone, todo, source.root, commit, batch_size=cfg.batch_size,
                                     num_workers=cfg.num_workers, device=device,
-                                    precision=resolve_precision(cfg.precision, device),
+                                    precision=precision,
                                     channels_last=cfg.channels_last, progress=progress)
 
         counts = _counts(layout)
@@ -159,7 +163,7 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True) -> d
             "dtype": cfg.dtype, "parts_embedded": len(todo), "parts_total": len(manifest["parts"]),
             "items": counts["items"], "embedded": counts["embedded"], "failed": counts["failed"],
             "failures_this_run": {f"{s}/{k}": n for (s, k), n in failures.items()},
-            "device": device, "precision": resolve_precision(cfg.precision, device) if backbone else None,
+            "device": device, "precision": precision,
             "timings_s": {**timings.to_dict(), "faiss": round(t_faiss, 4)},
         }
         catalog.add_run(summary["run_id"], "index", started, time.time(), "complete", cfg.to_dict(), summary)

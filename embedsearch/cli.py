@@ -85,7 +85,8 @@ root_option = click.option("--root", type=click.Path(file_okay=False), default=N
 @click.option("--workers", type=int, default=None, help="Decode/preprocess workers (default: cores − 1).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="Autocast precision; auto = bf16/fp16 on CUDA, fp32 on CPU.")
+              help="Autocast precision, recorded with the index and used for query images; auto = bf16/fp16 on "
+                   "CUDA, bf16 on CPUs with native bf16 instructions (AVX512-BF16/AMX), else fp32.")
 @click.option("--channels-last", is_flag=True, help="channels_last memory format (helps CNNs).")
 @click.option("--part-size", type=int, default=2048, show_default=True, help="Items per Parquet part (unit of resume).")
 @click.option("--label-regex", help="Take labels from file names, e.g. '^(.*)_\\d+\\.jpg$' for Oxford Pets.")

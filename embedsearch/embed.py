@@ -73,6 +73,16 @@ def resolve_precision(precision: str, device: str) -> str:
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
+def autocast(device: str, precision: str | None):
+    """The one autocast seam for backbone forwards: bf16/fp16 on the device's type, a no-op for fp32/None. Index
+    builds and query embeddings both use it with the index's recorded precision, so a query image that is in the
+    index gets the very vector stored for it."""
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision or "fp32")
+    return torch.autocast("cuda" if str(device).startswith("cuda") else "cpu", dtype=dtype, enabled=dtype is not None)
+
+
 class _Items:
     """A map-style dataset over records; a failing item yields its error instead of an image, never a neighbour."""
 
@@ -144,8 +154,6 @@ def run_embedding(
     model = backbone.model
     if channels_last and model is not None:
         model.to(memory_format=torch.channels_last)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    dev_type = "cuda" if device.startswith("cuda") else "cpu"
 
     bounds = np.cumsum([len(r) for _, r in parts])
     part_idx, buf_ids, buf_vecs, buf_rows = 0, [], [], []
@@ -162,7 +170,7 @@ def run_embedding(
             x = torch.stack([b[1] for b in good]).to(device, non_blocking=True)
             if channels_last and x.ndim == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode(), torch.autocast(dev_type, dtype=dtype, enabled=dtype is not None):
+            with torch.inference_mode(), autocast(device, precision):
                 out = backbone.embed(x)
             vecs = out.float().cpu().numpy()
             timings.forward += time.perf_counter() - t0

@@ -98,14 +98,16 @@ def write_manifest(layout: Layout, manifest: dict) -> None:
     atomic_write_bytes(layout.manifest, (json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
-def space_of(backbone_desc: dict, dtype: str) -> dict:
-    return {**{k: backbone_desc.get(k) for k in SPACE_FIELDS}, "dtype": dtype}
+def space_of(backbone_desc: dict, dtype: str, precision: str | None = None) -> dict:
+    return {**{k: backbone_desc.get(k) for k in SPACE_FIELDS}, "dtype": dtype, "precision": precision}
 
 
 def check_space(layout: Layout, manifest: dict, wanted: dict) -> None:
     """Refuse to extend an index with vectors from a different embedding space (never a mixed index)."""
     have = manifest.get("space", {})
-    for k in (*SPACE_FIELDS, "dtype"):
+    for k in (*SPACE_FIELDS, "dtype", "precision"):
+        if k == "precision" and k not in have:  # indexes built before it was recorded
+            continue
         if have.get(k) != wanted.get(k):
             raise IndexStateError(
                 f"index {layout.dir.name} was built with {k}={json.dumps(have.get(k))}, this run has "

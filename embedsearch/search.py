@@ -16,6 +16,7 @@ def query_vectors(ix, *, images=(), ids=(), texts=(), vector_file=None) -> tuple
     if images:
         import torch
 
+        from .embed import autocast
         from .images import ImageLoadError, load_image
 
         bb = ix.backbone()
@@ -25,7 +26,7 @@ def query_vectors(ix, *, images=(), ids=(), texts=(), vector_file=None) -> tuple
                 x = bb.preprocess(load_image(f)).unsqueeze(0).to(dev)
             except ImageLoadError as e:
                 raise QueryError(f"query image {e}") from None
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(str(dev), ix.manifest["space"].get("precision")):
                 vecs.append(bb.embed(x).float().cpu().numpy()[0])
             descs.append({"query": str(f), "exclude": None})
     if ids:

@@ -125,7 +125,7 @@ def main():
 
         def knn_one(k):  # search + vote, as `eval` runs them
             sims, idx = P.knn_neighbours(xtr, xte, k)
-            return P.knn_scores(sims, ytr[idx], k, C, P.KNN_T, P.ExactSims(xtr, xte, idx)).argmax(1)
+            return P.knn_scores(sims, ytr[idx], k, C, P.KNN_T, P.ExactSims(xtr, xte, idx), (1,)).argmax(1)
 
         ours20, t_ours20 = timed(lambda: knn_one(20))
         ref20, t_ref = timed(lambda: sklearn_knn(xtr, ytr, xte, 20, P.KNN_T))
@@ -139,7 +139,7 @@ def main():
         same = []
         for k in P.KNN_KS:
             for T in (P.KNN_T, None):
-                ours, tv = timed(lambda: P.knn_scores(sims, ytr[idx], k, C, T, exact).argmax(1))  # noqa: B023
+                ours, tv = timed(lambda: P.knn_scores(sims, ytr[idx], k, C, T, exact, (1,)).argmax(1))  # noqa: B023
                 t_sweep_ours += tv
                 ref, tr = timed(lambda: sklearn_knn(xtr, ytr, xte, k, T))  # noqa: B023
                 t_sweep_ref += tr

@@ -82,6 +82,23 @@ def test_add_embeds_only_new_items_and_drift_is_refused(tmp_path):
     assert Index.open("ix", tmp_path).manifest["faiss"]["ntotal"] == 50
 
 
+def test_autocast_precision_is_part_of_the_space(tmp_path):
+    src = open_source("digits")
+    all_recs = src.records
+    src.records = all_recs[:8]
+    vit = dict(backbone="timm:test_vit", pretrained=False, image_size=32, dtype="float32")
+    build_index(src, _cfg(tmp_path, precision="bf16", **vit), progress=False)
+    assert Index.open("ix", tmp_path).manifest["space"]["precision"] == "bf16"
+    src.records = all_recs[:12]
+    with pytest.raises(IndexStateError, match='precision="bf16", this run has precision="fp32"'):
+        build_index(src, _cfg(tmp_path, precision="fp32", add=True, **vit), progress=False)
+    s = build_index(src, _cfg(tmp_path, precision="bf16", add=True, **vit), progress=False)
+    assert s["embedded"] == 12 and s["precision"] == "bf16"
+    # no network, no precision: pixels indexes resume whatever --precision says
+    build_index(src, _cfg(tmp_path, name="px", backbone="pixels:8", precision="bf16"), progress=False)
+    assert Index.open("px", tmp_path).manifest["space"]["precision"] is None
+
+
 def test_unreadable_image_is_recorded_not_fatal(image_folder, tmp_path):
     (image_folder / "train" / "red" / "broken.jpg").write_bytes(b"not really a jpeg")
     (image_folder / "train" / "red" / "empty.png").write_bytes(b"")

@@ -54,6 +54,26 @@ def test_search_by_vector_file_and_image(ix, tmp_path):
     assert rows[0]["id"] == 4 and rows[0]["score"] > 0.999
 
 
+def test_query_image_is_embedded_at_the_index_precision(tmp_path):
+    import torch
+    from PIL import Image
+
+    from embedsearch.search import query_vectors
+
+    src = open_source("digits")
+    src.records = src.records[:6]
+    build_index(src, BuildConfig(name="bf", root=str(tmp_path), backbone="timm:test_vit", pretrained=False,
+                                 image_size=32, precision="bf16", dtype="float32", num_workers=0), progress=False)
+    ix = Index.open("bf", tmp_path)
+    Image.fromarray(src.records[3].array).save(tmp_path / "three.png")
+    _, q = query_vectors(ix, images=[tmp_path / "three.png"])
+    np.testing.assert_allclose(q[0], ix.vectors([3])[0], rtol=1e-5, atol=1e-5)  # the stored vector, bit for bit
+    bb = ix.backbone()
+    with torch.inference_mode():  # the same image in float32 lands elsewhere: the check above can fail
+        fp32 = bb.embed(bb.preprocess(Image.open(tmp_path / "three.png").convert("RGB")).unsqueeze(0)).numpy()[0]
+    assert np.abs(fp32 - ix.vectors([3])[0]).max() > 1e-3
+
+
 def test_search_bad_input(ix, tmp_path):
     with pytest.raises(QueryError, match="at least 1"):
         search(ix, ids=[1], k=0)

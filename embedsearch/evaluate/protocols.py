@@ -172,25 +172,30 @@ def certify_cutoffs(b, q, sims, idx, ks, complete: bool, self_pos=None):
 
 
 class ExactSims:
-    """float64 cosine similarities of chosen query rows to their neighbours `idx` (for re-voting near-tied rows)."""
+    """float64 cosine similarities of chosen query rows to their neighbours `idx`, computed once per row (for
+    re-voting near-tied rows, `knn_scores`)."""
 
     def __init__(self, bank: np.ndarray, q: np.ndarray, idx: np.ndarray):
         self.bank, self.q, self.idx = bank, q, idx
         self.eps = float32_dot_error(bank.shape[1])  # how far the float32 similarities can be off
+        self.sims = np.zeros(idx.shape)
+        self.done = np.zeros(len(idx), bool)
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
-        nb = self.idx[rows]
-        b = l2n(self.bank[nb.ravel()]).reshape(*nb.shape, -1)
-        return np.einsum("rkd,rd->rk", b, l2n(self.q[rows]), dtype=np.float64)
+        for r in rows[~self.done[rows]]:  # one float64 matrix-vector product per row
+            b, q = l2n(self.bank[self.idx[r]]), l2n(self.q[r:r + 1])[0]
+            self.sims[r] = b.astype(np.float64) @ q.astype(np.float64)
+        self.done[rows] = True
+        return self.sims[rows]
 
 
 def knn_scores(sims: np.ndarray, labels: np.ndarray, k: int, n_classes: int, T: float | None = KNN_T,
-               exact: ExactSims | None = None) -> np.ndarray:
+               exact: ExactSims | None = None, ranks=(1, 3, 5)) -> np.ndarray:
     """DINOv2 weighted vote: softmax(sim / T) over the k neighbours, summed per class; T=None: majority vote.
 
-    With `exact`, rows whose top-6 class scores are so close that float32 similarity errors could reorder them
-    (any adjacent pair within the factor exp(±2·EPS/T) each score can move by) are voted again with float64
-    similarities, so top-1/3/5 equal a float64 computation's."""
+    With `exact`, rows where float32 similarity errors could change which classes are in the top r (r in `ranks`:
+    the r-th and (r+1)-th class scores closer than the factor exp(±2·EPS/T) each score can move by) are voted again
+    with float64 similarities, so top-1/3/5 equal a float64 computation's."""
     def vote(s, lab):
         s = s[:, :k].astype(np.float64)
         if T is None:
@@ -204,14 +209,14 @@ def knn_scores(sims: np.ndarray, labels: np.ndarray, k: int, n_classes: int, T: 
 
     lab = labels[:, :k]
     out = vote(sims, lab)
-    if exact is not None and T is not None and len(out):
-        top = -np.sort(-out, axis=1)[:, :6]
-        a, b = top[:, :-1], top[:, 1:]
+    cut = [r for r in ranks if r < n_classes]
+    if exact is not None and T is not None and len(out) and cut:
+        top = -np.sort(-out, axis=1)[:, :max(cut) + 1]
+        a, b = top[:, [r - 1 for r in cut]], top[:, cut]
         near = ((a - b) <= (a + b) * np.expm1(2 * exact.eps / T)) & (b > 0)
         rows = np.flatnonzero(near.any(axis=1))
-        for c in range(0, len(rows), 2048):
-            r = rows[c:c + 2048]
-            out[r] = vote(exact(r), lab[r])
+        if len(rows):
+            out[rows] = vote(exact(rows), lab[rows])
     return out
 
 
