@@ -91,7 +91,8 @@ def knn_neighbours(bank: np.ndarray, q: np.ndarray, kmax: int, bank_ids=None, q_
         own[~own.any(axis=1), -1] = True
         sims = sims[~own].reshape(len(qq), k - 1)
         idx = idx[~own].reshape(len(qq), k - 1)
-    complete = idx.shape[1] >= len(b) - drop  # every bank item is a candidate: nothing outside can enter
+    # per row: every bank item is a candidate (its own item aside), so nothing outside the list can enter
+    complete = idx.shape[1] >= len(b) - (self_pos >= 0)
     sims, idx = certify_cutoffs(b, qq, sims.astype(np.float64), idx, ks or (kmax,), complete, self_pos)
     return sims[:, :kmax], idx[:, :kmax]
 
@@ -135,16 +136,17 @@ def float32_dot_error(d: int) -> float:
     return (d * u / (1 - d * u)) * (1 + 1e-5)
 
 
-def certify_cutoffs(b, q, sims, idx, ks, complete: bool, self_pos=None):
+def certify_cutoffs(b, q, sims, idx, ks, complete, self_pos=None):
     """Make the top-k set exact (float64) at each cut-off k in `ks` of float32 candidate lists sorted best first.
 
     The float32 order is certain between candidates more than 2·EPS apart. At a cut-off whose gap is smaller, the
     run of candidates linked by gaps ≤ 2·EPS around it is re-scored in float64 and the row re-sorted; a run that
     reaches the end of the list (items outside it could belong) makes the row fall back to a float64 search over the
-    whole bank. Ties in float64 keep the lower bank position first. `sims` (float64) and `idx` are changed in place."""
+    whole bank, as does a cut-off at the list's end on a row whose list is not the whole bank. Ties in float64 keep
+    the lower bank position first. `sims` (float64) and `idx` are changed in place."""
     eps2 = 2 * float32_dot_error(b.shape[1])
     n, K = idx.shape
-    if n == 0 or K < 2:
+    if n == 0 or K == 0:
         return sims, idx
     small = (sims[:, :-1] - sims[:, 1:]) <= eps2             # gap between positions j and j+1 is uncertain
     comp = np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(~small, axis=1)], axis=1)  # run id per position
@@ -152,7 +154,8 @@ def certify_cutoffs(b, q, sims, idx, ks, complete: bool, self_pos=None):
     for k in sorted({k for k in ks if 0 < k < K}):
         amb = small[:, k - 1]
         mark |= amb[:, None] & (comp == comp[:, [k - 1]])
-    full = mark[:, -1] & (not complete)
+    # a cut-off at or past the list's end cannot be checked against the items outside it
+    full = (mark[:, -1] | any(k >= K for k in ks)) & ~np.broadcast_to(complete, (n,))
     rows = np.flatnonzero(mark.any(axis=1) & ~full)
     if len(rows):
         r, c = np.nonzero(mark[rows])

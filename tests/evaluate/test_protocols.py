@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, f1_score, top_k_accuracy_score
 from sklearn.preprocessing import StandardScaler
@@ -109,6 +111,35 @@ def test_knn_ties_that_reach_the_candidate_list_end_fall_back_to_a_full_float64_
     _, idx = P.knn_neighbours(bank, bank, 5, bank_ids=np.arange(len(bank)), q_ids=np.arange(len(bank)))
     assert (idx == _float64_topk(bank, bank, 5, drop_self=True)).all()
     assert sum(rows) > 0  # the fallback ran
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_knn_sets_equal_float64_on_any_small_bank(data):
+    """Duplicates, exact ties, kmax up to the bank size, queries in and out of the bank: every cut-off's set equals
+    a float64 search's (ties to the lower bank position)."""
+    n = data.draw(st.integers(1, 30))
+    d = data.draw(st.integers(1, 6))
+    grid = st.integers(-2, 2)
+    bank = np.array(data.draw(st.lists(st.lists(grid, min_size=d, max_size=d), min_size=n, max_size=n)), np.float32)
+    bank += np.float32(1e-7) * data.draw(st.sampled_from([0, 1])) * np.arange(n * d, dtype=np.float32).reshape(n, d)
+    bank[np.abs(bank).sum(axis=1) == 0, 0] = 1  # no zero vectors
+    in_bank = data.draw(st.lists(st.integers(0, n - 1), max_size=5))
+    extra = np.array(data.draw(st.lists(st.lists(grid, min_size=d, max_size=d), min_size=1, max_size=4)), np.float32)
+    extra[np.abs(extra).sum(axis=1) == 0, 0] = 1
+    q = np.concatenate([bank[in_bank], extra])
+    q_ids = np.concatenate([np.array(in_bank, np.int64), np.full(len(extra), -1)])
+    kmax = data.draw(st.integers(1, max(n - 1, 1)))
+    ks = sorted(set(data.draw(st.lists(st.integers(1, kmax), max_size=3))) | {kmax})
+    _, idx = P.knn_neighbours(bank, q, kmax, bank_ids=np.arange(n), q_ids=q_ids, ks=ks)
+    s = P.l2n(q).astype(np.float64) @ P.l2n(bank).astype(np.float64).T
+    for row, own in enumerate(q_ids):
+        if own >= 0:
+            s[row, own] = -np.inf
+    ref = np.lexsort((np.broadcast_to(np.arange(n), s.shape), -s), axis=1)
+    for k in ks:
+        kk = min(k, idx.shape[1])
+        assert [set(r) for r in idx[:, :kk]] == [set(r) for r in ref[:, :kk]], k
 
 
 def test_weighted_knn_vote_equals_float64_vote_on_near_tied_neighbours():
