@@ -141,7 +141,9 @@ def repair(name: str, root=None, progress: bool = True) -> Report:
             _mark_pending(layout, bad_parts)
         manifest["faiss"] = None
         write_manifest(layout, manifest)
-    cfg = BuildConfig(**{**manifest["build"], "add": False, "root": str(layout.dir.parent), "name": layout.dir.name})
+    recorded = manifest["space"].get("precision")  # re-embed at the index's precision, whatever `auto` picks here
+    cfg = BuildConfig(**{**manifest["build"], "add": False, "root": str(layout.dir.parent), "name": layout.dir.name,
+                         **({"precision": recorded} if recorded else {})})
     if _pending(layout):
         opts = dict(manifest["source"].get("options") or {})
         build_index(open_source(manifest["source"]["spec"], **opts), cfg, progress=progress)

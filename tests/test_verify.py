@@ -99,3 +99,22 @@ def test_foreign_faiss_file_and_deleted_catalog_are_rebuilt(built, tmp_path):
     np.testing.assert_array_equal(before[1], after[1])
     _, rows = Index.open("v", built).sql("SELECT count(*) FILTER (WHERE status = 'ok'), count(*) FROM items")
     assert rows == [(33, 33)]
+
+
+def test_repair_re_embeds_at_the_recorded_precision(tmp_path, image_folder):
+    import json
+
+    cfg = BuildConfig(name="v", root=str(tmp_path / "ix"), backbone="timm:test_vit", pretrained=False,
+                      image_size=32, precision="fp32", dtype="float32", part_size=8, num_workers=0)
+    build_index(open_source(str(image_folder)), cfg, progress=False)
+    root = tmp_path / "ix"
+    before = _snapshot(root)
+    mf = root / "v" / "manifest.json"
+    m = json.loads(mf.read_text())
+    m["build"]["precision"] = "bf16"  # as if `auto` resolved differently on the machine that repairs
+    mf.write_text(json.dumps(m))
+    sorted((root / "v" / "parts").glob("part-*.parquet"))[1].unlink()
+    assert repair("v", root, progress=False).sound
+    after = _snapshot(root)
+    np.testing.assert_array_equal(before[0], after[0])
+    np.testing.assert_allclose(before[1], after[1], rtol=1e-5, atol=1e-6)  # fp32 again, not bf16

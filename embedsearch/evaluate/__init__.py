@@ -141,8 +141,9 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
             sweep_majority = {str(k): float((P.knn_scores(sims, labels, k, C, None).argmax(1) == yte).mean())
                               for k in ks}
             head = 20 if 20 in ks else ks[0]
-            common = {"T": knn_t, "features": "L2-normalized", "search": "exact, whole train bank (float32 search; neighbour sets at each k and near-tied "
-                      "votes settled in float64)",
+            common = {"T": knn_t, "features": "L2-normalized",
+                      "search": "exact, whole train bank (float32 search; neighbour sets at each k and near-tied "
+                                "votes settled in float64)",
                       "k_sweep_top1": sweep, "k_sweep_majority_top1": sweep_majority, "self_match": "dropped"}
             add(m, f"weighted k={head}, T={knn_t}", P.knn_scores(sims, labels, head, C, knn_t, exact),
                 {"k": head, **common}, t_search)
@@ -195,8 +196,8 @@ def fewshot_curve(xtr, ytr, tr_ids, xte, yte, C, seed, knn_t, n_seeds: int = 5) 
             acc_p.append(float((P.prototype_scores(protos, has, xte).argmax(1) == yte).mean()))
             k = min(20, len(pick))
             sims, idx = P.knn_neighbours(xtr[pick], xte, k)
-            exact = P.ExactSims(xtr[pick], xte, idx)
-            acc_k.append(float((P.knn_scores(sims, ytr[pick][idx], k, C, knn_t, exact, (1,)).argmax(1) == yte).mean()))
+            sc = P.knn_scores(sims, ytr[pick][idx], k, C, knn_t, P.ExactSims(xtr[pick], xte, idx), (1,))
+            acc_k.append(float((sc.argmax(1) == yte).mean()))
             if n == largest:
                 break  # all items: no sampling, one seed is the answer
         curve.append({"shots": n if n < largest else "all", "prototypes_mean": float(np.mean(acc_p)),
