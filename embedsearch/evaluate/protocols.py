@@ -97,11 +97,6 @@ def knn_neighbours(bank: np.ndarray, q: np.ndarray, kmax: int, bank_ids=None, q_
     return sims[:, :kmax], idx[:, :kmax]
 
 
-def _order_rows(s, i):
-    """Per-row order: higher similarity first, then lower bank position."""
-    return np.lexsort((i, -s), axis=1)
-
-
 def _exact_topk64(b, q, k, self_pos=None, chunk=8192):
     """float64 top-k of q against the whole bank, streamed over bank chunks; ties: lower bank position first."""
     q64 = q.astype(np.float64)
@@ -121,7 +116,7 @@ def _exact_topk64(b, q, k, self_pos=None, chunk=8192):
             pos = np.argsort(~keep, axis=1, kind="stable")[:, :width]
             cand_s, cand_i = np.take_along_axis(cand_s, pos, 1), np.take_along_axis(cand_i, pos, 1)
             cand_s[~np.take_along_axis(keep, pos, 1)] = -np.inf
-        o = _order_rows(cand_s, cand_i)[:, :k]
+        o = np.lexsort((cand_i, -cand_s), axis=1)[:, :k]  # higher first, then the lower bank position
         best_s, best_i = np.take_along_axis(cand_s, o, 1), np.take_along_axis(cand_i, o, 1)
     return best_s, best_i
 

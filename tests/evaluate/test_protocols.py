@@ -66,11 +66,15 @@ def test_knn_drops_self_match_when_queries_are_in_the_bank():
     assert not (idx == np.arange(4)[:, None]).any()
 
 
-def _float64_topk(bank, q, k, drop_self=False):
-    """Reference: float64 cosine of the float32-normalized vectors, ties to the lower bank position."""
+def _float64_topk(bank, q, k, drop_self=False, own=None):
+    """Reference: float64 cosine of the float32-normalized vectors, ties to the lower bank position; `own[i]` ≥ 0
+    (or the diagonal, with drop_self) is left out of row i."""
     s = P.l2n(q).astype(np.float64) @ P.l2n(bank).astype(np.float64).T
     if drop_self:
         np.fill_diagonal(s, -np.inf)
+    for row, pos in enumerate(own if own is not None else []):
+        if pos >= 0:
+            s[row, pos] = -np.inf
     return np.lexsort((np.broadcast_to(np.arange(s.shape[1]), s.shape), -s), axis=1)[:, :k]
 
 
@@ -132,11 +136,7 @@ def test_knn_sets_equal_float64_on_any_small_bank(data):
     kmax = data.draw(st.integers(1, max(n - 1, 1)))
     ks = sorted(set(data.draw(st.lists(st.integers(1, kmax), max_size=3))) | {kmax})
     _, idx = P.knn_neighbours(bank, q, kmax, bank_ids=np.arange(n), q_ids=q_ids, ks=ks)
-    s = P.l2n(q).astype(np.float64) @ P.l2n(bank).astype(np.float64).T
-    for row, own in enumerate(q_ids):
-        if own >= 0:
-            s[row, own] = -np.inf
-    ref = np.lexsort((np.broadcast_to(np.arange(n), s.shape), -s), axis=1)
+    ref = _float64_topk(bank, q, n, own=q_ids)
     for k in ks:
         kk = min(k, idx.shape[1])
         assert [set(r) for r in idx[:, :kk]] == [set(r) for r in ref[:, :kk]], k
