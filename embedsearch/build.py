@@ -88,13 +88,16 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True) -> d
             backbone = create_backbone(cfg.backbone, weights=cfg.weights, pretrained=cfg.pretrained,
                                        image_size=cfg.image_size, pool=cfg.pool, seed=cfg.seed, device=device)
             external, desc = None, backbone.describe()
+        manifest = read_manifest(layout) if layout.manifest.exists() else None
         # the autocast precision changes the vectors (bf16 vs fp32: cosine ≈ 0.999 on real models), so it is part
-        # of the space; a backbone without a network (pixels, imported vectors) has none
-        precision = resolve_precision(cfg.precision, device) if backbone is not None and backbone.model is not None \
-            else None
+        # of the space; `auto` continues an index at its recorded precision, whatever this machine would pick; a
+        # backbone without a network (pixels, imported vectors) has none
+        precision = None
+        if backbone is not None and backbone.model is not None:
+            recorded = (manifest or {}).get("space", {}).get("precision")
+            precision = recorded if cfg.precision == "auto" and recorded else resolve_precision(cfg.precision, device)
         space = space_of(desc, cfg.dtype, precision)
 
-        manifest = read_manifest(layout) if layout.manifest.exists() else None
         if manifest is not None:
             check_space(layout, manifest, space)
         else:

@@ -141,9 +141,7 @@ def repair(name: str, root=None, progress: bool = True) -> Report:
             _mark_pending(layout, bad_parts)
         manifest["faiss"] = None
         write_manifest(layout, manifest)
-    recorded = manifest["space"].get("precision")  # re-embed at the index's precision, whatever `auto` picks here
-    cfg = BuildConfig(**{**manifest["build"], "add": False, "root": str(layout.dir.parent), "name": layout.dir.name,
-                         **({"precision": recorded} if recorded else {})})
+    cfg = BuildConfig(**{**manifest["build"], "add": False, "root": str(layout.dir.parent), "name": layout.dir.name})
     if _pending(layout):
         opts = dict(manifest["source"].get("options") or {})
         build_index(open_source(manifest["source"]["spec"], **opts), cfg, progress=progress)

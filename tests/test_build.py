@@ -82,7 +82,9 @@ def test_add_embeds_only_new_items_and_drift_is_refused(tmp_path):
     assert Index.open("ix", tmp_path).manifest["faiss"]["ntotal"] == 50
 
 
-def test_autocast_precision_is_part_of_the_space(tmp_path):
+def test_autocast_precision_is_part_of_the_space(tmp_path, monkeypatch):
+    from embedsearch import build
+
     src = open_source("digits")
     all_recs = src.records
     src.records = all_recs[:8]
@@ -94,6 +96,12 @@ def test_autocast_precision_is_part_of_the_space(tmp_path):
         build_index(src, _cfg(tmp_path, precision="fp32", add=True, **vit), progress=False)
     s = build_index(src, _cfg(tmp_path, precision="bf16", add=True, **vit), progress=False)
     assert s["embedded"] == 12 and s["precision"] == "bf16"
+    # `auto` continues an index at its recorded precision, whatever this machine would pick
+    monkeypatch.setattr(build, "resolve_precision", lambda p, device: "bf16" if p == "auto" else p)
+    build_index(src, _cfg(tmp_path, name="f32", precision="fp32", **vit), progress=False)
+    src.records = all_recs[:16]
+    s = build_index(src, _cfg(tmp_path, name="f32", precision="auto", add=True, **vit), progress=False)
+    assert s["precision"] == "fp32" and Index.open("f32", tmp_path).manifest["space"]["precision"] == "fp32"
     # no network, no precision: pixels indexes resume whatever --precision says
     build_index(src, _cfg(tmp_path, name="px", backbone="pixels:8", precision="bf16"), progress=False)
     assert Index.open("px", tmp_path).manifest["space"]["precision"] is None

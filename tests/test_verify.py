@@ -101,8 +101,10 @@ def test_foreign_faiss_file_and_deleted_catalog_are_rebuilt(built, tmp_path):
     assert rows == [(33, 33)]
 
 
-def test_repair_re_embeds_at_the_recorded_precision(tmp_path, image_folder):
+def test_repair_re_embeds_at_the_recorded_precision(tmp_path, image_folder, monkeypatch):
     import json
+
+    from embedsearch import build
 
     cfg = BuildConfig(name="v", root=str(tmp_path / "ix"), backbone="timm:test_vit", pretrained=False,
                       image_size=32, precision="fp32", dtype="float32", part_size=8, num_workers=0)
@@ -111,8 +113,9 @@ def test_repair_re_embeds_at_the_recorded_precision(tmp_path, image_folder):
     before = _snapshot(root)
     mf = root / "v" / "manifest.json"
     m = json.loads(mf.read_text())
-    m["build"]["precision"] = "bf16"  # as if `auto` resolved differently on the machine that repairs
+    m["build"]["precision"] = "auto"  # built with `auto` where it meant fp32; on the repairing machine it means bf16
     mf.write_text(json.dumps(m))
+    monkeypatch.setattr(build, "resolve_precision", lambda p, device: "bf16" if p == "auto" else p)
     sorted((root / "v" / "parts").glob("part-*.parquet"))[1].unlink()
     assert repair("v", root, progress=False).sound
     after = _snapshot(root)
