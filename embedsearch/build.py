@@ -152,7 +152,7 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True) -> d
 
         counts = _counts(layout)
         t0 = time.perf_counter()
-        if todo or manifest.get("faiss") is None or not layout.faiss.exists():
+        if todo or _faiss_stale(layout, manifest):
             # the FAISS file is renamed into place right before the manifest that names it is published; a reader
             # that falls between the two re-reads the manifest (reader.Index.open)
             manifest["faiss"] = _build_faiss(layout, manifest, cfg)
@@ -255,6 +255,16 @@ def _build_faiss(layout: Layout, manifest: dict, cfg: BuildConfig) -> dict:
             "bytes": written["bytes"], "sha256": written["sha256"], "trained_on": sample_n,
             "seed": cfg.seed, "gpu": vindex.gpu_count() > 0, "build_s": round(time.perf_counter() - t0, 3),
             "auto": auto}
+
+
+def _faiss_stale(layout: Layout, manifest: dict) -> bool:
+    """Whether the FAISS file must be (re)built: none recorded, missing, or not the one of these parts. A run killed
+    during `--add` after its parts were committed (or after the new FAISS file was renamed into place) still names
+    the snapshot's FAISS file; resuming it must build the index of all parts, not publish the old one."""
+    fa = manifest.get("faiss")
+    rows = sum(p["rows"] for p in manifest["parts"])
+    return (fa is None or not layout.faiss.exists() or layout.faiss.stat().st_size != fa["bytes"]
+            or fa["ntotal"] != rows)
 
 
 def _counts(layout: Layout) -> dict:

@@ -14,7 +14,7 @@ from . import store
 from .errors import IndexStateError, QueryError
 from .manifest import Layout, check_consistent, read_manifest, resolve
 
-_OPEN_RETRIES = 40
+_OPEN_WAIT_S = 5.0  # how long a reader waits for a writer to publish a manifest naming the new FAISS file
 
 
 def _serving_view(layout: Layout, manifest: dict) -> dict:
@@ -42,8 +42,10 @@ class Index:
     @classmethod
     def open(cls, name_or_path: str | os.PathLike, root: str | os.PathLike | None = None) -> Index:
         layout = resolve(name_or_path, Path(root) if root else None)
-        for attempt in range(_OPEN_RETRIES):
-            manifest = _serving_view(layout, read_manifest(layout))
+        deadline = time.monotonic() + _OPEN_WAIT_S
+        while True:
+            on_disk = read_manifest(layout)
+            manifest = _serving_view(layout, on_disk)
             try:
                 check_consistent(layout, manifest)
                 ix = cls(layout, manifest)
@@ -51,11 +53,13 @@ class Index:
                     ix.faiss  # noqa: B018 — map the snapshot's FAISS file now, before the writer replaces it
                 return ix
             except IndexStateError:
-                # a writer may have just replaced the FAISS file and not yet published the manifest naming it
-                if manifest.get("state") == "complete" or attempt == _OPEN_RETRIES - 1:
+                # A writer renames the new FAISS file into place right before it publishes the manifest naming it.
+                # A reader that falls between the two (or whose manifest was replaced while it checked the files)
+                # reads the manifest again; an index that stays inconsistent is reported.
+                writer_active = on_disk.get("state") != "complete" or read_manifest(layout) != on_disk
+                if not writer_active or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        raise AssertionError("unreachable")
 
     # ----------------------------------------------------------------------------------- description
 
