@@ -126,12 +126,13 @@ def check_consistent(layout: Layout, manifest: dict) -> None:
                                   "it changed after it was written; run `embedsearch verify --repair`")
         total += p["rows"]
     fa = manifest.get("faiss")
-    if fa:
-        if not layout.faiss.exists():
-            raise IndexStateError(f"FAISS file {layout.faiss} is missing; run `embedsearch verify --repair`")
-        if layout.faiss.stat().st_size != fa["bytes"] or fa["ntotal"] != total:
-            raise IndexStateError(f"FAISS file {layout.faiss} does not match the manifest ({fa['ntotal']} vectors "
-                                  f"recorded, {total} in the parts); run `embedsearch verify --repair`")
+    if not fa:
+        raise IndexStateError(f"the manifest of {layout.dir} records no FAISS index; run `embedsearch verify --repair`")
+    if not layout.faiss.exists():
+        raise IndexStateError(f"FAISS file {layout.faiss} is missing; run `embedsearch verify --repair`")
+    if layout.faiss.stat().st_size != fa["bytes"] or fa["ntotal"] != total:
+        raise IndexStateError(f"FAISS file {layout.faiss} does not match the manifest ({fa['ntotal']} vectors "
+                              f"recorded, {total} in the parts); run `embedsearch verify --repair`")
 
 
 @contextmanager

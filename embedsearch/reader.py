@@ -23,6 +23,9 @@ def _serving_view(layout: Layout, manifest: dict) -> dict:
     if manifest.get("state") == "complete":
         return manifest
     snap = manifest.get("snapshot")
+    if manifest.get("state") == "repairing":
+        raise IndexStateError(f"index {layout.dir} is being repaired (or a repair was interrupted): wait for it, "
+                              "or run `embedsearch verify --repair` again")
     if not snap:
         raise IndexStateError(f"index {layout.dir} is not complete (state {manifest.get('state')!r}): re-run "
                               "the same `embedsearch index` command to resume it")

@@ -139,7 +139,9 @@ def repair(name: str, root=None, progress: bool = True) -> Report:
             before.repaired.append("rebuilt the catalog from the source and the parts")
         elif bad_parts:
             _mark_pending(layout, bad_parts)
-        manifest["faiss"] = None
+        # the FAISS file may hold vectors of the dropped parts: readers refuse the index until the repair finishes
+        manifest.update(faiss=None, state="repairing")
+        manifest.pop("snapshot", None)
         write_manifest(layout, manifest)
     cfg = BuildConfig(**{**manifest["build"], "add": False, "root": str(layout.dir.parent), "name": layout.dir.name})
     if _pending(layout):

@@ -121,3 +121,26 @@ def test_repair_re_embeds_at_the_recorded_precision(tmp_path, image_folder, monk
     after = _snapshot(root)
     np.testing.assert_array_equal(before[0], after[0])
     np.testing.assert_allclose(before[1], after[1], rtol=1e-5, atol=1e-6)  # fp32 again, not bf16
+
+
+def test_a_repair_that_dies_midway_leaves_an_index_readers_refuse_then_repair_finishes(built, monkeypatch):
+    before = _snapshot(built)
+    victim = sorted((built / "v" / "parts").glob("part-*.parquet"))[1]
+    victim.unlink()
+    import embedsearch.build as build_mod
+
+    def die(*a, **kw):
+        raise KeyboardInterrupt  # killed after repair dropped the damaged part and its FAISS entry
+
+    monkeypatch.setattr(build_mod, "build_index", die)
+    with pytest.raises(KeyboardInterrupt):
+        repair("v", built, progress=False)
+    # the old FAISS file still holds the dropped part's vectors: serving it with the remaining parts would be wrong
+    with pytest.raises(IndexStateError, match="verify --repair"):
+        Index.open("v", built)
+    monkeypatch.undo()
+    assert repair("v", built, progress=False).sound
+    after = _snapshot(built)
+    np.testing.assert_array_equal(before[0], after[0])
+    np.testing.assert_array_equal(before[1], after[1])
+    assert before[2] == after[2]
