@@ -249,6 +249,13 @@ def check_where(pred: str) -> None:
     for token, why in ((";", "multiple statements"), ("--", "comments"), ("/*", "comments"), ('"', "quoted identifiers")):
         if token in bare:
             raise QueryError(f"--where may not contain {token!r} ({why} are not allowed): {pred!r}")
+    depth = 0
+    for ch in bare:  # the predicate is combined with our own as `(scope) AND (where)`: it may not close the group
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth < 0:
+            raise QueryError(f"--where {pred!r} closes a parenthesis it did not open")
+    if depth:
+        raise QueryError(f"--where {pred!r} has an unclosed parenthesis")
     if re.search(r"\bselect\b|\bfrom\b|\bunion\b", bare, re.I):
         raise QueryError(f"--where may not contain subqueries: {pred!r}")
     for fn in re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(", bare):
@@ -256,14 +263,15 @@ def check_where(pred: str) -> None:
             raise QueryError(f"--where may not call {fn}(); allowed: {', '.join(sorted(WHERE_FUNCTIONS - {'in', 'not', 'and', 'or', 'is', 'between'}))}")
 
 
-def select_ids(con, where: str | None, columns: str = "id") -> list[tuple]:
-    """Rows of `items` matching a user predicate, with unknown columns and type errors turned into QueryError."""
+def select_ids(con, where: str | None, columns: str = "id", scope: str | None = None) -> list[tuple]:
+    """Rows of `items` matching a user predicate `where` (checked; errors name it) within `scope`, a predicate of
+    our own (e.g. the parts a reader serves), with unknown columns and type errors turned into QueryError."""
     import duckdb
 
-    sql = f"SELECT {columns} FROM items"
     if where:
         check_where(where)
-        sql += f" WHERE ({where})"
+    preds = [f"({p})" for p in (scope, where) if p]
+    sql = f"SELECT {columns} FROM items" + (" WHERE " + " AND ".join(preds) if preds else "")
     try:
         return con.execute(sql + " ORDER BY id").fetchall()
     except duckdb.BinderException as e:

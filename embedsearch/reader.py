@@ -113,12 +113,11 @@ class Index:
 
     def select(self, where: str | None = None, embedded_only: bool = True) -> dict[str, np.ndarray]:
         """Items matching a user predicate: arrays of id, class_index (-1 when unlabeled), label, split, path."""
-        pred = where
+        scope = None
         if embedded_only:  # items of the parts this reader serves (an extension may be adding more)
             parts = ", ".join(str(store.part_number(p["file"])) for p in self.manifest["parts"]) or "NULL"
-            served = f"status = 'ok' AND part IN ({parts})"
-            pred = f"{served} AND ({where})" if where else served
-        rows = cat.select_ids(self.con, pred, "id, coalesce(class_index, -1), label, split, path")
+            scope = f"status = 'ok' AND part IN ({parts})"
+        rows = cat.select_ids(self.con, where, "id, coalesce(class_index, -1), label, split, path", scope=scope)
         if not rows:
             return {"id": np.zeros(0, np.int64), "class_index": np.zeros(0, np.int64), "label": np.array([], object),
                     "split": np.array([], object), "path": np.array([], object)}

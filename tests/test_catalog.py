@@ -42,6 +42,8 @@ def test_where_selects(ix):
     ("read_csv('/etc/passwd') IS NOT NULL", "may not call read_csv"),
     ("no_such_column = 1", "unknown column 'no_such_column'"),
     ("label = 'unterminated", "unterminated"),
+    ("1=1) OR (1=1", "closes a parenthesis"),  # would escape the reader's own scope (served parts, status ok)
+    ("(label = '1'", "unclosed parenthesis"),
 ])
 def test_where_injection_attempts_are_clear_errors(ix, pred, match):
     with pytest.raises(QueryError, match=match):
@@ -81,7 +83,7 @@ _COLS = {"label": st.sampled_from(["'1'", "'2'", "'7'", "'x'", "'O''Brien'"]),
          "width": st.integers(0, 10).map(str),
          "path": st.sampled_from(["'digits/0'", "'%1%'", "NULL"])}
 _HOSTILE = ["; DROP TABLE items", " -- x", " /* x */", " OR id IN (SELECT id FROM items)", " OR read_csv('x') IS NULL",
-            " OR getenv('HOME') = ''", "; ATTACH 'x.db'", "; COPY items TO 'x.csv'", " OR \"label\" = '1'", "'"]
+            " OR getenv('HOME') = ''", "; ATTACH 'x.db'", "; COPY items TO 'x.csv'", " OR \"label\" = '1'", "'", ") OR (1=1"]
 
 
 @st.composite
