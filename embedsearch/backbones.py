@@ -6,7 +6,8 @@ import difflib
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,10 +111,61 @@ def weights_hash(model) -> str:
 
 
 def _offline_error(spec: BackboneSpec, e: Exception, cache_hint: str) -> BackboneError:
-    detail = str(e).splitlines()[0][:90] if str(e) else type(e).__name__
+    root = e  # the innermost cause says what went wrong (e.g. a DNS failure under the Hub's "cannot find" error)
+    while (root.__cause__ or root.__context__) is not None:
+        root = root.__cause__ or root.__context__
+    if type(root).__name__ == "OfflineModeIsEnabled":
+        return BackboneError(f"no weights for {spec.raw} in the local cache and HF_HUB_OFFLINE is set: "
+                             f"pass --weights FILE or {cache_hint}")
+    detail = (str(root).splitlines() or [""])[0]
+    detail = detail if len(detail) <= 100 else detail[:100].rsplit(" ", 1)[0] + " …"
     return BackboneError(
-        f"no weights for {spec.raw} and no network ({type(e).__name__}: {detail}): "
+        f"no weights for {spec.raw} in the local cache and none downloadable ({type(e).__name__}"
+        f"{': ' + type(root).__name__ if root is not e else ''}{': ' + detail if detail else ''}): "
         f"pass --weights FILE or {cache_hint}")
+
+
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+HUB_PROBE_S = 3.0
+
+
+def _answers(url: str, timeout: float) -> bool:
+    """Whether the host of `url` accepts a TCP connection within `timeout` seconds."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    try:
+        with socket.create_connection((u.hostname, u.port or (443 if u.scheme == "https" else 80)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+@contextmanager
+def hub_fail_fast(spec: BackboneSpec) -> Iterator[None]:
+    """Download pretrained weights through the Hugging Face Hub client, but without its ~50 s of retries per file
+    when the Hub cannot be reached: if its host does not accept a connection within HUB_PROBE_S (and no proxy is
+    configured, where a direct connection proves nothing), the client runs in offline mode for this load, so cached
+    weights load at once and missing ones fail at once."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(v) for v in _PROXY_VARS) or \
+            _answers(constants.ENDPOINT, HUB_PROBE_S):
+        yield
+        return
+    log.info("%s does not answer: loading %s from the local Hub cache only", constants.ENDPOINT, spec.raw)
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    except (SpecError, BackboneError):
+        raise
+    except Exception:  # noqa: BLE001 — whatever the library raised, the cause is known
+        raise BackboneError(f"no weights for {spec.raw} in the local Hub cache ({constants.HF_HUB_CACHE}) and "
+                            f"{constants.ENDPOINT} does not answer: pass --weights FILE, run once with network, or "
+                            "set HF_HUB_CACHE to a cache that has them") from None
+    finally:
+        constants.HF_HUB_OFFLINE = False
 
 
 # --------------------------------------------------------------------------------------------- kinds
@@ -135,11 +187,12 @@ def _timm(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) -> Ba
     use_pretrained = pretrained and weights is None
     torch.manual_seed(seed)
     try:
-        try:
-            model = timm.create_model(spec.name, pretrained=use_pretrained, **kwargs)
-        except TypeError:  # CNNs take no img_size; the transform alone sets their input size
-            kwargs.pop("img_size", None)
-            model = timm.create_model(spec.name, pretrained=use_pretrained, **kwargs)
+        with hub_fail_fast(spec) if use_pretrained else nullcontext():
+            try:
+                model = timm.create_model(spec.name, pretrained=use_pretrained, **kwargs)
+            except TypeError:  # CNNs take no img_size; the transform alone sets their input size
+                kwargs.pop("img_size", None)
+                model = timm.create_model(spec.name, pretrained=use_pretrained, **kwargs)
     except (SpecError, BackboneError):
         raise
     except Exception as e:  # noqa: BLE001 — hub/network/cache failures come in many types
@@ -200,8 +253,11 @@ def _open_clip(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) 
     kwargs = {"force_image_size": image_size} if image_size else {}
     torch.manual_seed(seed)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            arch, pretrained=tag if use_pretrained else None, **kwargs)
+        with hub_fail_fast(spec) if use_pretrained else nullcontext():
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=tag if use_pretrained else None, **kwargs)
+    except (SpecError, BackboneError):
+        raise
     except Exception as e:  # noqa: BLE001
         if use_pretrained:
             raise _offline_error(spec, e, "set HF_HUB_CACHE to a cache that has them") from None

@@ -40,6 +40,51 @@ def test_offline_pretrained_is_one_clear_line():
     assert "timm:test_vit.r160_in1k" in msg and "--weights FILE" in msg and "\n" not in msg
 
 
+@pytest.fixture
+def unreachable_hub(tmp_path, monkeypatch):
+    """The Hub client as on a machine without network: online mode, a host that refuses connections, an empty
+    cache. Without the probe, huggingface_hub would retry each file for ~50 s before giving up."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: connection refused
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(v, raising=False)
+    return tmp_path / "hub"
+
+
+def test_unreachable_hub_fails_fast_with_one_line(unreachable_hub):
+    from huggingface_hub import constants
+
+    with pytest.raises(BackboneError) as e:  # at once, instead of after the client's retries
+        create_backbone("timm:test_vit.r160_in1k")
+    msg = str(e.value)
+    assert "timm:test_vit.r160_in1k" in msg and "does not answer" in msg and str(unreachable_hub) in msg
+    assert "\n" not in msg
+    assert constants.HF_HUB_OFFLINE is False  # offline mode was switched on for that load only
+
+
+def test_pretrained_weights_load_from_the_hub_cache_when_the_hub_is_unreachable(unreachable_hub):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(7)
+    ref = timm.create_model("test_vit", pretrained=False, num_classes=0).eval()
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = unreachable_hub / "models--timm--test_vit.r160_in1k"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(repo / "snapshots" / commit /
+                                                                            "model.safetensors"))
+    bb = create_backbone("timm:test_vit.r160_in1k", seed=999)  # the seed would give other random weights
+    x = _batch(bb)
+    with torch.inference_mode():
+        assert torch.equal(bb.embed(x), ref(x))
+    assert bb.info["weights"] == "pretrained"
+
+
 @pytest.mark.parametrize("fmt", ["safetensors", "pt"])
 def test_weights_round_trip_gives_identical_embeddings(tmp_path, fmt):
     import timm
