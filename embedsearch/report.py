@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from .errors import EvalError
+from .evaluate.metrics import TOPK_RULE
 
 
 def _pct(x) -> str:
@@ -22,9 +23,15 @@ def markdown_run(run, ix) -> str:
              f"- train: `{r0['train']['where']}` → {r0['train']['n']} items, {r0['train']['n_classes']} classes; "
              f"test: `{r0['test']['where']}` → {r0['test']['n']} items, {r0['test']['n_classes']} classes",
              f"- seed {r0['seed']}; hyper-parameters chosen on a stratified held-out 10 % of train, then refit on all "
-             "of train; test used once. CI: 95 % percentile bootstrap, 1,000 resamples of test.", "",
-             "| method | variant | top-1 % [95 % CI] | top-5 % | balanced acc. % | macro F1 % | parameters |",
-             "|---|---|---|---|---|---|---|"]
+             "of train; test used once. CI: 95 % percentile bootstrap, 1,000 resamples of test."]
+    unseen = r0["test"].get("classes_without_train") or {}
+    if unseen:
+        names = ", ".join(f"{c} ({n})" for c, n in list(unseen.items())[:5]) + (", …" if len(unseen) > 5 else "")
+        lines.append(f"- {sum(unseen.values())} test items belong to {len(unseen)} classes with no train item "
+                     f"({names}): every method but CLIP zero-shot counts them as errors.")
+    lines += [f"- top-k: {TOPK_RULE}.", "",
+              "| method | variant | top-1 % [95 % CI] | top-5 % | balanced acc. % | macro F1 % | parameters |",
+              "|---|---|---|---|---|---|---|"]
     for r in run.results:
         d = r.data
         m = d.get("metrics") or {}

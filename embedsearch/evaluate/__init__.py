@@ -103,14 +103,23 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
     if len(overlap):
         raise EvalError(f"train and test selections share {len(overlap)} items (e.g. id {overlap[0]}): "
                         "make --train and --test disjoint")
+    in_train = np.bincount(ytr, minlength=C) > 0
+    unseen = np.bincount(yte[~in_train[yte]], minlength=C)
+    if unseen.any():
+        log.warning("test selection: %d items of %d classes have no train item; methods trained on train count "
+                    "them as errors (e.g. %s)", int(unseen.sum()), int((unseen > 0).sum()),
+                    classes[int(np.flatnonzero(unseen)[0])])
     run = EvalRun(uuid.uuid4().hex[:12], ix.name)
     base = {"schema": RESULT_SCHEMA, "run_id": run.run_id, "index": ix.name, "backbone": ix.backbone_spec,
             "space": ix.manifest["space"], "seed": seed,
             "train": {"where": train, "n": int(len(ytr)), "n_classes": int(len(np.unique(ytr)))},
-            "test": {"where": test, "n": int(len(yte)), "n_classes": int(len(np.unique(yte)))},
+            "test": {"where": test, "n": int(len(yte)), "n_classes": int(len(np.unique(yte))),
+                     "classes_without_train": {classes[c]: int(unseen[c]) for c in np.flatnonzero(unseen)}},
             "classes": classes}
 
-    def add(method, variant, scores, params, seconds, extra=None, model=None):
+    def add(method, variant, scores, params, seconds, extra=None, model=None, uses_train=True):
+        if uses_train:  # a classifier fitted on train cannot predict a class train does not have
+            scores = np.where(in_train, scores, -np.inf)
         metrics, pred = classification_report(yte, scores, classes, seed=seed)
         per_class, confusion = metrics.pop("per_class"), metrics.pop("confusion")
         run.results.append(EvalResult({
@@ -172,7 +181,7 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
             add(m, "CLIP text prompts", zeroshot_scores(cv, xte),
                 {"templates": len(templates), "template_set": "user file" if prompts else tname,
                  "logit_scale": 100, "classnames": "user file" if prompts else "catalog class names"},
-                time.perf_counter() - t0)
+                time.perf_counter() - t0, uses_train=False)
         elif m == "fewshot":
             run.results.append(EvalResult({**base, "method": m, "variant": "prototypes and kNN vs shots per class",
                                            "params": {"seeds": 5, "knn_k": 20, "knn_T": knn_t},

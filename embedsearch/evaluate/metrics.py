@@ -7,11 +7,15 @@ import numpy as np
 N_BOOTSTRAP = 1000
 
 
+TOPK_RULE = ("classes ranked by score, ties broken by class index; a class scored -inf (no train item, so it "
+             "cannot be predicted) never counts as a hit")
+
+
 def topk_correct(scores: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
-    """Whether the true class is among the k highest scores, per row (ties broken by class index)."""
+    """Whether the true class is among the k highest scores, per row (TOPK_RULE)."""
     k = min(k, scores.shape[1])
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return (top == y[:, None]).any(axis=1)
+    return (top == y[:, None]).any(axis=1) & np.isfinite(scores[np.arange(len(y)), y])
 
 
 def per_class_recall(y: np.ndarray, pred: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,6 +63,7 @@ def classification_report(y: np.ndarray, scores: np.ndarray, classes: list[str],
     for k in (3, 5):
         if C >= k:
             out[f"top{k}"] = float(topk_correct(scores, y, k).mean())
+    out["topk_rule"] = TOPK_RULE
     out["balanced_accuracy"] = balanced_accuracy(y, pred, C)
     for avg in ("macro", "weighted"):
         p, r, f, _ = precision_recall_fscore_support(y, pred, labels=present, average=avg, zero_division=0)

@@ -224,3 +224,30 @@ def test_metrics_match_sklearn():
     assert classification_report(y, scores, [f"c{i}" for i in range(6)], seed=0)[0]["ci95"] == m["ci95"]
     two, _ = classification_report(y % 2, scores[:, :2], ["a", "b"])
     assert "top3" not in two and "top5" not in two
+
+
+def test_topk_never_credits_a_class_that_cannot_be_predicted():
+    from embedsearch.evaluate.metrics import topk_correct
+
+    scores = np.array([[0.9, 0.5, -np.inf, -np.inf, -np.inf],  # true class 2 sits at rank 3 only by tie order
+                       [0.9, 0.5, -np.inf, -np.inf, -np.inf],  # true class 1 is ranked 2nd: a real top-3 hit
+                       [0.2, 0.1, 0.0, 0.0, 0.0]])  # a zero score is a score: ties broken by class index
+    y = np.array([2, 1, 2])
+    assert topk_correct(scores, y, 3).tolist() == [False, True, True]
+    assert topk_correct(scores, y, 1).tolist() == [False, False, False]
+
+
+def test_test_classes_absent_from_train_are_reported_and_never_top_k_hits(ix):
+    from embedsearch.report import markdown_run
+
+    run = evaluate(ix, methods=["prototypes", "knn", "linear"], train="split = 'train' AND class_index IN (1, 2)")
+    te = load_selection(ix, "split = 'test'", "test")[1]
+    reachable = np.isin(te, [1, 2]).mean()  # the best any classifier trained on classes 1 and 2 can do
+    for r in run.results:
+        m = r.data["metrics"]
+        assert m["top1"] <= m["top3"] <= m["top5"] <= reachable + 1e-12, (r.method, r.data["variant"])
+        assert set(r.data["predictions"]["pred"]) <= {1, 2}
+    unseen = run.results[0].data["test"]["classes_without_train"]
+    assert set(unseen) == {str(c) for c in range(10)} - {"1", "2"}
+    assert sum(unseen.values()) == int((~np.isin(te, [1, 2])).sum())
+    assert f"{sum(unseen.values())} test items belong to 8 classes with no train item" in markdown_run(run, ix)
