@@ -287,8 +287,7 @@ def load_external_vectors(path: Path, source: Source) -> dict[int, np.ndarray]:
     by_key = {str(r.id): r.id for r in recs} | {r.path: r.id for r in recs if r.path}
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        arr = np.load(path, allow_pickle=False)
-        rows = _aligned(arr, recs, path)
+        rows = _aligned(store.load_npy(path, "--vectors", SourceError), recs, path)
     elif suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 

@@ -242,7 +242,10 @@ def search(index, queries: np.ndarray, k: int, subset: np.ndarray | None = None)
     if q.ndim != 2 or q.shape[1] != index.d:
         raise QueryError(f"query vectors have shape {q.shape}; this index holds {index.d}-d vectors")
     if not np.isfinite(q).all():
-        raise QueryError("query vector contains NaN or Inf")
+        bad = int(np.flatnonzero(~np.isfinite(q).all(axis=1))[0])
+        raise QueryError(f"query vector {bad} contains NaN or Inf")
+    if not np.any(q, axis=1).all():  # cosine to a zero vector is undefined: every score would read 0
+        raise QueryError(f"query vector {int(np.flatnonzero(~np.any(q, axis=1))[0])} is all zeros: it has no direction")
     if k < 1:
         raise QueryError(f"-k must be at least 1 (got {k})")
     if index.ntotal == 0:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from . import index as vindex
+from . import store
 from .errors import QueryError
 
 
@@ -46,11 +47,7 @@ def query_vectors(ix, *, images=(), ids=(), texts=(), vector_file=None) -> tuple
         descs.extend({"query": f"text:{s}", "exclude": None} for s in texts)
     if vector_file:
         p = Path(vector_file)
-        try:
-            v = np.load(p, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise QueryError(f"--vector {p}: {e}") from None
-        v = np.atleast_2d(v).astype(np.float32)
+        v = np.atleast_2d(store.load_npy(p, "--vector", QueryError)).astype(np.float32)
         vecs.extend(v)
         descs.extend({"query": f"{p.name}[{i}]", "exclude": None} for i in range(len(v)))
     if not vecs:

@@ -116,6 +116,25 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
+def load_npy(path: Path, what: str, error: type[Exception]) -> np.ndarray:
+    """A numeric array from a file in numpy's .npy format, never unpickled; anything else is one `error` line
+    naming `what` (the option) and the file."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise error(f"{what} {path}: {e.strerror}") from None
+    if magic != b"\x93NUMPY":
+        raise error(f"{what} {path} is not a .npy file (write one with numpy.save)")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise error(f"{what} {path}: {str(e).splitlines()[0][:200]}") from None
+    if arr.dtype.kind not in "fiu":
+        raise error(f"{what} {path} holds {arr.dtype} values, expected numbers")
+    return arr
+
+
 def finite_rows(vectors: np.ndarray, dtype: str) -> np.ndarray:
     """Mask of rows that are finite and non-zero *after* the cast to the storage dtype (fp16 overflows to inf)."""
     with np.errstate(over="ignore"):

@@ -3,7 +3,7 @@ import pytest
 
 from embedsearch import store
 from embedsearch.build import BuildConfig, build_index
-from embedsearch.errors import IndexStateError
+from embedsearch.errors import IndexStateError, SourceError
 from embedsearch.reader import Index
 from embedsearch.sources import open_source
 
@@ -134,6 +134,9 @@ def test_external_vectors_npy_json_parquet(tmp_path):
         ix = Index.open("ix", tmp_path / ("ix-" + f))
         assert ix.manifest["space"]["kind"] == "external"
         np.testing.assert_allclose(ix.vectors([r.id for r in src.records]), v, rtol=1e-6)
+    (tmp_path / "text.npy").write_text(json.dumps(v.tolist()))  # JSON under a .npy name: refused, never unpickled
+    with pytest.raises(SourceError, match=r"text\.npy is not a \.npy file"):
+        build_index(src, _cfg(tmp_path / "ix-text", vectors=str(tmp_path / "text.npy")), progress=False)
 
 
 def test_space_is_recorded_in_manifest_and_parquet_schema(tmp_path):

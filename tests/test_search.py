@@ -121,3 +121,19 @@ def test_selective_where_on_an_approximate_index_is_exact_and_full(index_root):
     x = vindex.normalize(ix.vectors(sel))
     truth = sel[np.argsort(-(x @ vindex.normalize(ix.vectors([0]))[0]))][:10]
     assert [h["id"] for h in hits] == truth.tolist()  # k hits, the exact ones, all passing the filter
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda p: p.write_text('{"not": "npy"}'), "is not a .npy file"),
+    (lambda p: np.savez(p.open("wb"), a=np.ones(192)), "is not a .npy file"),  # a zip named .npy
+    (lambda p: np.save(p, np.array(["a", "b"])), "holds <U1 values, expected numbers"),
+    (lambda p: np.save(p, np.ones((2, 3), np.float32)), r"shape \(2, 3\); this index holds 192-d"),
+    (lambda p: np.save(p, np.stack([np.ones(192), np.full(192, np.nan)])), "query vector 1 contains NaN"),
+    (lambda p: np.save(p, np.zeros((1, 192), np.float32)), "query vector 0 is all zeros"),
+    (lambda p: None, "No such file"),
+])
+def test_bad_query_vector_files_are_one_line_errors(ix, tmp_path, make, match):
+    f = tmp_path / "q.npy"
+    make(f)
+    with pytest.raises(QueryError, match=match):
+        search(ix, vector_file=f, k=3)
