@@ -384,7 +384,7 @@ def compare(names, root, per_class, fmt):
     if fmt != "table":
         emit(out["pairs"] if fmt in ("csv", "nl") else out, fmt)
         return
-    rows = [{k: v for k, v in p.items() if k not in ("per_class", "test_where", "seeds")} for p in out["pairs"]]
+    rows = [{k: v for k, v in p.items() if k not in ("per_class", "run_ids")} for p in out["pairs"]]
     emit(rows, fmt)
     if per_class:
         for p in out["pairs"]:

@@ -94,6 +94,18 @@ def latest_results(ix) -> list[dict]:
     return list(latest.values())
 
 
+def _newest_by_setting(ix) -> dict[tuple, dict]:
+    """The newest result with predictions per (method, variant, train selection, test selection, seed): `compare`
+    pairs only results obtained the same way, so a newer run on other selections never stands in for a like one."""
+    _, rows = ix.sql("SELECT result FROM results ORDER BY created")
+    out: dict[tuple, dict] = {}
+    for (res,) in rows:
+        d = json.loads(res) if isinstance(res, str) else res
+        if d.get("predictions"):
+            out[(d["method"], d.get("variant"), d["train"]["where"], d["test"]["where"], d["seed"])] = d
+    return out
+
+
 def aggregate(indexes) -> list[dict]:
     """One row per (index, method variant): the table `embedsearch report` prints."""
     from .results import Rows
@@ -128,14 +140,16 @@ def compare(indexes) -> dict:
     """Pairwise comparison on the items both evaluated (joined on id), per shared method variant."""
     if len(indexes) < 2:
         raise EvalError("compare needs at least two indexes")
-    res = {ix.name: {(d["method"], d["variant"]): d for d in latest_results(ix) if d.get("predictions")}
-           for ix in indexes}
+    res = {ix.name: _newest_by_setting(ix) for ix in indexes}
     a, others = indexes[0], indexes[1:]
     out = {"reference": a.name, "pairs": []}
     for b in others:
         shared = sorted(set(res[a.name]) & set(res[b.name]))
         if not shared:
-            raise EvalError(f"{a.name} and {b.name} have no evaluation method in common: run `embedsearch eval` on both")
+            methods = {k[:2] for k in res[a.name]} & {k[:2] for k in res[b.name]}
+            raise EvalError(f"{a.name} and {b.name} have no evaluation method in common" + (
+                " with the same --train, --test and seed: run `embedsearch eval` on both with the same selections"
+                if methods else ": run `embedsearch eval` on both"))
         for key in shared:
             ra, rb = res[a.name][key], res[b.name][key]
             pa = dict(zip(ra["predictions"]["id"], zip(ra["predictions"]["true"], ra["predictions"]["pred"], strict=False), strict=False))
@@ -162,5 +176,6 @@ def compare(indexes) -> dict:
                 "top1_a": float(ca.mean()), "top1_b": float(cb.mean()), "delta": float(cb.mean() - ca.mean()),
                 "a_wrong_b_right": b_only, "b_wrong_a_right": a_only, "both_wrong": int((~ca & ~cb).sum()),
                 "mcnemar_p": mcnemar_exact(a_only, b_only), "per_class": per_class,
-                "test_where": (ra["test"]["where"], rb["test"]["where"]), "seeds": (ra["seed"], rb["seed"])})
+                "train_where": ra["train"]["where"], "test_where": ra["test"]["where"], "seed": ra["seed"],
+                "run_ids": (ra["run_id"], rb["run_id"])})
     return out
