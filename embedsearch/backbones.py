@@ -160,10 +160,10 @@ def hub_fail_fast(spec: BackboneSpec) -> Iterator[None]:
         yield
     except (SpecError, BackboneError):
         raise
-    except Exception:  # noqa: BLE001 — whatever the library raised, the cause is known
+    except Exception as e:  # noqa: BLE001 — in offline mode, a failed load is weights missing from the cache
         raise BackboneError(f"no weights for {spec.raw} in the local Hub cache ({constants.HF_HUB_CACHE}) and "
-                            f"{constants.ENDPOINT} does not answer: pass --weights FILE, run once with network, or "
-                            "set HF_HUB_CACHE to a cache that has them") from None
+                            f"{constants.ENDPOINT} does not answer ({type(e).__name__}): pass --weights FILE, run "
+                            "once with network, or set HF_HUB_CACHE to a cache that has them") from None
     finally:
         constants.HF_HUB_OFFLINE = False
 

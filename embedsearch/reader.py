@@ -22,10 +22,10 @@ def _serving_view(layout: Layout, manifest: dict) -> dict:
     snapshot (its parts and FAISS file), so queries keep working and never see a part or index in progress."""
     if manifest.get("state") == "complete":
         return manifest
-    snap = manifest.get("snapshot")
     if manifest.get("state") == "repairing":
         raise IndexStateError(f"index {layout.dir} is being repaired (or a repair was interrupted): wait for it, "
                               "or run `embedsearch verify --repair` again")
+    snap = manifest.get("snapshot")
     if not snap:
         raise IndexStateError(f"index {layout.dir} is not complete (state {manifest.get('state')!r}): re-run "
                               "the same `embedsearch index` command to resume it")
