@@ -20,6 +20,7 @@ from .errors import IndexStateError, SourceError
 from .manifest import (
     FORMAT_VERSION,
     Layout,
+    check_consistent,
     check_space,
     library_versions,
     read_manifest,
@@ -258,13 +259,15 @@ def _build_faiss(layout: Layout, manifest: dict, cfg: BuildConfig) -> dict:
 
 
 def _faiss_stale(layout: Layout, manifest: dict) -> bool:
-    """Whether the FAISS file must be (re)built: none recorded, missing, or not the one of these parts. A run killed
-    during `--add` after its parts were committed (or after the new FAISS file was renamed into place) still names
-    the snapshot's FAISS file; resuming it must build the index of all parts, not publish the old one."""
-    fa = manifest.get("faiss")
-    rows = sum(p["rows"] for p in manifest["parts"])
-    return (fa is None or not layout.faiss.exists() or layout.faiss.stat().st_size != fa["bytes"]
-            or fa["ntotal"] != rows)
+    """Whether the FAISS file must be (re)built: the readers' own consistency check fails (none recorded, missing, or
+    not the one of these parts). A run killed during `--add` after its parts were committed (or after the new FAISS
+    file was renamed into place) still names the snapshot's FAISS file; resuming it must build the index of all
+    parts, not publish the old one."""
+    try:
+        check_consistent(layout, manifest)
+    except IndexStateError:
+        return True
+    return False
 
 
 def _counts(layout: Layout) -> dict:

@@ -20,6 +20,8 @@ FORMAT_VERSION = 1
 def default_root() -> Path:
     """Where `NAME` indexes live: $EMBEDSEARCH_HOME (read at each call) or ./indexes."""
     return Path(os.environ.get("EMBEDSEARCH_HOME", "indexes"))
+
+
 # fields of the backbone description that define the embedding space (a resume must match them all)
 SPACE_FIELDS = ("spec", "kind", "model", "weights_sha256", "preprocess", "pool", "dim")
 

@@ -183,9 +183,9 @@ class Index:
         search parameters recorded at build time (e.g. the auto-tuned nprobe)."""
         from .index import load_index
 
-        fa = self.manifest.get("faiss") or {}
+        fa = self.manifest["faiss"]  # Index.open checked that one is recorded
         index = load_index(self.layout.faiss, mmap=True, params=fa.get("params"))
-        if fa and index.ntotal != fa["ntotal"]:
+        if index.ntotal != fa["ntotal"]:
             raise IndexStateError(f"{self.layout.faiss} was replaced after {self.name} was opened ({index.ntotal} "
                                   f"vectors, {fa['ntotal']} when opened): open the index again")
         return index

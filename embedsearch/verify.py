@@ -152,7 +152,6 @@ def repair(name: str, root=None, progress: bool = True) -> Report:
         with writer_lock(layout):
             manifest["faiss"] = _build_faiss(layout, manifest, cfg)
             manifest["state"] = "complete"
-            manifest.pop("snapshot", None)
             write_manifest(layout, manifest)
         before.repaired.append("rebuilt the FAISS index from the parts")
     after = verify(name, root)
