@@ -6,6 +6,6 @@ test:
 test-all:
 	python3 -m pytest -q -m "not gpu"
 lint:
-	ruff check embedsearch tests scripts
+	ruff check embedsearch tests scripts && lint-imports
 bench:
 	python3 scripts/bench_index.py

@@ -18,40 +18,40 @@ __version__ = "0.1.0"
 
 def open_index(name_or_path, root=None):
     """Open an index by name (under ./indexes or $EMBEDSEARCH_HOME) or path; see `embedsearch.reader.Index`."""
-    from .reader import Index
+    from embedsearch.reader import Index
 
     return Index.open(name_or_path, root)
 
 
 def build_index(source: str, *, name: str, backbone: str = "pixels", progress: bool = True, source_options=None, **config):
     """Index `source` (a spec like `digits`, a folder or a manifest); `config` takes `BuildConfig` fields."""
-    from .build import BuildConfig
-    from .build import build_index as _build
-    from .sources import open_source
+    from embedsearch.build import BuildConfig
+    from embedsearch.build import build_index as _build
+    from embedsearch.sources.datasets import open_source
 
     return _build(open_source(source, **(source_options or {})), BuildConfig(name=name, backbone=backbone,
                        **config), progress=progress)
 
 
 def search_index(ix, **kwargs):
-    from .search import search as _search
+    from embedsearch.query.search import search as _search
 
     return _search(ix, **kwargs)
 
 
 def evaluate_index(ix, **kwargs):
-    from .evaluate import evaluate as _evaluate
+    from embedsearch.evaluate import evaluate as _evaluate
 
     return _evaluate(ix, **kwargs)
 
 
 def compare(indexes):
-    from .report import compare as _compare
+    from embedsearch.report.tables import compare as _compare
 
     return _compare(indexes)
 
 
 def classify(ix, probe: str, images, k: int = 3):
-    from .probes import classify as _classify
+    from embedsearch.evaluate.probes import classify as _classify
 
     return _classify(ix, probe, images, k=k)

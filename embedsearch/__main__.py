@@ -1,3 +1,3 @@
-from .cli import main
+from embedsearch.cli import main
 
 main()

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import catalog as cat
-from . import index as vindex
-from . import store
-from .embed import PartResult, Timings, resolve_device, resolve_precision, run_embedding
-from .errors import IndexStateError, SourceError
-from .manifest import (
+from embedsearch.core.errors import IndexStateError, SourceError
+from embedsearch.core.files import file_sha256
+from embedsearch.models.embed import PartResult, Timings, resolve_device, resolve_precision, run_embedding
+from embedsearch.sources.datasets import Source
+from embedsearch.store import catalog as cat
+from embedsearch.store import faiss_index as vindex
+from embedsearch.store import parts as store
+from embedsearch.store.manifest import (
     FORMAT_VERSION,
     Layout,
     check_consistent,
@@ -29,7 +31,6 @@ from .manifest import (
     write_manifest,
     writer_lock,
 )
-from .sources import Source
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +82,10 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True) -> d
         if cfg.vectors:
             backbone, external = None, load_external_vectors(Path(cfg.vectors), source)
             desc = {"spec": "external", "kind": "external", "model": None, "file": cfg.vectors,
-                    "weights_sha256": store.file_sha256(Path(cfg.vectors)), "preprocess": None, "pool": None,
+                    "weights_sha256": file_sha256(Path(cfg.vectors)), "preprocess": None, "pool": None,
                     "dim": int(next(iter(external.values())).shape[0])}
         else:
-            from .backbones import create_backbone
+            from embedsearch.models.backbones import create_backbone
 
             backbone = create_backbone(cfg.backbone, weights=cfg.weights, pretrained=cfg.pretrained,
                                        image_size=cfg.image_size, pool=cfg.pool, seed=cfg.seed, device=device)
@@ -209,7 +210,7 @@ def _committed_parts(layout: Layout, manifest: dict, catalog: cat.Catalog, plan:
         if not f.exists():
             continue
         rec = listed.get(part)
-        if rec and rec["bytes"] == f.stat().st_size and rec["sha256"] == store.file_sha256(f):
+        if rec and rec["bytes"] == f.stat().st_size and rec["sha256"] == file_sha256(f):
             done[part] = rec
             continue
         try:
@@ -220,7 +221,7 @@ def _committed_parts(layout: Layout, manifest: dict, catalog: cat.Catalog, plan:
             status = dict(con.execute("SELECT id, status FROM items WHERE part = ?", [part]).fetchall())
         ok_ids = sorted(i for i, s in status.items() if s == "ok")
         if ids is not None and "pending" not in status.values() and sorted(ids.tolist()) == ok_ids:
-            done[part] = {"file": f.name, "rows": len(ids), "bytes": f.stat().st_size, "sha256": store.file_sha256(f)}
+            done[part] = {"file": f.name, "rows": len(ids), "bytes": f.stat().st_size, "sha256": file_sha256(f)}
         else:
             log.warning("part %s does not match its plan; it will be embedded again", f.name)
             f.unlink()
@@ -237,7 +238,7 @@ def _build_faiss(layout: Layout, manifest: dict, cfg: BuildConfig) -> dict:
     t0 = time.perf_counter()
     auto = None
     if requested == "auto":
-        from .ann import auto_index
+        from embedsearch.query.ann import auto_index
 
         budget = cfg.max_memory if cfg.max_memory is not None else (old.get("auto") or {}).get("max_memory")
         target = (old.get("auto") or {}).get("target", {}) if old else {}
@@ -246,7 +247,7 @@ def _build_faiss(layout: Layout, manifest: dict, cfg: BuildConfig) -> dict:
                                  max_latency_ms=target.get("max_latency_ms", cfg.max_latency_ms), seed=cfg.seed)
         factory, params, sample_n = auto["chosen"], auto["params"], None
     else:
-        from .ann import build_trained
+        from embedsearch.query.ann import build_trained
 
         factory, params = requested, {}
         index, sample_n = build_trained(lambda: store.iter_parts(paths), n, dim, factory, cfg.seed)

@@ -8,8 +8,8 @@ import sys
 
 import click
 
-from .errors import EmbedsearchError
-from .output import emit, emit_rows, output_options
+from embedsearch.core.errors import EmbedsearchError
+from embedsearch.core.output import emit, emit_rows, output_options
 
 
 def _handle_errors(f):
@@ -113,9 +113,9 @@ def index(source, backbone, name, root, weights, random_init, image_size, pool, 
         embedsearch index ./pets --label-regex '^(.*)_\\d+\\.jpg$' --split test=0.1 \\
             --backbone timm:vit_small_patch14_dinov2.lvd142m --image-size 224
     """
-    from .build import BuildConfig, build_index
-    from .sources import open_source
-    from .specs import parse_size
+    from embedsearch.build import BuildConfig, build_index
+    from embedsearch.core.units import parse_size
+    from embedsearch.sources.datasets import open_source
 
     if index_factory != "auto" and (max_memory or max_latency_ms):
         raise click.UsageError("--max-memory and --max-latency-ms apply to --index auto")
@@ -181,7 +181,7 @@ def info(name, root, fmt):
     Example:
         embedsearch info digits-pixels --json
     """
-    from .reader import Index
+    from embedsearch.reader import Index
 
     emit(Index.open(name, root).info(), fmt)
 
@@ -206,8 +206,8 @@ def index_quality(name, root, n_queries, seed, k_knn, train, test, fmt):
     Example:
         embedsearch index-quality cifar10-dinov2 --json
     """
-    from .ann import quality
-    from .reader import Index
+    from embedsearch.evaluate.quality import quality
+    from embedsearch.reader import Index
 
     q = quality(Index.open(name, root), n_queries=n_queries, seed=seed, k_knn=k_knn, train=train, test=test)
     if fmt != "table":
@@ -244,7 +244,7 @@ def sql(name, query, root, fmt):
     Example:
         embedsearch sql digits-pixels "SELECT label, count(*) AS n FROM items GROUP BY label ORDER BY label"
     """
-    from .reader import Index
+    from embedsearch.reader import Index
 
     cols, rows = Index.open(name, root).sql(query)
     emit([dict(zip(cols, r, strict=False)) for r in rows], fmt, columns=cols)
@@ -260,7 +260,7 @@ def backbones(fmt):
     Example:
         embedsearch backbones --json
     """
-    from .backbones import list_backbones
+    from embedsearch.models.backbones import list_backbones
 
     emit(list_backbones(), fmt)
 
@@ -285,8 +285,8 @@ def search(name, images, ids, texts, vector_file, k, where, html_file, root, fmt
     Example:
         embedsearch search digits-pixels --id 0 -k 5 --where "split = 'train'"
     """
-    from .reader import Index
-    from .search import iter_search, query_vectors
+    from embedsearch.query.search import iter_search, query_vectors
+    from embedsearch.reader import Index
 
     ix = Index.open(name, root)
     descs, q = query_vectors(ix, images=images, ids=ids, texts=texts, vector_file=vector_file)
@@ -297,8 +297,8 @@ def search(name, images, ids, texts, vector_file, k, where, html_file, root, fmt
     if html_file:
         from pathlib import Path
 
-        from .html import contact_sheet, to_data_uri
-        from .images import load_image
+        from embedsearch.report.html import contact_sheet, to_data_uri
+        from embedsearch.sources.images import load_image
 
         queries = {str(f): to_data_uri(load_image(f)) for f in images}
         Path(html_file).write_text(contact_sheet(ix, rows, queries))
@@ -330,8 +330,8 @@ def eval_cmd(name, train_where, test_where, methods, prompts, seed, html_file, r
     Example:
         embedsearch eval digits-pixels --methods prototypes,knn,linear
     """
-    from .reader import Index
-    from .report import evaluate_and_report
+    from embedsearch.reader import Index
+    from embedsearch.report.tables import evaluate_and_report
 
     ix = Index.open(name, root)
     run, md, html_path = evaluate_and_report(
@@ -356,8 +356,8 @@ def report(names, root, fmt):
     Example:
         embedsearch report digits-pixels digits-vit --csv > results.csv
     """
-    from .reader import Index
-    from .report import aggregate
+    from embedsearch.reader import Index
+    from embedsearch.report.tables import aggregate
 
     emit(aggregate([Index.open(n, root) for n in names]), fmt)
 
@@ -377,8 +377,8 @@ def compare(names, root, per_class, fmt):
     Example:
         embedsearch compare digits-pixels digits-vit
     """
-    from .reader import Index
-    from .report import compare as run_compare
+    from embedsearch.reader import Index
+    from embedsearch.report.tables import compare as run_compare
 
     out = run_compare([Index.open(n, root) for n in names])
     if fmt != "table":
@@ -408,8 +408,8 @@ def classify(name, images, probe, k, root, fmt):
     Example:
         embedsearch classify pets-dinov2 --probe linear my_cat.jpg other_dataset/*.png
     """
-    from .probes import classify as run_classify
-    from .reader import Index
+    from embedsearch.evaluate.probes import classify as run_classify
+    from embedsearch.reader import Index
 
     emit(run_classify(Index.open(name, root), probe, images, k=k), fmt)
 
@@ -452,9 +452,9 @@ def pretrain(source, method, out, where, epochs, batch_size, lr, image_size, pat
         embedsearch pretrain digits --method mae+infonce -o ckpts/digits-vit --epochs 60
         embedsearch index digits --backbone ckpt:ckpts/digits-vit --name digits-vit
     """
-    from .pretrain import PretrainConfig
-    from .pretrain import pretrain as run_pretrain
-    from .sources import open_source
+    from embedsearch.sources.datasets import open_source
+    from embedsearch.train.pretrain import PretrainConfig
+    from embedsearch.train.pretrain import pretrain as run_pretrain
 
     cfg = PretrainConfig(method=method, image_size=image_size, patch_size=patch_size, depth=depth, width=width,
                          heads=heads, mask_ratio=mask_ratio, decoder_depth=decoder_depth, temperature=temperature,
@@ -481,7 +481,7 @@ def quickstart(root, epochs, method):
     Example:
         embedsearch quickstart
     """
-    from .quickstart import run_quickstart
+    from embedsearch.quickstart import run_quickstart
 
     run_quickstart(root, epochs=epochs, method=method, progress=_progress())
 
@@ -499,8 +499,8 @@ def verify(name, repair, root, fmt):
     Example:
         embedsearch verify digits-pixels || embedsearch verify digits-pixels --repair
     """
-    from .verify import repair as run_repair
-    from .verify import verify as run_verify
+    from embedsearch.verify import repair as run_repair
+    from embedsearch.verify import verify as run_verify
 
     rep = run_repair(name, root, progress=_progress()) if repair else run_verify(name, root)
     if fmt == "table":

@@ -10,13 +10,13 @@ METHODS = ["prototypes", "knn", "linear", "fewshot"]
 
 
 def run_quickstart(root: str | None, *, epochs: int = 40, method: str = "infonce", progress: bool = True) -> dict:
-    from .build import BuildConfig, build_index
-    from .manifest import default_root
-    from .output import table
-    from .pretrain import PretrainConfig, pretrain
-    from .reader import Index
-    from .report import compare, evaluate_and_report
-    from .sources import open_source
+    from embedsearch.build import BuildConfig, build_index
+    from embedsearch.core.output import table
+    from embedsearch.reader import Index
+    from embedsearch.report.tables import compare, evaluate_and_report
+    from embedsearch.sources.datasets import open_source
+    from embedsearch.store.manifest import default_root
+    from embedsearch.train.pretrain import PretrainConfig, pretrain
 
     base = Path(root) if root else default_root()
     src = open_source("digits")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import catalog as cat
-from . import store
-from .errors import IndexStateError, QueryError
-from .manifest import Layout, check_consistent, read_manifest, resolve
+from embedsearch.core.errors import IndexStateError, QueryError
+from embedsearch.store import catalog as cat
+from embedsearch.store import parts as store
+from embedsearch.store.manifest import Layout, check_consistent, read_manifest, resolve
 
 _OPEN_WAIT_S = 5.0  # how long a reader waits for a writer to publish a manifest naming the new FAISS file
 
@@ -162,8 +162,8 @@ class Index:
     def backbone(self, device: str = "auto"):
         """The index's own backbone, recreated from the manifest and checked against its weights hash, for
         embedding new images and text in the same space."""
-        from .backbones import create_backbone
-        from .embed import resolve_device
+        from embedsearch.models.backbones import create_backbone
+        from embedsearch.models.embed import resolve_device
 
         if self.manifest["space"].get("kind") == "external":
             raise QueryError(f"index {self.name} holds imported vectors: there is no backbone to embed new queries")
@@ -181,7 +181,7 @@ class Index:
     def faiss(self):
         """The FAISS index, memory-mapped (vectors and IVF lists are paged in from the file on demand) with the
         search parameters recorded at build time (e.g. the auto-tuned nprobe)."""
-        from .index import load_index
+        from embedsearch.store.faiss_index import load_index
 
         fa = self.manifest["faiss"]  # Index.open checked that one is recorded
         index = load_index(self.layout.faiss, mmap=True, params=fa.get("params"))

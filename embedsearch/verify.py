@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import catalog as cat
-from . import store
-from .errors import EmbedsearchError, IndexStateError
-from .manifest import Layout, read_manifest, resolve, write_manifest, writer_lock
+from embedsearch.core.errors import EmbedsearchError, IndexStateError
+from embedsearch.core.files import file_sha256
+from embedsearch.store import catalog as cat
+from embedsearch.store import parts as store
+from embedsearch.store.manifest import Layout, read_manifest, resolve, write_manifest, writer_lock
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def verify(name: str, root=None) -> Report:
         if not f.exists():
             rep.add("part missing", fname, "listed in the manifest, not on disk")
             continue
-        if f.stat().st_size != rec["bytes"] or store.file_sha256(f) != rec["sha256"]:
+        if f.stat().st_size != rec["bytes"] or file_sha256(f) != rec["sha256"]:
             rep.add("part changed", fname, f"sha256/size differ from the manifest ({f.stat().st_size} bytes)")
             continue
         try:
@@ -76,10 +77,10 @@ def verify(name: str, root=None) -> Report:
         rep.add("faiss", "index.faiss", "the manifest records no FAISS index (the build did not finish)")
     elif not layout.faiss.exists():
         rep.add("faiss missing", layout.faiss.name, "not on disk")
-    elif store.file_sha256(layout.faiss) != fa["sha256"]:
+    elif file_sha256(layout.faiss) != fa["sha256"]:
         rep.add("faiss changed", layout.faiss.name, "sha256 differs from the manifest")
     else:
-        from .index import load_index
+        from embedsearch.store.faiss_index import load_index
 
         try:
             ix = load_index(layout.faiss)
@@ -110,8 +111,8 @@ def verify(name: str, root=None) -> Report:
 def repair(name: str, root=None, progress: bool = True) -> Report:
     """Fix what `verify` found: drop damaged parts and re-embed exactly those; rebuild the catalog from the source
     and the parts, and the FAISS index from the parts."""
-    from .build import BuildConfig, _build_faiss, build_index
-    from .sources import open_source
+    from embedsearch.build import BuildConfig, _build_faiss, build_index
+    from embedsearch.sources.datasets import open_source
 
     layout = resolve(name, root)
     before = verify(name, root)
@@ -175,7 +176,7 @@ def _rebuild_catalog(layout: Layout, manifest: dict) -> None:
     """Items from the source, each assigned to the part that holds its vector; items in no part go to new parts,
     pending, so the repair embeds them (an item that fails again is recorded with its reason). Runs and results
     are not recoverable."""
-    from .sources import open_source
+    from embedsearch.sources.datasets import open_source
 
     opts = dict(manifest["source"].get("options") or {})
     try:

@@ -58,7 +58,7 @@ def notebook_loop(model_name: str, files: list[Path], out_json: Path) -> tuple[f
 
 def embedsearch_run(model_name: str, root: Path, name: str, idx_root: Path, **kw) -> tuple[float, dict]:
     from embedsearch.build import BuildConfig, build_index
-    from embedsearch.sources import open_source
+    from embedsearch.sources.datasets import open_source
 
     t0 = time.perf_counter()
     src = open_source(str(root))
@@ -76,8 +76,8 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from embedsearch import store
     from embedsearch.reader import Index
+    from embedsearch.store import parts as store
 
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)

@@ -46,7 +46,7 @@ def measure():
     import torch
 
     from embedsearch.evaluate import protocols as P
-    from embedsearch.index import use_blas_from
+    from embedsearch.store.faiss_index import use_blas_from
 
     (xtr, ytr), (xte, _) = make_data(50_000, 10_000, 384, 10)
     b, q = P.l2n(xtr), P.l2n(xte)

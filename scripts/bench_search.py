@@ -30,8 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from embedsearch import ann  # noqa: E402
-from embedsearch import index as vindex  # noqa: E402
+from embedsearch.query import ann  # noqa: E402
+from embedsearch.store import faiss_index as vindex  # noqa: E402
 
 K = 10
 

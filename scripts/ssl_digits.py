@@ -29,8 +29,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     import embedsearch as es
-    from embedsearch.pretrain import PretrainConfig, pretrain
-    from embedsearch.sources import open_source
+    from embedsearch.sources.datasets import open_source
+    from embedsearch.train.pretrain import PretrainConfig, pretrain
 
     root = Path(tempfile.mkdtemp())
     src = open_source("digits")

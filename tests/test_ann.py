@@ -4,15 +4,16 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from embedsearch import ann
-from embedsearch import index as vindex
 from embedsearch.build import BuildConfig, build_index
 from embedsearch.cli import cli
-from embedsearch.errors import QueryError, SpecError
+from embedsearch.core.errors import QueryError, SpecError
+from embedsearch.core.units import parse_size
 from embedsearch.evaluate import evaluate
+from embedsearch.evaluate.quality import quality
+from embedsearch.query import ann
 from embedsearch.reader import Index
-from embedsearch.sources import open_source
-from embedsearch.specs import parse_size
+from embedsearch.sources.datasets import open_source
+from embedsearch.store import faiss_index as vindex
 
 
 def clustered(n, d, centres=100, seed=0):
@@ -99,7 +100,7 @@ def test_auto_index_pipeline_budget_smaller_than_the_parts(index_root):
     assert raw > budget and fa["requested"] == "auto" and "SQ8" in fa["factory"]
     assert fa["bytes"] <= budget and fa["auto"]["met"] and fa["params"]["nprobe"] >= 1
     assert ix.faiss.nprobe == fa["params"]["nprobe"]  # the reader applies the tuned parameter
-    q = ann.quality(ix, n_queries=300)
+    q = quality(ix, n_queries=300)
     assert q["recall"]["10-recall@10"] >= 0.85
 
 
@@ -108,7 +109,7 @@ def test_quality_matches_independent_computation(index_root):
                 progress=False)
     ix = Index.open("hn")
     n = ix.faiss.ntotal
-    q = ann.quality(ix, n_queries=n)  # every item a query: no sampling to reproduce
+    q = quality(ix, n_queries=n)  # every item a query: no sampling to reproduce
     all_ids = np.sort(ix.select()["id"])
     x = ix.vectors(all_ids)
     truth = brute_force_ids(x, all_ids, np.arange(n), 20)

@@ -4,8 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from embedsearch.backbones import create_backbone, load_state_dict
-from embedsearch.errors import BackboneError, SpecError
+from embedsearch.core.errors import BackboneError, SpecError
+from embedsearch.models.backbones import create_backbone
+from embedsearch.models.checkpoint import load_state_dict
 
 
 def _batch(bb, n=3):

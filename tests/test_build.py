@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from embedsearch import store
 from embedsearch.build import BuildConfig, build_index
-from embedsearch.errors import IndexStateError, SourceError
+from embedsearch.core.errors import IndexStateError, SourceError
 from embedsearch.reader import Index
-from embedsearch.sources import open_source
+from embedsearch.sources.datasets import open_source
+from embedsearch.store import parts as store
 
 
 def _cfg(root, name="ix", **kw):
@@ -26,7 +26,7 @@ def test_folder_index_parts_catalog_and_faiss(image_folder, tmp_path):
     # FAISS returns exactly the nearest ids of a numpy brute force over the stored vectors
     ids, vecs = store.read_all(ix.part_paths)
     q = vecs[:5]
-    _, got = __import__("embedsearch.index", fromlist=["search"]).search(ix.faiss, q, 6)
+    _, got = __import__("embedsearch.store.faiss_index", fromlist=["search"]).search(ix.faiss, q, 6)
     n = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
     sims = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ n.T
     want = ids[np.argsort(-sims, axis=1, kind="stable")[:, :6]]
@@ -153,7 +153,7 @@ def test_space_is_recorded_in_manifest_and_parquet_schema(tmp_path):
 def test_second_writer_fails_fast_naming_the_holder(tmp_path):
     import os
 
-    from embedsearch.manifest import resolve, writer_lock
+    from embedsearch.store.manifest import resolve, writer_lock
 
     layout = resolve("ix", tmp_path)
     with writer_lock(layout):

@@ -3,10 +3,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from embedsearch.build import BuildConfig, build_index
-from embedsearch.catalog import check_where
-from embedsearch.errors import QueryError
+from embedsearch.core.errors import QueryError
 from embedsearch.reader import Index
-from embedsearch.sources import open_source
+from embedsearch.sources.datasets import open_source
+from embedsearch.store.catalog import check_where
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import pytest
 
 from embedsearch import build, reader
 from embedsearch.build import BuildConfig, build_index
-from embedsearch.errors import IndexStateError
+from embedsearch.core.errors import IndexStateError
+from embedsearch.query.search import search
 from embedsearch.reader import Index
-from embedsearch.search import search
-from embedsearch.sources import open_source
+from embedsearch.sources.datasets import open_source
 from tests.conftest import COLORS, make_image
 
 ARGS = ["-b", "timm:vit_small_patch14_dinov2", "--random-init", "--image-size", "112", "--precision", "fp32",

@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from embedsearch import store
+from embedsearch.query.search import search
 from embedsearch.reader import Index
-from embedsearch.search import search
+from embedsearch.store import parts as store
 
 ARGS = ["-b", "timm:vit_small_patch14_dinov2", "--random-init", "--image-size", "112", "--precision", "fp32",
         "--part-size", "4", "--batch-size", "4", "--workers", "0", "-n", "k"]

@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 def test_cuda_embedding_matches_cpu(tmp_path, image_folder):
     from embedsearch.build import BuildConfig, build_index
     from embedsearch.reader import Index
-    from embedsearch.sources import open_source
+    from embedsearch.sources.datasets import open_source
 
     src = open_source(str(image_folder))
     for dev, prec in (("cpu", "fp32"), ("cuda", "fp32"), ("cuda", "auto")):
@@ -25,7 +25,7 @@ def test_cuda_embedding_matches_cpu(tmp_path, image_folder):
 
 
 def test_faiss_gpu_build_matches_cpu():
-    from embedsearch import index as vindex
+    from embedsearch.store import faiss_index as vindex
 
     if vindex.gpu_count() == 0:
         pytest.skip("faiss-cpu installed: no faiss GPU")

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from embedsearch.cli import cli
-from embedsearch.html import markdown_to_html, svg_confusion
+from embedsearch.report.html import markdown_to_html, svg_confusion
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedsearch.images import ImageLoadError, load_image
+from embedsearch.sources.images import ImageLoadError, load_image
 
 # EXIF orientation → the transpose that undoes it (TIFF/EXIF spec), written out here independently of Pillow's helper
 UNDO = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -77,7 +77,7 @@ def test_every_mode_becomes_rgb(tmp_path, mode):
 
 @pytest.mark.parametrize("size", [(1, 1), (1, 10000), (10000, 1)])
 def test_extreme_shapes_embed(tmp_path, size):
-    from embedsearch.backbones import create_backbone
+    from embedsearch.models.backbones import create_backbone
 
     Image.new("RGB", size, (9, 9, 9)).save(tmp_path / "x.png")
     bb = create_backbone("pixels:4")
@@ -133,9 +133,9 @@ def test_animated_gif_gives_the_first_frame(tmp_path):
 def test_a_stop_signal_during_one_image_stops_the_run_instead_of_failing_the_image(image_folder, monkeypatch, stage):
     """SIGTERM arrives as cli._Terminated (SIGINT as KeyboardInterrupt) wherever the main thread is; inside the
     per-image error handling it must propagate, not be recorded as a bad image (it was, and the run exited 0)."""
-    from embedsearch import embed
     from embedsearch.cli import _Terminated
-    from embedsearch.sources import open_source
+    from embedsearch.models import embed
+    from embedsearch.sources.datasets import open_source
 
     src = open_source(str(image_folder))
 
@@ -143,8 +143,8 @@ def test_a_stop_signal_during_one_image_stops_the_run_instead_of_failing_the_ima
         raise _Terminated
 
     if stage == "load":  # inside the decoder, under load_image's own catch-all for plugin bugs
-        monkeypatch.setattr("embedsearch.images.ImageOps.exif_transpose", stop)
-        monkeypatch.setattr("embedsearch.images.to_rgb", stop)
+        monkeypatch.setattr("embedsearch.sources.images.ImageOps.exif_transpose", stop)
+        monkeypatch.setattr("embedsearch.sources.images.to_rgb", stop)
         items = embed._Items(src.records[:2], src.root, lambda img: img)
     else:
         items = embed._Items(src.records[:2], src.root, stop)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from embedsearch import index as vindex
-from embedsearch.errors import QueryError
+from embedsearch.core.errors import QueryError
+from embedsearch.store import faiss_index as vindex
 
 
 def _data(n=500, d=32, seed=0):

@@ -3,10 +3,11 @@ import json
 import pytest
 import torch
 
-from embedsearch import pretrain as pt
-from embedsearch.backbones import create_backbone
-from embedsearch.errors import EmbedsearchError
-from embedsearch.sources import open_source
+from embedsearch.core.errors import EmbedsearchError
+from embedsearch.models.backbones import create_backbone
+from embedsearch.models.checkpoint import load_checkpoint
+from embedsearch.sources.datasets import open_source
+from embedsearch.train import pretrain as pt
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +34,10 @@ def test_a_few_epochs_lower_the_loss(tmp_path, small_digits, method):
 
 def test_checkpoint_round_trip_gives_identical_embeddings(tmp_path, small_digits):
     pt.pretrain(small_digits, _cfg("mae", epochs=2), tmp_path / "ck", device="cpu", progress=False)
-    vit, meta = pt.load_checkpoint(tmp_path / "ck")
+    vit, meta = load_checkpoint(tmp_path / "ck")
     bb = create_backbone(f"ckpt:{tmp_path / 'ck'}")
     assert bb.dim == 32 and bb.info["preprocess"] == meta["preprocess"] and bb.info["pretrain"]["method"] == "mae"
-    from embedsearch.images import array_to_image
+    from embedsearch.sources.images import array_to_image
 
     x = torch.stack([bb.preprocess(array_to_image(r.array)) for r in small_digits.records[:8]])
     vit.eval()

@@ -3,10 +3,10 @@ import pytest
 from PIL import Image
 
 import embedsearch as es
-from embedsearch.errors import QueryError
+from embedsearch.core.errors import QueryError
 from embedsearch.evaluate import save_run
-from embedsearch.probes import load_probe, probe_scores
-from embedsearch.sources import open_source
+from embedsearch.evaluate.probes import load_probe, probe_scores
+from embedsearch.sources.datasets import open_source
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import pytest
 from scipy.stats import binomtest
 
-from embedsearch.report import mcnemar_exact
+from embedsearch.report.tables import mcnemar_exact
 
 
 @pytest.mark.parametrize("b,c", [(0, 0), (3, 252), (10, 12), (0, 5), (40, 20)])
@@ -12,11 +12,11 @@ def test_mcnemar_exact_matches_scipy_binomial_test(b, c):
 
 def test_compare_pairs_only_results_of_the_same_selections_and_seed(tmp_path):
     from embedsearch.build import BuildConfig, build_index
-    from embedsearch.errors import EvalError
+    from embedsearch.core.errors import EvalError
     from embedsearch.evaluate import evaluate, save_run
     from embedsearch.reader import Index
-    from embedsearch.report import compare
-    from embedsearch.sources import open_source
+    from embedsearch.report.tables import compare
+    from embedsearch.sources.datasets import open_source
 
     src = open_source("digits")
     src.records = src.records[:400]

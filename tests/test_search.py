@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from embedsearch import index as vindex
 from embedsearch.build import BuildConfig, build_index
-from embedsearch.errors import QueryError
+from embedsearch.core.errors import QueryError
+from embedsearch.query.search import search
 from embedsearch.reader import Index
-from embedsearch.search import search
-from embedsearch.sources import open_source
+from embedsearch.sources.datasets import open_source
+from embedsearch.store import faiss_index as vindex
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_query_image_is_embedded_at_the_index_precision(tmp_path):
     import torch
     from PIL import Image
 
-    from embedsearch.search import query_vectors
+    from embedsearch.query.search import query_vectors
 
     src = open_source("digits")
     src.records = src.records[:6]
@@ -88,8 +88,8 @@ def test_search_bad_input(ix, tmp_path):
 
 
 def test_search_streams_batches_and_matches_one_batch(index_root, tmp_path, monkeypatch):
-    from embedsearch import search as S
     from embedsearch.cli import cli
+    from embedsearch.query import search as S
 
     build_index(open_source("digits"), BuildConfig(name="s", backbone="pixels:4", num_workers=0), progress=False)
     ix = Index.open("s")

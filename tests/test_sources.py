@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from embedsearch.errors import SourceError
-from embedsearch.sources import open_source, path_id
+from embedsearch.core.errors import SourceError
+from embedsearch.sources.datasets import open_source, path_id
 
 
 def _idx(path, arr, gz):

@@ -1,7 +1,8 @@
 import pytest
 
-from embedsearch.errors import SpecError
-from embedsearch.specs import parse_backbone, parse_source
+from embedsearch.core.errors import SpecError
+from embedsearch.models.specs import parse_backbone
+from embedsearch.sources.specs import parse_source
 
 
 @pytest.mark.parametrize("spec,kind,name,entry", [

@@ -3,7 +3,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from embedsearch import store
+from embedsearch.store import parts as store
 
 
 @pytest.mark.parametrize("dtype,arrow", [("float16", pa.float16()), ("float32", pa.float32())])

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from embedsearch import store
 from embedsearch.build import BuildConfig, build_index
 from embedsearch.cli import cli
-from embedsearch.errors import IndexStateError
+from embedsearch.core.errors import IndexStateError
 from embedsearch.reader import Index
-from embedsearch.sources import open_source
+from embedsearch.sources.datasets import open_source
+from embedsearch.store import parts as store
 from embedsearch.verify import repair, verify
 
 
@@ -25,7 +25,7 @@ def _snapshot(root):
     ix = Index.open("v", root)
     ids, vecs = store.read_all(ix.part_paths)
     o = np.argsort(ids)
-    from embedsearch.search import search
+    from embedsearch.query.search import search
 
     return ids[o], vecs[o], [r["id"] for r in search(ix, ids=ids[o][[3, 20]].tolist(), k=5)]
 

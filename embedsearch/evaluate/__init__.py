@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import EvalError
-from . import protocols as P
-from .metrics import classification_report
+from embedsearch.core.errors import EvalError
+from embedsearch.evaluate import protocols as P
+from embedsearch.evaluate.metrics import classification_report
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class EvalRun:
 
     def table(self):
         """Headline rows (a list of dicts with `to_arrow()` / `to_pandas()`)."""
-        from ..results import Rows
+        from embedsearch.core.results import Rows
 
         return Rows(r.headline() for r in self.results)
 
@@ -171,7 +171,12 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
             predict, params, model = P.mlp_probe(xtr, ytr, C, seed=seed)
             add(m, "MLP 256 ReLU", predict(xte), params, time.perf_counter() - t0, model=model)
         elif m == "zeroshot":
-            from .zeroshot import class_vectors, read_prompt_file, templates_for, zeroshot_scores
+            from embedsearch.evaluate.zeroshot import (
+                class_vectors,
+                read_prompt_file,
+                templates_for,
+                zeroshot_scores,
+            )
 
             names, templates = (read_prompt_file(prompts, classes) if prompts else (classes, None))
             tname, default_t = templates_for(ix.manifest.get("source", {}).get("kind", ""))
@@ -218,9 +223,9 @@ def fewshot_curve(xtr, ytr, tr_ids, xte, yte, C, seed, knn_t, n_seeds: int = 5) 
 def save_run(ix, run: EvalRun) -> list[str]:
     """One JSON per (index, method variant) under reports/, the same rows in the catalog's results table, and the
     fitted classifiers as probes under probes/ (for `embedsearch classify`)."""
-    from ..catalog import Catalog
-    from ..probes import probe_tensors, save_probe
-    from ..store import atomic_write_bytes
+    from embedsearch.core.files import atomic_write_bytes
+    from embedsearch.evaluate.probes import probe_tensors, save_probe
+    from embedsearch.store.catalog import Catalog
 
     for r in run.results:
         t = probe_tensors(r.method, r.model) if r.model is not None else None

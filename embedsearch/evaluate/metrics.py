@@ -1,4 +1,4 @@
-"""Classifier metrics as PROTOCOLS.md defines them: top-k, balanced accuracy, P/R/F1, confusion, bootstrap CIs."""
+"""Classifier metrics as docs/protocols.md defines them: top-k, balanced accuracy, P/R/F1, confusion, bootstrap CIs."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def bootstrap_ci(y: np.ndarray, pred: np.ndarray, n_classes: int, seed: int, n: 
 
 
 def classification_report(y: np.ndarray, scores: np.ndarray, classes: list[str], seed: int = 0) -> dict:
-    """Every metric of PROTOCOLS.md for one classifier. `scores` is (n, n_classes) over *all* catalog classes."""
+    """Every metric of docs/protocols.md for one classifier. `scores` is (n, n_classes) over *all* catalog classes."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     y = np.asarray(y, np.int64)

@@ -1,4 +1,4 @@
-"""The classifiers of PROTOCOLS.md on frozen vectors: prototypes, weighted kNN, linear / SVC / MLP probes, zero-shot.
+"""The classifiers of docs/protocols.md on frozen vectors: prototypes, weighted kNN, linear / SVC / MLP probes, zero-shot.
 
 Every function takes train arrays and returns something that scores test vectors; hyper-parameters are chosen on a
 seeded stratified held-out part of train (`holdout_split`) and never see test data.
@@ -73,7 +73,7 @@ def knn_neighbours(bank: np.ndarray, q: np.ndarray, kmax: int, bank_ids=None, q_
     """
     import faiss
 
-    from ..index import use_blas_from
+    from embedsearch.store.faiss_index import use_blas_from
 
     b, qq = l2n(bank), l2n(q)
     self_pos = np.full(len(qq), -1, np.int64)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EvalError
+from embedsearch.core.errors import EvalError
 
 # CLIP's CIFAR-10/100 templates (18), as in CLIP_benchmark
 CIFAR_TEMPLATES = [

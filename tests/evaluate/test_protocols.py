@@ -12,7 +12,7 @@ from embedsearch.evaluate import evaluate, load_selection
 from embedsearch.evaluate import protocols as P
 from embedsearch.evaluate.metrics import classification_report
 from embedsearch.reader import Index
-from embedsearch.sources import open_source
+from embedsearch.sources.datasets import open_source
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +201,7 @@ def test_hyper_parameters_never_read_the_test_selection(ix):
 
 
 def test_train_and_test_must_be_disjoint(ix):
-    from embedsearch.errors import EvalError
+    from embedsearch.core.errors import EvalError
 
     with pytest.raises(EvalError, match="share"):
         evaluate(ix, methods=["knn"], train="split = 'train'", test="class_index = 1")
@@ -238,7 +238,7 @@ def test_topk_never_credits_a_class_that_cannot_be_predicted():
 
 
 def test_test_classes_absent_from_train_are_reported_and_never_top_k_hits(ix):
-    from embedsearch.report import markdown_run
+    from embedsearch.report.tables import markdown_run
 
     run = evaluate(ix, methods=["prototypes", "knn", "linear"], train="split = 'train' AND class_index IN (1, 2)")
     te = load_selection(ix, "split = 'test'", "test")[1]

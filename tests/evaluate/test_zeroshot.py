@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 from embedsearch.build import BuildConfig, build_index
-from embedsearch.errors import EvalError
+from embedsearch.core.errors import EvalError
 from embedsearch.evaluate import evaluate
 from embedsearch.evaluate.zeroshot import CIFAR_TEMPLATES, class_vectors
+from embedsearch.query.search import search
 from embedsearch.reader import Index
-from embedsearch.search import search
-from embedsearch.sources import open_source
+from embedsearch.sources.datasets import open_source
 
 
 @pytest.fixture

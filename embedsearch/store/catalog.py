@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import IndexStateError, QueryError
-from .store import crash_point
+from embedsearch.core.errors import IndexStateError, QueryError
+from embedsearch.core.files import crash_point
 
 SCHEMA_VERSION = 1
 BASE_COLUMNS = ("id", "path", "label", "class_index", "split", "part", "status", "stage", "error_type", "error",

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from .errors import QueryError
+from embedsearch.core.errors import QueryError
 
 PROBES = ("prototypes", "linear", "svc", "mlp")
 
@@ -20,7 +20,7 @@ def _paths(ix, method):
 def save_probe(ix, method: str, tensors: dict[str, np.ndarray], meta: dict) -> None:
     from safetensors.numpy import save_file
 
-    from .store import atomic_write_bytes
+    from embedsearch.core.files import atomic_write_bytes
 
     d, st, js = _paths(ix, method)
     d.mkdir(exist_ok=True)
@@ -98,13 +98,13 @@ def _softmax(z):
 
 def classify(ix, method: str, images, k: int = 3) -> list[dict]:
     """Top-k classes for each image with a saved probe; the images are embedded with the index's own backbone."""
-    from .search import query_vectors
+    from embedsearch.query.search import query_vectors
 
     t, meta = load_probe(ix, method)
     classes = ix.classes()
     descs, q = query_vectors(ix, images=images)
     s = probe_scores(method, t, q, len(classes))
-    from .results import Rows
+    from embedsearch.core.results import Rows
 
     rows = Rows()
     for d, row in zip(descs, s):

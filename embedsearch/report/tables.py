@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 
-from .errors import EvalError
-from .evaluate.metrics import TOPK_RULE
+from embedsearch.core.errors import EvalError
+from embedsearch.evaluate.metrics import TOPK_RULE
 
 
 def _pct(x) -> str:
@@ -60,8 +60,8 @@ def evaluate_and_report(ix, html_path=None, **eval_kwargs):
     `quickstart` do. Returns (run, markdown summary, path of the HTML report)."""
     from pathlib import Path
 
-    from .evaluate import evaluate, save_run
-    from .html import eval_report
+    from embedsearch.evaluate import evaluate, save_run
+    from embedsearch.report.html import eval_report
 
     run = evaluate(ix, **eval_kwargs)
     md = markdown_run(run, ix)
@@ -108,7 +108,7 @@ def _newest_by_setting(ix) -> dict[tuple, dict]:
 
 def aggregate(indexes) -> list[dict]:
     """One row per (index, method variant): the table `embedsearch report` prints."""
-    from .results import Rows
+    from embedsearch.core.results import Rows
 
     rows = Rows()
     for ix in indexes:

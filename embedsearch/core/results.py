@@ -15,4 +15,10 @@ class Rows(list):
         return pa.Table.from_pylist(list(self))
 
     def to_pandas(self):
+        try:
+            import pandas  # noqa: F401 — pyarrow's to_pandas needs it, and says so less plainly
+        except ImportError:
+            from embedsearch.core.errors import EmbedsearchError
+
+            raise EmbedsearchError("to_pandas() needs pandas: pip install 'embedsearch[pandas]'") from None
         return self.to_arrow().to_pandas()

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SourceError
-from .images import IMAGE_EXTENSIONS
-from .specs import SourceSpec, parse_source
+from embedsearch.core.errors import SourceError
+from embedsearch.sources.images import IMAGE_EXTENSIONS
+from embedsearch.sources.specs import SourceSpec, parse_source
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import index as vindex
-from . import store
-from .errors import QueryError
+from embedsearch.core.errors import QueryError
+from embedsearch.store import faiss_index as vindex
+from embedsearch.store import parts as store
 
 
 def query_vectors(ix, *, images=(), ids=(), texts=(), vector_file=None) -> tuple[list[dict], np.ndarray]:
@@ -17,8 +17,8 @@ def query_vectors(ix, *, images=(), ids=(), texts=(), vector_file=None) -> tuple
     if images:
         import torch
 
-        from .embed import autocast
-        from .images import ImageLoadError, load_image
+        from embedsearch.models.embed import autocast
+        from embedsearch.sources.images import ImageLoadError, load_image
 
         bb = ix.backbone()
         dev = next(bb.model.parameters()).device if bb.model is not None else "cpu"
@@ -98,7 +98,7 @@ def search(ix, *, images=(), ids=(), texts=(), vector_file=None, k: int = 10, wh
 
     >>> search(Index.open("digits-pixels"), ids=[0], k=5, where="split = 'train'")   # doctest: +SKIP
     """
-    from .results import Rows
+    from embedsearch.core.results import Rows
 
     if k < 1:
         raise QueryError(f"-k must be at least 1 (got {k})")

@@ -9,12 +9,13 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .errors import BackboneError, EmbedsearchError
+from embedsearch.core.errors import EmbedsearchError
+from embedsearch.core.files import atomic_path
+from embedsearch.models.checkpoint import ckpt_paths, save_checkpoint
 
 log = logging.getLogger(__name__)
 
 METHODS = ("mae", "infonce", "mae+infonce")
-CKPT_FORMAT = "embedsearch-ckpt/1"
 
 
 @dataclass(frozen=True)
@@ -65,15 +66,6 @@ def make_vit(cfg: PretrainConfig):
     from timm.models.vision_transformer import VisionTransformer
 
     return VisionTransformer(**vit_kwargs(cfg))
-
-
-def base_transform(size: int, mean, std):
-    """PIL → normalized tensor at the training size: the `ckpt:` backbone's preprocessing."""
-    import torch
-    from torchvision.transforms import v2
-
-    return v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True),
-                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
 
 def normalize(x, cfg: PretrainConfig):
@@ -196,7 +188,7 @@ def select_records(source, where: str | None):
     import duckdb
     import pyarrow as pa
 
-    from .catalog import check_where
+    from embedsearch.store.catalog import check_where
 
     if not where:
         return source.records
@@ -226,7 +218,7 @@ def load_images(records, root, size: int):
     import torch
     from torchvision.transforms import v2
 
-    from .images import ImageLoadError, array_to_image, load_image
+    from embedsearch.sources.images import ImageLoadError, array_to_image, load_image
 
     resize = v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True)])
     out, skipped = [], 0
@@ -265,10 +257,10 @@ def pretrain(source, cfg: PretrainConfig, out: str | Path, *, resume: bool = Fal
     """Train on the --where selection of `source`; writes OUT.safetensors (encoder), OUT.json (config, history),
     OUT.state.pt (decoder + optimizer, for --resume) and OUT.loss.png."""
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     from tqdm import tqdm
 
-    from .embed import resolve_device
+    from embedsearch.models.embed import resolve_device
 
     if cfg.method not in METHODS:
         raise EmbedsearchError(f"unknown --method {cfg.method!r}: expected one of {', '.join(METHODS)}")
@@ -341,37 +333,25 @@ def pretrain(source, cfg: PretrainConfig, out: str | Path, *, resume: bool = Fal
             seen += len(x)
         losses.append(run_loss / max(seen, 1))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        _save(out, vit, dec, opt, cfg, epoch + 1, losses, n, save_file)
+        _save(out, vit, dec, opt, cfg, epoch + 1, losses, n)
     bar.close()
     loss_png(losses, paths["png"], f"{cfg.method} pretraining loss")
     return PretrainResult(str(paths["weights"]), cfg.to_dict(), cfg.epochs, losses, time.perf_counter() - t0, n)
 
 
-def ckpt_paths(out: Path) -> dict[str, Path]:
-    out = Path(out).with_suffix("") if Path(out).suffix in (".safetensors", ".json") else Path(out)
-    return {"weights": out.with_suffix(".safetensors"), "json": out.with_suffix(".json"),
-            "state": out.with_suffix(".state.pt"), "png": out.with_suffix(".loss.png")}
-
-
-def _save(out, vit, dec, opt, cfg, epochs_done, losses, n_images, save_file):
+def _save(out, vit, dec, opt, cfg, epochs_done, losses, n_images):
     import torch
 
-    from .store import atomic_write_bytes
-
     p = ckpt_paths(out)
-    p["weights"].parent.mkdir(parents=True, exist_ok=True)
-    tmp = p["weights"].with_name(f".{p['weights'].name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in vit.state_dict().items()}, str(tmp))
-    tmp.replace(p["weights"])
-    tmp = p["state"].with_name(f".{p['state'].name}.tmp")
-    torch.save({"decoder": dec.state_dict() if dec is not None else {}, "optimizer": opt.state_dict()}, tmp)
-    tmp.replace(p["state"])
-    meta = {"format": CKPT_FORMAT, "arch": "timm VisionTransformer", "vit": vit_kwargs(cfg),
+    p["state"].parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(p["state"]) as tmp:
+        torch.save({"decoder": dec.state_dict() if dec is not None else {}, "optimizer": opt.state_dict()}, tmp)
+    meta = {"arch": "timm VisionTransformer", "vit": vit_kwargs(cfg),
             "preprocess": {"input_size": [3, cfg.image_size, cfg.image_size], "interpolation": "bilinear (antialias)",
                            "mean": list(cfg.mean), "std": list(cfg.std)},
             "pretrain": {**cfg.to_dict(), "augment": list(cfg.augment), "mean": list(cfg.mean), "std": list(cfg.std)},
             "epochs_done": epochs_done, "losses": losses, "n_images": n_images}
-    atomic_write_bytes(p["json"], json.dumps(meta, indent=1).encode())
+    save_checkpoint(out, vit.state_dict(), meta)
 
 
 def loss_png(losses: list[float], path: Path, title: str, w: int = 640, h: int = 360) -> None:
@@ -395,21 +375,3 @@ def loss_png(losses: list[float], path: Path, title: str, w: int = 640, h: int =
         d.text((5, h - pad - 5), f"{lo:.4f}", fill="black")
         d.text((w - pad - 40, h - pad + 8), f"epoch {len(losses)}", fill="black")
     img.save(path)
-
-
-def load_checkpoint(path: str | Path):
-    """(encoder model, checkpoint JSON) of a `ckpt:FILE` backbone; the file may be given with or without suffix."""
-    from .backbones import apply_state_dict, load_state_dict
-
-    p = ckpt_paths(Path(path))
-    if not p["json"].exists() or not p["weights"].exists():
-        raise BackboneError(f"checkpoint {path}: expected {p['weights'].name} and {p['json'].name} side by side "
-                            "(written by `embedsearch pretrain`)")
-    meta = json.loads(p["json"].read_text())
-    if meta.get("format") != CKPT_FORMAT:
-        raise BackboneError(f"checkpoint {p['json']} is not an embedsearch checkpoint ({meta.get('format')})")
-    from timm.models.vision_transformer import VisionTransformer
-
-    vit = VisionTransformer(**meta["vit"])
-    apply_state_dict(vit, load_state_dict(p["weights"]), str(p["weights"]))
-    return vit, meta

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from .errors import IndexStateError
+from embedsearch.core.errors import IndexStateError
+from embedsearch.core.files import atomic_path, file_sha256
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 SCHEMA_KEY = b"embedsearch"
@@ -23,97 +21,6 @@ def part_name(number: int) -> str:
 
 def part_number(name: str) -> int:
     return int(name[5:10])
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-_crash_counts: dict[str, int] = {}
-
-
-def crash_point(tag: str) -> None:
-    """Crash tests aim `kill -9` here: with EMBEDSEARCH_CRASH_AT=TAG (or TAG#N for its N-th occurrence) the process
-    SIGKILLs itself at that point, e.g. `before-rename:index.faiss`. Does nothing otherwise."""
-    want = os.environ.get("EMBEDSEARCH_CRASH_AT")
-    if not want:
-        return
-    name, _, nth = want.partition("#")
-    if name == tag:
-        _crash_counts[tag] = _crash_counts.get(tag, 0) + 1
-        if _crash_counts[tag] == int(nth or 1):
-            os.kill(os.getpid(), 9)
-
-
-class _HashingFile:
-    """A write-only file that hashes and counts what goes through it, and keeps the OSError of a failed write (a
-    writer calling back from C++, like FAISS's, may turn it into a RuntimeError)."""
-
-    def __init__(self, f, name: str):
-        self.f, self.name, self.h, self.n, self.error = f, name, hashlib.sha256(), 0, None
-
-    def write(self, b) -> int:
-        try:
-            self.f.write(b)
-        except OSError as e:
-            self.error = e
-            raise
-        self.h.update(b)
-        self.n += len(b)
-        crash_point(f"mid-write:{self.name}")
-        return len(b)
-
-
-def atomic_write(path: Path, write) -> dict:
-    """`write(file)` into a temporary name in the same directory, fsync, rename: readers see the old or the new file,
-    never a partial one. Returns the bytes and sha256 of what was written (computed on the way, no re-read)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with write_errors(path, tmp):
-        with open(tmp, "wb") as f:
-            hf = _HashingFile(f, path.name)
-            try:
-                write(hf)
-            except Exception:
-                if hf.error is not None:
-                    raise hf.error from None
-                raise
-            f.flush()
-            os.fsync(f.fileno())
-        crash_point(f"before-rename:{path.name}")
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        crash_point(f"after-rename:{path.name}")
-    return {"bytes": hf.n, "sha256": hf.h.hexdigest()}
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> dict:
-    return atomic_write(path, lambda f: f.write(data))
-
-
-@contextmanager
-def write_errors(path: Path, tmp: Path | None = None):
-    """Turn a failed write (disk full, I/O error, file too large, permission) into one line naming the file; the
-    temporary file goes, and whatever was at `path` before stays as it was."""
-    try:
-        yield
-    except OSError as e:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        why = e.strerror or str(e).splitlines()[0][:160]
-        raise IndexStateError(f"cannot write {path}: {why} (errno {e.errno}); data committed before is intact — "
-                              "free space or fix the disk, then re-run the same command") from None
-
-
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_npy(path: Path, what: str, error: type[Exception]) -> np.ndarray:
@@ -160,17 +67,10 @@ def write_part(path: Path, ids: np.ndarray, vectors: np.ndarray, dtype: str, met
     schema = pa.schema([("id", pa.int64()), ("embedding", pa.list_(pa.from_numpy_dtype(v.dtype), d))],
                        metadata={SCHEMA_KEY: json.dumps(metadata, sort_keys=True).encode()})
     table = pa.Table.from_arrays([pa.array(ids), arr], schema=schema)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with write_errors(path, tmp):
+    with atomic_path(path) as tmp:
         # page checksums let a reader detect bit flips; vectors barely compress, so don't spend time on it
         pq.write_table(table, tmp, compression={"id": "zstd", "embedding": "none"}, write_page_checksum=True,
                        row_group_size=max(1, len(ids)), use_dictionary=False, write_statistics=["id"])
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        crash_point(f"before-rename:{path.name}")
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        crash_point(f"after-rename:{path.name}")
     return {"file": path.name, "rows": int(len(ids)), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import ImageLoadError, array_to_image, load_image
+from embedsearch.sources.images import ImageLoadError, array_to_image, load_image
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        from .errors import EmbedsearchError
+        from embedsearch.core.errors import EmbedsearchError
 
         raise EmbedsearchError(f"--device {device} asked for, but torch sees no CUDA GPU")
     return device

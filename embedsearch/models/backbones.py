@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -12,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BackboneError, SpecError
-from .specs import BACKBONE_KINDS, BackboneSpec, parse_backbone
+from embedsearch.core.errors import BackboneError, SpecError
+from embedsearch.models.checkpoint import apply_state_dict, load_state_dict, weights_hash
+from embedsearch.models.specs import BACKBONE_KINDS, BackboneSpec, parse_backbone
 
 log = logging.getLogger(__name__)
 
@@ -47,67 +47,6 @@ class Backbone:
 def list_backbones() -> list[dict]:
     return [{"kind": k, "usage": v.split("  ")[0].strip(), "description": v.split("  ", 1)[1].strip()}
             for k, v in BACKBONE_KINDS.items()]
-
-
-# --------------------------------------------------------------------------------------------- weights
-
-
-def load_state_dict(path: str | os.PathLike) -> dict:
-    """Load a state dict from safetensors, or from a torch file with `weights_only=True` (never full unpickling)."""
-    import torch
-
-    p = Path(path)
-    if not p.is_file():
-        raise BackboneError(f"weights file {p} does not exist")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(p))
-        else:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 — any failure here is "this file is not usable weights"
-        msg = str(e).splitlines()[0][:200]
-        raise BackboneError(f"cannot load weights {p}: {type(e).__name__}: {msg}") from None
-    for key in ("state_dict", "model", "module"):  # training checkpoints wrap the weights
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise BackboneError(f"weights file {p} does not hold a state dict of tensors")
-    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in sd.items()}
-
-
-def apply_state_dict(model, sd: dict, source: str, ignore_prefixes: tuple[str, ...] = ()) -> None:
-    """Load `sd` into `model`; missing keys are an error naming the file, classifier-head extras are ignored."""
-    own = model.state_dict()
-    sd = {k: v for k, v in sd.items() if not any(k.startswith(p) for p in ignore_prefixes) or k in own}
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shape_bad = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shape_bad:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys ({', '.join(missing[:5])}{' …' if len(missing) > 5 else ''})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:5])}{' …' if len(unexpected) > 5 else ''})")
-        if shape_bad:
-            k = shape_bad[0]
-            parts.append(f"shape mismatch at {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}")
-        raise BackboneError(f"weights {source} do not fit the architecture: " + "; ".join(parts))
-    model.load_state_dict(sd, strict=True)
-
-
-def weights_hash(model) -> str:
-    """sha256 over every parameter and buffer (name, dtype, shape, bytes): identifies the weights, not the file."""
-    import torch
-
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        t = v.detach().cpu().contiguous()
-        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _offline_error(spec: BackboneSpec, e: Exception, cache_hint: str) -> BackboneError:
@@ -349,7 +288,7 @@ def _pixels(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) -> 
 
 def _ckpt(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) -> Backbone:
     """A ViT trained by `embedsearch pretrain`, with the preprocessing it was trained with."""
-    from .pretrain import base_transform, ckpt_paths, load_checkpoint
+    from embedsearch.models.checkpoint import base_transform, ckpt_paths, load_checkpoint
 
     if weights:
         raise SpecError("ckpt: backbones carry their own weights; drop --weights")

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import IndexStateError
+from embedsearch.core.errors import IndexStateError
 
 FORMAT_VERSION = 1
 
@@ -94,7 +94,7 @@ def read_manifest(layout: Layout) -> dict:
 
 
 def write_manifest(layout: Layout, manifest: dict) -> None:
-    from .store import atomic_write_bytes
+    from embedsearch.core.files import atomic_write_bytes
 
     manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     atomic_write_bytes(layout.manifest, (json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n").encode())

@@ -42,7 +42,7 @@ class Thumbnails:
 
     @lru_cache(maxsize=1)  # noqa: B019 — one Thumbnails object per report
     def _records(self):
-        from .sources import open_source
+        from embedsearch.sources.datasets import open_source
 
         try:
             return {r.id: r for r in open_source(self.source["spec"]).records}
@@ -53,7 +53,7 @@ class Thumbnails:
     def for_id(self, item_id: int, path: str | None = None) -> str | None:
         from pathlib import Path
 
-        from .images import ImageLoadError, array_to_image, load_image
+        from embedsearch.sources.images import ImageLoadError, array_to_image, load_image
 
         try:
             if path and self.source.get("root"):
@@ -196,7 +196,7 @@ def markdown_to_html(md: str) -> str:
 
 def eval_report(ix, run, markdown: str, n_errors: int = 24, n_neighbours: int = 5) -> str:
     """The HTML report of one eval run: summary table, per-method charts, misclassified items with neighbours."""
-    from .evaluate import protocols as P
+    from embedsearch.evaluate import protocols as P
 
     thumbs = Thumbnails(ix)
     body = [markdown_to_html(markdown)]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import IndexStateError, QueryError
+from embedsearch.core.errors import IndexStateError, QueryError
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def save_index(index, path: Path) -> dict:
     """Write atomically, streaming (no serialized copy of the index in memory); returns the bytes and sha256."""
     import faiss
 
-    from .store import atomic_write
+    from embedsearch.core.files import atomic_write
 
     return atomic_write(path, lambda f: faiss.write_index(index, faiss.PyCallbackIOWriter(f.write)))
 

@@ -1,0 +1,68 @@
+"""`embedsearch index-quality`: how an index's FAISS file compares with exact search on the same vectors — recall,
+latency, bytes — and what the approximation does to the weighted kNN accuracy (docs/protocols.md, "Approximate-index quality")."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from embedsearch.core.errors import QueryError
+from embedsearch.evaluate.protocols import KNN_T, knn_scores
+from embedsearch.query.ann import RECALL_R, drop_self, exact_topk, latency, recalls, sample_rows
+from embedsearch.store import faiss_index as vindex
+from embedsearch.store.parts import iter_parts
+
+
+def quality(ix, *, n_queries: int = 1000, seed: int = 1234, k_knn: int = 20, train: str = "split = 'train'",
+            test: str = "split = 'test'") -> dict:
+    """How the index's FAISS file compares with exact search on the same vectors (see the module docstring)."""
+    index = ix.faiss
+    paths = ix.part_paths
+    n, d = int(index.ntotal), ix.dim
+
+    def chunks() -> Iterator:
+        return iter_parts(paths)
+
+    if n < 2:
+        raise QueryError(f"index {ix.name} has {n} vectors: nothing to measure")
+    rmax = max(RECALL_R)
+    q_ids, q = sample_rows(chunks(), n, min(n_queries, n), seed)
+    gt_s, gt_i = exact_topk(chunks(), q, rmax + 1)
+    gt, _ = drop_self(gt_i, gt_s, q_ids, rmax)
+    s, ids = index.search(vindex.normalize(q), rmax + 1)
+    got, _ = drop_self(ids, s, q_ids, rmax)
+    fa = ix.manifest.get("faiss") or {}
+    out = {"index": ix.name, "factory": fa.get("factory"), "params": fa.get("params") or {}, "n": n, "dim": d,
+           "queries": {"n": len(q_ids), "seed": seed, "sampled_from": "the index's own vectors; each query's own id "
+                       "left out of exact and approximate results"},
+           "recall": recalls(got, gt), "latency_ms": latency(index, q, rmax),
+           "bytes": ix.layout.faiss.stat().st_size}
+    out["bytes_per_vector"] = round(out["bytes"] / n, 2)
+    tr, te = ix.select(train), ix.select(test)
+    if (tr["class_index"] >= 0).any() and len(te["id"]):
+        tr_mask, te_mask = tr["class_index"] >= 0, te["class_index"] >= 0
+        bank_ids, lab = tr["id"][tr_mask], tr["class_index"][tr_mask]
+        te_ids, y = te["id"][te_mask], te["class_index"][te_mask]
+        n_classes = len(ix.classes())
+        qv = ix.vectors(te_ids)
+        label_of = dict(zip(bank_ids.tolist(), lab.tolist(), strict=False))
+        kk = min(k_knn, len(bank_ids))
+        es, ei = exact_topk(((bank_ids, ix.vectors(bank_ids)),), qv, kk)
+        as_, ai = vindex.search(index, qv, kk, subset=bank_ids)
+        acc = {}
+        for name, (sc, nb) in {"exact": (es, ei), "approximate": (as_, ai)}.items():
+            nb = np.asarray(nb)
+            sc, nb = vindex.pad_to(sc, nb, kk)  # an approximate index can return fewer than k hits for a query
+            labels = np.vectorize(lambda i: label_of.get(int(i), 0))(nb)
+            sc = np.where(nb >= 0, sc, -np.inf)
+            pred = knn_scores(np.nan_to_num(sc, neginf=-1e9), labels, kk, n_classes, KNN_T).argmax(1)
+            acc[name] = round(float((pred == y).mean() * 100), 3)
+            acc[f"{name}_pred"] = pred
+        agree = float((acc.pop("exact_pred") == acc.pop("approximate_pred")).mean() * 100)
+        out["knn"] = {"method": f"weighted kNN (DINOv2), k={kk}, T={KNN_T}", "train": train, "test": test,
+                      "n_train": len(bank_ids), "n_test": len(te_ids), "top1_exact": acc["exact"],
+                      "top1_approximate": acc["approximate"],
+                      "delta_points": round(acc["approximate"] - acc["exact"], 3),
+                      "same_prediction_pct": round(agree, 3)}
+    return out

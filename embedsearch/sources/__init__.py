@@ -1,0 +1,2 @@
+"""Stage 1 — where images come from: source specs, dataset readers (folders, manifests, digits, MNIST, CIFAR) that
+yield records with stable int64 ids, and safe image decoding. Add a dataset kind in `specs.py` + `datasets.py`."""
