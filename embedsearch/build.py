@@ -14,6 +14,7 @@ import numpy as np
 
 from embedsearch.core.errors import IndexStateError, SourceError
 from embedsearch.core.files import file_sha256
+from embedsearch.models.config import BackboneConfig
 from embedsearch.models.embed import PartResult, Timings, resolve_device, resolve_precision, run_embedding
 from embedsearch.sources.datasets import Source
 from embedsearch.store import catalog as cat
@@ -64,6 +65,12 @@ class BuildConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def backbone_config(self) -> BackboneConfig:
+        """The backbone part of this build: what `BackboneConfig.create` makes the model from."""
+        return BackboneConfig(spec=self.backbone, weights=self.weights, pretrained=self.pretrained,
+                              image_size=self.image_size, pool=self.pool, precision=self.precision,
+                              device=self.device, channels_last=self.channels_last, seed=self.seed)
+
 
 def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True) -> dict:
     """Build (or resume, or extend with `add`) the index `cfg.name` from `source`; returns the run summary."""
@@ -85,10 +92,7 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True) -> d
                     "weights_sha256": file_sha256(Path(cfg.vectors)), "preprocess": None, "pool": None,
                     "dim": int(next(iter(external.values())).shape[0])}
         else:
-            from embedsearch.models.backbones import create_backbone
-
-            backbone = create_backbone(cfg.backbone, weights=cfg.weights, pretrained=cfg.pretrained,
-                                       image_size=cfg.image_size, pool=cfg.pool, seed=cfg.seed, device=device)
+            backbone = cfg.backbone_config().create(device)
             external, desc = None, backbone.describe()
         manifest = read_manifest(layout) if layout.manifest.exists() else None
         # the autocast precision changes the vectors (bf16 vs fp32: cosine ≈ 0.999 on real models), so it is part
@@ -99,6 +103,8 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True) -> d
             recorded = (manifest or {}).get("space", {}).get("precision")
             precision = recorded if cfg.precision == "auto" and recorded else resolve_precision(cfg.precision, device)
         space = space_of(desc, cfg.dtype, precision)
+        bcfg = None if backbone is None else backbone.config.resolved(
+            precision=precision or "fp32", weights_sha256=desc.get("weights_sha256"))
 
         if manifest is not None:
             check_space(layout, manifest, space)
@@ -107,6 +113,8 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True) -> d
                         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "state": "building",
                         "space": space, "backbone": desc, "normalization": "raw vectors stored; FAISS index and "
                         "cosine methods use L2-normalized vectors", "parts": [], "faiss": None}
+        if bcfg is not None:
+            manifest["backbone_config"] = bcfg.to_dict()
         manifest.update({"source": source.describe(), "build": cfg.to_dict(), "versions": library_versions(),
                          "catalog": {"file": layout.catalog.name, "schema_version": cat.SCHEMA_VERSION}})
 

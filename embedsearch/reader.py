@@ -159,23 +159,19 @@ class Index:
         if "con" in self.__dict__:
             self.__dict__.pop("con").close()
 
-    def backbone(self, device: str = "auto"):
-        """The index's own backbone, recreated from the manifest and checked against its weights hash, for
-        embedding new images and text in the same space."""
-        from embedsearch.models.backbones import create_backbone
-        from embedsearch.models.embed import resolve_device
+    @property
+    def backbone_config(self):
+        """The `BackboneConfig` the index was built with (the precision it ran at, the weights hash it produced)."""
+        from embedsearch.models.config import BackboneConfig
 
         if self.manifest["space"].get("kind") == "external":
             raise QueryError(f"index {self.name} holds imported vectors: there is no backbone to embed new queries")
-        b = self.manifest.get("build", {})
-        bb = create_backbone(self.backbone_spec, weights=b.get("weights"), pretrained=b.get("pretrained", True),
-                             image_size=b.get("image_size"), pool=b.get("pool", "default"), seed=b.get("seed", 0),
-                             device=resolve_device(device))
-        want = self.manifest["space"].get("weights_sha256")
-        if want and bb.info.get("weights_sha256") != want:
-            raise IndexStateError(f"the backbone recreated for {self.name} has different weights than the index was "
-                                  f"built with (sha256 {bb.info.get('weights_sha256', '')[:12]} vs {want[:12]})")
-        return bb
+        return BackboneConfig.of_manifest(self.manifest)
+
+    def backbone(self, device: str = "auto"):
+        """The index's own backbone, recreated from its `BackboneConfig` and checked against its weights hash, for
+        embedding new images and text in the same space."""
+        return self.backbone_config.create(device)
 
     @cached_property
     def faiss(self):

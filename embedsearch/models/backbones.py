@@ -13,11 +13,11 @@ from typing import Any
 
 from embedsearch.core.errors import BackboneError, SpecError
 from embedsearch.models.checkpoint import apply_state_dict, load_state_dict, weights_hash
+from embedsearch.models.config import POOLS
 from embedsearch.models.specs import BACKBONE_KINDS, BackboneSpec, parse_backbone
 
 log = logging.getLogger(__name__)
 
-POOLS = ("default", "cls", "avg", "tokens")
 TOKEN_MAP_WARN_DIM = 50_000
 
 
@@ -36,6 +36,7 @@ class Backbone:
     info: dict = field(default_factory=dict)
     dim: int = 0
     text: Callable | None = None  # (list[str]) -> (N, D) tensor, for open_clip
+    config: Any = None  # the BackboneConfig it was created from (set by BackboneConfig.create)
 
     def embed(self, batch):
         return self.forward(self.model, batch)
@@ -333,6 +334,7 @@ def create_backbone(
     device: str = "cpu",
 ) -> Backbone:
     """Create a backbone from its spec; the model is in eval mode on `device` and its output dimension probed.
+    Build, reader, verify and classify go through `BackboneConfig.create`, which calls this.
 
     >>> bb = create_backbone("pixels:8"); bb.dim
     192

@@ -1,0 +1,96 @@
+"""`BackboneConfig`: the one description of how a backbone is made, from the CLI to the forward pass.
+
+Build, the reader (query images and text), verify's repair and `classify` all create a backbone from this object and
+nothing else, so a setting can never be forgotten at query time: a query vector computed with other preprocessing
+would carry the same weights hash and land, silently, in another space. The index records it whole in its manifest
+(`backbone_config`), with the precision it actually ran at and the weights hash it produced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from embedsearch.core.errors import IndexStateError, SpecError
+
+POOLS = ("default", "cls", "avg", "tokens")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """How to create a backbone.
+
+    >>> BackboneConfig("pixels:8").create().dim
+    192
+    """
+
+    spec: str = "pixels"
+    weights: str | None = None  # a local weights file (safetensors, or a torch file read with weights_only)
+    pretrained: bool = True  # load the named pretrained weights (False: random init, seeded)
+    image_size: int | None = None  # overrides the model's own input size (recorded: it changes the space)
+    pool: str = "default"  # default | cls | avg | tokens
+    precision: str = "auto"  # autocast: auto | fp32 | bf16 | fp16; an index records the resolved one
+    device: str = "auto"  # auto: CUDA when torch sees a GPU, else CPU (a policy, not part of the space)
+    channels_last: bool = False
+    seed: int = 0  # random-init weights are drawn with it
+    weights_sha256: str | None = None  # filled in by the build; a recreated backbone must match it
+
+    def __post_init__(self):
+        if self.pool not in POOLS:
+            raise SpecError(f"unknown --pool {self.pool!r}: expected one of {', '.join(POOLS)}")
+        if self.precision not in PRECISIONS:
+            raise SpecError(f"unknown --precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "backbone_config") -> BackboneConfig:
+        """The inverse of `to_dict`; an unknown or mistyped field is one line naming it."""
+        if not isinstance(d, dict):
+            raise IndexStateError(f"{where} is not an object")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise IndexStateError(f"{where} has unknown field {unknown[0]!r}")
+        types = {"spec": (str,), "weights": (str, type(None)), "pretrained": (bool,), "image_size": (int, type(None)),
+                 "pool": (str,), "precision": (str,), "device": (str,), "channels_last": (bool,), "seed": (int,),
+                 "weights_sha256": (str, type(None))}
+        for k, v in d.items():
+            if not isinstance(v, types[k]) or (isinstance(v, bool) and bool not in types[k]):
+                raise IndexStateError(f"{where}.{k} has the wrong type ({type(v).__name__}: {v!r})")
+        try:
+            return cls(**d)
+        except SpecError as e:
+            raise IndexStateError(f"{where}: {e}") from None
+
+    @classmethod
+    def of_manifest(cls, manifest: dict) -> BackboneConfig:
+        """The config an index was built with: recorded whole since `backbone_config` exists; for older indexes,
+        assembled from the build record and the space (the same fields, read the same way)."""
+        if "backbone_config" in manifest:
+            return cls.from_dict(manifest["backbone_config"])
+        b, space = manifest.get("build") or {}, manifest.get("space") or {}
+        return cls(spec=space.get("spec") or b.get("backbone", "pixels"), weights=b.get("weights"),
+                   pretrained=b.get("pretrained", True), image_size=b.get("image_size"),
+                   pool=b.get("pool", "default"), precision=space.get("precision") or "fp32",
+                   device=b.get("device", "auto"), channels_last=b.get("channels_last", False),
+                   seed=b.get("seed", 0), weights_sha256=space.get("weights_sha256"))
+
+    def resolved(self, **changes) -> BackboneConfig:
+        return replace(self, **changes)
+
+    def create(self, device: str | None = None):
+        """The backbone, in eval mode on `device` (default: this config's device policy); when the config records
+        a weights hash, the recreated weights must match it."""
+        from embedsearch.models.backbones import create_backbone
+        from embedsearch.models.embed import resolve_device
+
+        bb = create_backbone(self.spec, weights=self.weights, pretrained=self.pretrained, image_size=self.image_size,
+                             pool=self.pool, seed=self.seed, device=resolve_device(device or self.device))
+        got = bb.info.get("weights_sha256")
+        if self.weights_sha256 and got != self.weights_sha256:
+            raise IndexStateError(f"the backbone recreated from {self.spec} has different weights than the index was "
+                                  f"built with (sha256 {(got or '')[:12]} vs {self.weights_sha256[:12]})")
+        bb.config = self
+        return bb
