@@ -42,13 +42,13 @@ def timed(fn):
 def sklearn_knn(xtr, ytr, xte, k, T):
     from sklearn.neighbors import KNeighborsClassifier
 
-    from embedsearch.evaluate.protocols import l2n
+    from embedsearch.core.vectors import l2_normalize
 
     # on L2-normalized vectors, euclidean distance d gives cosine = 1 − d²/2; weights exp(cos/T) are the DINOv2
     # softmax weights up to a per-query constant, so the weighted vote is the same
     w = "uniform" if T is None else (lambda dist: np.exp((1 - dist**2 / 2) / T))
-    clf = KNeighborsClassifier(n_neighbors=k, weights=w, algorithm="brute").fit(l2n(xtr), ytr)
-    return clf.predict(l2n(xte))
+    clf = KNeighborsClassifier(n_neighbors=k, weights=w, algorithm="brute").fit(l2_normalize(xtr), ytr)
+    return clf.predict(l2_normalize(xte))
 
 
 def sklearn_linear_selection(xtr, ytr, seed, grid):

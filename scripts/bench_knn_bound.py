@@ -23,6 +23,8 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from bench_eval import make_data, sklearn_knn  # noqa: E402
 
+from embedsearch.core.vectors import l2_normalize  # noqa: E402
+
 
 def best_of(fn, reps=2):
     fn()  # warm-up
@@ -45,11 +47,10 @@ def measure():
     import faiss
     import torch
 
-    from embedsearch.evaluate import protocols as P
     from embedsearch.store.faiss_index import use_blas_from
 
     (xtr, ytr), (xte, _) = make_data(50_000, 10_000, 384, 10)
-    b, q = P.l2n(xtr), P.l2n(xte)
+    b, q = l2_normalize(xtr), l2_normalize(xte)
     flop = 2.0 * len(q) * len(b) * b.shape[1]
     tb, tq = torch.from_numpy(b), torch.from_numpy(q)
     bt32 = tb.t().contiguous()

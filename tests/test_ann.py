@@ -8,6 +8,7 @@ from embedsearch.build import BuildConfig, build_index
 from embedsearch.cli import cli
 from embedsearch.core.errors import QueryError, SpecError
 from embedsearch.core.units import parse_size
+from embedsearch.core.vectors import drop_self, l2_normalize
 from embedsearch.evaluate import evaluate
 from embedsearch.evaluate.quality import quality
 from embedsearch.query import ann
@@ -46,7 +47,7 @@ def test_auto_meets_the_recall_target_against_numpy_ground_truth():
         assert budget is None or rec["bytes"] <= budget
         q_pos = np.random.default_rng(99).choice(n, 200, replace=False)  # other queries than the tuning ones
         s, got = vindex.search(index, x[q_pos], 11)
-        got, _ = ann.drop_self(got, s, ids[q_pos], 10)
+        got, _ = drop_self(got, s, ids[q_pos], 10)
         truth = brute_force_ids(x, ids, q_pos, 10)
         recall = np.mean([len(set(got[i]) & set(truth[i])) / 10 for i in range(len(q_pos))])
         assert recall >= 0.88, (rec["chosen"], recall)  # target 0.9 on the tuning queries; fresh ones scatter
@@ -69,7 +70,7 @@ def test_recalls_and_drop_self_by_hand():
     approx = np.array([[2, 1, 9], [7, 8, 4]])
     r = ann.recalls(approx, exact, rs=(1, 3))
     assert r == {"1-recall@1": 0.0, "1-recall@3": 1.0, "3-recall@3": 0.5}
-    ids, s = ann.drop_self(np.array([[7, 3, 4], [1, 2, 3]]), np.ones((2, 3), np.float32), np.array([7, 9]), 2)
+    ids, s = drop_self(np.array([[7, 3, 4], [1, 2, 3]]), np.ones((2, 3), np.float32), np.array([7, 9]), 2)
     assert ids.tolist() == [[3, 4], [1, 2]]
 
 
@@ -77,7 +78,7 @@ def test_filtered_search_on_ivf_and_hnsw_keeps_their_parameters():
     n, d = 4000, 16
     x, ids = clustered(n, d), np.arange(n, dtype=np.int64)
     subset = ids[ids % 3 == 0]
-    xn = vindex.normalize(x)
+    xn = l2_normalize(x)
     truth = subset[np.argsort(-(xn[:20] @ xn[subset].T), axis=1)[:, :5]]
     for factory, params in (("IVF32,Flat", {"nprobe": 32}), ("HNSW16", {"efSearch": 64})):
         index = vindex.build_index([(ids, x)], d, factory, train_sample=x)
@@ -113,8 +114,8 @@ def test_quality_matches_independent_computation(index_root):
     all_ids = np.sort(ix.select()["id"])
     x = ix.vectors(all_ids)
     truth = brute_force_ids(x, all_ids, np.arange(n), 20)
-    s, got = ix.faiss.search(vindex.normalize(x), 21)
-    got, _ = ann.drop_self(got, s, all_ids, 20)
+    s, got = ix.faiss.search(l2_normalize(x), 21)
+    got, _ = drop_self(got, s, all_ids, 20)
     for r in (10, 20):
         mine = np.mean([len(set(got[i, :r]) & set(truth[i, :r])) / r for i in range(n)])
         assert abs(q["recall"][f"{r}-recall@{r}"] - mine) < 2e-3  # ties among equal scores may order differently
@@ -164,7 +165,7 @@ def test_tune_hnsw_efsearch_reaches_target_on_queries_outside_the_index():
     n, d = 6000, 32
     x, ids = clustered(n + 200, d, seed=3), np.arange(n + 200, dtype=np.int64)
     index = vindex.build_index([(ids[:n], x[:n])], d, "HNSW8")
-    xn = vindex.normalize(x)
+    xn = l2_normalize(x)
     truth = np.argsort(-(xn[n:] @ xn[:n].T), axis=1)[:, :20]  # queries are not in the index; ids = positions
     cand = next(c for c in ann.candidates(100_000, d) if c.param == "efSearch")
     params, rec, sweep = ann.tune(index, cand, x[n:], truth, target=0.995)

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from embedsearch.core.errors import QueryError
+from embedsearch.core.vectors import l2_normalize
 from embedsearch.store import faiss_index as vindex
 
 
@@ -15,7 +16,7 @@ def test_flat_search_equals_numpy_brute_force():
     ix = vindex.build_index([(ids[:200], v[:200]), (ids[200:], v[200:])], 32, "Flat")
     q = np.random.default_rng(1).normal(size=(20, 32)).astype(np.float32)
     scores, got = vindex.search(ix, q, 10)
-    sims = vindex.normalize(q) @ vindex.normalize(v).T
+    sims = l2_normalize(q) @ l2_normalize(v).T
     want = ids[np.argsort(-sims, axis=1)[:, :10]]
     np.testing.assert_array_equal(got, want)
     np.testing.assert_allclose(scores, np.sort(sims, axis=1)[:, ::-1][:, :10], rtol=1e-5, atol=1e-5)
@@ -55,7 +56,7 @@ def test_fp16_batch_path_and_single_query_path_equal_faiss_own_search(monkeypatc
     q = np.random.default_rng(2).normal(size=(40, 24)).astype(np.float32)
     for factory in ("SQfp16", "Flat"):
         ix = vindex.build_index([(ids, v)], 24, factory)
-        want_s, want = ix.search(vindex.normalize(q), 7)  # FAISS's own loop (IDMap2 maps positions to ids)
+        want_s, want = ix.search(l2_normalize(q), 7)  # FAISS's own loop (IDMap2 maps positions to ids)
         for batch in (q, q[:1]):  # 40 queries: blocked fp16 → fp32 GEMM for SQfp16; 1 query: one thread
             s, got = vindex.search(ix, batch, 7)
             np.testing.assert_array_equal(got, want[:len(batch)])

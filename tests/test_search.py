@@ -6,10 +6,10 @@ from click.testing import CliRunner
 
 from embedsearch.build import BuildConfig, build_index
 from embedsearch.core.errors import QueryError
+from embedsearch.core.vectors import l2_normalize
 from embedsearch.query.search import search
 from embedsearch.reader import Index
 from embedsearch.sources.datasets import open_source
-from embedsearch.store import faiss_index as vindex
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +118,8 @@ def test_selective_where_on_an_approximate_index_is_exact_and_full(index_root):
     where = "label = '3' AND split = 'test'"
     sel = ix.select(where)["id"]
     hits = search(ix, ids=[0], k=10, where=where)
-    x = vindex.normalize(ix.vectors(sel))
-    truth = sel[np.argsort(-(x @ vindex.normalize(ix.vectors([0]))[0]))][:10]
+    x = l2_normalize(ix.vectors(sel))
+    truth = sel[np.argsort(-(x @ l2_normalize(ix.vectors([0]))[0]))][:10]
     assert [h["id"] for h in hits] == truth.tolist()  # k hits, the exact ones, all passing the filter
 
 

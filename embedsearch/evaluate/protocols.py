@@ -10,6 +10,8 @@ import logging
 
 import numpy as np
 
+from embedsearch.core.vectors import l2_normalize
+
 log = logging.getLogger(__name__)
 
 KNN_KS = (10, 20, 100, 200)
@@ -17,11 +19,6 @@ KNN_T = 0.07
 LINEAR_C_GRID = np.logspace(-6, 5, 45)
 HOLDOUT = 0.1
 SVC_WARN_N = 50_000
-
-
-def l2n(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def holdout_split(y: np.ndarray, frac: float = HOLDOUT, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -43,17 +40,17 @@ def holdout_split(y: np.ndarray, frac: float = HOLDOUT, seed: int = 0) -> tuple[
 
 def prototypes(x: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """prototype_c = normalize(mean of normalize(e_i) over train items of class c); (C, d) and a has-prototype mask."""
-    xn = l2n(x)
+    xn = l2_normalize(x)
     d = x.shape[1]
     sums = np.zeros((n_classes, d), np.float64)
     np.add.at(sums, y, xn)
     counts = np.bincount(y, minlength=n_classes)
-    protos = l2n(sums / np.maximum(counts, 1)[:, None])
+    protos = l2_normalize(sums / np.maximum(counts, 1)[:, None])
     return protos, counts > 0
 
 
 def prototype_scores(protos: np.ndarray, has: np.ndarray, q: np.ndarray) -> np.ndarray:
-    s = l2n(q) @ protos.T
+    s = l2_normalize(q) @ protos.T
     s[:, ~has] = -np.inf  # a class with no train item cannot be predicted
     return s
 
@@ -75,7 +72,7 @@ def knn_neighbours(bank: np.ndarray, q: np.ndarray, kmax: int, bank_ids=None, q_
 
     from embedsearch.store.faiss_index import use_blas_from
 
-    b, qq = l2n(bank), l2n(q)
+    b, qq = l2_normalize(bank), l2_normalize(q)
     self_pos = np.full(len(qq), -1, np.int64)
     if bank_ids is not None and q_ids is not None:
         order = np.argsort(bank_ids, kind="stable")
@@ -181,7 +178,7 @@ class ExactSims:
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         for r in rows[~self.done[rows]]:  # one float64 matrix-vector product per row
-            b, q = l2n(self.bank[self.idx[r]]), l2n(self.q[r:r + 1])[0]
+            b, q = l2_normalize(self.bank[self.idx[r]]), l2_normalize(self.q[r:r + 1])[0]
             self.sims[r] = b.astype(np.float64) @ q.astype(np.float64)
         self.done[rows] = True
         return self.sims[rows]

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 import numpy as np
 
 from embedsearch.core.errors import QueryError
+from embedsearch.core.vectors import drop_self, l2_normalize
 from embedsearch.evaluate.protocols import KNN_T, knn_scores
-from embedsearch.query.ann import RECALL_R, drop_self, exact_topk, latency, recalls, sample_rows
+from embedsearch.query.ann import RECALL_R, latency, recalls, sample_rows
 from embedsearch.store import faiss_index as vindex
 from embedsearch.store.parts import iter_parts
 
@@ -28,9 +29,9 @@ def quality(ix, *, n_queries: int = 1000, seed: int = 1234, k_knn: int = 20, tra
         raise QueryError(f"index {ix.name} has {n} vectors: nothing to measure")
     rmax = max(RECALL_R)
     q_ids, q = sample_rows(chunks(), n, min(n_queries, n), seed)
-    gt_s, gt_i = exact_topk(chunks(), q, rmax + 1)
+    gt_s, gt_i = vindex.exact_topk(chunks(), q, rmax + 1)
     gt, _ = drop_self(gt_i, gt_s, q_ids, rmax)
-    s, ids = index.search(vindex.normalize(q), rmax + 1)
+    s, ids = index.search(l2_normalize(q), rmax + 1)
     got, _ = drop_self(ids, s, q_ids, rmax)
     fa = ix.manifest.get("faiss") or {}
     out = {"index": ix.name, "factory": fa.get("factory"), "params": fa.get("params") or {}, "n": n, "dim": d,
@@ -48,7 +49,7 @@ def quality(ix, *, n_queries: int = 1000, seed: int = 1234, k_knn: int = 20, tra
         qv = ix.vectors(te_ids)
         label_of = dict(zip(bank_ids.tolist(), lab.tolist(), strict=False))
         kk = min(k_knn, len(bank_ids))
-        es, ei = exact_topk(((bank_ids, ix.vectors(bank_ids)),), qv, kk)
+        es, ei = vindex.exact_topk(((bank_ids, ix.vectors(bank_ids)),), qv, kk)
         as_, ai = vindex.search(index, qv, kk, subset=bank_ids)
         acc = {}
         for name, (sc, nb) in {"exact": (es, ei), "approximate": (as_, ai)}.items():

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from embedsearch.core.errors import QueryError
+from embedsearch.core.vectors import l2_normalize
 from embedsearch.store import faiss_index as vindex
 
 log = logging.getLogger(__name__)
@@ -144,35 +145,6 @@ def build_trained(chunks: Chunks, n: int, d: int, factory: str, seed: int):
     return vindex.build_index(chunks(), d, factory, train_sample=sample), None if sample is None else len(sample)
 
 
-def exact_topk(chunks: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray, k: int):
-    """Exact cosine top-k of normalized `queries` over all chunks, one chunk in memory at a time: (scores, ids)."""
-    import faiss
-
-    q = vindex.normalize(queries)
-    heap = faiss.ResultHeap(len(q), k, keep_max=True)
-    for ids, v in chunks:
-        if not len(ids):
-            continue
-        flat = faiss.IndexFlatIP(q.shape[1])
-        flat.add(vindex.normalize(v))
-        s, pos = flat.search(q, min(k, len(ids)))
-        s, got = vindex.pad_to(s, np.where(pos >= 0, np.asarray(ids, np.int64)[np.maximum(pos, 0)], -1), k)
-        heap.add_result(np.ascontiguousarray(s), np.ascontiguousarray(got))
-    heap.finalize()
-    return heap.D, heap.I
-
-
-def drop_self(ids: np.ndarray, scores: np.ndarray, self_ids: np.ndarray, k: int):
-    """Remove each query's own id from its result row and keep k columns (padding -1 / -inf)."""
-    out_i = np.full((len(ids), k), -1, np.int64)
-    out_s = np.full((len(ids), k), -np.inf, np.float32)
-    for r in range(len(ids)):
-        keep = ids[r] != self_ids[r]
-        row_i, row_s = ids[r][keep][:k], scores[r][keep][:k]
-        out_i[r, :len(row_i)], out_s[r, :len(row_s)] = row_i, row_s
-    return out_i, out_s
-
-
 def recalls(approx: np.ndarray, exact: np.ndarray, rs=RECALL_R) -> dict:
     """1-recall@R: the true nearest is in the approximate top R; R-recall@R: share of the true top R found."""
     out = {}
@@ -187,7 +159,7 @@ def recalls(approx: np.ndarray, exact: np.ndarray, rs=RECALL_R) -> dict:
 
 def latency(index, queries: np.ndarray, k: int, n: int = LATENCY_QUERIES) -> dict:
     """Mean and p99 of one-query-at-a-time search, and the throughput of one batch of all `queries`."""
-    q = vindex.normalize(queries)
+    q = l2_normalize(queries)
     times = []
     for row in q[:n]:
         t0 = time.perf_counter()
@@ -205,7 +177,7 @@ def tune(index, cand: Candidate, queries: np.ndarray, gt_ids: np.ndarray, target
          r: int = 10) -> tuple[dict, dict, list[dict]]:
     """Smallest nprobe / efSearch whose R-recall@R on the queries (not in the index) reaches `target`:
     (params, recalls, sweep)."""
-    q = vindex.normalize(queries)
+    q = l2_normalize(queries)
     rmax = max(RECALL_R)
     sweep = []
     values = cand.values if cand.param else (None,)
@@ -243,7 +215,7 @@ def auto_index(chunks: Chunks, n: int, d: int, *, max_memory: int | None = None,
             yield np.asarray(ids)[keep], np.asarray(v)[keep]
 
     n_rest = n - len(q_ids)
-    _, gt = exact_topk(rest(), q, max(RECALL_R))
+    _, gt = vindex.exact_topk(rest(), q, max(RECALL_R))
     record["tuning_queries"] = {"n": len(q_ids), "sampled_from": f"the vectors, seed {seed + 1}; held out of the "
                                 "index while tuning, added afterwards"}
     best = None
@@ -269,7 +241,7 @@ def auto_index(chunks: Chunks, n: int, d: int, *, max_memory: int | None = None,
         if best is None or rec["10-recall@10"] > best[1].recall["10-recall@10"]:
             best = (index, t)
     index, t = best
-    index.add_with_ids(vindex.normalize(q), np.ascontiguousarray(q_ids, dtype=np.int64))
+    index.add_with_ids(l2_normalize(q), np.ascontiguousarray(q_ids, dtype=np.int64))
     vindex.set_params(index, t.params)
     record.update(chosen=t.factory, params=t.params, recall=t.recall, latency_ms=t.latency_ms,
                   bytes=t.bytes, bytes_per_vector=round(t.bytes / n, 2), met=t.met,

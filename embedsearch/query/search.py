@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from embedsearch.core.errors import QueryError
+from embedsearch.core.vectors import drop_self
 from embedsearch.store import faiss_index as vindex
 from embedsearch.store import parts as store
 
@@ -27,7 +28,7 @@ def query_vectors(ix, *, images=(), ids=(), texts=(), vector_file=None) -> tuple
                 x = bb.preprocess(load_image(f)).unsqueeze(0).to(dev)
             except ImageLoadError as e:
                 raise QueryError(f"query image {e}") from None
-            with torch.inference_mode(), autocast(str(dev), ix.manifest["space"].get("precision")):
+            with torch.inference_mode(), autocast(str(dev), bb.config.precision):
                 vecs.append(bb.embed(x).float().cpu().numpy()[0])
             descs.append({"query": str(f), "exclude": None})
     if ids:
@@ -80,14 +81,13 @@ def iter_search(ix, descs: list[dict], q: np.ndarray, *, k: int = 10, where: str
     extra = 1 if any(d["exclude"] is not None for d in descs) else 0
     batch = batch or SEARCH_BATCH
     for b0 in range(0, len(q), batch):
+        chunk = descs[b0:b0 + batch]
         scores, hit_ids = vindex.search(index, q[b0:b0 + batch], k + extra, subset)
+        own = np.asarray([-1 if d["exclude"] is None else d["exclude"] for d in chunk], np.int64)
+        hit_ids, scores = drop_self(hit_ids, scores, own, k)
         meta = ix.items_by_id(np.unique(hit_ids[hit_ids >= 0]), "id, label, split, path")
-        for qi, d in enumerate(descs[b0:b0 + batch]):
-            rank = 0
-            for s, i in zip(scores[qi], hit_ids[qi], strict=False):
-                if i < 0 or i == d["exclude"] or rank == k:
-                    continue
-                rank += 1
+        for d, row_s, row_i in zip(chunk, scores, hit_ids, strict=True):
+            for rank, (s, i) in enumerate(((s, i) for s, i in zip(row_s, row_i, strict=True) if i >= 0), start=1):
                 m = meta.get(int(i), {})
                 yield {"query": d["query"], "rank": rank, "id": int(i), "score": round(float(s), 6),
                        "label": m.get("label"), "split": m.get("split"), "path": m.get("path")}

@@ -10,18 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from embedsearch.core.errors import IndexStateError, QueryError
+from embedsearch.core.vectors import l2_normalize
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FACTORY = "Flat"
 TRAIN_SAMPLE_PER_CENTROID = 50  # FAISS warns under 39 points per centroid
-
-
-def normalize(x: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalization in float32 (cosine similarity = inner product of the results)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(n, 1e-12)
 
 
 def gpu_count() -> int:
@@ -74,12 +68,12 @@ def build_index(
             raise QueryError(f"FAISS index {factory!r} needs training vectors")
         if gpu:
             work = _to_gpu(index)
-        work.train(normalize(train_sample))
+        work.train(l2_normalize(train_sample))
     elif gpu:
         work = _to_gpu(index)
     for ids, vecs in chunks:
         if len(ids):
-            work.add_with_ids(normalize(vecs), np.ascontiguousarray(ids, dtype=np.int64))
+            work.add_with_ids(l2_normalize(vecs), np.ascontiguousarray(ids, dtype=np.int64))
     return _to_cpu(work) if work is not index else index
 
 
@@ -210,24 +204,39 @@ def pad_to(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.
             np.hstack([ids, np.full((len(ids), extra), -1, np.int64)]))
 
 
+def exact_topk(chunks: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray, k: int, normalize: bool = True):
+    """Exact cosine top-k of `queries` over chunks of (ids, vectors), one chunk in memory at a time: (scores, ids),
+    padded with score -inf / id -1 when there are fewer than k vectors. The one exact top-k of the package (the
+    kNN evaluation's float64 certification aside); `normalize=False` when queries and chunks are unit rows already."""
+    import faiss
+
+    q = l2_normalize(queries) if normalize else np.ascontiguousarray(queries, np.float32)
+    heap = faiss.ResultHeap(len(q), k, keep_max=True)
+    for ids, v in chunks:
+        if not len(ids):
+            continue
+        flat = faiss.IndexFlatIP(q.shape[1])
+        flat.add(l2_normalize(v) if normalize else np.ascontiguousarray(v, np.float32))
+        s, pos = flat.search(q, min(k, len(ids)))
+        s, got = pad_to(s, np.where(pos >= 0, np.asarray(ids, np.int64)[np.maximum(pos, 0)], -1), k)
+        heap.add_result(np.ascontiguousarray(s), np.ascontiguousarray(got))
+    heap.finalize()
+    return heap.D, heap.I
+
+
 def _fp16_gemm_search(index, inner, q: np.ndarray, k: int):
     """Exact search over an `SQfp16` index for a batch of queries: decode blocks of rows to float32 and multiply
     (BLAS), instead of FAISS's per-vector fp16 loop, which reaches about a fifth of the machine's FLOP/s."""
     import faiss
 
-    heap = faiss.ResultHeap(len(q), k, keep_max=True)
     n = inner.ntotal
-    for b0 in range(0, n, FP16_BLOCK):
-        nb = min(FP16_BLOCK, n - b0)
-        xb = inner.reconstruct_n(b0, nb)
-        s, pos = pad_to(*faiss.knn(q, xb, min(k, nb), metric=faiss.METRIC_INNER_PRODUCT), k)
-        heap.add_result(s, np.where(pos >= 0, pos + b0, -1))
-    heap.finalize()
-    ids = heap.I
+    blocks = ((np.arange(b0, min(b0 + FP16_BLOCK, n)), inner.reconstruct_n(b0, min(FP16_BLOCK, n - b0)))
+              for b0 in range(0, n, FP16_BLOCK))
+    scores, ids = exact_topk(blocks, q, k, normalize=False)
     if inner is not faiss.downcast_index(index):  # IDMap2: positions → ids
         id_map = faiss.vector_to_array(faiss.downcast_index(index).id_map)
         ids = np.where(ids >= 0, id_map[np.maximum(ids, 0)], -1)
-    return heap.D, ids
+    return scores, ids
 
 
 def search(index, queries: np.ndarray, k: int, subset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -258,13 +267,13 @@ def search(index, queries: np.ndarray, k: int, subset: np.ndarray | None = None)
     use_blas_from(index.d)
     inner = unwrap(index)
     if subset is None and len(q) >= FP16_GEMM_MIN_QUERIES and _is_fp16_flat(inner):
-        scores, ids = _fp16_gemm_search(index, inner, normalize(q), kk)
+        scores, ids = _fp16_gemm_search(index, inner, l2_normalize(q), kk)
     elif subset is None:
         with _threads(1 if len(q) == 1 and isinstance(inner, faiss.IndexFlat) else None):
-            scores, ids = index.search(normalize(q), kk)
+            scores, ids = index.search(l2_normalize(q), kk)
     else:  # filtered search: FAISS skips ids outside the selection (works through IDMap and IVF alike)
         sel = faiss.IDSelectorBatch(np.ascontiguousarray(subset, dtype=np.int64))
-        scores, ids = index.search(normalize(q), kk, params=_filter_params(index, sel))
+        scores, ids = index.search(l2_normalize(q), kk, params=_filter_params(index, sel))
     scores[ids < 0] = -np.inf
     keep = (ids >= 0).any(axis=0)
     return scores[:, keep], ids[:, keep]

@@ -184,26 +184,24 @@ def infonce_loss(vit, v1, v2, temperature: float):
 
 
 def select_records(source, where: str | None):
-    """Records of `source` matching a --where predicate over id, label, split, path and metadata columns."""
+    """Records of `source` matching a --where predicate over id, label, split, path and metadata columns (checked
+    and run by the catalog's `select_ids`, as for every other --where)."""
     import duckdb
     import pyarrow as pa
 
-    from embedsearch.store.catalog import check_where
+    from embedsearch.store.catalog import select_ids
 
     if not where:
         return source.records
-    check_where(where)
     meta_cols = sorted({k for r in source.records for k in r.meta})
     items = pa.table({"id": [r.id for r in source.records], "label": [r.label for r in source.records],
                       "split": [r.split for r in source.records], "path": [r.path for r in source.records],
                       **{c: [r.meta.get(c) for r in source.records] for c in meta_cols}})
     con = duckdb.connect()
-    con.register("items", items)
-    con.execute("SET enable_external_access = false")
     try:
-        ids = {r[0] for r in con.execute(f"SELECT id FROM items WHERE ({where})").fetchall()}
-    except duckdb.Error as e:
-        raise EmbedsearchError(f"--where {where!r}: {str(e).splitlines()[0][:200]}") from None
+        con.register("items", items)
+        con.execute("SET enable_external_access = false")
+        ids = {r[0] for r in select_ids(con, where)}
     finally:
         con.close()
     out = [r for r in source.records if r.id in ids]

@@ -8,6 +8,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from embedsearch.build import BuildConfig, build_index
+from embedsearch.core.vectors import l2_normalize
 from embedsearch.evaluate import evaluate, load_selection
 from embedsearch.evaluate import protocols as P
 from embedsearch.evaluate.metrics import classification_report
@@ -69,7 +70,7 @@ def test_knn_drops_self_match_when_queries_are_in_the_bank():
 def _float64_topk(bank, q, k, drop_self=False, own=None):
     """Reference: float64 cosine of the float32-normalized vectors, ties to the lower bank position; `own[i]` ≥ 0
     (or the diagonal, with drop_self) is left out of row i."""
-    s = P.l2n(q).astype(np.float64) @ P.l2n(bank).astype(np.float64).T
+    s = l2_normalize(q).astype(np.float64) @ l2_normalize(bank).astype(np.float64).T
     if drop_self:
         np.fill_diagonal(s, -np.inf)
     for row, pos in enumerate(own if own is not None else []):
@@ -92,14 +93,14 @@ def test_knn_neighbour_sets_equal_float64_search_at_every_cutoff():
     ks = (1, 3, 10, 50)
     sims, idx = P.knn_neighbours(bank, q, 50, ks=ks)
     ref = _float64_topk(bank, q, 50)
-    plain = faiss.knn(P.l2n(q), P.l2n(bank), 50, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    plain = faiss.knn(l2_normalize(q), l2_normalize(bank), 50, metric=faiss.METRIC_INNER_PRODUCT)[1]
     for k in ks:
         ours = [set(r) for r in idx[:, :k]]
         exact = [set(r) for r in ref[:, :k]]
         assert ours == exact, k
     # the data does contain float32 near-ties that change a neighbour set (else this test could not fail)
     assert any(set(a) != set(b) for k in ks for a, b in zip(plain[:, :k], ref[:, :k]))
-    s64 = np.take_along_axis(P.l2n(q).astype(np.float64) @ P.l2n(bank).astype(np.float64).T, idx, 1)
+    s64 = np.take_along_axis(l2_normalize(q).astype(np.float64) @ l2_normalize(bank).astype(np.float64).T, idx, 1)
     assert np.abs(sims - s64).max() <= P.float32_dot_error(64)
 
 
@@ -151,7 +152,7 @@ def test_weighted_knn_vote_equals_float64_vote_on_near_tied_neighbours():
     ours = P.knn_scores(sims, labels[idx], k, 7, P.KNN_T, P.ExactSims(bank, q, idx)).argmax(1)
     plain = P.knn_scores(sims, labels[idx], k, 7, P.KNN_T).argmax(1)
     ref_idx = _float64_topk(bank, q, k)
-    s64 = np.take_along_axis(P.l2n(q).astype(np.float64) @ P.l2n(bank).astype(np.float64).T, ref_idx, 1)
+    s64 = np.take_along_axis(l2_normalize(q).astype(np.float64) @ l2_normalize(bank).astype(np.float64).T, ref_idx, 1)
     w = np.exp((s64 - s64[:, :1]) / P.KNN_T)
     ref = np.array([np.bincount(labels[r], weights=wr, minlength=7).argmax() for r, wr in zip(ref_idx, w)])
     assert (ours == ref).all()
@@ -163,7 +164,7 @@ def test_float32_dot_error_bounds_faiss_inner_products():
 
     rng = np.random.default_rng(3)
     for d in (8, 384, 1536):
-        b, q = P.l2n(rng.normal(size=(2000, d)) + 1.0), P.l2n(rng.normal(size=(64, d)) + 1.0)
+        b, q = l2_normalize(rng.normal(size=(2000, d)) + 1.0), l2_normalize(rng.normal(size=(64, d)) + 1.0)
         s32, i = faiss.knn(q, b, 100, metric=faiss.METRIC_INNER_PRODUCT)
         s64 = np.take_along_axis(q.astype(np.float64) @ b.astype(np.float64).T, i, 1)
         assert 0 < np.abs(s32 - s64).max() <= P.float32_dot_error(d)
