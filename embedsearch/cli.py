@@ -272,7 +272,7 @@ def backbones(fmt):
 @click.option("--id", "ids", multiple=True, type=int, help="Query by item id (the item itself is not returned).")
 @click.option("--text", "texts", multiple=True, help="Text query (open_clip indexes).")
 @click.option("--vector", "vector_file", type=click.Path(dir_okay=False), help=".npy with one or many query vectors.")
-@click.option("-k", type=int, default=10, show_default=True, help="Hits per query.")
+@click.option("-k", type=click.IntRange(1), default=10, show_default=True, help="Hits per query.")
 @click.option("--where", help="SQL predicate over catalog columns, e.g. \"split = 'train' AND label = 'cat'\".")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write a contact sheet with thumbnails.")
 @root_option
@@ -397,7 +397,7 @@ def compare(names, root, per_class, fmt):
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--probe", type=click.Choice(["prototypes", "linear", "svc", "mlp"]), default="linear", show_default=True,
               help="A probe saved by `embedsearch eval` (svc = the LinearSVC).")
-@click.option("-k", type=int, default=3, show_default=True, help="Classes per image.")
+@click.option("-k", type=click.IntRange(1), default=3, show_default=True, help="Classes per image.")
 @root_option
 @output_options
 @_handle_errors

@@ -84,3 +84,10 @@ def test_quickstart_end_to_end_offline(index_root):
     for name in ("quickstart-pixels", "quickstart-vit"):
         assert list((index_root / name / "reports").glob("eval-*.html"))
     assert (index_root / "quickstart-ckpt" / "digits-infonce.loss.png").exists()
+
+
+@pytest.mark.parametrize("cmd", [["search", "x", "--id", "0", "-k", "0"], ["search", "x", "--id", "0", "-k", "-1"],
+                                 ["classify", "x", "linear", "f.png", "-k", "-1"]])
+def test_k_is_validated_before_any_work(cmd):
+    res = CliRunner().invoke(cli, cmd)
+    assert res.exit_code == 2 and "'-k'" in res.output and "not in the range x>=1" in res.output

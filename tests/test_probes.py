@@ -48,3 +48,10 @@ def test_results_convert_to_arrow_and_pandas(ix):
     hits = es.search_index(ix, ids=[0], k=3)
     assert hits.to_arrow().num_rows == 3 and list(hits.to_pandas()["rank"]) == [1, 2, 3]
     assert es.evaluate_index(ix, methods=["prototypes"]).table().to_arrow().column("method").to_pylist() == ["prototypes"]
+
+
+@pytest.mark.parametrize("k", [0, -1])
+def test_classify_refuses_k_below_one(ix, k):
+    # -1 used to slice off the last class and return all the others
+    with pytest.raises(QueryError, match="-k must be"):
+        es.classify(ix, "linear", [], k=k)

@@ -189,3 +189,19 @@ def test_manifest_keeps_paths_and_labels_that_look_like_nulls(tmp_path):
     src = open_source(str(p))
     assert [r.path for r in src.records] == ["null", "N/A", "x.png"]
     assert [r.label for r in src.records] == ["NA", "nan", None]
+
+
+def test_parquet_manifest_without_id_or_path_numbers_rows_from_zero(tmp_path, index_root):
+    # the first row used to get id -1, which FAISS reads as "no hit": that item could never be found
+    from embedsearch.build import BuildConfig, build_index
+    from embedsearch.query.search import search
+    from embedsearch.reader import Index
+
+    pq.write_table(pa.table({"label": ["a", "b", "a"]}), tmp_path / "m.parquet")
+    vec = np.eye(3, 4, dtype=np.float32) + 0.1
+    np.save(tmp_path / "v.npy", vec)
+    src = open_source(str(tmp_path / "m.parquet"), require_paths=False)
+    assert [r.id for r in src.records] == [0, 1, 2]
+    build_index(src, BuildConfig(name="rows", vectors=str(tmp_path / "v.npy"), dtype="float32"), progress=False)
+    hits = search(Index.open("rows"), vector_file=None, ids=[1], k=2)
+    assert 0 in {h["id"] for h in hits}

@@ -100,6 +100,8 @@ def classify(ix, method: str, images, k: int = 3) -> list[dict]:
     """Top-k classes for each image with a saved probe; the images are embedded with the index's own backbone."""
     from embedsearch.query.search import query_vectors
 
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise QueryError(f"-k must be a whole number of at least 1 (got {k!r})")
     t, meta = load_probe(ix, method)
     classes = ix.classes()
     descs, q = query_vectors(ix, images=images)

@@ -332,7 +332,9 @@ def _manifest(s: SourceSpec, *, root=None, label_regex=None, require_paths=True,
     extra = [c for c in cols if c not in ("id", "path", "label", "split")]
     recs: list[Record] = []
     seen_paths: dict[str, int] = {}
-    for line, row in enumerate(data, start=2 if path.suffix.lower() == ".csv" else 1):
+    first_line = 2 if path.suffix.lower() == ".csv" else 1  # CSV: line numbers after the header; Parquet: rows
+    for row_index, row in enumerate(data):
+        line = row_index + first_line
         where = f"manifest {path} {'line' if path.suffix.lower() == '.csv' else 'row'} {line}"
         p = row.get("path")
         if require_paths and (p is None or str(p).strip() == ""):
@@ -351,8 +353,8 @@ def _manifest(s: SourceSpec, *, root=None, label_regex=None, require_paths=True,
                 raise SourceError(f"{where}: column 'id' value {row['id']!r} is not a non-negative int64") from None
         elif p is not None:
             rid = path_id(Path(p).as_posix())
-        else:
-            rid = line - 2
+        else:  # neither id nor path (vectors imported by row order): the row's 0-based position, never negative
+            rid = row_index
         label = row.get("label")
         label = None if label is None or str(label) == "" else str(label)
         if label is None and regex is not None and p is not None:
