@@ -21,14 +21,16 @@ from embedsearch.store import catalog as cat
 from embedsearch.store import faiss_index as vindex
 from embedsearch.store import parts as store
 from embedsearch.store.manifest import (
-    FORMAT_VERSION,
+    FaissRecord,
     Layout,
+    Manifest,
+    PartRecord,
+    Snapshot,
+    Space,
     check_consistent,
     check_space,
     library_versions,
-    read_manifest,
     resolve,
-    space_of,
     write_manifest,
     writer_lock,
 )
@@ -62,6 +64,13 @@ class BuildConfig:
     vectors: str | None = None
     root: str | None = None
 
+    def __post_init__(self):
+        for name, least in (("part_size", 1), ("batch_size", 1), ("num_workers", 0), ("image_size", 1)):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
+                raise SourceError(f"--{name.replace('_', '-').replace('num-', '')} must be a whole number of at "
+                                  f"least {least} (got {v!r})")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -72,8 +81,9 @@ class BuildConfig:
                               device=self.device, channels_last=self.channels_last, seed=self.seed)
 
 
-def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True) -> dict:
-    """Build (or resume, or extend with `add`) the index `cfg.name` from `source`; returns the run summary."""
+def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True, only_indexed: bool = False) -> dict:
+    """Build (or resume, or extend with `add`) the index `cfg.name` from `source`; returns the run summary.
+    `only_indexed` (repair): embed what the catalog already lists, leave items the source gained since unindexed."""
     if cfg.dtype not in store.DTYPES:
         raise SourceError(f"unknown --dtype {cfg.dtype!r}: expected float16 or float32")
     if not source.records:
@@ -94,45 +104,47 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True) -> d
         else:
             backbone = cfg.backbone_config().create(device)
             external, desc = None, backbone.describe()
-        manifest = read_manifest(layout) if layout.manifest.exists() else None
+        manifest = Manifest.load(layout) if layout.manifest.exists() else None
         # the autocast precision changes the vectors (bf16 vs fp32: cosine ≈ 0.999 on real models), so it is part
         # of the space; `auto` continues an index at its recorded precision, whatever this machine would pick; a
         # backbone without a network (pixels, imported vectors) has none
         precision = None
         if backbone is not None and backbone.model is not None:
-            recorded = (manifest or {}).get("space", {}).get("precision")
+            recorded = manifest.space.precision if manifest is not None else None
             precision = recorded if cfg.precision == "auto" and recorded else resolve_precision(cfg.precision, device)
-        space = space_of(desc, cfg.dtype, precision)
+        space = Space.of(desc, cfg.dtype, precision)
         bcfg = None if backbone is None else backbone.config.resolved(
             precision=precision or "fp32", weights_sha256=desc.get("weights_sha256"))
 
         if manifest is not None:
             check_space(layout, manifest, space)
         else:
-            manifest = {"format": "embedsearch-index", "format_version": FORMAT_VERSION, "name": layout.dir.name,
-                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "state": "building",
-                        "space": space, "backbone": desc, "normalization": "raw vectors stored; FAISS index and "
-                        "cosine methods use L2-normalized vectors", "parts": [], "faiss": None}
+            manifest = Manifest(name=layout.dir.name, space=space, backbone=desc,
+                                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         if bcfg is not None:
-            manifest["backbone_config"] = bcfg.to_dict()
-        manifest.update({"source": source.describe(), "build": cfg.to_dict(), "versions": library_versions(),
-                         "catalog": {"file": layout.catalog.name, "schema_version": cat.SCHEMA_VERSION}})
+            manifest.backbone_config = bcfg.to_dict()
+        manifest.source, manifest.build, manifest.versions = source.describe(), cfg.to_dict(), library_versions()
+        manifest.catalog = {"file": layout.catalog.name, "schema_version": cat.SCHEMA_VERSION}
 
         catalog = cat.Catalog(layout.catalog)
         catalog.init()
-        _plan_new_items(catalog, source, cfg)
+        not_indexed = _plan_new_items(catalog, source, cfg, only_indexed)
         plan = catalog.plan()
         committed = _committed_parts(layout, manifest, catalog, plan)
-        if manifest["state"] == "complete" and len(committed) < len(plan):
+        if manifest.state == "complete" and len(committed) < len(plan):
             # extending a complete index: readers keep serving this snapshot until the new one is published
-            manifest["snapshot"] = {k: manifest.get(k) for k in ("parts", "faiss", "counts")}
-        manifest["parts"] = [committed[p] for p in sorted(committed)]
-        manifest["state"] = "building"
+            manifest.snapshot = Snapshot(manifest.parts, manifest.faiss, manifest.counts)
+        manifest.parts = tuple(committed[p] for p in sorted(committed))
+        manifest.state = "building"
         write_manifest(layout, manifest)
 
         by_id = {r.id: r for r in source.records}
-        todo = [(p, [by_id[i] for i in ids]) for p, ids in sorted(plan.items()) if p not in committed]
-        part_md = {"space": space, "index": layout.dir.name}
+        todo = [(p, [by_id[i] for i in ids if i in by_id]) for p, ids in sorted(plan.items()) if p not in committed]
+        # an item to embed that the source no longer has (a file deleted since) fails with its reason
+        catalog.update_items([{"id": i, "status": "failed", "stage": "load", "error_type": "NotInSource",
+                               "error": "no longer in the source", "width": None, "height": None}
+                              for p, ids in plan.items() if p not in committed for i in ids if i not in by_id])
+        part_md = {"space": space.to_dict(), "index": layout.dir.name}
         failures: Counter = Counter()
 
         def commit(res: PartResult) -> None:
@@ -148,8 +160,8 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True) -> d
             catalog.update_items(res.rows)
             info = store.write_part(layout.parts / store.part_name(res.part), res.ids[ok], res.vectors[ok],
                                     cfg.dtype, part_md)
-            committed[res.part] = info
-            manifest["parts"] = [committed[p] for p in sorted(committed)]
+            committed[res.part] = PartRecord(**info)
+            manifest.parts = tuple(committed[p] for p in sorted(committed))
             write_manifest(layout, manifest)
 
         if external is not None:
@@ -165,18 +177,18 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True) -> d
         if todo or _faiss_stale(layout, manifest):
             # the FAISS file is renamed into place right before the manifest that names it is published; a reader
             # that falls between the two re-reads the manifest (reader.Index.open)
-            manifest["faiss"] = _build_faiss(layout, manifest, cfg)
+            manifest.faiss = _build_faiss(layout, manifest, cfg)
         t_faiss = time.perf_counter() - t0
-        manifest["counts"] = counts
-        manifest["state"] = "complete"
-        manifest.pop("snapshot", None)
+        manifest.counts = counts
+        manifest.state = "complete"
+        manifest.snapshot = None
         write_manifest(layout, manifest)
         summary = {
             "index": str(layout.dir), "run_id": uuid.uuid4().hex[:12], "backbone": desc["spec"], "dim": desc["dim"],
-            "dtype": cfg.dtype, "parts_embedded": len(todo), "parts_total": len(manifest["parts"]),
+            "dtype": cfg.dtype, "parts_embedded": len(todo), "parts_total": len(manifest.parts),
             "items": counts["items"], "embedded": counts["embedded"], "failed": counts["failed"],
             "failures_this_run": {f"{s}/{k}": n for (s, k), n in failures.items()},
-            "device": device, "precision": precision,
+            "device": device, "precision": precision, "not_indexed": not_indexed,
             "timings_s": {**timings.to_dict(), "faiss": round(t_faiss, 4)},
         }
         catalog.add_run(summary["run_id"], "index", started, time.time(), "complete", cfg.to_dict(), summary)
@@ -190,9 +202,14 @@ def _remove_stray_temporaries(layout: Layout) -> None:
             f.unlink(missing_ok=True)
 
 
-def _plan_new_items(catalog: cat.Catalog, source: Source, cfg: BuildConfig) -> None:
+def _plan_new_items(catalog: cat.Catalog, source: Source, cfg: BuildConfig, only_indexed: bool = False) -> int:
+    """Add the source's items the catalog lacks; returns how many were left out (`only_indexed`)."""
     existing = catalog.item_ids()
     new = sorted((r for r in source.records if r.id not in existing), key=lambda r: r.id)
+    if existing and new and only_indexed:
+        log.warning("the source has %d items the index does not; repair leaves them out (`index --add` embeds them)",
+                    len(new))
+        return len(new)
     if existing and new and not cfg.add:
         ex = new[0].path or new[0].id
         raise IndexStateError(f"source has {len(new)} items that index {cfg.name} does not (e.g. {ex}); "
@@ -201,24 +218,26 @@ def _plan_new_items(catalog: cat.Catalog, source: Source, cfg: BuildConfig) -> N
     if gone:
         log.warning("%d indexed items are no longer in the source; they stay in the index", gone)
     if not new:
-        return
+        return 0
     plan = catalog.plan() if existing else {}
     first = max(plan) + 1 if plan else 0
     parts = [first + i // cfg.part_size for i in range(len(new))]
     catalog.add_items(new, parts, source.classes)
+    return 0
 
 
-def _committed_parts(layout: Layout, manifest: dict, catalog: cat.Catalog, plan: dict[int, list[int]]) -> dict:
+def _committed_parts(layout: Layout, manifest: Manifest, catalog: cat.Catalog,
+                     plan: dict[int, list[int]]) -> dict[int, PartRecord]:
     """Parts already done: listed in the manifest with a matching file, or renamed into place by a run that was
     killed before it updated the manifest (then its ids must be exactly the plan's ok items)."""
-    listed = {store.part_number(p["file"]): p for p in manifest.get("parts", [])}
+    listed = {p.number: p for p in manifest.parts}
     done: dict[int, dict] = {}
     for part in plan:
         f = layout.parts / store.part_name(part)
         if not f.exists():
             continue
         rec = listed.get(part)
-        if rec and rec["bytes"] == f.stat().st_size and rec["sha256"] == file_sha256(f):
+        if rec and rec.bytes == f.stat().st_size and rec.sha256 == file_sha256(f):
             done[part] = rec
             continue
         try:
@@ -229,20 +248,19 @@ def _committed_parts(layout: Layout, manifest: dict, catalog: cat.Catalog, plan:
             status = dict(con.execute("SELECT id, status FROM items WHERE part = ?", [part]).fetchall())
         ok_ids = sorted(i for i, s in status.items() if s == "ok")
         if ids is not None and "pending" not in status.values() and sorted(ids.tolist()) == ok_ids:
-            done[part] = {"file": f.name, "rows": len(ids), "bytes": f.stat().st_size, "sha256": file_sha256(f)}
+            done[part] = PartRecord(f.name, len(ids), f.stat().st_size, file_sha256(f))
         else:
             log.warning("part %s does not match its plan; it will be embedded again", f.name)
             f.unlink()
     return done
 
 
-def _build_faiss(layout: Layout, manifest: dict, cfg: BuildConfig) -> dict:
+def _build_faiss(layout: Layout, manifest: Manifest, cfg: BuildConfig) -> FaissRecord:
     """Build the FAISS file from the parts, streaming them (one part in memory at a time besides the index)."""
-    paths = [layout.parts / p["file"] for p in manifest["parts"]]
-    dim = manifest["space"]["dim"]
-    n = sum(p["rows"] for p in manifest["parts"])
-    old = manifest.get("faiss") or {}
-    requested = old.get("requested", old.get("factory", cfg.index))  # an index keeps the choice it was created with (--add, repair)
+    paths = [layout.parts / p.file for p in manifest.parts]
+    dim, n = manifest.space.dim, manifest.rows
+    old = manifest.faiss.to_dict() if manifest.faiss else {}
+    requested = old.get("requested") or old.get("factory") or cfg.index  # an index keeps its choice (--add, repair)
     t0 = time.perf_counter()
     auto = None
     if requested == "auto":
@@ -260,14 +278,14 @@ def _build_faiss(layout: Layout, manifest: dict, cfg: BuildConfig) -> dict:
         factory, params = requested, {}
         index, sample_n = build_trained(lambda: store.iter_parts(paths), n, dim, factory, cfg.seed)
     written = vindex.save_index(index, layout.faiss)
-    return {"file": layout.faiss.name, "requested": requested, "factory": factory, "params": params,
+    return FaissRecord.of({"file": layout.faiss.name, "requested": requested, "factory": factory, "params": params,
             "metric": "inner_product on L2-normalized vectors (cosine)", "ntotal": int(index.ntotal),
             "bytes": written["bytes"], "sha256": written["sha256"], "trained_on": sample_n,
             "seed": cfg.seed, "gpu": vindex.gpu_count() > 0, "build_s": round(time.perf_counter() - t0, 3),
-            "auto": auto}
+            "auto": auto})
 
 
-def _faiss_stale(layout: Layout, manifest: dict) -> bool:
+def _faiss_stale(layout: Layout, manifest: Manifest) -> bool:
     """Whether the FAISS file must be (re)built: the readers' own consistency check fails (none recorded, missing, or
     not the one of these parts). A run killed during `--add` after its parts were committed (or after the new FAISS
     file was renamed into place) still names the snapshot's FAISS file; resuming it must build the index of all

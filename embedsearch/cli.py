@@ -22,6 +22,19 @@ def _handle_errors(f):
                 raise
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
+        except KeyboardInterrupt:
+            import os
+
+            click.echo("interrupted", err=True)
+            sys.stdout.flush()
+            # at once: DuckDB's own threads may still be unwinding the interrupted query, and tearing the
+            # interpreter down under them aborts the process (exit -6 instead of 130); nothing is left unwritten
+            os._exit(130)
+        except BrokenPipeError:  # `embedsearch sql ... --nl | head`: the reader has what it wanted
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except OSError as e:  # a file we did not expect to fail (the library names the ones it writes itself)
             if click.get_current_context().find_root().params.get("debug"):
                 raise
@@ -30,6 +43,48 @@ def _handle_errors(f):
             sys.exit(1)
 
     return wrapper
+
+
+class _Size(click.ParamType):
+    """A byte count such as 2GB or 512MiB, checked before any work starts (the text is kept)."""
+
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        from embedsearch.core.units import parse_size
+
+        try:
+            parse_size(value, f"--{param.name.replace('_', '-')}" if param else "size")
+        except EmbedsearchError as e:
+            self.fail(str(e), param, ctx)
+        return value
+
+
+def _output_file(ctx, param, value):
+    """An output file option: its folder must exist and be writable, checked before any work (not after)."""
+    import os
+    from pathlib import Path
+
+    if value is None:
+        return None
+    parent = Path(value).parent
+    if not parent.is_dir():
+        raise click.BadParameter(f"folder {parent} does not exist (create it first)", ctx, param)
+    if not os.access(parent, os.W_OK):
+        raise click.BadParameter(f"folder {parent} is not writable", ctx, param)
+    return value
+
+
+class _Finite(click.FloatRange):
+    """A float range that also refuses nan and inf (click's FloatRange lets nan through: nan < 0 is False)."""
+
+    def convert(self, value, param, ctx):
+        import math
+
+        v = super().convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return v
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,7 +124,7 @@ root_option = click.option("--root", type=click.Path(file_okay=False), default=N
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local weights (.safetensors, or a torch file read "
               "with weights_only=True) for the backbone's architecture.")
 @click.option("--random-init", is_flag=True, help="Random (seeded) weights: for tests and speed benchmarks only.")
-@click.option("--image-size", type=int, help="Override the model's input size (recorded in the manifest).")
+@click.option("--image-size", type=click.IntRange(min=1), help="Override the model's input size (recorded in the manifest).")
 @click.option("--pool", type=click.Choice(["default", "cls", "avg", "tokens"]), default="default", show_default=True,
               help="ViT pooling; `tokens` is the flattened token map (large).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
@@ -77,18 +132,18 @@ root_option = click.option("--root", type=click.Path(file_okay=False), default=N
 @click.option("--index", "index_factory", default="Flat", show_default=True,
               help="FAISS factory string, e.g. Flat, HNSW32, IVF1024,PQ32 (cosine on normalized vectors), or `auto`: "
               "choose and tune one for --max-memory and --target-recall.")
-@click.option("--max-memory", help="With --index auto: the most the FAISS index may take, e.g. 2GB, 512MiB.")
+@click.option("--max-memory", type=_Size(), help="With --index auto: the most the FAISS index may take, e.g. 2GB, 512MiB.")
 @click.option("--target-recall", type=click.FloatRange(0, 1), default=0.95, show_default=True,
               help="With --index auto: 10-recall@10 to reach on held-out queries.")
 @click.option("--max-latency-ms", type=float, help="With --index auto: mean one-query latency to stay under.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--workers", type=int, default=None, help="Decode/preprocess workers (default: cores − 1).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Decode/preprocess workers (default: cores − 1).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="Autocast precision, recorded with the index and used for query images; auto = bf16/fp16 on "
                    "CUDA, bf16 on CPUs with native bf16 instructions (AVX512-BF16/AMX), else fp32.")
 @click.option("--channels-last", is_flag=True, help="channels_last memory format (helps CNNs).")
-@click.option("--part-size", type=int, default=2048, show_default=True, help="Items per Parquet part (unit of resume).")
+@click.option("--part-size", type=click.IntRange(min=1), default=2048, show_default=True, help="Items per Parquet part (unit of resume).")
 @click.option("--label-regex", help="Take labels from file names, e.g. '^(.*)_\\d+\\.jpg$' for Oxford Pets.")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Root for a manifest's relative paths.")
 @click.option("--split", "split_arg", help="Seeded stratified split for sources without one, e.g. test=0.1.")
@@ -233,12 +288,17 @@ def index_quality(name, root, n_queries, seed, k_knn, train, test, fmt):
 @click.argument("name")
 @click.argument("query")
 @root_option
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="Seconds of query work before it is stopped.")
+@click.option("--memory-limit", type=_Size(), default="4GB", show_default=True,
+              help="DuckDB memory limit for this query.")
 @output_options
 @_handle_errors
-def sql(name, query, root, fmt):
+def sql(name, query, root, timeout, memory_limit, fmt):
     """Run one read-only SELECT over an index's catalog and embeddings.
 
     Tables: items, classes, runs, results; `embeddings` (id, embedding) is a view over the Parquet parts.
+    Rows stream out as they come with --nl and --csv; a repeated column name gets a suffix (id, id_2).
 
     \b
     Example:
@@ -246,8 +306,10 @@ def sql(name, query, root, fmt):
     """
     from embedsearch.reader import Index
 
-    cols, rows = Index.open(name, root).sql(query)
-    emit([dict(zip(cols, r, strict=False)) for r in rows], fmt, columns=cols)
+    ix = Index.open(name, root)
+    ix.memory_limit = memory_limit
+    cols, rows = ix.sql_stream(query, timeout_s=timeout)
+    emit_rows((dict(zip(cols, r, strict=True)) for r in rows), fmt, columns=cols)
 
 
 @cli.command()
@@ -274,7 +336,7 @@ def backbones(fmt):
 @click.option("--vector", "vector_file", type=click.Path(dir_okay=False), help=".npy with one or many query vectors.")
 @click.option("-k", type=click.IntRange(1), default=10, show_default=True, help="Hits per query.")
 @click.option("--where", help="SQL predicate over catalog columns, e.g. \"split = 'train' AND label = 'cat'\".")
-@click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write a contact sheet with thumbnails.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), callback=_output_file, help="Also write a contact sheet with thumbnails.")
 @root_option
 @output_options
 @_handle_errors
@@ -315,7 +377,7 @@ def search(name, images, ids, texts, vector_file, k, where, html_file, root, fmt
               "(default: all that apply).")
 @click.option("--prompts", type=click.Path(dir_okay=False), help="JSON of classnames/templates for zeroshot.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--html", "html_file", type=click.Path(dir_okay=False),
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), callback=_output_file,
               help="Where to write the HTML report (default: reports/eval-RUN.html in the index).")
 @root_option
 @output_options
@@ -338,6 +400,8 @@ def eval_cmd(name, train_where, test_where, methods, prompts, seed, html_file, r
         ix, html_file, train=train_where, test=test_where, methods=methods.split(",") if methods else None,
         seed=seed, prompts=prompts)
     click.echo(f"results: {ix.layout.reports}/eval-{run.run_id}-*.json; report: {html_path}", err=True)
+    for sk in run.skipped:
+        click.echo(f"not run: {sk['variant'] or sk['method']}: {sk['reason']}", err=True)
     if fmt == "table":
         click.echo(md)
     else:
@@ -422,19 +486,19 @@ def classify(name, images, probe, k, root, fmt):
               help="Checkpoint path: writes OUT.safetensors, OUT.json, OUT.state.pt and OUT.loss.png.")
 @click.option("--where", default="split = 'train'", show_default=True,
               help="Which items to train on (SQL over id, label, split, path, metadata). Keep test out.")
-@click.option("--epochs", type=int, default=60, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--image-size", type=int, default=0, help="Default: the data's size (8 digits, 28 MNIST, 32 CIFAR).")
-@click.option("--patch-size", type=int, default=0, help="Default: image size / 4.")
-@click.option("--depth", type=int, default=4, show_default=True)
-@click.option("--width", type=int, default=0, help="Default: 64 up to 16 px, else 128.")
-@click.option("--heads", type=int, default=4, show_default=True)
-@click.option("--mask-ratio", type=float, default=0.5, show_default=True)
-@click.option("--decoder-depth", type=int, default=2, show_default=True)
-@click.option("--temperature", type=float, default=0.1, show_default=True, help="InfoNCE temperature.")
-@click.option("--mae-weight", type=float, default=1.0, show_default=True)
-@click.option("--infonce-weight", type=float, default=1.0, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--lr", type=_Finite(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--image-size", type=click.IntRange(min=0), default=0, help="Default: the data's size (8 digits, 28 MNIST, 32 CIFAR).")
+@click.option("--patch-size", type=click.IntRange(min=0), default=0, help="Default: image size / 4.")
+@click.option("--depth", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--width", type=click.IntRange(min=0), default=0, help="Default: 64 up to 16 px, else 128.")
+@click.option("--heads", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--mask-ratio", type=_Finite(min=0, max=1, min_open=True, max_open=True), default=0.5, show_default=True)
+@click.option("--decoder-depth", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--temperature", type=_Finite(min=0, min_open=True), default=0.1, show_default=True, help="InfoNCE temperature.")
+@click.option("--mae-weight", type=_Finite(min=0), default=1.0, show_default=True)
+@click.option("--infonce-weight", type=_Finite(min=0), default=1.0, show_default=True)
 @click.option("--augment", default="crop,affine", show_default=True, help="InfoNCE views: crop,affine,flip,color.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
@@ -470,7 +534,7 @@ def pretrain(source, method, out, where, epochs, batch_size, lr, image_size, pat
 
 @cli.command()
 @root_option
-@click.option("--epochs", type=int, default=40, show_default=True, help="Pretraining epochs for the ViT.")
+@click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True, help="Pretraining epochs for the ViT.")
 @click.option("--method", type=click.Choice(["mae", "infonce", "mae+infonce"]), default="infonce", show_default=True)
 @_handle_errors
 def quickstart(root, epochs, method):

@@ -12,24 +12,20 @@ import numpy as np
 from embedsearch.core.errors import IndexStateError, QueryError
 from embedsearch.store import catalog as cat
 from embedsearch.store import parts as store
-from embedsearch.store.manifest import Layout, check_consistent, read_manifest, resolve
+from embedsearch.store.manifest import Layout, Manifest, check_consistent, read_manifest, resolve
 
 _OPEN_WAIT_S = 5.0  # how long a reader waits for a writer to publish a manifest naming the new FAISS file
+SQL_TIMEOUT_S = 60.0  # `sql`: a query that runs longer is interrupted (override with --timeout)
+SQL_MEMORY_LIMIT = "4GB"  # DuckDB's memory for one reader's catalog snapshot and queries (--memory-limit)
 
 
-def _serving_view(layout: Layout, manifest: dict) -> dict:
+def _serving_view(layout: Layout, manifest: Manifest) -> Manifest:
     """What readers see: the manifest when complete; while `embedsearch index --add` extends it, the last complete
     snapshot (its parts and FAISS file), so queries keep working and never see a part or index in progress."""
-    if manifest.get("state") == "complete":
-        return manifest
-    if manifest.get("state") == "repairing":
+    if manifest.state == "repairing":
         raise IndexStateError(f"index {layout.dir} is being repaired (or a repair was interrupted): wait for it, "
                               "or run `embedsearch verify --repair` again")
-    snap = manifest.get("snapshot")
-    if not snap:
-        raise IndexStateError(f"index {layout.dir} is not complete (state {manifest.get('state')!r}): re-run "
-                              "the same `embedsearch index` command to resume it")
-    return {**manifest, **snap, "state": "complete", "serving": "snapshot (an extension is in progress)"}
+    return manifest.serving_view()
 
 
 class Index:
@@ -39,8 +35,9 @@ class Index:
     >>> ix.sql("SELECT label, count(*) FROM items GROUP BY label")  # doctest: +SKIP
     """
 
-    def __init__(self, layout: Layout, manifest: dict):
+    def __init__(self, layout: Layout, manifest: Manifest):
         self.layout, self.manifest = layout, manifest
+        self.memory_limit = SQL_MEMORY_LIMIT  # read when the catalog connection opens
 
     @classmethod
     def open(cls, name_or_path: str | os.PathLike, root: str | os.PathLike | None = None) -> Index:
@@ -52,14 +49,14 @@ class Index:
             try:
                 check_consistent(layout, manifest)
                 ix = cls(layout, manifest)
-                if manifest.get("serving"):
+                if manifest.serving:
                     ix.faiss  # noqa: B018 — map the snapshot's FAISS file now, before the writer replaces it
                 return ix
             except IndexStateError:
                 # A writer renames the new FAISS file into place right before it publishes the manifest naming it.
                 # A reader that falls between the two (or whose manifest was replaced while it checked the files)
                 # reads the manifest again; an index that stays inconsistent is reported.
-                writer_active = on_disk.get("state") != "complete" or read_manifest(layout) != on_disk
+                writer_active = on_disk.state != "complete" or read_manifest(layout) != on_disk
                 if not writer_active or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
@@ -72,40 +69,71 @@ class Index:
 
     @property
     def dim(self) -> int:
-        return int(self.manifest["space"]["dim"])
+        return self.manifest.space.dim
 
     @property
     def backbone_spec(self) -> str:
-        return self.manifest["space"]["spec"]
+        return self.manifest.space.spec
 
     @property
     def part_paths(self) -> list[Path]:
-        return [self.layout.parts / p["file"] for p in self.manifest["parts"]]
+        return [self.layout.parts / p.file for p in self.manifest.parts]
 
     def info(self) -> dict:
         m = self.manifest
-        return {"name": self.name, "path": str(self.layout.dir), "state": m["state"], "backbone": m["backbone"],
-                "dtype": m["space"]["dtype"], "dim": self.dim, "source": m.get("source"), "counts": m.get("counts"),
-                "parts": len(m["parts"]), "bytes_parts": sum(p["bytes"] for p in m["parts"]),
-                "faiss": m.get("faiss"), "versions": m.get("versions"), "created": m.get("created"),
-                "updated": m.get("updated")}
+        return {"name": self.name, "path": str(self.layout.dir), "state": m.state, "backbone": m.backbone,
+                "dtype": m.space.dtype, "dim": self.dim, "source": m.source, "counts": m.counts,
+                "parts": len(m.parts), "bytes_parts": sum(p.bytes for p in m.parts),
+                "faiss": m.faiss.to_dict() if m.faiss else None, "versions": m.versions, "created": m.created,
+                "updated": m.updated}
 
     # ----------------------------------------------------------------------------------- catalog
 
     @cached_property
     def con(self):
-        return cat.connect_readonly(self.layout.catalog, self.part_paths)
+        return cat.connect_readonly(self.layout.catalog, self.part_paths, memory_limit=self.memory_limit)
 
-    def sql(self, query: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
-        """Run one read-only SELECT over `items`, `classes`, `runs`, `results` and `embeddings`."""
+    def sql(self, query: str, params: list | None = None, *, timeout_s: float | None = SQL_TIMEOUT_S
+            ) -> tuple[list[str], list[tuple]]:
+        """Run one read-only SELECT over `items`, `classes`, `runs`, `results` and `embeddings`; all rows.
+        Repeated column names are made unique (`id`, `id_2`), as a dict or JSON object needs."""
+        cols, rows = self.sql_stream(query, params, timeout_s=timeout_s)
+        return cols, list(rows)
+
+    def sql_stream(self, query: str, params: list | None = None, *, timeout_s: float | None = SQL_TIMEOUT_S,
+                   batch: int = 1024):
+        """(column names, an iterator over the rows), fetched `batch` rows at a time: the first rows arrive before
+        the query has produced the last. A query whose own work (time spent in DuckDB, not in a slow consumer of
+        the rows) passes `timeout_s` (None: no limit), or that needs more than `memory_limit`, stops with a
+        one-line QueryError."""
         import duckdb
 
         cat.check_select(query)
+        con = self.con
+        clock = _Budget(con, timeout_s)
+
+        def fail(e: Exception) -> QueryError:
+            if isinstance(e, duckdb.InterruptException) and clock.expired:
+                return QueryError(f"the query ran past the time limit ({timeout_s:g} s): add a LIMIT or raise "
+                                  "--timeout")
+            if isinstance(e, duckdb.OutOfMemoryException):
+                return QueryError(f"the query needs more than the memory limit ({self.memory_limit}): add a LIMIT, "
+                                  "or raise --memory-limit")
+            return QueryError(f"SQL error: {str(e).splitlines()[0][:300]}")
+
         try:
-            cur = self.con.execute(query, params or [])
+            cur = clock.run(con.execute, query, params or [])
         except duckdb.Error as e:
-            raise QueryError(f"SQL error: {str(e).splitlines()[0][:300]}") from None
-        return [d[0] for d in cur.description], cur.fetchall()
+            raise fail(e) from None
+
+        def rows():
+            try:
+                while chunk := clock.run(cur.fetchmany, batch):
+                    yield from chunk
+            except duckdb.Error as e:
+                raise fail(e) from None
+
+        return unique_names([d[0] for d in cur.description]), rows()
 
     def classes(self) -> list[str]:
         """All class names of the dataset in class-index order (not only those present in a selection)."""
@@ -115,7 +143,7 @@ class Index:
         """Items matching a user predicate: arrays of id, class_index (-1 when unlabeled), label, split, path."""
         scope = None
         if embedded_only:  # items of the parts this reader serves (an extension may be adding more)
-            parts = ", ".join(str(store.part_number(p["file"])) for p in self.manifest["parts"]) or "NULL"
+            parts = ", ".join(str(p.number) for p in self.manifest.parts) or "NULL"
             scope = f"status = 'ok' AND part IN ({parts})"
         rows = cat.select_ids(self.con, where, "id, coalesce(class_index, -1), label, split, path", scope=scope)
         if not rows:
@@ -164,7 +192,7 @@ class Index:
         """The `BackboneConfig` the index was built with (the precision it ran at, the weights hash it produced)."""
         from embedsearch.models.config import BackboneConfig
 
-        if self.manifest["space"].get("kind") == "external":
+        if self.manifest.space.kind == "external":
             raise QueryError(f"index {self.name} holds imported vectors: there is no backbone to embed new queries")
         return BackboneConfig.of_manifest(self.manifest)
 
@@ -179,9 +207,62 @@ class Index:
         search parameters recorded at build time (e.g. the auto-tuned nprobe)."""
         from embedsearch.store.faiss_index import load_index
 
-        fa = self.manifest["faiss"]  # Index.open checked that one is recorded
-        index = load_index(self.layout.faiss, mmap=True, params=fa.get("params"))
-        if index.ntotal != fa["ntotal"]:
+        fa = self.manifest.faiss  # Index.open checked that one is recorded
+        index = load_index(self.layout.faiss, mmap=True, params=fa.params)
+        if index.ntotal != fa.ntotal:
             raise IndexStateError(f"{self.layout.faiss} was replaced after {self.name} was opened ({index.ntotal} "
-                                  f"vectors, {fa['ntotal']} when opened): open the index again")
+                                  f"vectors, {fa.ntotal} when opened): open the index again")
         return index
+
+
+class _Budget:
+    """Runs DuckDB calls with a time budget spent only inside them (not in a slow consumer of the rows). Each call
+    runs in a worker thread while this thread waits, so Ctrl-C and the deadline are seen at once and stop the query
+    with `interrupt()` (a call blocked inside DuckDB does not see Python's signals by itself)."""
+
+    def __init__(self, con, seconds: float | None):
+        self.con, self.left, self.expired = con, seconds, False
+
+    def run(self, fn, *args):
+        import threading
+
+        out: dict = {}
+
+        def work():
+            try:
+                out["value"] = fn(*args)
+            except BaseException as e:  # noqa: BLE001 — re-raised in the calling thread
+                out["error"] = e
+
+        t = threading.Thread(target=work, daemon=True)
+        t0 = time.monotonic()
+        t.start()
+        try:
+            while t.is_alive():
+                t.join(0.05)
+                if self.left is not None and not self.expired and time.monotonic() - t0 > self.left:
+                    self.expired = True
+                    self.con.interrupt()
+        except KeyboardInterrupt:
+            self.con.interrupt()
+            t.join()
+            raise
+        finally:
+            if self.left is not None:
+                self.left -= time.monotonic() - t0
+        if "error" in out:
+            raise out["error"]
+        return out["value"]
+
+
+def unique_names(cols: list[str]) -> list[str]:
+    """Column names as keys: a repeated name gets `_2`, `_3`… (`SELECT a.id, b.id` → id, id_2), never one that
+    another column already has."""
+    out: list[str] = []
+    for c in cols:
+        name, n = c, 1
+        while name in out or (name != c and name in cols):
+            n += 1
+            name = f"{c}_{n}"
+        out.append(name)
+    return out

@@ -4,15 +4,24 @@ from the Parquet parts (the source of truth) and re-embeds only the parts that a
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from embedsearch.core.errors import EmbedsearchError, IndexStateError
 from embedsearch.core.files import file_sha256
+from embedsearch.core.schema import from_record
 from embedsearch.store import catalog as cat
 from embedsearch.store import parts as store
-from embedsearch.store.manifest import Layout, read_manifest, resolve, write_manifest, writer_lock
+from embedsearch.store.manifest import (
+    PART_FILE,
+    Layout,
+    Manifest,
+    read_manifest,
+    resolve,
+    write_manifest,
+    writer_lock,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +50,26 @@ def verify(name: str, root=None) -> Report:
     layout = resolve(name, root)
     rep = Report(str(layout.dir))
     try:
+        layout.check_confined()
+    except IndexStateError as e:
+        rep.add("folder", layout.dir.name, str(e))
+        return rep
+    try:
         manifest = read_manifest(layout)
     except IndexStateError as e:
         rep.add("manifest", layout.manifest.name, str(e))
         return rep
+    if manifest.state != "complete":
+        rep.add("incomplete", layout.manifest.name, f"state {manifest.state!r}: a build, extension or repair did not "
+                "finish (readers serve the last complete snapshot if there is one)")
     part_ids: dict[str, np.ndarray] = {}
-    listed = {p["file"]: p for p in manifest.get("parts", [])}
+    listed = {p.file: p for p in manifest.parts}
     for fname, rec in listed.items():
         f = layout.parts / fname
         if not f.exists():
             rep.add("part missing", fname, "listed in the manifest, not on disk")
             continue
-        if f.stat().st_size != rec["bytes"] or file_sha256(f) != rec["sha256"]:
+        if f.stat().st_size != rec.bytes or file_sha256(f) != rec.sha256:
             rep.add("part changed", fname, f"sha256/size differ from the manifest ({f.stat().st_size} bytes)")
             continue
         try:
@@ -60,25 +77,28 @@ def verify(name: str, root=None) -> Report:
         except IndexStateError as e:
             rep.add("part unreadable", fname, str(e))
             continue
-        if len(ids) != rec["rows"] or not np.isfinite(vecs.astype(np.float32)).all():
+        if len(ids) != rec.rows or not np.isfinite(vecs.astype(np.float32)).all():
             rep.add("part content", fname, "row count differs from the manifest or non-finite vectors")
             continue
         part_ids[fname] = ids
     for f in sorted(layout.parts.glob("part-*.parquet")):
-        if f.name not in listed:
+        if f.name not in listed and PART_FILE.fullmatch(f.name):
             rep.add("part not in manifest", f.name, "an extra part file (not used by queries)")
     rep.checked["parts"] = f"{len(part_ids)} of {len(listed)} sound"
     all_ids = np.concatenate(list(part_ids.values())) if part_ids else np.zeros(0, np.int64)
     if len(np.unique(all_ids)) != len(all_ids):
         rep.add("duplicate ids", "parts/", f"{len(all_ids) - len(np.unique(all_ids))} ids appear in two parts")
 
-    fa = manifest.get("faiss")
+    fa = manifest.faiss
     if not fa:
         rep.add("faiss", "index.faiss", "the manifest records no FAISS index (the build did not finish)")
     elif not layout.faiss.exists():
         rep.add("faiss missing", layout.faiss.name, "not on disk")
-    elif file_sha256(layout.faiss) != fa["sha256"]:
-        rep.add("faiss changed", layout.faiss.name, "sha256 differs from the manifest")
+    elif layout.faiss.stat().st_size != fa.bytes or file_sha256(layout.faiss) != fa.sha256:
+        rep.add("faiss changed", layout.faiss.name, "sha256/size differ from the manifest")
+    elif fa.ntotal != manifest.rows:
+        rep.add("faiss stale", layout.manifest.name, f"the manifest records {fa.ntotal} FAISS vectors and "
+                f"{manifest.rows} part rows")
     else:
         from embedsearch.store.faiss_index import load_index
 
@@ -96,12 +116,18 @@ def verify(name: str, root=None) -> Report:
             rep.add("catalog missing", layout.catalog.name, "not on disk")
         else:
             with cat.Catalog(layout.catalog).read() as con:
-                ok = {r[0] for r in con.execute("SELECT id FROM items WHERE status = 'ok'").fetchall()}
+                ok = dict(con.execute("SELECT id, part FROM items WHERE status = 'ok'").fetchall())
                 version = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            have = set(all_ids.tolist())
-            if part_ids and len(part_ids) == len(listed) and ok != have:
+            have = {int(i): store.part_number(f) for f, ids in part_ids.items() for i in ids}
+            if version is None or not str(version[0]).isdigit() or int(version[0]) > cat.SCHEMA_VERSION:
+                rep.add("catalog version", layout.catalog.name, f"schema version {version and version[0]!r}; this "
+                        f"embedsearch reads up to v{cat.SCHEMA_VERSION}")
+            elif part_ids and len(part_ids) == len(listed) and ok.keys() != have.keys():
+                rep.add("catalog out of step", layout.catalog.name, f"{len(ok.keys() - have.keys())} items marked ok "
+                        f"have no vector, {len(have.keys() - ok.keys())} vectors have no ok item")
+            elif moved := sum(ok[i] != p for i, p in have.items() if i in ok):
                 rep.add("catalog out of step", layout.catalog.name,
-                        f"{len(ok - have)} items marked ok have no vector, {len(have - ok)} vectors have no ok item")
+                        f"{moved} items name another part than the one that holds their vector")
             rep.checked["catalog"] = f"schema v{version[0] if version else '?'}, {len(ok)} items ok"
     except Exception as e:  # noqa: BLE001 — any failure to read it is the finding
         rep.add("catalog unreadable", layout.catalog.name, str(e).splitlines()[0][:200])
@@ -110,54 +136,104 @@ def verify(name: str, root=None) -> Report:
 
 def repair(name: str, root=None, progress: bool = True) -> Report:
     """Fix what `verify` found: drop damaged parts and re-embed exactly those; rebuild the catalog from the source
-    and the parts, and the FAISS index from the parts."""
-    from embedsearch.build import BuildConfig, _build_faiss, build_index
-    from embedsearch.sources.datasets import open_source
+    and the parts, and the FAISS index from the parts.
+
+    Destructive steps come last: under the writer lock, repair verifies, decides everything it will do and checks it
+    can (the build record parses, the source opens, the backbone config is whole) before it deletes anything. It only
+    ever deletes part files that `verify` found in the index's own parts/ folder, by their validated names."""
+    from embedsearch.build import _build_faiss, build_index
 
     layout = resolve(name, root)
-    before = verify(name, root)
-    if before.sound:
-        return before
-    kinds = {p["problem"] for p in before.problems}
-    if "manifest" in kinds:
-        raise IndexStateError(f"{layout.manifest} is unusable; the manifest defines the embedding space, so this "
-                              "index cannot be repaired — rebuild it")
-    manifest = read_manifest(layout)
-    with writer_lock(layout):
-        bad_parts = {p["file"] for p in before.problems if p["problem"].startswith("part") and
-                     p["problem"] != "part not in manifest"}
-        for f in bad_parts:
+    if not layout.manifest.is_file():
+        rep = verify(name, root)
+        raise IndexStateError(f"cannot repair {layout.dir}: {rep.problems[0]['detail'] if rep.problems else 'no index'}")
+    with writer_lock(layout):  # refuses a folder with links out of it (check_confined)
+        before = verify(name, root)
+        if before.sound:
+            return before
+        plan = _plan_repair(layout, before)
+        manifest, cfg = plan.manifest, plan.cfg
+        for f in sorted(plan.bad_parts):
             (layout.parts / f).unlink(missing_ok=True)
             before.repaired.append(f"removed damaged {f} (re-embedded below)")
-        for p in before.problems:
-            if p["problem"] == "part not in manifest":
-                (layout.parts / p["file"]).unlink(missing_ok=True)
-                before.repaired.append(f"removed extra {p['file']}")
-        manifest["parts"] = [p for p in manifest["parts"] if p["file"] not in bad_parts]
-        catalog_bad = any(p["problem"].startswith("catalog") for p in before.problems)
-        if catalog_bad:
-            _rebuild_catalog(layout, manifest)
+        for f in sorted(plan.extra_parts):
+            (layout.parts / f).unlink(missing_ok=True)
+            before.repaired.append(f"removed extra {f}")
+        manifest.parts = tuple(p for p in manifest.parts if p.file not in plan.bad_parts)
+        if plan.catalog_bad:
+            _rebuild_catalog(layout, manifest, plan.source)
             before.repaired.append("rebuilt the catalog from the source and the parts")
-        elif bad_parts:
-            _mark_pending(layout, bad_parts)
+        elif plan.bad_parts:
+            _mark_pending(layout, plan.bad_parts)
         # the FAISS file may hold vectors of the dropped parts: readers refuse the index until the repair finishes
-        manifest.update(faiss=None, state="repairing")
-        manifest.pop("snapshot", None)
+        manifest.faiss, manifest.state, manifest.snapshot = None, "repairing", None
         write_manifest(layout, manifest)
-    cfg = BuildConfig(**{**manifest["build"], "add": False, "root": str(layout.dir.parent), "name": layout.dir.name})
     if _pending(layout):
-        opts = dict(manifest["source"].get("options") or {})
-        build_index(open_source(manifest["source"]["spec"], **opts), cfg, progress=progress)
+        summary = build_index(plan.source, cfg, progress=progress, only_indexed=True)
         before.repaired.append("re-embedded the items without a sound vector and rebuilt the FAISS index")
+        if summary.get("not_indexed"):
+            before.repaired.append(f"left {summary['not_indexed']} items the source gained since the build "
+                                   f"unindexed (`embedsearch index ... --add` embeds them)")
     else:
         with writer_lock(layout):
-            manifest["faiss"] = _build_faiss(layout, manifest, cfg)
-            manifest["state"] = "complete"
+            manifest.faiss = _build_faiss(layout, manifest, cfg)
+            manifest.state = "complete"
             write_manifest(layout, manifest)
         before.repaired.append("rebuilt the FAISS index from the parts")
     after = verify(name, root)
     after.repaired = before.repaired
     return after
+
+
+@dataclass
+class _RepairPlan:
+    manifest: Manifest
+    cfg: object  # BuildConfig
+    bad_parts: set[str]
+    extra_parts: set[str]
+    catalog_bad: bool
+    source: object | None  # the source, opened, when items must be embedded or the catalog rebuilt
+
+
+def _plan_repair(layout: Layout, rep: Report) -> _RepairPlan:
+    """Everything repair will do, checked before it does any of it; a refusal changes nothing."""
+    from embedsearch.build import BuildConfig
+    from embedsearch.models.config import BackboneConfig
+    from embedsearch.sources.datasets import SourceOptions, open_source
+
+    kinds = {p["problem"] for p in rep.problems}
+    if "manifest" in kinds:
+        raise IndexStateError(f"{layout.manifest} is unusable; the manifest defines the embedding space, so this "
+                              "index cannot be repaired — rebuild it (nothing was changed)")
+    if "catalog version" in kinds:
+        raise IndexStateError(f"{layout.catalog} was written by a newer embedsearch: upgrade embedsearch to repair "
+                              "it (nothing was changed)")
+    manifest = read_manifest(layout)
+    listed = {p.file for p in manifest.parts}
+    bad = {p["file"] for p in rep.problems if p["problem"].startswith("part") and p["problem"] != "part not in manifest"}
+    extra = {p["file"] for p in rep.problems if p["problem"] == "part not in manifest"}
+    assert bad <= listed and all(PART_FILE.fullmatch(f) for f in bad | extra)  # names verify took from parts/
+    catalog_bad = any(p["problem"].startswith("catalog") for p in rep.problems)
+    try:
+        cfg = from_record(BuildConfig, {**manifest.build, "add": False, "root": str(layout.dir.parent),
+                                        "name": layout.dir.name}, f"manifest {layout.manifest}: build")
+    except (EmbedsearchError, TypeError, ValueError) as e:
+        raise IndexStateError(f"cannot repair {layout.dir}: {e} (nothing was changed)") from None
+    source = None
+    if bad or catalog_bad or "incomplete" in kinds:
+        spec = manifest.source.get("spec")
+        if not spec:
+            raise IndexStateError(f"cannot repair {layout.dir}: the manifest records no source to re-embed from "
+                                  "(nothing was changed)")
+        try:
+            if manifest.space.kind != "external":
+                BackboneConfig.of_manifest(manifest)
+            opts = from_record(SourceOptions, manifest.source.get("options") or {},
+                               f"manifest {layout.manifest}: source.options")
+            source = open_source(spec, **asdict(opts))
+        except EmbedsearchError as e:
+            raise IndexStateError(f"cannot repair {layout.dir}: {e} (nothing was changed)") from None
+    return _RepairPlan(manifest, cfg, bad, extra, catalog_bad, source)
 
 
 def _pending(layout: Layout) -> int:
@@ -172,27 +248,20 @@ def _mark_pending(layout: Layout, parts: set[str]) -> None:
                     "WHERE part IN (SELECT unnest(?))", [nums])
 
 
-def _rebuild_catalog(layout: Layout, manifest: dict) -> None:
+def _rebuild_catalog(layout: Layout, manifest: Manifest, src) -> None:
     """Items from the source, each assigned to the part that holds its vector; items in no part go to new parts,
     pending, so the repair embeds them (an item that fails again is recorded with its reason). Runs and results
     are not recoverable."""
-    from embedsearch.sources.datasets import open_source
-
-    opts = dict(manifest["source"].get("options") or {})
-    try:
-        src = open_source(manifest["source"]["spec"], **opts)
-    except EmbedsearchError as e:
-        raise IndexStateError(f"cannot rebuild the catalog: the source no longer opens ({e})") from None
     where: dict[int, int] = {}
-    for p in manifest["parts"]:
-        ids, _ = store.read_part(layout.parts / p["file"], with_vectors=False)
-        where.update({int(i): store.part_number(p["file"]) for i in ids})
+    for p in manifest.parts:
+        ids, _ = store.read_part(layout.parts / p.file, with_vectors=False)
+        where.update({int(i): p.number for i in ids})
     for suffix in ("", ".wal"):
         layout.catalog.with_name(layout.catalog.name + suffix).unlink(missing_ok=True)
     c = cat.Catalog(layout.catalog)
     c.init()
-    size = int(manifest["build"].get("part_size") or 2048)
-    first = max([store.part_number(p["file"]) for p in manifest.get("parts", [])] + [-1]) + 1
+    size = int(manifest.build.get("part_size") or 2048)
+    first = max([p.number for p in manifest.parts] + [-1]) + 1
     missing = sorted(r.id for r in src.records if r.id not in where)
     new_part = {rid: first + i // size for i, rid in enumerate(missing)}
     c.add_items(src.records, [where.get(r.id, new_part.get(r.id)) for r in src.records], src.classes)

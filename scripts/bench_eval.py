@@ -55,7 +55,7 @@ def sklearn_linear_selection(xtr, ytr, seed, grid):
     """The same selection procedure as embedsearch's probe (coarse grid, early stop, refine, refit), with sklearn."""
     from sklearn.linear_model import LogisticRegression
 
-    from embedsearch.evaluate.protocols import holdout_split
+    from embedsearch.evaluate.methods.base import holdout_split
 
     fit, held = holdout_split(ytr, seed=seed)
     tried = {}
@@ -105,7 +105,11 @@ def main():
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    from embedsearch.evaluate import protocols as P
+    from embedsearch.evaluate.methods import knn as M_knn
+    from embedsearch.evaluate.methods import linear as M_linear
+    from embedsearch.evaluate.methods import mlp as M_mlp
+    from embedsearch.evaluate.methods import prototypes as M_proto
+    from embedsearch.evaluate.methods import svc as M_svc
 
     rows = []
 
@@ -119,27 +123,27 @@ def main():
         (xtr, ytr), (xte, yte) = make_data(args.n_train, args.n_test, args.dim, C, args.seed)
         acc = lambda pred: float((np.asarray(pred) == yte).mean())  # noqa: E731
 
-        (protos, has), t = timed(lambda: P.prototypes(xtr, ytr, C))
-        s, t2 = timed(lambda: P.prototype_scores(protos, has, xte))
+        (protos, has), t = timed(lambda: M_proto.prototypes(xtr, ytr, C))
+        s, t2 = timed(lambda: M_proto.prototype_scores(protos, has, xte))
         add(C, "prototypes", t + t2, acc(s.argmax(1)), "(none)", None, None)
 
         def knn_one(k):  # search + vote, as `eval` runs them
-            sims, idx = P.knn_neighbours(xtr, xte, k)
-            return P.knn_scores(sims, ytr[idx], k, C, P.KNN_T, P.ExactSims(xtr, xte, idx), (1,)).argmax(1)
+            sims, idx = M_knn.knn_neighbours(xtr, xte, k)
+            return M_knn.knn_scores(sims, ytr[idx], k, C, M_knn.KNN_T, M_knn.ExactSims(xtr, xte, idx), (1,)).argmax(1)
 
         ours20, t_ours20 = timed(lambda: knn_one(20))
-        ref20, t_ref = timed(lambda: sklearn_knn(xtr, ytr, xte, 20, P.KNN_T))
+        ref20, t_ref = timed(lambda: sklearn_knn(xtr, ytr, xte, 20, M_knn.KNN_T))
         add(C, "kNN weighted k=20, T=0.07 (one k)", t_ours20, acc(ours20), "KNeighborsClassifier(20, exp(cos/T))",
             t_ref, acc(ref20), f"identical predictions: {np.mean(ours20 == ref20):.4%}")
         # the protocol's sweep: k ∈ {10, 20, 100, 200} × {weighted, majority} from one exact search
-        (sims, idx), t_sweep_ours = timed(lambda: P.knn_neighbours(xtr, xte, 200, ks=P.KNN_KS))
-        exact, t_ex = timed(lambda: P.ExactSims(xtr, xte, idx))
+        (sims, idx), t_sweep_ours = timed(lambda: M_knn.knn_neighbours(xtr, xte, 200, ks=M_knn.KNN_KS))
+        exact, t_ex = timed(lambda: M_knn.ExactSims(xtr, xte, idx))
         t_sweep_ours += t_ex
         t_sweep_ref = 0.0
         same = []
-        for k in P.KNN_KS:
-            for T in (P.KNN_T, None):
-                ours, tv = timed(lambda: P.knn_scores(sims, ytr[idx], k, C, T, exact, (1,)).argmax(1))  # noqa: B023
+        for k in M_knn.KNN_KS:
+            for T in (M_knn.KNN_T, None):
+                ours, tv = timed(lambda: M_knn.knn_scores(sims, ytr[idx], k, C, T, exact, (1,)).argmax(1))  # noqa: B023
                 t_sweep_ours += tv
                 ref, tr = timed(lambda: sklearn_knn(xtr, ytr, xte, k, T))  # noqa: B023
                 t_sweep_ref += tr
@@ -149,10 +153,10 @@ def main():
         if args.only == "knn":
             continue
 
-        (predict, params, _), t_ours = timed(lambda: P.linear_probe(xtr, ytr, C, seed=args.seed))
+        (predict, params, _), t_ours = timed(lambda: M_linear.linear_probe(xtr, ytr, C, seed=args.seed))
         ours_acc = acc(predict(xte).argmax(1))
         if C in args.selection_classes:
-            (ref_m, ref_C), t_ref = timed(lambda: sklearn_linear_selection(xtr, ytr, args.seed, P.LINEAR_C_GRID))
+            (ref_m, ref_C), t_ref = timed(lambda: sklearn_linear_selection(xtr, ytr, args.seed, M_linear.LINEAR_C_GRID))
             add(C, "linear probe, C selection + refit", t_ours, ours_acc, "LogisticRegression(lbfgs), same procedure",
                 t_ref, acc(ref_m.predict(xte)), f"C: embedsearch {params['C']:.3g}, sklearn {ref_C:.3g}")
         else:
@@ -163,15 +167,15 @@ def main():
         one, t_ref1 = timed(lambda: LogisticRegression(C=best_C, max_iter=1000).fit(xtr, ytr))
         dtypes = [torch.float64] if params["dtype"] == "float64" else [torch.float32, torch.float64]
         for dt in dtypes:  # the dtype the probe chose, and float64 for reference where it chose float32
-            pre = P._Preconditioned(xtr, "cpu", dt)
-            (W, b0), t_one = timed(lambda: P._fit_logreg(pre, Y, C, best_C))
+            pre = M_linear._Preconditioned(xtr, "cpu", dt)
+            (W, b0), t_one = timed(lambda: M_linear._fit_logreg(pre, Y, C, best_C))
             W, b0 = W.double().numpy(), b0.double().numpy()
             tag = str(dt).removeprefix("torch.") + (" (the probe's choice)" if str(dt).endswith(params["dtype"]) else "")
             add(C, f"linear, one fit at C={best_C:.3g}, {tag}", t_one, acc((xte @ W + b0).argmax(1)),
                 "LogisticRegression(lbfgs)", t_ref1, acc(one.predict(xte)), f"sklearn iterations {int(one.n_iter_[0])}")
 
         sub = np.random.default_rng(args.seed).permutation(len(ytr))[: args.svc_n]
-        (svc_pred, svc_params, _), t_svc = timed(lambda: P.svc_probe(xtr[sub], ytr[sub], "rbf"))
+        (svc_pred, svc_params, _), t_svc = timed(lambda: M_svc.svc_probe(xtr[sub], ytr[sub], "rbf"))
         ours_svc = acc(svc_pred(xte, C).argmax(1))
 
         def ref_svc():
@@ -181,7 +185,7 @@ def main():
         ref_p, t_rs = timed(ref_svc)
         add(C, f"SVC rbf ({args.svc_n} train items)", t_svc, ours_svc, "SVC(rbf, gamma=scale)", t_rs, acc(ref_p),
             f"backend {svc_params['backend']}: the same estimator")
-        (mlp_pred, mlp_params, _), t_mlp = timed(lambda: P.mlp_probe(xtr, ytr, C, seed=args.seed))
+        (mlp_pred, mlp_params, _), t_mlp = timed(lambda: M_mlp.mlp_probe(xtr, ytr, C, seed=args.seed))
         add(C, "MLP 256 ReLU (early stopping on held-out)", t_mlp, acc(mlp_pred(xte).argmax(1)), "(none)", None, None,
             f"epochs {mlp_params['epochs']}")
 

@@ -99,7 +99,7 @@ def main() -> None:
         ix = Index.open(f"run{i}", work / "indexes")
         ids, v = store.read_all(ix.part_paths)
         vecs[label] = (ids, v)
-        part_bytes = sum(p["bytes"] for p in ix.manifest["parts"])
+        part_bytes = sum(p.bytes for p in ix.manifest.parts)
         rows.append({"method": label, "seconds": t, "images_per_s": args.n / t,
                      "runner_images_per_s": s["timings_s"]["images_per_s"], "bytes_per_vector": part_bytes / args.n})
     # float32 storage for the byte comparison
@@ -108,7 +108,7 @@ def main() -> None:
     ix = Index.open("f32", work / "indexes")
     rows.append({"method": "embedsearch fp32, float32 storage", "seconds": t, "images_per_s": args.n / t,
                  "runner_images_per_s": s["timings_s"]["images_per_s"],
-                 "bytes_per_vector": sum(p["bytes"] for p in ix.manifest["parts"]) / args.n})
+                 "bytes_per_vector": sum(p.bytes for p in ix.manifest.parts) / args.n})
 
     # how close are the vectors? (same weights: the seeded random init is identical in every run)
     ids32, v32 = store.read_all(ix.part_paths)

@@ -96,11 +96,11 @@ def test_auto_index_pipeline_budget_smaller_than_the_parts(index_root):
                       num_workers=0, part_size=400)
     build_index(open_source("digits"), cfg, progress=False)
     ix = Index.open("auto")
-    fa = ix.manifest["faiss"]
-    raw = sum(p["rows"] for p in ix.manifest["parts"]) * ix.dim * 4
-    assert raw > budget and fa["requested"] == "auto" and "SQ8" in fa["factory"]
-    assert fa["bytes"] <= budget and fa["auto"]["met"] and fa["params"]["nprobe"] >= 1
-    assert ix.faiss.nprobe == fa["params"]["nprobe"]  # the reader applies the tuned parameter
+    fa = ix.manifest.faiss
+    raw = ix.manifest.rows * ix.dim * 4
+    assert raw > budget and fa.requested == "auto" and "SQ8" in fa.factory
+    assert fa.bytes <= budget and fa.extra["auto"]["met"] and fa.params["nprobe"] >= 1
+    assert ix.faiss.nprobe == fa.params["nprobe"]  # the reader applies the tuned parameter
     q = quality(ix, n_queries=300)
     assert q["recall"]["10-recall@10"] >= 0.85
 
@@ -141,7 +141,7 @@ def test_cli_auto_and_index_quality(index_root):
     res = r.invoke(cli, ["index", "digits", "-b", "pixels:8", "-n", "b", "--max-memory", "1GB"])
     assert res.exit_code == 2 and "apply to --index auto" in res.output
     res = r.invoke(cli, ["index", "digits", "-b", "pixels:8", "-n", "b", "--index", "auto", "--max-memory", "lots"])
-    assert res.exit_code == 1 and "--max-memory 'lots' is not a size" in res.output
+    assert res.exit_code == 2 and "--max-memory 'lots' is not a size" in res.output  # a usage error, before any work
 
 
 def test_parse_size():

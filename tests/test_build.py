@@ -18,7 +18,7 @@ def test_folder_index_parts_catalog_and_faiss(image_folder, tmp_path):
     s = build_index(src, _cfg(tmp_path, backbone="timm:test_vit", pretrained=False, num_workers=1), progress=False)
     assert s["items"] == 33 and s["embedded"] == 33 and s["failed"] == 0 and s["parts_total"] == 9
     ix = Index.open("ix", tmp_path)
-    assert ix.dim == 64 and ix.manifest["space"]["dtype"] == "float16"
+    assert ix.dim == 64 and ix.manifest.space.dtype == "float16"
     cols, rows = ix.sql("SELECT i.split, count(*) FROM items i JOIN embeddings e USING (id) GROUP BY 1 ORDER BY 1")
     assert rows == [("test", 9), ("train", 24)]
     _, rows = ix.sql("SELECT min(width), max(width), count(DISTINCT class_index) FROM items")
@@ -32,7 +32,7 @@ def test_folder_index_parts_catalog_and_faiss(image_folder, tmp_path):
     want = ids[np.argsort(-sims, axis=1, kind="stable")[:, :6]]
     assert (got[:, 0] == want[:, 0]).all()
     assert (np.sort(got, 1) == np.sort(want, 1)).mean() > 0.95  # ties in fp16 may reorder equal scores
-    assert ix.manifest["faiss"]["ntotal"] == 33
+    assert ix.manifest.faiss.ntotal == 33
 
 
 def test_resume_after_interruption_has_no_duplicate_or_missing_ids(tmp_path, monkeypatch):
@@ -79,7 +79,7 @@ def test_add_embeds_only_new_items_and_drift_is_refused(tmp_path):
     for change in (dict(backbone="pixels:16"), dict(backbone="pixels:8", dtype="float32")):
         with pytest.raises(IndexStateError, match="was built with"):
             build_index(src, _cfg(tmp_path, add=True, **change), progress=False)
-    assert Index.open("ix", tmp_path).manifest["faiss"]["ntotal"] == 50
+    assert Index.open("ix", tmp_path).manifest.faiss.ntotal == 50
 
 
 def test_autocast_precision_is_part_of_the_space(tmp_path, monkeypatch):
@@ -90,7 +90,7 @@ def test_autocast_precision_is_part_of_the_space(tmp_path, monkeypatch):
     src.records = all_recs[:8]
     vit = dict(backbone="timm:test_vit", pretrained=False, image_size=32, dtype="float32")
     build_index(src, _cfg(tmp_path, precision="bf16", **vit), progress=False)
-    assert Index.open("ix", tmp_path).manifest["space"]["precision"] == "bf16"
+    assert Index.open("ix", tmp_path).manifest.space.precision == "bf16"
     src.records = all_recs[:12]
     with pytest.raises(IndexStateError, match='precision="bf16", this run has precision="fp32"'):
         build_index(src, _cfg(tmp_path, precision="fp32", add=True, **vit), progress=False)
@@ -101,10 +101,10 @@ def test_autocast_precision_is_part_of_the_space(tmp_path, monkeypatch):
     build_index(src, _cfg(tmp_path, name="f32", precision="fp32", **vit), progress=False)
     src.records = all_recs[:16]
     s = build_index(src, _cfg(tmp_path, name="f32", precision="auto", add=True, **vit), progress=False)
-    assert s["precision"] == "fp32" and Index.open("f32", tmp_path).manifest["space"]["precision"] == "fp32"
+    assert s["precision"] == "fp32" and Index.open("f32", tmp_path).manifest.space.precision == "fp32"
     # no network, no precision: pixels indexes resume whatever --precision says
     build_index(src, _cfg(tmp_path, name="px", backbone="pixels:8", precision="bf16"), progress=False)
-    assert Index.open("px", tmp_path).manifest["space"]["precision"] is None
+    assert Index.open("px", tmp_path).manifest.space.precision is None
 
 
 def test_unreadable_image_is_recorded_not_fatal(image_folder, tmp_path):
@@ -132,7 +132,7 @@ def test_external_vectors_npy_json_parquet(tmp_path):
     for f in ("v.npy", "v.json", "v.parquet"):
         build_index(src, _cfg(tmp_path / ("ix-" + f), vectors=str(tmp_path / f), dtype="float32"), progress=False)
         ix = Index.open("ix", tmp_path / ("ix-" + f))
-        assert ix.manifest["space"]["kind"] == "external"
+        assert ix.manifest.space.kind == "external"
         np.testing.assert_allclose(ix.vectors([r.id for r in src.records]), v, rtol=1e-6)
     (tmp_path / "text.npy").write_text(json.dumps(v.tolist()))  # JSON under a .npy name: refused, never unpickled
     with pytest.raises(SourceError, match=r"text\.npy is not a \.npy file"):
@@ -144,10 +144,10 @@ def test_space_is_recorded_in_manifest_and_parquet_schema(tmp_path):
     src.records = src.records[:10]
     build_index(src, _cfg(tmp_path, backbone="timm:test_vit", pretrained=False, image_size=32), progress=False)
     ix = Index.open("ix", tmp_path)
-    sp = ix.manifest["space"]
+    sp = ix.manifest.space.to_dict()
     assert sp["spec"] == "timm:test_vit" and sp["preprocess"]["input_size"] == [3, 32, 32] and len(sp["weights_sha256"]) == 64
     assert store.part_metadata(ix.part_paths[0])["space"] == sp
-    assert {"torch", "timm", "faiss-cpu", "duckdb"} <= set(ix.manifest["versions"])
+    assert {"torch", "timm", "faiss-cpu", "duckdb"} <= set(ix.manifest.versions)
 
 
 def test_second_writer_fails_fast_naming_the_holder(tmp_path):
@@ -160,3 +160,25 @@ def test_second_writer_fails_fast_naming_the_holder(tmp_path):
         src = open_source("digits")
         with pytest.raises(IndexStateError, match=f"locked by PID {os.getpid()}"):
             build_index(src, _cfg(tmp_path, backbone="pixels:8"), progress=False)
+
+
+def test_vectors_at_the_ends_of_float32_keep_their_direction(tmp_path):
+    """Components ~1e30 overflow a float32 norm and ~1e-44 underflow it: both once became zero vectors that scored
+    0 against everything. Each is found by itself, with cosine 1."""
+    from embedsearch.query.search import search
+
+    src = open_source("digits")
+    src.records = src.records[:12]
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(12, 8)).astype(np.float32)
+    v[3] *= np.float32(1e30)
+    v[7] = (v[7] * np.float32(1e-44)).astype(np.float32)
+    assert np.count_nonzero(v[7]) >= 4  # still a subnormal vector with a direction
+    np.save(tmp_path / "v.npy", v)
+    build_index(src, _cfg(tmp_path / "ix", vectors=str(tmp_path / "v.npy"), dtype="float32"), progress=False)
+    ix = Index.open("ix", tmp_path / "ix")
+    ids = [src.records[3].id, src.records[7].id]
+    np.save(tmp_path / "q.npy", v[[3, 7]])
+    hits = search(ix, vector_file=str(tmp_path / "q.npy"), k=1)
+    assert [h["id"] for h in hits] == ids
+    assert all(abs(h["score"] - 1) < 1e-5 for h in hits)

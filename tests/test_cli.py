@@ -60,7 +60,7 @@ def test_eval_report_compare_search_flow(index_root):
         assert r.invoke(cli, ["-q", "index", "digits", "-b", bb, "-n", name, "--workers", "0"]).exit_code == 0
         res = r.invoke(cli, ["-q", "eval", name, "-m", "prototypes,knn"])
         assert res.exit_code == 0, res.output
-        assert "| knn | weighted k=20, T=0.07 |" in res.stdout and "1,000 resamples" in res.stdout
+        assert "| knn | weighted k=20, T=0.07 |" in res.stdout and "1000 resamples of the test set" in res.stdout
     res = r.invoke(cli, ["report", "px8", "px4", "--json"])
     rows = json.loads(res.stdout)
     assert {(x["index"], x["method"]) for x in rows} >= {("px8", "knn"), ("px4", "prototypes")}
@@ -91,3 +91,47 @@ def test_quickstart_end_to_end_offline(index_root):
 def test_k_is_validated_before_any_work(cmd):
     res = CliRunner().invoke(cli, cmd)
     assert res.exit_code == 2 and "'-k'" in res.output and "not in the range x>=1" in res.output
+
+
+@pytest.mark.parametrize("args", [
+    ["index", "digits", "--part-size", "0"], ["index", "digits", "--part-size", "-5"],
+    ["index", "digits", "--batch-size", "0"], ["index", "digits", "--workers", "-1"],
+    ["index", "digits", "--image-size", "0"],
+    ["pretrain", "digits", "-o", "x", "--lr", "nan"], ["pretrain", "digits", "-o", "x", "--lr", "0"],
+    ["pretrain", "digits", "-o", "x", "--epochs", "0"], ["pretrain", "digits", "-o", "x", "--mask-ratio", "1"],
+    ["pretrain", "digits", "-o", "x", "--temperature", "inf"], ["sql", "x", "SELECT 1", "--timeout", "0"],
+    ["eval", "x", "--html", "no-such-folder/r.html"], ["search", "x", "--id", "1", "--html", "no-such-folder/s.html"],
+])
+def test_bad_arguments_are_usage_errors_before_any_work(tmp_path, args):
+    where = ["--device", "cpu"] if args[0] == "pretrain" else ["--root", str(tmp_path)]
+    r = CliRunner().invoke(cli, [*args, *where])
+    assert r.exit_code == 2 and "Invalid value" in r.output, r.output
+    assert not any(tmp_path.iterdir())  # nothing was written
+
+
+@pytest.mark.parametrize("extra,msg", [(["--heads", "5"], "--heads 5 does not divide the width 64"),
+                                       (["--method", "infonce", "--batch-size", "1"], "InfoNCE needs --batch-size")])
+def test_pretrain_settings_that_cannot_train_are_refused_up_front(tmp_path, extra, msg):
+    r = CliRunner().invoke(cli, ["pretrain", "digits", "-o", str(tmp_path / "c"), "--epochs", "1", *extra])
+    assert r.exit_code == 1 and msg in r.output, r.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_index_names_cannot_escape_the_root_and_an_explicit_root_wins(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for bad in ("..", "."):
+        r = CliRunner().invoke(cli, ["-q", "index", "digits", "-b", "pixels:8", "--name", bad, "--workers", "0"])
+        assert r.exit_code == 1 and "is not an index name" in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # a folder `a` in the working directory holding an index, and another index `a` under --root r
+    for root, n in ((tmp_path, 100), (tmp_path / "r", 200)):
+        from embedsearch.build import BuildConfig, build_index
+        from embedsearch.sources.datasets import open_source
+
+        s = open_source("digits")
+        s.records = s.records[:n]
+        build_index(s, BuildConfig(name="a", root=str(root), backbone="pixels:8", num_workers=0), progress=False)
+    r = CliRunner().invoke(cli, ["sql", "a", "SELECT count(*) AS n FROM items", "--root", "r", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout) == [{"n": 200}]
+    r = CliRunner().invoke(cli, ["sql", "a", "SELECT count(*) AS n FROM items", "--json"])  # no root: the folder here
+    assert r.exit_code == 0 and json.loads(r.stdout) == [{"n": 100}]

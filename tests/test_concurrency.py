@@ -57,7 +57,7 @@ def test_queries_keep_working_while_an_index_is_extended(tmp_path):
             assert np.isfinite(vecs).all()
             hits = search(ix, ids=[int(served[0])], k=5)
             assert {r["id"] for r in hits} <= set(served.tolist())
-            if ix.manifest.get("serving"):
+            if ix.manifest.serving:
                 seen_snapshot += 1
                 assert ntotal == n0
             elif ntotal > n0:
@@ -68,7 +68,7 @@ def test_queries_keep_working_while_an_index_is_extended(tmp_path):
     assert p.wait(timeout=60) == 0, p.stderr.read()
     assert seen_snapshot >= 3, (seen_snapshot, reads)  # reads really overlapped the extension
     final = Index.open("c", root)
-    assert final.faiss.ntotal == 36 and final.manifest.get("serving") is None
+    assert final.faiss.ntotal == 36 and final.manifest.serving is None
 
 
 def _digits_index(root, n, add=False):
@@ -87,7 +87,7 @@ def test_open_between_faiss_rename_and_manifest_publish_waits_for_the_writer(tmp
     def open_in_the_window():
         try:
             ix = Index.open("d", tmp_path)
-            opened["result"] = (ix.faiss.ntotal, ix.manifest.get("serving"))
+            opened["result"] = (ix.faiss.ntotal, ix.manifest.serving)
         except Exception as e:  # noqa: BLE001 — reported by the assertion below
             opened["result"] = e
 
@@ -126,9 +126,9 @@ def test_an_add_killed_around_the_faiss_write_is_served_or_reported_then_resumed
         assert time.monotonic() - t0 < 5
     else:  # all new parts committed, no new FAISS file: readers still get the complete snapshot
         ix = Index.open("d", tmp_path)
-        assert ix.manifest["serving"] and ix.faiss.ntotal == 30 == len(ix.select()["id"])
+        assert ix.manifest.serving and ix.faiss.ntotal == 30 == len(ix.select()["id"])
         ix.close()
     monkeypatch.setattr(build.vindex, "save_index", real_save)
     assert _digits_index(tmp_path, 50, add=True)["embedded"] == 50  # the same command finishes it
     ix = Index.open("d", tmp_path)  # with the FAISS index of all 50, not the snapshot's 30
-    assert ix.faiss.ntotal == 50 == ix.manifest["faiss"]["ntotal"] and not ix.manifest.get("serving")
+    assert ix.faiss.ntotal == 50 == ix.manifest.faiss.ntotal and not ix.manifest.serving

@@ -5,7 +5,7 @@ from PIL import Image
 import embedsearch as es
 from embedsearch.core.errors import QueryError
 from embedsearch.evaluate import save_run
-from embedsearch.evaluate.probes import load_probe, probe_scores
+from embedsearch.evaluate.probes import load_probe
 from embedsearch.sources.datasets import open_source
 
 
@@ -19,13 +19,13 @@ def ix(tmp_path_factory):
 def test_saved_probes_reproduce_the_eval_predictions(ix):
     run = es.evaluate_index(ix, methods=["prototypes", "linear", "svc", "mlp"])
     save_run(ix, run)
-    C = len(ix.classes())
     for r in run.results:
         if r.data["variant"] == "SVC rbf":
             continue
-        t, meta = load_probe(ix, r.method)
+        fitted, meta = load_probe(ix, r.method)  # from the safetensors file: a new object, the same scoring code
+        assert fitted is not r.model
         ids = np.asarray(r.data["predictions"]["id"])
-        pred = probe_scores(r.method, t, ix.vectors(ids), C).argmax(1)
+        pred = fitted.scores(ix.vectors(ids)).argmax(1)
         assert pred.tolist() == r.data["predictions"]["pred"], r.method
         assert meta["run_id"] == run.run_id and meta["train"]["where"] == "split = 'train'"
 

@@ -205,3 +205,27 @@ def test_parquet_manifest_without_id_or_path_numbers_rows_from_zero(tmp_path, in
     build_index(src, BuildConfig(name="rows", vectors=str(tmp_path / "v.npy"), dtype="float32"), progress=False)
     hits = search(Index.open("rows"), vector_file=None, ids=[1], k=2)
     assert 0 in {h["id"] for h in hits}
+
+
+def test_file_names_that_are_not_utf8_are_skipped_recorded_and_the_rest_indexed(tmp_path):
+    """A Latin-1 name (from an old archive) once crashed the whole folder with a UnicodeEncodeError."""
+    import os
+
+    from embedsearch.build import BuildConfig, build_index
+    from embedsearch.reader import Index
+    from tests.conftest import make_image
+
+    root = tmp_path / "img"
+    make_image(root / "red" / "fine.png", (200, 0, 0))
+    make_image(root / "red" / "caf\u00e9.png", (200, 0, 0), seed=1)  # é in UTF-8: fine
+    bad = os.fsdecode(bytes(root / "red") + b"/caf\xe9.png")  # é in Latin-1: not UTF-8
+    make_image(root / "blue" / "x.png", (0, 0, 200))
+    os.rename(root / "blue" / "x.png", bad)
+    make_image(root / "blue" / "y.png", (0, 0, 200), seed=2)
+    src = open_source(str(root))
+    assert sorted(r.path for r in src.records) == ["blue/y.png", "red/caf\u00e9.png", "red/fine.png"]
+    assert src.notes and "skipped 1 files whose names are not valid UTF-8 (e.g. red/caf\\xe9.png)" in src.notes[0]
+    build_index(src, BuildConfig(name="u", root=str(tmp_path / "ix"), backbone="pixels:4", num_workers=0),
+                progress=False)
+    ix = Index.open("u", tmp_path / "ix")
+    assert len(ix.select()["id"]) == 3 and "not valid UTF-8" in ix.manifest.source["notes"][0]

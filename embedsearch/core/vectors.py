@@ -9,9 +9,16 @@ NORM_EPS = 1e-12  # a zero row stays zero instead of becoming NaN
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalisation in float32, contiguous (what FAISS takes)."""
+    """Row-wise L2 normalisation in float32, contiguous (what FAISS takes).
+
+    Each row is first divided by its largest |component|, so the norm is taken of values in [-1, 1] with at least
+    one ±1: it can neither overflow (components ~1e30: the squares pass float32's 3.4e38) nor underflow (~1e-44:
+    the squares are 0). Either would make a valid vector a zero vector that scores 0 against everything."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), NORM_EPS)
+    peak = np.abs(x).max(axis=1, keepdims=True) if x.size else np.zeros((len(x), 1), np.float32)
+    y = x / np.where(peak > 0, peak, np.float32(1))
+    y /= np.maximum(np.linalg.norm(y, axis=1, keepdims=True), NORM_EPS)
+    return y
 
 
 def drop_self(ids: np.ndarray, scores: np.ndarray, self_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

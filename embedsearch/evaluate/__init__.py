@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embedsearch.core.errors import EvalError
-from embedsearch.evaluate import protocols as P
-from embedsearch.evaluate.metrics import classification_report
+from embedsearch.evaluate.methods import ORDER, REGISTRY, Context, Fitted, Skipped, TrainSet
+from embedsearch.evaluate.methods.knn import KNN_KS, KNN_T
+from embedsearch.evaluate.metrics import predictions_of, report_from_predictions
 
 log = logging.getLogger(__name__)
 
 RESULT_SCHEMA = "embedsearch.eval/1"
-METHODS = ("prototypes", "knn", "linear", "svc", "mlp", "zeroshot", "fewshot")
+METHODS = ORDER
 DEFAULT_TRAIN, DEFAULT_TEST = "split = 'train'", "split = 'test'"
 
 
@@ -26,7 +27,7 @@ class EvalResult:
     """One (index, method) result; `to_dict()` is the JSON stored in reports/ and the catalog."""
 
     data: dict
-    model: object = None  # the fitted classifier (not serialized into the JSON; saved as a probe)
+    model: Fitted | None = None  # the fitted variant (not serialized into the JSON; its tensors become a probe)
 
     def to_dict(self) -> dict:
         return self.data
@@ -48,9 +49,11 @@ class EvalRun:
     run_id: str
     index: str
     results: list[EvalResult] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # {method, variant, reason}: could not run on these selections
 
     def to_dict(self) -> dict:
-        return {"run_id": self.run_id, "index": self.index, "results": [r.to_dict() for r in self.results]}
+        return {"run_id": self.run_id, "index": self.index, "results": [r.to_dict() for r in self.results],
+                "skipped": self.skipped}
 
     def table(self):
         """Headline rows (a list of dicts with `to_arrow()` / `to_pandas()`)."""
@@ -65,8 +68,8 @@ def _short_params(p: dict) -> str:
 
 
 def applicable_methods(ix) -> list[str]:
-    kind = ix.manifest["space"].get("kind")
-    return [m for m in METHODS if m != "zeroshot" or kind == "open_clip"]
+    kind = ix.manifest.space.kind
+    return [m for m in METHODS if REGISTRY[m].needs in (None, kind)]
 
 
 def load_selection(ix, where: str, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -81,8 +84,11 @@ def load_selection(ix, where: str, what: str) -> tuple[np.ndarray, np.ndarray, n
 
 
 def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, methods: list[str] | None = None,
-             seed: int = 0, prompts: str | None = None, knn_ks=P.KNN_KS, knn_t: float = P.KNN_T) -> EvalRun:
-    """Run each method on the train/test selections of an opened index (`Index.open`).
+             seed: int = 0, prompts: str | None = None, knn_ks=KNN_KS, knn_t: float = KNN_T) -> EvalRun:
+    """Run each method (evaluate/methods, one module per family) on the train/test selections of an opened index.
+
+    A method that cannot run on these selections (nothing can be held out to choose its hyper-parameters) is
+    recorded in `run.skipped` with its reason, and the others still run.
 
     >>> run = evaluate(Index.open("digits-pixels"), methods=["knn", "linear"])   # doctest: +SKIP
     >>> run.table()                                                               # doctest: +SKIP
@@ -91,8 +97,10 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise EvalError(f"unknown method {bad[0]!r}: expected one of {', '.join(METHODS)}")
-    if "zeroshot" in methods and ix.manifest["space"].get("kind") != "open_clip":
-        raise EvalError(f"zeroshot needs an open_clip index; {ix.name} was built with {ix.backbone_spec}")
+    for m in methods:
+        needs = REGISTRY[m].needs
+        if needs and ix.manifest.space.kind != needs:
+            raise EvalError(f"{m} needs an {needs} index; {ix.name} was built with {ix.backbone_spec}")
     classes = ix.classes()
     C = len(classes)
     if C < 2:
@@ -111,126 +119,99 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
                     classes[int(np.flatnonzero(unseen)[0])])
     run = EvalRun(uuid.uuid4().hex[:12], ix.name)
     base = {"schema": RESULT_SCHEMA, "run_id": run.run_id, "index": ix.name, "backbone": ix.backbone_spec,
-            "space": ix.manifest["space"], "seed": seed,
+            "space": ix.manifest.space.to_dict(), "seed": seed,
             "train": {"where": train, "n": int(len(ytr)), "n_classes": int(len(np.unique(ytr)))},
             "test": {"where": test, "n": int(len(yte)), "n_classes": int(len(np.unique(yte))),
                      "classes_without_train": {classes[c]: int(unseen[c]) for c in np.flatnonzero(unseen)}},
             "classes": classes}
+    trainset = TrainSet(xtr, ytr, tr_ids, C, seed)
+    ctx = Context(ix=ix, prompts=prompts, knn_ks=tuple(knn_ks), knn_t=knn_t)
 
-    def add(method, variant, scores, params, seconds, extra=None, model=None, uses_train=True):
-        if uses_train:  # a classifier fitted on train cannot predict a class train does not have
-            scores = np.where(in_train, scores, -np.inf)
-        metrics, pred = classification_report(yte, scores, classes, seed=seed)
+    def add(f: Fitted, seconds: float, pred: np.ndarray, hits: dict, tallies: dict) -> None:
+        params = {**f.params, **{name: {k: n / len(yte) for k, n in t.items()} for name, t in tallies.items()}}
+        metrics, pred = report_from_predictions(yte, pred, hits, classes, seed=seed)
         per_class, confusion = metrics.pop("per_class"), metrics.pop("confusion")
         run.results.append(EvalResult({
-            **base, "method": method, "variant": variant, "params": params, "metrics": metrics,
+            **base, "method": f.method, "variant": f.variant, "params": params, "metrics": metrics,
             "per_class": per_class, "confusion": confusion,
             "predictions": {"id": te_ids.tolist(), "true": yte.tolist(), "pred": pred.tolist()},
-            "timings_s": {"fit_and_predict": round(seconds, 4)}, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            **(extra or {})}, model=model))
-        log.info("%s %s: top-1 %.4f (%.1fs)", method, variant, metrics["top1"], seconds)
+            "timings_s": {"fit_and_predict": round(seconds, 4)}, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+            model=f))
+        log.info("%s %s: top-1 %.4f (%.1fs)", f.method, f.variant, metrics["top1"], seconds)
 
-    for m in methods:
+    def skip(method: str, variant: str | None, reason: str) -> None:
+        run.skipped.append({"method": method, "variant": variant, "reason": reason})
+        log.warning("%s skipped: %s", variant or method, reason)
+
+    for name in (m for m in METHODS if m in methods):
+        method = REGISTRY[name]
         t0 = time.perf_counter()
-        if m == "prototypes":
-            protos, has = P.prototypes(xtr, ytr, C)
-            add(m, "nearest class prototype (cosine)", P.prototype_scores(protos, has, xte),
-                {"prototype": "normalize(mean of L2-normalized train vectors)", "metric": "cosine"},
-                time.perf_counter() - t0, model=(protos, has))
-        elif m == "knn":
-            ks = [k for k in knn_ks if k <= len(ytr)] or [len(ytr)]
-            sims, idx = P.knn_neighbours(xtr, xte, max(ks), tr_ids, te_ids, ks=ks)
-            labels = ytr[idx]
-            exact = P.ExactSims(xtr, xte, idx)
-            t_search = time.perf_counter() - t0
-            sweep = {}
-            for k in ks:
-                sc = P.knn_scores(sims, labels, k, C, knn_t, exact, ranks=(1,))  # the sweep reports top-1
-                sweep[str(k)] = float((sc.argmax(1) == yte).mean())
-            sweep_majority = {str(k): float((P.knn_scores(sims, labels, k, C, None).argmax(1) == yte).mean())
-                              for k in ks}
-            head = 20 if 20 in ks else ks[0]
-            common = {"T": knn_t, "features": "L2-normalized",
-                      "search": "exact, whole train bank (float32 search; neighbour sets at each k and near-tied "
-                                "votes settled in float64)",
-                      "k_sweep_top1": sweep, "k_sweep_majority_top1": sweep_majority, "self_match": "dropped"}
-            add(m, f"weighted k={head}, T={knn_t}", P.knn_scores(sims, labels, head, C, knn_t, exact),
-                {"k": head, **common}, t_search)
-            add(m, f"majority k={head}", P.knn_scores(sims, labels, head, C, None),
-                {"k": head, "vote": "majority", **common}, t_search)
-        elif m == "linear":
-            predict, params, model = P.linear_probe(xtr, ytr, C, seed=seed)
-            add(m, "logistic regression (L-BFGS)", predict(xte), params, time.perf_counter() - t0, model=model)
-        elif m == "svc":
-            for kind in ("rbf", "linear"):
-                t0 = time.perf_counter()
-                predict, params, model = P.svc_probe(xtr, ytr, kind, seed=seed)
-                add(m, f"{'SVC rbf' if kind == 'rbf' else 'LinearSVC'}", predict(xte, C), params,
-                    time.perf_counter() - t0, model=model)
-        elif m == "mlp":
-            predict, params, model = P.mlp_probe(xtr, ytr, C, seed=seed)
-            add(m, "MLP 256 ReLU", predict(xte), params, time.perf_counter() - t0, model=model)
-        elif m == "zeroshot":
-            from embedsearch.evaluate.zeroshot import (
-                class_vectors,
-                read_prompt_file,
-                templates_for,
-                zeroshot_scores,
-            )
-
-            names, templates = (read_prompt_file(prompts, classes) if prompts else (classes, None))
-            tname, default_t = templates_for(ix.manifest.get("source", {}).get("kind", ""))
-            templates = templates or default_t
-            bb = ix.backbone()
-            cv = class_vectors(bb.text, names, templates)
-            add(m, "CLIP text prompts", zeroshot_scores(cv, xte),
-                {"templates": len(templates), "template_set": "user file" if prompts else tname,
-                 "logit_scale": 100, "classnames": "user file" if prompts else "catalog class names"},
-                time.perf_counter() - t0, uses_train=False)
-        elif m == "fewshot":
-            run.results.append(EvalResult({**base, "method": m, "variant": "prototypes and kNN vs shots per class",
-                                           "params": {"seeds": 5, "knn_k": 20, "knn_T": knn_t},
-                                           "curve": fewshot_curve(xtr, ytr, tr_ids, xte, yte, C, seed, knn_t),
-                                           "metrics": {}, "timings_s": {"total": round(time.perf_counter() - t0, 4)},
+        if method.kind == "curve":
+            params, curve = method.curve(trainset, xte, yte, ctx)
+            run.results.append(EvalResult({**base, "method": name, "variant": "prototypes and kNN vs shots per class",
+                                           "params": params, "curve": curve, "metrics": {},
+                                           "timings_s": {"total": round(time.perf_counter() - t0, 4)},
                                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+            continue
+        try:
+            fitted = method.fit(trainset, ctx)
+        except EvalError as e:  # a degenerate setting for this method: recorded, the others still run
+            skip(name, None, str(e))
+            continue
+        fit_s = (time.perf_counter() - t0) / max(len(fitted), 1)
+        for f in fitted:
+            if isinstance(f, Skipped):
+                skip(name, f.variant, f.reason)
+        scored = [f for f in fitted if not isinstance(f, Skipped)]
+        for f, (secs, pred, hits, tallies) in zip(scored, _score_in_blocks(scored, xte, yte, te_ids, in_train),
+                                                  strict=True):
+            add(f, fit_s + secs, pred, hits, tallies)
     return run
 
 
-def fewshot_curve(xtr, ytr, tr_ids, xte, yte, C, seed, knn_t, n_seeds: int = 5) -> list[dict]:
-    """Top-1 of prototypes and kNN (k=20) with n train items per class, n ∈ {1, 2, 4, …, all}, over 5 seeds."""
-    largest = int(np.bincount(ytr).max())
-    shots = [n for n in (2 ** i for i in range(20)) if n < largest] + [largest]
-    curve = []
-    for n in shots:
-        acc_p, acc_k = [], []
-        for s in range(n_seeds):
-            rng = np.random.default_rng(seed + s)
-            pick = np.concatenate([rng.permutation(np.flatnonzero(ytr == c))[:n] for c in np.unique(ytr)])
-            protos, has = P.prototypes(xtr[pick], ytr[pick], C)
-            acc_p.append(float((P.prototype_scores(protos, has, xte).argmax(1) == yte).mean()))
-            k = min(20, len(pick))
-            sims, idx = P.knn_neighbours(xtr[pick], xte, k)
-            sc = P.knn_scores(sims, ytr[pick][idx], k, C, knn_t, P.ExactSims(xtr[pick], xte, idx), (1,))
-            acc_k.append(float((sc.argmax(1) == yte).mean()))
-            if n == largest:
-                break  # all items: no sampling, one seed is the answer
-        curve.append({"shots": n if n < largest else "all", "prototypes_mean": float(np.mean(acc_p)),
-                      "prototypes_std": float(np.std(acc_p)), "knn_mean": float(np.mean(acc_k)),
-                      "knn_std": float(np.std(acc_k)), "seeds": len(acc_p)})
-    return curve
+SCORE_BLOCK_BYTES = 2 ** 27  # test rows are scored in blocks of at most this many bytes of (rows × classes) scores
+
+
+def _score_in_blocks(fitted: list[Fitted], x, y, ids, in_train):
+    """Predictions, top-k hits and tallies of each variant, the test rows scored a block at a time (all variants
+    of one block in turn, so kNN's variants share one neighbour search): memory stays bounded whatever the number
+    of classes. Yields (seconds, pred, hits, tallies) per variant."""
+    C = len(in_train)
+    rows = max(1, SCORE_BLOCK_BYTES // (8 * C))
+    acc = [{"s": 0.0, "pred": [], "hits": {}, "tallies": {}} for _ in fitted]
+    for a in range(0, len(y), rows):
+        xb, yb, ib = x[a:a + rows], y[a:a + rows], ids[a:a + rows]
+        for f, st in zip(fitted, acc, strict=True):
+            t0 = time.perf_counter()
+            s = f.scores(xb, ib)
+            if f.uses_train and not in_train.all():  # a classifier fitted on train cannot predict a class it lacks
+                s = np.where(in_train, s, -np.inf)
+            pred, hits = predictions_of(s, yb)
+            st["pred"].append(pred)
+            for k, h in hits.items():
+                st["hits"].setdefault(k, []).append(h)
+            for name, t in f.tally(xb, yb, ib).items():
+                into = st["tallies"].setdefault(name, {})
+                for k, n in t.items():
+                    into[k] = into.get(k, 0) + n
+            st["s"] += time.perf_counter() - t0
+    for st in acc:
+        yield (st["s"], np.concatenate(st["pred"]) if st["pred"] else np.zeros(0, np.int64),
+               {k: np.concatenate(v) for k, v in st["hits"].items()}, st["tallies"])
 
 
 def save_run(ix, run: EvalRun) -> list[str]:
     """One JSON per (index, method variant) under reports/, the same rows in the catalog's results table, and the
     fitted classifiers as probes under probes/ (for `embedsearch classify`)."""
     from embedsearch.core.files import atomic_write_bytes
-    from embedsearch.evaluate.probes import probe_tensors, save_probe
+    from embedsearch.evaluate.probes import save_probe
     from embedsearch.store.catalog import Catalog
 
     for r in run.results:
-        t = probe_tensors(r.method, r.model) if r.model is not None else None
+        t = r.model.tensors() if r.model is not None else None
         if t is not None:
-            save_probe(ix, r.method, t, {k: r.data[k] for k in ("run_id", "variant", "params", "train", "seed")})
+            save_probe(ix, r.method, t, {k: r.data[k] for k in ("run_id", "variant", "params", "train", "seed")}
+                       | {"n_classes": len(r.data["classes"])})
 
     ix.close()
     ix.layout.reports.mkdir(exist_ok=True)

@@ -1,4 +1,7 @@
-"""Trained probes saved with an index (safetensors + JSON, no pickles) and applied to new images by `classify`."""
+"""Trained probes saved with an index (safetensors + JSON, no pickles) and applied to new images by `classify`.
+
+A probe is a fitted variant's `tensors()`; loading gives back the same `Fitted` (evaluate/methods), so `classify`
+scores with the code that produced the eval numbers."""
 
 from __future__ import annotations
 
@@ -8,49 +11,29 @@ import time
 import numpy as np
 
 from embedsearch.core.errors import QueryError
+from embedsearch.evaluate.methods import REGISTRY
 
 PROBES = ("prototypes", "linear", "svc", "mlp")
 
 
 def _paths(ix, method):
-    d = ix.layout.dir / "probes"
+    d = ix.layout.probes
     return d, d / f"{method}.safetensors", d / f"{method}.json"
 
 
 def save_probe(ix, method: str, tensors: dict[str, np.ndarray], meta: dict) -> None:
     from safetensors.numpy import save_file
 
-    from embedsearch.core.files import atomic_write_bytes
+    from embedsearch.core.files import atomic_path, atomic_write_bytes, file_sha256
 
     d, st, js = _paths(ix, method)
     d.mkdir(exist_ok=True)
-    tmp = st.with_name(f".{st.name}.tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
-    tmp.replace(st)
+    with atomic_path(st) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
+        sha = file_sha256(tmp)
     atomic_write_bytes(js, json.dumps({**meta, "method": method, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                       "weights_sha256": ix.manifest["space"].get("weights_sha256")},
+                                       "weights_sha256": ix.manifest.space.weights_sha256, "sha256": sha},
                                       indent=1, default=str).encode())
-
-
-def probe_tensors(method: str, model) -> dict[str, np.ndarray] | None:
-    """Turn what a protocol returned into plain arrays; None for models we do not persist (RBF SVC)."""
-    if method == "prototypes":
-        protos, has = model
-        return {"prototypes": protos.astype(np.float32), "has": has.astype(np.uint8)}
-    if method == "linear":
-        W, b = model
-        return {"W": W, "b": b}
-    if method == "svc":
-        scaler, clf = model
-        if not hasattr(clf, "coef_"):
-            return None  # RBF: its support vectors are tied to sklearn internals; classify uses LinearSVC
-        return {"mean": scaler.mean_, "scale": scaler.scale_, "W": clf.coef_.T, "b": clf.intercept_,
-                "classes": np.asarray(clf.classes_, np.int64)}
-    if method == "mlp":
-        net, mean, std = model
-        sd = {k: v.numpy() for k, v in net.state_dict().items()}
-        return {**{f"net.{k}": v for k, v in sd.items()}, "mean": mean, "std": std}
-    return None
 
 
 def load_probe(ix, method: str):
@@ -62,32 +45,42 @@ def load_probe(ix, method: str):
     if not st.exists():
         raise QueryError(f"index {ix.name} has no saved {method} probe: run `embedsearch eval {ix.name} "
                          f"--methods {method}` first")
-    meta = json.loads(js.read_text())
-    if meta.get("weights_sha256") != ix.manifest["space"].get("weights_sha256"):
-        raise QueryError(f"the saved {method} probe was trained on another embedding space; re-run eval")
-    return load_file(str(st)), meta
+    rerun = f"re-run `embedsearch eval {ix.name} --methods {method}`"
+    try:
+        meta = json.loads(js.read_text())
+    except (OSError, ValueError) as e:
+        raise QueryError(f"probe record {js} is unreadable ({str(e)[:80]}); {rerun}") from None
+    if not isinstance(meta, dict):
+        raise QueryError(f"probe record {js} is not a JSON object; {rerun}")
+    if meta.get("weights_sha256") != ix.manifest.space.weights_sha256:
+        raise QueryError(f"the saved {method} probe was trained on another embedding space; {rerun}")
+    from embedsearch.core.files import file_sha256
+
+    if "sha256" in meta and meta["sha256"] != file_sha256(st):  # probes saved before 2026-12 carry no checksum
+        raise QueryError(f"probe {st} does not match the checksum in {js.name} (changed or truncated); {rerun}")
+    try:
+        t = load_file(str(st))
+    except Exception as e:  # noqa: BLE001 — safetensors raises its own error types for a damaged file
+        raise QueryError(f"probe {st} is unreadable ({str(e).splitlines()[0][:80]}); {rerun}") from None
+    n_classes = len(ix.classes())
+    why = _check_shapes(REGISTRY[method].shapes(t, ix.dim, n_classes), t, n_classes)
+    if why:
+        raise QueryError(f"probe {st}: {why}; {rerun}")
+    return REGISTRY[method].load(t, {**meta, "n_classes": n_classes}), meta
 
 
-def probe_scores(method: str, t: dict, x: np.ndarray, n_classes: int) -> np.ndarray:
-    """(n, n_classes) scores of a saved probe: cosine (prototypes), probabilities (linear, mlp), margins (svc)."""
-    x = np.asarray(x, np.float64)
-    if method == "prototypes":
-        xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        s = xn @ t["prototypes"].T.astype(np.float64)
-        s[:, t["has"] == 0] = -np.inf
-        return s
-    if method == "linear":
-        return _softmax(x @ t["W"] + t["b"])
-    if method == "svc":
-        out = np.full((len(x), n_classes), -np.inf)
-        d = ((x - t["mean"]) / t["scale"]) @ t["W"] + t["b"]
-        if d.shape[1] == 1:
-            d = np.concatenate([-d, d], axis=1)
-        out[:, t["classes"]] = d
-        return out
-    # mlp: Linear → ReLU → Linear, weights from the saved state dict
-    h = ((x - t["mean"]) / t["std"]) @ t["net.0.weight"].T + t["net.0.bias"]
-    return _softmax(np.maximum(h, 0) @ t["net.2.weight"].T + t["net.2.bias"])
+def _check_shapes(want: dict[str, tuple], t: dict, n_classes: int) -> str | None:
+    """What is wrong with a probe's tensors (None: nothing): a missing tensor, a shape that does not fit the index,
+    a NaN/Inf, a class index out of range."""
+    for name, shape in want.items():
+        have = tuple(t[name].shape) if name in t else None
+        if have != shape:
+            return f"tensor {name} has shape {have}, expected {shape}"
+        if t[name].dtype.kind == "f" and not np.isfinite(t[name]).all():
+            return f"tensor {name} holds NaN/Inf"
+    if "classes" in t and len(t["classes"]) and not (0 <= t["classes"].min() and t["classes"].max() < n_classes):
+        return "tensor classes holds a class index out of range"
+    return None
 
 
 def _softmax(z):
@@ -102,10 +95,12 @@ def classify(ix, method: str, images, k: int = 3) -> list[dict]:
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise QueryError(f"-k must be a whole number of at least 1 (got {k!r})")
-    t, meta = load_probe(ix, method)
+    fitted, meta = load_probe(ix, method)
     classes = ix.classes()
     descs, q = query_vectors(ix, images=images)
-    s = probe_scores(method, t, q, len(classes))
+    s = fitted.scores(q)  # the code that scored the eval run
+    if fitted.probabilities:
+        s = _softmax(s)
     from embedsearch.core.results import Rows
 
     rows = Rows()

@@ -9,7 +9,7 @@ import numpy as np
 
 from embedsearch.core.errors import QueryError
 from embedsearch.core.vectors import drop_self, l2_normalize
-from embedsearch.evaluate.protocols import KNN_T, knn_scores
+from embedsearch.evaluate.methods.knn import KNN_T, knn_scores
 from embedsearch.query.ann import RECALL_R, latency, recalls, sample_rows
 from embedsearch.store import faiss_index as vindex
 from embedsearch.store.parts import iter_parts
@@ -33,7 +33,7 @@ def quality(ix, *, n_queries: int = 1000, seed: int = 1234, k_knn: int = 20, tra
     gt, _ = drop_self(gt_i, gt_s, q_ids, rmax)
     s, ids = index.search(l2_normalize(q), rmax + 1)
     got, _ = drop_self(ids, s, q_ids, rmax)
-    fa = ix.manifest.get("faiss") or {}
+    fa = ix.manifest.faiss.to_dict()
     out = {"index": ix.name, "factory": fa.get("factory"), "params": fa.get("params") or {}, "n": n, "dim": d,
            "queries": {"n": len(q_ids), "seed": seed, "sampled_from": "the index's own vectors; each query's own id "
                        "left out of exact and approximate results"},

@@ -8,7 +8,7 @@ would carry the same weights hash and land, silently, in another space. The inde
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 
 from embedsearch.core.errors import IndexStateError, SpecError
 
@@ -47,35 +47,25 @@ class BackboneConfig:
     @classmethod
     def from_dict(cls, d: dict, where: str = "backbone_config") -> BackboneConfig:
         """The inverse of `to_dict`; an unknown or mistyped field is one line naming it."""
-        if not isinstance(d, dict):
-            raise IndexStateError(f"{where} is not an object")
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise IndexStateError(f"{where} has unknown field {unknown[0]!r}")
-        types = {"spec": (str,), "weights": (str, type(None)), "pretrained": (bool,), "image_size": (int, type(None)),
-                 "pool": (str,), "precision": (str,), "device": (str,), "channels_last": (bool,), "seed": (int,),
-                 "weights_sha256": (str, type(None))}
-        for k, v in d.items():
-            if not isinstance(v, types[k]) or (isinstance(v, bool) and bool not in types[k]):
-                raise IndexStateError(f"{where}.{k} has the wrong type ({type(v).__name__}: {v!r})")
+        from embedsearch.core.schema import from_record
+
         try:
-            return cls(**d)
+            return from_record(cls, d, where)
         except SpecError as e:
             raise IndexStateError(f"{where}: {e}") from None
 
     @classmethod
-    def of_manifest(cls, manifest: dict) -> BackboneConfig:
+    def of_manifest(cls, manifest) -> BackboneConfig:
         """The config an index was built with: recorded whole since `backbone_config` exists; for older indexes,
         assembled from the build record and the space (the same fields, read the same way)."""
-        if "backbone_config" in manifest:
-            return cls.from_dict(manifest["backbone_config"])
-        b, space = manifest.get("build") or {}, manifest.get("space") or {}
-        return cls(spec=space.get("spec") or b.get("backbone", "pixels"), weights=b.get("weights"),
-                   pretrained=b.get("pretrained", True), image_size=b.get("image_size"),
-                   pool=b.get("pool", "default"), precision=space.get("precision") or "fp32",
-                   device=b.get("device", "auto"), channels_last=b.get("channels_last", False),
-                   seed=b.get("seed", 0), weights_sha256=space.get("weights_sha256"))
+        if manifest.backbone_config is not None:
+            return cls.from_dict(manifest.backbone_config)
+        b, space = manifest.build, manifest.space
+        return cls.from_dict({"spec": space.spec, "weights": b.get("weights"), "pretrained": b.get("pretrained", True),
+                              "image_size": b.get("image_size"), "pool": b.get("pool", "default"),
+                              "precision": space.precision or "fp32", "device": b.get("device", "auto"),
+                              "channels_last": b.get("channels_last", False), "seed": b.get("seed", 0),
+                              "weights_sha256": space.weights_sha256}, "manifest build record")
 
     def resolved(self, **changes) -> BackboneConfig:
         return replace(self, **changes)

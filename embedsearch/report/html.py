@@ -38,7 +38,7 @@ class Thumbnails:
 
     def __init__(self, ix, size: int = 112):
         self.ix, self.size = ix, size
-        self.source = ix.manifest.get("source") or {}
+        self.source = ix.manifest.source
 
     @lru_cache(maxsize=1)  # noqa: B019 — one Thumbnails object per report
     def _records(self):
@@ -196,17 +196,20 @@ def markdown_to_html(md: str) -> str:
 
 def eval_report(ix, run, markdown: str, n_errors: int = 24, n_neighbours: int = 5) -> str:
     """The HTML report of one eval run: summary table, per-method charts, misclassified items with neighbours."""
-    from embedsearch.evaluate import protocols as P
 
     thumbs = Thumbnails(ix)
     body = [markdown_to_html(markdown)]
     scored = [r.data for r in run.results if r.data.get("metrics")]
     for d in scored:
-        labels = [d["classes"][c] for c in d["confusion"]["labels"]]
         body.append(f"<h2>{html.escape(d['method'])}: {html.escape(d['variant'])}</h2>")
-        body.append(svg_confusion(d["confusion"]["matrix"], labels, "confusion matrix (row-normalized)"))
-        body.append(svg_bars([p["class"] for p in d["per_class"]], [p["recall"] for p in d["per_class"]],
-                             "per-class recall (%)"))
+        body.append(_confusion_html(d))
+        pc = d["per_class"]
+        if len(pc) > BARS_MAX:  # a person reads the worst classes, not 20,000 bars
+            pc = sorted(pc, key=lambda p: (p["recall"], p["class"]))[:BARS_MAX]
+            title = f"per-class recall (%): the {BARS_MAX} lowest of {len(d['per_class'])} classes"
+        else:
+            title = "per-class recall (%)"
+        body.append(svg_bars([p["class"] for p in pc], [p["recall"] for p in pc], title))
         m = d["metrics"]
         ks = [k for k in (1, 3, 5) if f"top{k}" in m]
         body.append(svg_lines({"top-k": [(k, m[f"top{k}"]) for k in ks]}, "top-k accuracy", "k"))
@@ -225,11 +228,27 @@ def eval_report(ix, run, markdown: str, n_errors: int = 24, n_neighbours: int = 
                                   "top-1 vs train items per class (last point: all)", "shots / class", log_x=True))
     if scored:
         d = next((x for x in scored if x["method"] == "knn"), scored[0])
-        body.append(_misclassified(ix, d, thumbs, n_errors, n_neighbours, P))
+        body.append(_misclassified(ix, d, thumbs, n_errors, n_neighbours))
     return page(f"{ix.name}: evaluation {run.run_id}", "".join(body))
 
 
-def _misclassified(ix, d, thumbs, n_errors, n_neighbours, P) -> str:
+BARS_MAX = 60  # per-class recall bars drawn; beyond, the lowest
+
+
+def _confusion_html(d: dict) -> str:
+    """The matrix when the result holds one (few classes); else the most frequent confusions as a table."""
+    conf, classes = d["confusion"], d["classes"]
+    if "matrix" in conf:
+        return svg_confusion(conf["matrix"], [classes[c] for c in conf["labels"]], "confusion matrix (row-normalized)")
+    rows = "".join(f"<tr><td>{html.escape(classes[t])}</td><td>{html.escape(classes[q])}</td><td>{n}</td></tr>"
+                   for t, q, n in conf["top_confusions"])
+    return (f"<p>{html.escape(conf['note'])}; the most frequent confusions:</p>"
+            f"<table><tr><th>true</th><th>predicted</th><th>items</th></tr>{rows}</table>")
+
+
+def _misclassified(ix, d, thumbs, n_errors, n_neighbours) -> str:
+    from embedsearch.evaluate.methods.knn import knn_neighbours
+
     pr = d["predictions"]
     wrong = [(i, t, p) for i, t, p in zip(pr["id"], pr["true"], pr["pred"]) if t != p][:n_errors]
     out = [f"<h2>misclassified by {html.escape(d['method'])} ({html.escape(d['variant'])}): first {len(wrong)} "
@@ -239,7 +258,7 @@ def _misclassified(ix, d, thumbs, n_errors, n_neighbours, P) -> str:
     tr = ix.select(d["train"]["where"])
     bank = ix.vectors(tr["id"])
     ids = np.asarray([w[0] for w in wrong])
-    sims, idx = P.knn_neighbours(bank, ix.vectors(ids), n_neighbours, tr["id"], ids)
+    sims, idx = knn_neighbours(bank, ix.vectors(ids), n_neighbours, tr["id"], ids)
     meta = ix.items_by_id(list(ids) + list(tr["id"][idx.ravel()]), "id, path, label")
     classes = d["classes"]
     for row, (i, t, p) in enumerate(wrong):

@@ -22,13 +22,16 @@ def markdown_run(run, ix) -> str:
              f"- backbone: `{r0['backbone']}` (d = {r0['space']['dim']}, stored {r0['space']['dtype']})",
              f"- train: `{r0['train']['where']}` → {r0['train']['n']} items, {r0['train']['n_classes']} classes; "
              f"test: `{r0['test']['where']}` → {r0['test']['n']} items, {r0['test']['n_classes']} classes",
-             f"- seed {r0['seed']}; hyper-parameters chosen on a stratified held-out 10 % of train, then refit on all "
-             "of train; test used once. CI: 95 % percentile bootstrap, 1,000 resamples of test."]
+             f"- seed {r0['seed']}; hyper-parameters are chosen on a held-out part of train (each method's "
+             "selection is listed below), then refit on all of train; test is used once."
+             + (f" CI: {ci_how}." if (ci_how := _ci_method(run)) else "")]
     unseen = r0["test"].get("classes_without_train") or {}
     if unseen:
         names = ", ".join(f"{c} ({n})" for c, n in list(unseen.items())[:5]) + (", …" if len(unseen) > 5 else "")
         lines.append(f"- {sum(unseen.values())} test items belong to {len(unseen)} classes with no train item "
                      f"({names}): every method but CLIP zero-shot counts them as errors.")
+    for sk in getattr(run, "skipped", []):
+        lines.append(f"- {sk['variant'] or sk['method']}: not run — {sk['reason']}")
     lines += [f"- top-k: {TOPK_RULE}.", "",
               "| method | variant | top-1 % [95 % CI] | top-5 % | balanced acc. % | macro F1 % | parameters |",
               "|---|---|---|---|---|---|---|"]
@@ -41,18 +44,31 @@ def markdown_run(run, ix) -> str:
         lines.append(f"| {d['method']} | {d['variant']} | {_pct(m.get('top1'))} [{_pct(ci[0])}, {_pct(ci[1])}] | "
                      f"{_pct(m.get('top5'))} | {_pct(m.get('balanced_accuracy'))} | {_pct(m.get('macro_f1'))} | "
                      f"{_params_md(d)} |")
+    chosen = [(r.data["variant"], r.data["params"]["selection"]) for r in run.results
+              if "selection" in r.data.get("params", {})]
+    if chosen:
+        lines += ["", "Hyper-parameters chosen on train only:"]
+        lines += [f"- {v}: {sel}" for v, sel in chosen]
     for r in run.results:
         if r.method == "knn" and r.data["params"].get("vote") != "majority":
             sweep = r.data["params"]["k_sweep_top1"]
-            lines += ["", "kNN k-sweep (weighted, T = {}), top-1 %: ".format(r.data["params"]["T"])
+            lines += ["", "kNN k-sweep (weighted, T = {}), top-1 %: ".format(r.data["params"]["k_sweep_T"])
                       + ", ".join(f"k={k}: {_pct(v)}" for k, v in sweep.items())]
         if r.method == "fewshot":
-            lines += ["", "Few-shot top-1 % (mean ± std over seeds; kNN k = 20, T = 0.07):", "",
+            fp = r.data["params"]
+            lines += ["", f"Few-shot top-1 % (mean ± std over {fp['seeds']} seeds; kNN k = {fp['knn_k']}, "
+                      f"T = {fp['knn_T']}):", "",
                       "| shots / class | prototypes | kNN |", "|---|---|---|"]
             for c in r.data["curve"]:
                 lines.append(f"| {c['shots']} | {_pct(c['prototypes_mean'])} ± {_pct(c['prototypes_std'])} | "
                              f"{_pct(c['knn_mean'])} ± {_pct(c['knn_std'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _ci_method(run) -> str | None:
+    """How the confidence intervals were computed, as the results record it (one method for the whole run)."""
+    hows = {(r.data.get("metrics") or {}).get("ci95", {}).get("method") for r in run.results} - {None}
+    return "95 % " + "; ".join(sorted(hows)) if hows else None
 
 
 def evaluate_and_report(ix, html_path=None, **eval_kwargs):

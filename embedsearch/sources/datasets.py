@@ -63,6 +63,18 @@ def path_id(relpath: str) -> int:
     return int.from_bytes(hashlib.blake2b(relpath.encode("utf-8"), digest_size=8).digest(), "big") >> 1
 
 
+@dataclass(frozen=True)
+class SourceOptions:
+    """The options of `open_source` besides the spec, as an index records them (manifest `source.options`)."""
+
+    root: str | None = None
+    label_regex: str | None = None
+    split: str | None = None
+    seed: int = 0
+    min_per_class: int = 0
+    require_paths: bool = True
+
+
 def open_source(
     spec: str,
     *,
@@ -258,11 +270,16 @@ def _folder(s: SourceSpec, *, label_regex=None, **_) -> Source:
     top = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     has_splits = bool(top) and all(p.name.lower() in SPLIT_DIRS for p in top)
     recs: list[Record] = []
-    unmatched = 0
+    unmatched, not_utf8 = 0, []
     for f in sorted(root.rglob("*")):
         if f.suffix.lower() not in IMAGE_EXTENSIONS or any(part.startswith(".") for part in f.relative_to(root).parts):
             continue
         rel = f.relative_to(root).as_posix()
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:  # a name in another encoding (Latin-1 from an old archive): no id, no catalog text
+            not_utf8.append(rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+            continue
         parts = rel.split("/")
         split = SPLIT_DIRS[parts[0].lower()] if has_splits else None
         inner = parts[1:] if has_splits else parts
@@ -273,12 +290,18 @@ def _folder(s: SourceSpec, *, label_regex=None, **_) -> Source:
             label = inner[0] if len(inner) > 1 else None
         recs.append(Record(id=path_id(rel), label=label, split=split, path=rel))
     if not recs:
-        raise SourceError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}")
+        raise SourceError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}"
+                          + (f" with UTF-8 names ({len(not_utf8)} others, e.g. {not_utf8[0]})" if not_utf8 else ""))
+    notes = []
+    if not_utf8:
+        notes.append(f"skipped {len(not_utf8)} files whose names are not valid UTF-8 (e.g. {not_utf8[0]}): rename "
+                     "them (convmv -f latin1 -t utf8) to index them")
+        log.warning(notes[-1])
     if unmatched:
         log.warning("--label-regex matched no label in %d of %d file names", unmatched, len(recs))
     _check_unique_ids(recs, root)
     classes = sorted({r.label for r in recs if r.label is not None})
-    return Source(s.raw, "folder", root, recs, classes)
+    return Source(s.raw, "folder", root, recs, classes, notes=notes)
 
 
 def _check_unique_ids(recs: list[Record], where) -> None:

@@ -200,13 +200,47 @@ class Catalog:
 # --------------------------------------------------------------------------------------------- read-only queries
 
 
-def connect_readonly(catalog_path: Path, parts: list[Path]):
-    """A read-only connection that can read the catalog and exactly these Parquet parts, nothing else.
+def connect_readonly(catalog_path: Path, parts: list[Path], memory_limit: str | None = None):
+    """A connection that can read a snapshot of the catalog and exactly these Parquet parts, nothing else.
 
-    `embeddings` is a temp view over the parts; external access is then switched off and the configuration locked,
-    so user SQL cannot read other files, write files, attach databases or undo the settings.
+    The catalog is copied into memory when the connection opens, and the file is let go at once: a reader that
+    keeps its connection (a long `sql`, `search ... | less`, a server) never holds the catalog's lock, so writers
+    (`index --add`, `eval`, `verify --repair`) are never blocked by it. A reader sees the catalog as it was when
+    it opened, like the manifest it opened with. `embeddings` is a temp view over the parts; external access is
+    then switched off and the configuration locked, so user SQL cannot read other files, write files, attach
+    databases or undo the settings (nor the memory limit).
     """
-    con = _connect(catalog_path, read_only=True)
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    if memory_limit:
+        from embedsearch.core.units import parse_size
+
+        con.execute(f"SET memory_limit = '{parse_size(memory_limit, '--memory-limit')}B'")
+    quoted = str(catalog_path).replace("'", "''")
+    deadline = time.monotonic() + _LOCK_RETRY_S
+    while True:
+        try:
+            con.execute(f"ATTACH '{quoted}' AS catalog_file (READ_ONLY)")
+            break
+        except duckdb.IOException as e:
+            if "lock" not in str(e).lower() or time.monotonic() > deadline:
+                raise IndexStateError(f"catalog {catalog_path} cannot be opened: {str(e).splitlines()[0][:160]}") from None
+            time.sleep(0.05)
+        except duckdb.Error as e:
+            raise IndexStateError(f"catalog {catalog_path} is unreadable ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:120]}); run `embedsearch verify --repair`") from None
+    try:
+        con.execute("COPY FROM DATABASE catalog_file TO memory")
+        row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except duckdb.Error as e:
+        raise IndexStateError(f"catalog {catalog_path} is unreadable ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:120]}); run `embedsearch verify --repair`") from None
+    finally:
+        con.execute("DETACH DATABASE IF EXISTS catalog_file")
+    if row is None or not str(row[0]).isdigit() or int(row[0]) > SCHEMA_VERSION:
+        raise IndexStateError(f"catalog {catalog_path} has schema version {row and row[0]!r}; this embedsearch "
+                              f"reads up to v{SCHEMA_VERSION}: upgrade embedsearch")
     files = [str(p.resolve()) for p in parts]
     if files:
         con.execute(f"CREATE TEMP VIEW embeddings AS SELECT * FROM read_parquet({_sql_list(files)})")

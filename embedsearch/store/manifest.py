@@ -7,9 +7,10 @@ import fcntl
 import json
 import os
 import platform
+import re
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from embedsearch.core.errors import IndexStateError
@@ -51,18 +52,51 @@ class Layout:
         return self.dir / "reports"
 
     @property
+    def probes(self) -> Path:
+        return self.dir / "probes"
+
+    @property
     def lock(self) -> Path:
         return self.dir / ".lock"
 
+    def entries(self) -> tuple[Path, ...]:
+        """Everything embedsearch reads or writes in the index folder."""
+        return (self.manifest, self.parts, self.catalog, self.catalog.with_name(self.catalog.name + ".wal"),
+                self.faiss, self.reports, self.probes, self.lock)
+
+    def check_confined(self) -> None:
+        """An index from someone else is untrusted: none of its entries may be a symbolic link, and its folders
+        must be folders, so that no write, rename or delete (repair, resume, eval) can reach a file outside it."""
+        for p in self.entries():
+            if p.is_symlink():
+                raise IndexStateError(f"{p} is a symbolic link (to {os.readlink(p)}); an index's files must live "
+                                      "inside its folder: replace the link with the file or folder itself")
+        for p in (self.parts, self.reports, self.probes):
+            if p.exists() and not p.is_dir():
+                raise IndexStateError(f"{p} is not a folder")
+        if self.parts.is_dir():
+            for f in self.parts.iterdir():
+                if f.is_symlink():
+                    raise IndexStateError(f"{f} is a symbolic link (to {os.readlink(f)}); an index's files must "
+                                          "live inside its folder")
+
 
 def resolve(name_or_path: str | os.PathLike, root: Path | None = None) -> Layout:
-    """`NAME` lives under the indexes root (EMBEDSEARCH_HOME or ./indexes); a path to a directory is used as is."""
-    p = Path(name_or_path)
-    if p.is_dir() and (p / "manifest.json").exists():
-        return Layout(p)
-    if "/" in str(name_or_path) or str(name_or_path) in ("", ".", ".."):
-        return Layout(p)
-    return Layout(Path(root or default_root()) / str(name_or_path))
+    """A plain `NAME` lives under the root: `root` when given, else EMBEDSEARCH_HOME or ./indexes (a folder of that
+    name holding a manifest in the working directory is used when no root is given). Anything with a `/` is a path
+    to the index folder, used as is. `.`, `..` and the empty name are refused: they would put an index's files into
+    an existing folder."""
+    s = os.fspath(name_or_path)
+    if "/" in s:
+        return Layout(Path(s))
+    if s in ("", ".", "..") or "\x00" in s:
+        raise IndexStateError(f"{s!r} is not an index name: use a plain name such as digits-pixels, or a path to "
+                              "the index folder (with a '/')")
+    if root is not None:
+        return Layout(Path(root) / s)
+    if Path(s).is_dir() and (Path(s) / "manifest.json").exists():
+        return Layout(Path(s))
+    return Layout(default_root() / s)
 
 
 def library_versions() -> dict:
@@ -78,70 +112,331 @@ def library_versions() -> dict:
     return out
 
 
-def read_manifest(layout: Layout) -> dict:
-    if not layout.manifest.exists():
-        if not layout.dir.exists():
-            raise IndexStateError(f"no index at {layout.dir} (build one with `embedsearch index SOURCE --name NAME`)")
-        raise IndexStateError(f"{layout.manifest} is missing; run `embedsearch verify {layout.dir} --repair`")
-    try:
-        m = json.loads(layout.manifest.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IndexStateError(f"manifest {layout.manifest} is corrupt ({e})") from None
-    if m.get("format") != "embedsearch-index" or m.get("format_version", 0) > FORMAT_VERSION:
-        raise IndexStateError(f"{layout.manifest} is not an embedsearch index this version can read "
-                              f"(format {m.get('format')} v{m.get('format_version')})")
-    return m
+# --------------------------------------------------------------------------------------------- the manifest
+
+STATES = ("building", "complete", "repairing")
+PART_FILE = re.compile(r"part-\d{5}\.parquet")
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def write_manifest(layout: Layout, manifest: dict) -> None:
-    from embedsearch.core.files import atomic_write_bytes
+class _Fields:
+    """Reads one JSON object of an untrusted manifest: every access checks the type, and a violation is one line
+    naming the file and the field (`parts[3].file`)."""
 
-    manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    atomic_write_bytes(layout.manifest, (json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n").encode())
+    def __init__(self, obj, where: str, source: Path | str):
+        if not isinstance(obj, dict):
+            raise IndexStateError(f"manifest {source}: {where or 'the top level'} is not an object")
+        self.obj, self.where, self.source = obj, where, source
+
+    def _name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def bad(self, key: str, why: str) -> IndexStateError:
+        return IndexStateError(f"manifest {self.source}: field {self._name(key)} {why}")
+
+    def get(self, key: str, types: tuple, default=..., check=None):
+        if key not in self.obj:
+            if default is ...:
+                raise self.bad(key, "is missing")
+            return default
+        v = self.obj[key]
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            names = "/".join("null" if t is type(None) else t.__name__ for t in types)
+            raise self.bad(key, f"must be {names}, not {type(v).__name__} {json.dumps(v, default=str)[:60]}")
+        if check is not None and v is not None:
+            why = check(v)
+            if why:
+                raise self.bad(key, why)
+        return v
+
+    def sub(self, key: str, default=...) -> _Fields | None:
+        v = self.get(key, (dict, type(None)), default)
+        return None if v is None else _Fields(v, self._name(key), self.source)
 
 
-def space_of(backbone_desc: dict, dtype: str, precision: str | None = None) -> dict:
-    return {**{k: backbone_desc.get(k) for k in SPACE_FIELDS}, "dtype": dtype, "precision": precision}
+def _nonneg(v) -> str | None:
+    return None if v >= 0 else f"must be ≥ 0 (got {v})"
 
 
-def check_space(layout: Layout, manifest: dict, wanted: dict) -> None:
+def _sha(v) -> str | None:
+    return None if SHA256.fullmatch(v) else "is not a sha256 hex digest"
+
+
+@dataclass(frozen=True)
+class PartRecord:
+    """One committed Parquet part; `file` is a bare `part-NNNNN.parquet` name, so it can only name a file in parts/."""
+
+    file: str
+    rows: int
+    bytes: int
+    sha256: str
+
+    @property
+    def number(self) -> int:
+        return int(self.file[5:10])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def read(cls, f: _Fields) -> PartRecord:
+        name = f.get("file", (str,), check=lambda v: None if PART_FILE.fullmatch(v) else
+                     "must be a part name like part-00000.parquet (no folders)")
+        return cls(name, f.get("rows", (int,), check=_nonneg), f.get("bytes", (int,), check=_nonneg),
+                   f.get("sha256", (str,), check=_sha))
+
+
+@dataclass(frozen=True)
+class FaissRecord:
+    """The FAISS file of the index (always `index.faiss` beside the manifest) and how it was built."""
+
+    ntotal: int
+    bytes: int
+    sha256: str
+    factory: str
+    requested: str | None = None
+    params: dict = field(default_factory=dict)
+    file: str = "index.faiss"
+    extra: dict = field(default_factory=dict)  # metric, seed, timings, auto-tuning record: kept as written
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "requested": self.requested, "factory": self.factory, "params": self.params,
+                **{k: v for k, v in self.extra.items() if k not in ("ntotal", "bytes", "sha256")},
+                "ntotal": self.ntotal, "bytes": self.bytes, "sha256": self.sha256}
+
+    @classmethod
+    def read(cls, f: _Fields) -> FaissRecord:
+        f.get("file", (str,), "index.faiss", check=lambda v: None if v == "index.faiss" else "must be index.faiss")
+        known = ("file", "requested", "factory", "params", "ntotal", "bytes", "sha256")
+        return cls(ntotal=f.get("ntotal", (int,), check=_nonneg), bytes=f.get("bytes", (int,), check=_nonneg),
+                   sha256=f.get("sha256", (str,), check=_sha), factory=f.get("factory", (str,)),
+                   requested=f.get("requested", (str, type(None)), None),
+                   params=f.get("params", (dict, type(None)), None) or {},
+                   extra={k: v for k, v in f.obj.items() if k not in known})
+
+    @classmethod
+    def of(cls, d: dict) -> FaissRecord:
+        return cls.read(_Fields(d, "faiss", "(new)"))
+
+
+@dataclass(frozen=True)
+class Space:
+    """What defines the embedding space: a resume or `--add` must match every field."""
+
+    spec: str
+    kind: str
+    dim: int
+    dtype: str
+    model: str | None = None
+    weights_sha256: str | None = None
+    preprocess: dict | None = None
+    pool: str | None = None
+    precision: str | None = None
+    has_precision: bool = True  # indexes built before the precision was recorded lack it (and write none back)
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in SPACE_FIELDS} | {"dtype": self.dtype}
+        if self.has_precision:
+            d["precision"] = self.precision
+        return d
+
+    @classmethod
+    def of(cls, backbone_desc: dict, dtype: str, precision: str | None = None) -> Space:
+        return cls.read(_Fields({**{k: backbone_desc.get(k) for k in SPACE_FIELDS}, "dtype": dtype,
+                                 "precision": precision}, "space", "(new)"))
+
+    @classmethod
+    def read(cls, f: _Fields) -> Space:
+        return cls(spec=f.get("spec", (str,)), kind=f.get("kind", (str,)),
+                   dim=f.get("dim", (int,), check=lambda v: None if v >= 1 else f"must be ≥ 1 (got {v})"),
+                   dtype=f.get("dtype", (str,), check=lambda v: None if v in ("float16", "float32") else
+                               "must be float16 or float32"),
+                   model=f.get("model", (str, type(None)), None),
+                   weights_sha256=f.get("weights_sha256", (str, type(None)), None),
+                   preprocess=f.get("preprocess", (dict, type(None)), None), pool=f.get("pool", (str, type(None)), None),
+                   precision=f.get("precision", (str, type(None)), None), has_precision="precision" in f.obj)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What readers keep serving while `index --add` extends a complete index."""
+
+    parts: tuple[PartRecord, ...]
+    faiss: FaissRecord | None
+    counts: dict | None
+
+    def to_dict(self) -> dict:
+        return {"parts": [p.to_dict() for p in self.parts], "faiss": self.faiss.to_dict() if self.faiss else None,
+                "counts": self.counts}
+
+
+def _parts(f: _Fields) -> tuple[PartRecord, ...]:
+    raw = f.get("parts", (list,))
+    out = tuple(PartRecord.read(_Fields(p, f"{f._name('parts')}[{i}]", f.source)) for i, p in enumerate(raw))
+    names = [p.file for p in out]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise f.bad("parts", f"lists {dup} twice")
+    return out
+
+
+@dataclass
+class Manifest:
+    """manifest.json, typed. `load` treats the file as untrusted input (an index may come from someone else): wrong
+    types, missing fields, names outside the index's folders and newer format versions are one-line errors naming
+    the file and field. Unknown top-level keys are kept and written back as they were."""
+
+    name: str
+    space: Space
+    backbone: dict
+    state: str = "building"
+    parts: tuple[PartRecord, ...] = ()
+    faiss: FaissRecord | None = None
+    source: dict = field(default_factory=dict)
+    build: dict = field(default_factory=dict)
+    backbone_config: dict | None = None
+    counts: dict | None = None
+    snapshot: Snapshot | None = None
+    versions: dict = field(default_factory=dict)
+    catalog: dict = field(default_factory=dict)
+    created: str = ""
+    updated: str = ""
+    normalization: str = ("raw vectors stored; FAISS index and cosine methods use L2-normalized vectors")
+    format_version: int = FORMAT_VERSION
+    extra: dict = field(default_factory=dict)
+    serving: str | None = None  # set on a reader's view of a snapshot; never written
+
+    @property
+    def rows(self) -> int:
+        return sum(p.rows for p in self.parts)
+
+    def serving_view(self) -> Manifest:
+        """What readers see: the manifest when complete; while an extension runs, the last complete snapshot."""
+        if self.state == "complete":
+            return self
+        if self.snapshot is None:
+            raise IndexStateError(f"index {self.name} is not complete (state {self.state!r}): re-run the same "
+                                  "`embedsearch index` command to resume it")
+        return replace(self, parts=self.snapshot.parts, faiss=self.snapshot.faiss, counts=self.snapshot.counts,
+                       state="complete", serving="snapshot (an extension is in progress)")
+
+    def to_dict(self) -> dict:
+        d = {"format": "embedsearch-index", "format_version": self.format_version, "name": self.name,
+             "created": self.created, "state": self.state, "space": self.space.to_dict(), "backbone": self.backbone,
+             "normalization": self.normalization, "parts": [p.to_dict() for p in self.parts],
+             "faiss": self.faiss.to_dict() if self.faiss else None, "source": self.source, "build": self.build,
+             "versions": self.versions, "catalog": self.catalog}
+        for k in ("backbone_config", "counts"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
+        if self.snapshot is not None:
+            d["snapshot"] = self.snapshot.to_dict()
+        if self.updated:
+            d["updated"] = self.updated
+        return {**d, **{k: v for k, v in self.extra.items() if k not in d}}
+
+    @classmethod
+    def from_dict(cls, m, source: Path | str = "manifest.json") -> Manifest:
+        f = _Fields(m, "", source)
+        if m.get("format") != "embedsearch-index":
+            raise IndexStateError(f"{source} is not an embedsearch index (format {m.get('format')!r})")
+        version = f.get("format_version", (int,))
+        if version > FORMAT_VERSION:
+            raise IndexStateError(f"{source} has format version {version}, written by a newer embedsearch; this one "
+                                  f"reads up to {FORMAT_VERSION}: upgrade embedsearch")
+        state = f.get("state", (str,), check=lambda v: None if v in STATES else f"must be one of {', '.join(STATES)}")
+        faiss = f.sub("faiss", None)
+        snap = f.sub("snapshot", None)
+        snapshot = None if snap is None else Snapshot(
+            _parts(snap), None if (sf := snap.sub("faiss", None)) is None else FaissRecord.read(sf),
+            snap.get("counts", (dict, type(None)), None))
+        src = f.sub("source", {})
+        if src is not None and src.obj:
+            src.get("spec", (str,))
+            src.get("options", (dict, type(None)), None)
+        known = {"format", "format_version", "name", "created", "updated", "state", "space", "backbone",
+                 "normalization", "parts", "faiss", "source", "build", "versions", "catalog", "backbone_config",
+                 "counts", "snapshot"}
+        return cls(name=f.get("name", (str,)), space=Space.read(f.sub("space")), backbone=f.get("backbone", (dict,)),
+                   state=state, parts=_parts(f), faiss=None if faiss is None else FaissRecord.read(faiss),
+                   source=f.get("source", (dict,), {}), build=f.get("build", (dict,), {}),
+                   backbone_config=f.get("backbone_config", (dict, type(None)), None),
+                   counts=f.get("counts", (dict, type(None)), None), snapshot=snapshot,
+                   versions=f.get("versions", (dict,), {}), catalog=f.get("catalog", (dict,), {}),
+                   created=f.get("created", (str,), ""), updated=f.get("updated", (str,), ""),
+                   normalization=f.get("normalization", (str,), cls.normalization), format_version=version,
+                   extra={k: v for k, v in m.items() if k not in known})
+
+    @classmethod
+    def load(cls, layout: Layout) -> Manifest:
+        if not layout.manifest.exists():
+            if not layout.dir.exists():
+                raise IndexStateError(f"no index at {layout.dir} (build one with `embedsearch index SOURCE --name NAME`)")
+            raise IndexStateError(f"{layout.manifest} is missing; run `embedsearch verify {layout.dir} --repair`")
+        try:
+            m = json.loads(layout.manifest.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise IndexStateError(f"manifest {layout.manifest} is corrupt ({e})") from None
+        except OSError as e:
+            raise IndexStateError(f"manifest {layout.manifest}: {e.strerror}") from None
+        if not isinstance(m, dict):
+            raise IndexStateError(f"manifest {layout.manifest} is not a JSON object")
+        return cls.from_dict(m, layout.manifest)
+
+    def save(self, layout: Layout) -> None:
+        from embedsearch.core.files import atomic_write_bytes
+
+        self.updated = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        atomic_write_bytes(layout.manifest, (json.dumps(self.to_dict(), indent=2, default=str) + "\n").encode())
+
+
+def read_manifest(layout: Layout) -> Manifest:
+    return Manifest.load(layout)
+
+
+def write_manifest(layout: Layout, manifest: Manifest) -> None:
+    manifest.save(layout)
+
+
+def check_space(layout: Layout, manifest: Manifest, wanted: Space) -> None:
     """Refuse to extend an index with vectors from a different embedding space (never a mixed index)."""
-    have = manifest.get("space", {})
+    have, want = manifest.space.to_dict(), wanted.to_dict()
     for k in (*SPACE_FIELDS, "dtype", "precision"):
-        if k == "precision" and k not in have:  # indexes built before it was recorded
+        if k == "precision" and not manifest.space.has_precision:  # indexes built before it was recorded
             continue
-        if have.get(k) != wanted.get(k):
+        if have.get(k) != want.get(k):
             raise IndexStateError(
                 f"index {layout.dir.name} was built with {k}={json.dumps(have.get(k))}, this run has "
-                f"{k}={json.dumps(wanted.get(k))}: use the original settings or a new --name")
+                f"{k}={json.dumps(want.get(k))}: use the original settings or a new --name")
 
 
-def check_consistent(layout: Layout, manifest: dict) -> None:
-    """Cheap checks on open: every listed part and the FAISS file exist with the recorded size and counts."""
-    total = 0
-    for p in manifest.get("parts", []):
-        f = layout.parts / p["file"]
+def check_consistent(layout: Layout, manifest: Manifest) -> None:
+    """Cheap checks on open: no entry links outside the folder; every listed part and the FAISS file exist with the
+    recorded size and counts."""
+    layout.check_confined()
+    for p in manifest.parts:
+        f = layout.parts / p.file
         if not f.exists():
             raise IndexStateError(f"part {f} listed in the manifest is missing; run `embedsearch verify --repair`")
-        if f.stat().st_size != p["bytes"]:
-            raise IndexStateError(f"part {f} has {f.stat().st_size} bytes, the manifest says {p['bytes']}: "
+        if f.stat().st_size != p.bytes:
+            raise IndexStateError(f"part {f} has {f.stat().st_size} bytes, the manifest says {p.bytes}: "
                                   "it changed after it was written; run `embedsearch verify --repair`")
-        total += p["rows"]
-    fa = manifest.get("faiss")
+    fa = manifest.faiss
     if not fa:
         raise IndexStateError(f"the manifest of {layout.dir} records no FAISS index; run `embedsearch verify --repair`")
     if not layout.faiss.exists():
         raise IndexStateError(f"FAISS file {layout.faiss} is missing; run `embedsearch verify --repair`")
-    if layout.faiss.stat().st_size != fa["bytes"] or fa["ntotal"] != total:
-        raise IndexStateError(f"FAISS file {layout.faiss} does not match the manifest ({fa['ntotal']} vectors "
-                              f"recorded, {total} in the parts); run `embedsearch verify --repair`")
+    if layout.faiss.stat().st_size != fa.bytes or fa.ntotal != manifest.rows:
+        raise IndexStateError(f"FAISS file {layout.faiss} does not match the manifest ({fa.ntotal} vectors "
+                              f"recorded, {manifest.rows} in the parts); run `embedsearch verify --repair`")
 
 
 @contextmanager
 def writer_lock(layout: Layout):
     """One writer per index: a second `embedsearch index` fails fast, naming the process that holds the lock."""
     layout.dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    layout.check_confined()
+    fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

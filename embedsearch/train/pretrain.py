@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -10,7 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from embedsearch.core.errors import EmbedsearchError
-from embedsearch.core.files import atomic_path
+from embedsearch.core.files import atomic_path, crash_point
 from embedsearch.models.checkpoint import ckpt_paths, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -45,6 +44,26 @@ class PretrainConfig:
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
 
+    def __post_init__(self):
+        import math
+
+        for name in ("mask_ratio", "temperature", "mae_weight", "infonce_weight", "lr", "weight_decay"):
+            if not math.isfinite(getattr(self, name)):
+                raise EmbedsearchError(f"--{name.replace('_', '-')} must be a finite number (got {getattr(self, name)})")
+        checks = [("epochs", self.epochs >= 1, "at least 1"), ("batch_size", self.batch_size >= 1, "at least 1"),
+                  ("depth", self.depth >= 1, "at least 1"), ("heads", self.heads >= 1, "at least 1"),
+                  ("decoder_depth", self.decoder_depth >= 0, "0 or more"), ("lr", self.lr > 0, "above 0"),
+                  ("temperature", self.temperature > 0, "above 0"), ("mask_ratio", 0 < self.mask_ratio < 1,
+                                                                      "between 0 and 1"),
+                  ("mae_weight", self.mae_weight >= 0, "0 or more"), ("infonce_weight", self.infonce_weight >= 0,
+                                                                      "0 or more")]
+        for name, ok, want in checks:
+            if not ok:
+                raise EmbedsearchError(f"--{name.replace('_', '-')} must be {want} (got {getattr(self, name)})")
+        if "infonce" in self.method and self.batch_size < 2:
+            raise EmbedsearchError("InfoNCE needs --batch-size of at least 2 (each image's negatives are the "
+                                   "other images of its batch)")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -54,7 +73,10 @@ class PretrainConfig:
         patch = self.patch_size or max(2, size // 4)
         if size % patch:
             raise EmbedsearchError(f"--patch-size {patch} does not divide --image-size {size}")
-        return replace(self, image_size=size, patch_size=patch, width=self.width or (64 if size <= 16 else 128))
+        width = self.width or (64 if size <= 16 else 128)
+        if width % self.heads:
+            raise EmbedsearchError(f"--heads {self.heads} does not divide the width {width} (set --width or --heads)")
+        return replace(self, image_size=size, patch_size=patch, width=width)
 
 
 def vit_kwargs(cfg: PretrainConfig) -> dict:
@@ -255,7 +277,6 @@ def pretrain(source, cfg: PretrainConfig, out: str | Path, *, resume: bool = Fal
     """Train on the --where selection of `source`; writes OUT.safetensors (encoder), OUT.json (config, history),
     OUT.state.pt (decoder + optimizer, for --resume) and OUT.loss.png."""
     import torch
-    from safetensors.torch import load_file
     from tqdm import tqdm
 
     from embedsearch.models.embed import resolve_device
@@ -276,26 +297,17 @@ def pretrain(source, cfg: PretrainConfig, out: str | Path, *, resume: bool = Fal
     losses: list[float] = []
     start = 0
     paths = ckpt_paths(out)
-    if resume:
-        if not paths["state"].exists():
-            raise EmbedsearchError(f"--resume: no training state at {paths['state']}")
-        saved = json.loads(paths["json"].read_text())
-        if saved["pretrain"] != {**cfg.to_dict(), "augment": list(cfg.augment), "mean": list(cfg.mean),
-                                 "std": list(cfg.std)}:
-            raise EmbedsearchError(f"--resume: {paths['json']} was trained with another configuration")
-        vit.load_state_dict(load_file(str(paths["weights"])))
-        state = torch.load(paths["state"], map_location=dev, weights_only=True)
-        if dec is not None:
-            dec.load_state_dict(state["decoder"])
-        opt.load_state_dict(state["optimizer"])
-        start, losses = saved["epochs_done"], saved["losses"]
-        log.info("resuming %s at epoch %d of %d", out, start, cfg.epochs)
     two = "infonce" in cfg.method
     images = load_images(records, source.root, cfg.image_size).to(dev)
     n = len(images)
-    g = torch.Generator().manual_seed(cfg.seed + start)
-    aug_gen = torch.Generator(device=dev).manual_seed(cfg.seed + 2 + start)
-    mask_gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1 + start)
+    g = torch.Generator().manual_seed(cfg.seed)
+    aug_gen = torch.Generator(device=dev).manual_seed(cfg.seed + 2)
+    mask_gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
+    gens = {"order": g, "augment": aug_gen, "mask": mask_gen}
+    if resume:
+        start, losses = _resume(paths, cfg, vit, dec, opt, gens, dev)
+        log.info("resuming %s at epoch %d of %d", out, start, cfg.epochs)
+        _export(out, vit, cfg, start, losses, n)  # the state is the commit: the exported encoder follows it
     bs = min(cfg.batch_size, n)
     steps_per_epoch = n // bs  # drop the ragged last batch: InfoNCE needs same-size batches of negatives
     total = cfg.epochs * steps_per_epoch
@@ -331,25 +343,70 @@ def pretrain(source, cfg: PretrainConfig, out: str | Path, *, resume: bool = Fal
             seen += len(x)
         losses.append(run_loss / max(seen, 1))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        _save(out, vit, dec, opt, cfg, epoch + 1, losses, n)
+        _save(out, vit, dec, opt, cfg, epoch + 1, losses, n, gens)
     bar.close()
     loss_png(losses, paths["png"], f"{cfg.method} pretraining loss")
     return PretrainResult(str(paths["weights"]), cfg.to_dict(), cfg.epochs, losses, time.perf_counter() - t0, n)
 
 
-def _save(out, vit, dec, opt, cfg, epochs_done, losses, n_images):
+STATE_FORMAT = 2  # the state file holds everything a resume needs (encoder, decoder, optimizer, RNG, history)
+
+
+def _config_record(cfg: PretrainConfig) -> dict:
+    return {**cfg.to_dict(), "augment": list(cfg.augment), "mean": list(cfg.mean), "std": list(cfg.std)}
+
+
+def _save(out, vit, dec, opt, cfg, epochs_done, losses, n_images, gens):
+    """One commit per epoch: OUT.state.pt, renamed into place atomically, holds the whole training state (encoder,
+    decoder, optimizer, every RNG, the loss history); a resume reads only it. OUT.safetensors and OUT.json, the
+    encoder for `ckpt:`, are exported from the same state right after (and again by a resume), so a kill between
+    the files can never pair newer weights with an older optimizer."""
     import torch
 
     p = ckpt_paths(out)
     p["state"].parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": STATE_FORMAT, "config": _config_record(cfg), "epochs_done": epochs_done, "losses": losses,
+             "encoder": vit.state_dict(), "decoder": dec.state_dict() if dec is not None else {},
+             "optimizer": opt.state_dict(), "rng": {k: v.get_state() for k, v in gens.items()},
+             "torch_rng": torch.get_rng_state()}
     with atomic_path(p["state"]) as tmp:
-        torch.save({"decoder": dec.state_dict() if dec is not None else {}, "optimizer": opt.state_dict()}, tmp)
+        torch.save(state, tmp)
+    crash_point("after-commit:pretrain-state")
+    _export(out, vit, cfg, epochs_done, losses, n_images)
+
+
+def _export(out, vit, cfg, epochs_done, losses, n_images):
     meta = {"arch": "timm VisionTransformer", "vit": vit_kwargs(cfg),
             "preprocess": {"input_size": [3, cfg.image_size, cfg.image_size], "interpolation": "bilinear (antialias)",
                            "mean": list(cfg.mean), "std": list(cfg.std)},
-            "pretrain": {**cfg.to_dict(), "augment": list(cfg.augment), "mean": list(cfg.mean), "std": list(cfg.std)},
-            "epochs_done": epochs_done, "losses": losses, "n_images": n_images}
+            "pretrain": _config_record(cfg), "epochs_done": epochs_done, "losses": losses, "n_images": n_images}
     save_checkpoint(out, vit.state_dict(), meta)
+
+
+def _resume(paths, cfg, vit, dec, opt, gens, dev) -> tuple[int, list[float]]:
+    """Restore everything from OUT.state.pt (weights, optimizer, RNG states): the resumed run is bit-identical to
+    an uninterrupted one."""
+    import torch
+
+    if not paths["state"].exists():
+        raise EmbedsearchError(f"--resume: no training state at {paths['state']}")
+    try:
+        state = torch.load(paths["state"], map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 — a truncated or foreign file: one line
+        raise EmbedsearchError(f"--resume: {paths['state']} is unreadable ({str(e).splitlines()[0][:100]})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise EmbedsearchError(f"--resume: {paths['state']} was written by an older embedsearch (it lacks the RNG "
+                               "state a faithful resume needs): start again without --resume")
+    if state["config"] != _config_record(cfg):
+        raise EmbedsearchError(f"--resume: {paths['state']} was trained with another configuration")
+    vit.load_state_dict(state["encoder"])
+    if dec is not None:
+        dec.load_state_dict(state["decoder"])
+    opt.load_state_dict(state["optimizer"])
+    for k, gen in gens.items():
+        gen.set_state(state["rng"][k])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["epochs_done"]), list(state["losses"])
 
 
 def loss_png(losses: list[float], path: Path, title: str, w: int = 640, h: int = 360) -> None:

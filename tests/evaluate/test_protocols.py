@@ -10,7 +10,7 @@ from sklearn.svm import SVC
 from embedsearch.build import BuildConfig, build_index
 from embedsearch.core.vectors import l2_normalize
 from embedsearch.evaluate import evaluate, load_selection
-from embedsearch.evaluate import protocols as P
+from embedsearch.evaluate.methods import knn as M_knn
 from embedsearch.evaluate.metrics import classification_report
 from embedsearch.reader import Index
 from embedsearch.sources.datasets import open_source
@@ -63,7 +63,7 @@ def test_weighted_and_majority_knn_match_numpy(ix, data):
 
 def test_knn_drops_self_match_when_queries_are_in_the_bank():
     x = np.eye(4, dtype=np.float32) + 0.01
-    sims, idx = P.knn_neighbours(x, x, 2, bank_ids=np.arange(4), q_ids=np.arange(4))
+    sims, idx = M_knn.knn_neighbours(x, x, 2, bank_ids=np.arange(4), q_ids=np.arange(4))
     assert not (idx == np.arange(4)[:, None]).any()
 
 
@@ -91,7 +91,7 @@ def test_knn_neighbour_sets_equal_float64_search_at_every_cutoff():
     rng = np.random.default_rng(1)
     bank, q = _near_tied_bank(rng), rng.normal(size=(500, 64)).astype(np.float32)
     ks = (1, 3, 10, 50)
-    sims, idx = P.knn_neighbours(bank, q, 50, ks=ks)
+    sims, idx = M_knn.knn_neighbours(bank, q, 50, ks=ks)
     ref = _float64_topk(bank, q, 50)
     plain = faiss.knn(l2_normalize(q), l2_normalize(bank), 50, metric=faiss.METRIC_INNER_PRODUCT)[1]
     for k in ks:
@@ -101,19 +101,19 @@ def test_knn_neighbour_sets_equal_float64_search_at_every_cutoff():
     # the data does contain float32 near-ties that change a neighbour set (else this test could not fail)
     assert any(set(a) != set(b) for k in ks for a, b in zip(plain[:, :k], ref[:, :k]))
     s64 = np.take_along_axis(l2_normalize(q).astype(np.float64) @ l2_normalize(bank).astype(np.float64).T, idx, 1)
-    assert np.abs(sims - s64).max() <= P.float32_dot_error(64)
+    assert np.abs(sims - s64).max() <= M_knn.float32_dot_error(64)
 
 
 def test_knn_ties_that_reach_the_candidate_list_end_fall_back_to_a_full_float64_search(monkeypatch):
     rows = []
-    full = P._exact_topk64
-    monkeypatch.setattr(P, "_exact_topk64", lambda b, q, *a, **kw: rows.append(len(q)) or full(b, q, *a, **kw))
+    full = M_knn._exact_topk64
+    monkeypatch.setattr(M_knn, "_exact_topk64", lambda b, q, *a, **kw: rows.append(len(q)) or full(b, q, *a, **kw))
     rng = np.random.default_rng(2)
     bank = np.repeat(rng.normal(size=(20, 32)).astype(np.float32), 60, axis=0)  # 60 identical copies each
     q = rng.normal(size=(40, 32)).astype(np.float32)
-    _, idx = P.knn_neighbours(bank, q, 10, ks=(1, 5, 10))
+    _, idx = M_knn.knn_neighbours(bank, q, 10, ks=(1, 5, 10))
     assert (idx == _float64_topk(bank, q, 10)).all()  # copies tie exactly: lower bank position first
-    _, idx = P.knn_neighbours(bank, bank, 5, bank_ids=np.arange(len(bank)), q_ids=np.arange(len(bank)))
+    _, idx = M_knn.knn_neighbours(bank, bank, 5, bank_ids=np.arange(len(bank)), q_ids=np.arange(len(bank)))
     assert (idx == _float64_topk(bank, bank, 5, drop_self=True)).all()
     assert sum(rows) > 0  # the fallback ran
 
@@ -136,7 +136,7 @@ def test_knn_sets_equal_float64_on_any_small_bank(data):
     q_ids = np.concatenate([np.array(in_bank, np.int64), np.full(len(extra), -1)])
     kmax = data.draw(st.integers(1, max(n - 1, 1)))
     ks = sorted(set(data.draw(st.lists(st.integers(1, kmax), max_size=3))) | {kmax})
-    _, idx = P.knn_neighbours(bank, q, kmax, bank_ids=np.arange(n), q_ids=q_ids, ks=ks)
+    _, idx = M_knn.knn_neighbours(bank, q, kmax, bank_ids=np.arange(n), q_ids=q_ids, ks=ks)
     ref = _float64_topk(bank, q, n, own=q_ids)
     for k in ks:
         kk = min(k, idx.shape[1])
@@ -148,12 +148,12 @@ def test_weighted_knn_vote_equals_float64_vote_on_near_tied_neighbours():
     bank, q = _near_tied_bank(rng, n=400, d=48), rng.normal(size=(2000, 48)).astype(np.float32)
     labels = rng.integers(0, 7, len(bank))  # near-identical copies carry different labels
     k = 4
-    sims, idx = P.knn_neighbours(bank, q, k)
-    ours = P.knn_scores(sims, labels[idx], k, 7, P.KNN_T, P.ExactSims(bank, q, idx)).argmax(1)
-    plain = P.knn_scores(sims, labels[idx], k, 7, P.KNN_T).argmax(1)
+    sims, idx = M_knn.knn_neighbours(bank, q, k)
+    ours = M_knn.knn_scores(sims, labels[idx], k, 7, M_knn.KNN_T, M_knn.ExactSims(bank, q, idx)).argmax(1)
+    plain = M_knn.knn_scores(sims, labels[idx], k, 7, M_knn.KNN_T).argmax(1)
     ref_idx = _float64_topk(bank, q, k)
     s64 = np.take_along_axis(l2_normalize(q).astype(np.float64) @ l2_normalize(bank).astype(np.float64).T, ref_idx, 1)
-    w = np.exp((s64 - s64[:, :1]) / P.KNN_T)
+    w = np.exp((s64 - s64[:, :1]) / M_knn.KNN_T)
     ref = np.array([np.bincount(labels[r], weights=wr, minlength=7).argmax() for r, wr in zip(ref_idx, w)])
     assert (ours == ref).all()
     assert (plain != ref).any()  # float32 similarities alone do flip some of these votes
@@ -167,7 +167,7 @@ def test_float32_dot_error_bounds_faiss_inner_products():
         b, q = l2_normalize(rng.normal(size=(2000, d)) + 1.0), l2_normalize(rng.normal(size=(64, d)) + 1.0)
         s32, i = faiss.knn(q, b, 100, metric=faiss.METRIC_INNER_PRODUCT)
         s64 = np.take_along_axis(q.astype(np.float64) @ b.astype(np.float64).T, i, 1)
-        assert 0 < np.abs(s32 - s64).max() <= P.float32_dot_error(d)
+        assert 0 < np.abs(s32 - s64).max() <= M_knn.float32_dot_error(d)
 
 
 def test_linear_probe_within_half_a_point_of_sklearn(ix, data):
@@ -252,3 +252,20 @@ def test_test_classes_absent_from_train_are_reported_and_never_top_k_hits(ix):
     assert set(unseen) == {str(c) for c in range(10)} - {"1", "2"}
     assert sum(unseen.values()) == int((~np.isin(te, [1, 2])).sum())
     assert f"{sum(unseen.values())} test items belong to 8 classes with no train item" in markdown_run(run, ix)
+
+
+def test_topk_by_rank_counting_equals_a_stable_sort():
+    """top-k is counted (classes above the true one, plus tied ones with a lower index) instead of sorted; on
+    scores full of ties and -inf it must equal the stable-sort definition exactly."""
+    from embedsearch.evaluate.metrics import topk_correct
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n, c = int(rng.integers(1, 40)), int(rng.integers(1, 30))
+        scores = rng.integers(0, 4, (n, c)).astype(np.float64)  # few distinct values: many ties
+        scores[rng.random((n, c)) < 0.2] = -np.inf
+        y = rng.integers(0, c, n)
+        for k in (1, 3, 5):
+            top = np.argsort(-scores, axis=1, kind="stable")[:, :min(k, c)]
+            ref = (top == y[:, None]).any(axis=1) & np.isfinite(scores[np.arange(n), y])
+            assert topk_correct(scores, y, k).tolist() == ref.tolist()

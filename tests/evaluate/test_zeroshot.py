@@ -6,7 +6,7 @@ import pytest
 from embedsearch.build import BuildConfig, build_index
 from embedsearch.core.errors import EvalError
 from embedsearch.evaluate import evaluate
-from embedsearch.evaluate.zeroshot import CIFAR_TEMPLATES, class_vectors
+from embedsearch.evaluate.methods.zeroshot import CIFAR_TEMPLATES, class_vectors
 from embedsearch.query.search import search
 from embedsearch.reader import Index
 from embedsearch.sources.datasets import open_source

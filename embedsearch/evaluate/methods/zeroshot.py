@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from embedsearch.core.errors import EvalError
+from embedsearch.core.vectors import l2_normalize
+from embedsearch.evaluate.methods.base import Fitted, Method, register
 
 # CLIP's CIFAR-10/100 templates (18), as in CLIP_benchmark
 CIFAR_TEMPLATES = [
@@ -61,5 +64,33 @@ def class_vectors(text_fn, names: list[str], templates: list[str]) -> np.ndarray
 
 
 def zeroshot_scores(class_vecs: np.ndarray, q: np.ndarray) -> np.ndarray:
-    qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    return 100.0 * qn @ class_vecs.T
+    return 100.0 * l2_normalize(q) @ class_vecs.T
+
+
+@dataclass
+class ZeroshotFitted(Fitted):
+    class_vecs: np.ndarray = None
+
+    def scores(self, x, ids=None):
+        return zeroshot_scores(self.class_vecs, x)
+
+
+@register
+class Zeroshot(Method):
+    """Uses no train item: each class is the text tower's vector of its prompts."""
+
+    name = "zeroshot"
+    needs = "open_clip"
+
+    def fit(self, train, ctx):
+        ix = ctx.ix
+        classes = ix.classes()
+        names, templates = read_prompt_file(ctx.prompts, classes) if ctx.prompts else (classes, None)
+        tname, default_t = templates_for(ix.manifest.source.get("kind", ""))
+        templates = templates or default_t
+        cv = class_vectors(ix.backbone().text, names, templates)
+        return [ZeroshotFitted(self.name, "CLIP text prompts",
+                               {"templates": len(templates), "template_set": "user file" if ctx.prompts else tname,
+                                "logit_scale": 100,
+                                "classnames": "user file" if ctx.prompts else "catalog class names"},
+                               uses_train=False, class_vecs=cv)]

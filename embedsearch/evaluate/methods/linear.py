@@ -1,0 +1,150 @@
+"""Linear probe: multinomial logistic regression on the raw vectors, C chosen on a held-out part of train."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from embedsearch.evaluate.methods.base import Fitted, Method, heldout, register
+
+LINEAR_C_GRID = np.logspace(-6, 5, 45)
+
+
+def _fit_logreg(pre, y, n_classes: int, C: float, init=None, max_iter: int = 1000, tol: float = 1e-6):
+    """Multinomial logistic regression with L2 penalty by L-BFGS (torch, float64), diagonally preconditioned.
+
+    Solves sklearn's objective C·Σ CE + ½‖W‖² (divided by C·n; bias unpenalized) for raw features. With
+    W = V/s per feature and s² = h·σ² + λ (λ = 1/(C·n), h = p(1−p) at uniform p) the diagonal of the Hessian is
+    ≈ 1 for every C, so L-BFGS needs tens of iterations instead of hundreds; the optimum is the same (an exact
+    change of variables; centring is exact because the bias is unpenalized). `init`/return: raw (W, b)."""
+    import torch
+
+    n, d = pre.X.shape
+    lam = 1.0 / (C * n)
+    h = (1.0 / n_classes) * (1.0 - 1.0 / n_classes)
+    s = torch.sqrt(h * pre.sd_t**2 + lam)                      # per-feature scale of V
+    r = (pre.sd_t / s)[:, None]                                # X_std @ (r·V) = (x − μ) @ (V / s)
+    if init is None:
+        V = torch.zeros(d, n_classes, dtype=pre.X.dtype, device=pre.X.device)
+        b = torch.zeros(n_classes, dtype=pre.X.dtype, device=pre.X.device)
+    else:
+        W0, b0 = init
+        V, b = W0 * s[:, None], b0 + pre.mu_t @ W0
+    V, b = V.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([V, b], lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
+                            history_size=20, line_search_fn="strong_wolfe")
+    inv_s2 = (1.0 / s**2)[:, None]
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(pre.X @ (r * V) + b, y) + 0.5 * lam * (inv_s2 * V * V).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    W = V.detach() / s[:, None]
+    return W, b.detach() - pre.mu_t @ W
+
+
+FLOAT64_BUDGET = 2.5e8  # n·d·classes up to which the probe solves in float64 ("where affordable")
+
+
+class _Preconditioned:
+    """The centred, standardized copy of one fitting set (float64 by default, on the probe's device)."""
+
+    def __init__(self, x: np.ndarray, device: str, dtype=None):
+        import torch
+
+        dtype = dtype or torch.float64
+        x64 = np.asarray(x, np.float64)
+        mu = x64.mean(0)
+        sd = x64.std(0)
+        # any positive scale is exact; the floor keeps near-constant features (border pixels) from blowing up
+        floor = 0.1 * float(np.median(sd[sd > 0])) if (sd > 0).any() else 1.0
+        sd = np.maximum(sd, floor)
+        self.X = torch.from_numpy((x64 - mu) / sd).to(device, dtype)
+        self.mu_t = torch.from_numpy(mu).to(device, dtype)
+        self.sd_t = torch.from_numpy(sd).to(device, dtype)
+
+
+def linear_probe(xtr, ytr, n_classes: int, seed: int = 0, grid=LINEAR_C_GRID, device: str | None = None):
+    """C chosen on the held-out 10 % of train over a coarse pass of `grid` refined around the best, then refit on
+    all of train. Returns (predict_scores_fn, params, (W, b)) with W, b acting on raw features."""
+    import torch
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # float64 where affordable; above the budget float32 is ~4× faster per step and, measured on 50k×384×100,
+    # reaches the same accuracy in a fraction of the iterations
+    dtype = torch.float64 if len(xtr) * xtr.shape[1] * n_classes <= FLOAT64_BUDGET else torch.float32
+    fit, held, split = heldout(ytr, seed, "linear probe")
+    pre = _Preconditioned(xtr[fit], dev, dtype)
+    Y = torch.from_numpy(np.asarray(ytr, np.int64)).to(dev)
+    x_held = torch.from_numpy(np.asarray(xtr[held], np.float64)).to(dev, dtype)
+    y_held = Y[held]
+    tried: dict[int, float] = {}
+
+    def score(i, init=None):
+        W, b = _fit_logreg(pre, Y[fit], n_classes, float(grid[i]), init)
+        tried[i] = float(((x_held @ W + b).argmax(1) == y_held).double().mean())
+        return W, b
+
+    coarse = list(range(0, len(grid), 4))
+    if coarse[-1] != len(grid) - 1:
+        coarse.append(len(grid) - 1)
+    init, worse = None, 0
+    for i in coarse:  # increasing C: warm start from the more regularized solution (the problem is convex)
+        init = score(i, init)
+        worse = worse + 1 if tried[i] < max(tried.values()) else 0
+        if worse == 3:  # held-out accuracy fell for 3 coarse steps (3 decades): larger C only overfits more
+            break
+    best = max(tried, key=lambda i: (tried[i], -i))
+    for i in range(max(0, best - 2), min(len(grid), best + 3)):
+        if i not in tried:
+            score(i)
+    best = max(tried, key=lambda i: (tried[i], -i))  # ties: the stronger regularization
+    C = float(grid[best])
+    W, b = (t.cpu().double().numpy() for t in _fit_logreg(_Preconditioned(xtr, dev, dtype), Y, n_classes, C))
+
+    def predict(q):
+        return np.asarray(q, np.float64) @ W + b
+
+    params = {"C": C, "C_grid": "10^linspace(-6, 5, 45): every 4th value (stopping after 3 steps of falling held-out "
+                                "accuracy), then ±2 grid steps around the best",
+              "C_tried": {f"{grid[i]:.3g}": round(a, 5) for i, a in sorted(tried.items())},
+              **split,
+              "features": "raw (unnormalized); solved in a diagonally preconditioned parametrization with the "
+                          "same optimum",
+              "solver": f"L-BFGS (torch, {str(dtype).removeprefix('torch.')}), strong Wolfe, max_iter 1000, "
+                        "gradient tolerance 1e-6, warm-started along the coarse grid",
+              "dtype": str(dtype).removeprefix("torch."),
+              "penalty": "L2, C·ΣCE + ½‖W‖² (sklearn's objective)", "device": dev}
+    return predict, params, (W, b)
+
+
+@dataclass
+class LinearFitted(Fitted):
+    W: np.ndarray = None
+    b: np.ndarray = None
+
+    def scores(self, x, ids=None):
+        return np.asarray(x, np.float64) @ self.W + self.b
+
+    def tensors(self):
+        return {"W": self.W, "b": self.b}
+
+
+@register
+class Linear(Method):
+    name = "linear"
+
+    def fit(self, train, ctx):
+        _, params, (W, b) = linear_probe(train.x, train.y, train.n_classes, seed=train.seed)
+        return [LinearFitted(self.name, "logistic regression (L-BFGS)", params, probabilities=True, W=W, b=b)]
+
+    def load(self, t, meta):
+        return LinearFitted(self.name, meta.get("variant", ""), meta.get("params", {}), probabilities=True,
+                            W=t["W"], b=t["b"])
+
+    def shapes(self, t, dim, n_classes):
+        return {"W": (dim, n_classes), "b": (n_classes,)}

@@ -1,0 +1,57 @@
+"""Nearest class prototype: each class is the normalized mean of its normalized train vectors; score = cosine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from embedsearch.core.vectors import l2_normalize
+from embedsearch.evaluate.methods.base import Fitted, Method, register
+
+
+def prototypes(x: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """prototype_c = normalize(mean of normalize(e_i) over train items of class c); (C, d) and a has-prototype mask."""
+    xn = l2_normalize(x)
+    d = x.shape[1]
+    sums = np.zeros((n_classes, d), np.float64)
+    np.add.at(sums, y, xn)
+    counts = np.bincount(y, minlength=n_classes)
+    protos = l2_normalize(sums / np.maximum(counts, 1)[:, None])
+    return protos, counts > 0
+
+
+def prototype_scores(protos: np.ndarray, has: np.ndarray, q: np.ndarray) -> np.ndarray:
+    s = l2_normalize(q) @ protos.T
+    s[:, ~has] = -np.inf  # a class with no train item cannot be predicted
+    return s
+
+
+@dataclass
+class PrototypesFitted(Fitted):
+    protos: np.ndarray = None
+    has: np.ndarray = None
+
+    def scores(self, x, ids=None):
+        return prototype_scores(self.protos, self.has, x)
+
+    def tensors(self):
+        return {"prototypes": self.protos.astype(np.float32), "has": self.has.astype(np.uint8)}
+
+
+@register
+class Prototypes(Method):
+    name = "prototypes"
+
+    def fit(self, train, ctx):
+        protos, has = prototypes(train.x, train.y, train.n_classes)
+        return [PrototypesFitted(self.name, "nearest class prototype (cosine)",
+                                 {"prototype": "normalize(mean of L2-normalized train vectors)", "metric": "cosine"},
+                                 protos=protos, has=has)]
+
+    def load(self, t, meta):
+        return PrototypesFitted(self.name, meta.get("variant", ""), meta.get("params", {}),
+                                protos=t["prototypes"], has=t["has"].astype(bool))
+
+    def shapes(self, t, dim, n_classes):
+        return {"prototypes": (n_classes, dim), "has": (n_classes,)}
