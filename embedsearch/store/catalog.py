@@ -37,10 +37,18 @@ _DDL = [
 def _connect(path: Path, read_only: bool):
     import duckdb
 
+    return _retrying(path, lambda: duckdb.connect(str(path), read_only=read_only))
+
+
+def _retrying(path: Path, open_fn):
+    """`open_fn()` (a connect or an ATTACH of the catalog file), retried while a writer holds the lock for a moment;
+    any other failure is one line naming the file."""
+    import duckdb
+
     deadline = time.monotonic() + _LOCK_RETRY_S
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            return open_fn()
         except duckdb.IOException as e:
             # another process holds the write lock for a moment (the indexer commits a part); wait briefly
             if "lock" not in str(e).lower() or time.monotonic() > deadline:
@@ -218,18 +226,7 @@ def connect_readonly(catalog_path: Path, parts: list[Path], memory_limit: str | 
 
         con.execute(f"SET memory_limit = '{parse_size(memory_limit, '--memory-limit')}B'")
     quoted = str(catalog_path).replace("'", "''")
-    deadline = time.monotonic() + _LOCK_RETRY_S
-    while True:
-        try:
-            con.execute(f"ATTACH '{quoted}' AS catalog_file (READ_ONLY)")
-            break
-        except duckdb.IOException as e:
-            if "lock" not in str(e).lower() or time.monotonic() > deadline:
-                raise IndexStateError(f"catalog {catalog_path} cannot be opened: {str(e).splitlines()[0][:160]}") from None
-            time.sleep(0.05)
-        except duckdb.Error as e:
-            raise IndexStateError(f"catalog {catalog_path} is unreadable ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0][:120]}); run `embedsearch verify --repair`") from None
+    _retrying(catalog_path, lambda: con.execute(f"ATTACH '{quoted}' AS catalog_file (READ_ONLY)"))
     try:
         con.execute("COPY FROM DATABASE catalog_file TO memory")
         row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
