@@ -197,9 +197,10 @@ class _Terminated(BaseException):
     bad image cannot swallow it (it did: the run went on and exited 0)."""
 
 
-def _interruptible(run, name: str):
-    """SIGINT/SIGTERM stop the run between atomic writes: committed parts stay, the current one is abandoned, and
-    re-running the same command resumes. Exit 130 (SIGINT) or 143 (SIGTERM), as shells expect."""
+def _interruptible(run, name: str, message=None):
+    """SIGINT/SIGTERM stop the run between atomic writes: what was committed stays (`index`: the parts, and re-running
+    the same command resumes; `eval`: each finished result), the step in progress is abandoned. Exit 130 (SIGINT) or
+    143 (SIGTERM), as shells expect, after `message()` says what was kept."""
     import signal
 
     def on_term(signum, frame):
@@ -209,7 +210,8 @@ def _interruptible(run, name: str):
     try:
         return run()
     except (KeyboardInterrupt, _Terminated) as e:
-        click.echo(f"interrupted: committed parts of {name} are kept; re-run the same command to resume", err=True)
+        click.echo(message() if message else
+                   f"interrupted: committed parts of {name} are kept; re-run the same command to resume", err=True)
         sys.exit(143 if isinstance(e, _Terminated) else 130)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -392,13 +394,24 @@ def eval_cmd(name, train_where, test_where, methods, prompts, seed, html_file, r
     Example:
         embedsearch eval digits-pixels --methods prototypes,knn,linear
     """
+    import uuid
+
+    from embedsearch.evaluate import EvalRun
     from embedsearch.reader import Index
     from embedsearch.report.tables import evaluate_and_report
 
     ix = Index.open(name, root)
-    run, md, html_path = evaluate_and_report(
-        ix, html_file, train=train_where, test=test_where, methods=methods.split(",") if methods else None,
-        seed=seed, prompts=prompts)
+    run = EvalRun(uuid.uuid4().hex[:12], ix.name)
+
+    def go():
+        return evaluate_and_report(ix, html_file, run=run, train=train_where, test=test_where,
+                                   methods=methods.split(",") if methods else None, seed=seed, prompts=prompts)
+
+    def kept() -> str:
+        what = ", ".join(r.data["variant"] for r in run.results) or "nothing had finished"
+        return f"interrupted: run {run.run_id} kept its finished results ({what}) in {ix.layout.reports}"
+
+    _, md, html_path = _interruptible(go, name, kept)
     click.echo(f"results: {ix.layout.reports}/eval-{run.run_id}-*.json; report: {html_path}", err=True)
     for sk in run.skipped:
         click.echo(f"not run: {sk['variant'] or sk['method']}: {sk['reason']}", err=True)

@@ -120,3 +120,55 @@ def test_writers_finish_while_readers_hold_connections_and_consume_slowly(tmp_pa
     assert ix.sql("SELECT count(*) FROM items WHERE path LIKE '%extra.png'")[1] == [(1,)]
     assert ix.sql("SELECT count(DISTINCT run_id) FROM results")[1][0][0] >= 1
     assert os.path.exists(root / "v" / "parts" / "part-00001.parquet")
+
+
+def test_two_evals_on_one_index_both_land(root):
+    """Each eval reads a snapshot of the catalog and writes its results in short transactions: run at once, both
+    finish and both runs are in the results table."""
+    def runs():
+        return Index.open("d", root).sql("SELECT count(DISTINCT run_id) FROM results")[1][0][0]
+
+    before = runs()
+    cmd = [sys.executable, "-m", "embedsearch", "-q", "eval", "d", "--root", str(root), "--methods",
+           "prototypes,knn,linear", "--json"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
+    assert runs() == before + 2
+
+
+@pytest.mark.parametrize("cmd", [["pretrain", "digits", "-o", "{tmp}/ck", "--epochs", "500", "--device", "cpu"],
+                                 ["eval", "d", "--root", "{root}", "--methods", "svc,mlp,linear,fewshot"]])
+def test_eval_and_pretrain_exit_130_on_ctrl_c(root, tmp_path, cmd):
+    cmd = [c.format(tmp=tmp_path, root=root) for c in cmd]
+    p = subprocess.Popen([sys.executable, "-m", "embedsearch", "-q", *cmd], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(4)  # imported and working (either takes well over 4 s here)
+    assert p.poll() is None
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Traceback" not in err, err
+
+
+def test_a_stopped_eval_keeps_every_finished_result(root):
+    """SIGTERM during a later method: the results finished before it are already committed (JSON, catalog row,
+    probe), and the exit says so. Before, nothing had been written until the whole run ended."""
+    def runs_with_prototypes():
+        return {r for (r,) in Index.open("d", root).sql("SELECT run_id FROM results WHERE method = 'prototypes'")[1]}
+
+    before = runs_with_prototypes()
+    p = subprocess.Popen([sys.executable, "-m", "embedsearch", "-q", "eval", "d", "--root", str(root), "--methods",
+                          "prototypes,svc,mlp,linear,fewshot"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    deadline = time.monotonic() + 120
+    while not runs_with_prototypes() - before and time.monotonic() < deadline:  # its catalog row is the commit
+        time.sleep(0.2)
+    new = runs_with_prototypes() - before
+    assert len(new) == 1 and p.poll() is None
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    run_id = new.pop()
+    assert p.returncode == 143 and f"run {run_id} kept its finished results (nearest class prototype" in err, err
+    saved = json.loads(next((root / "d" / "reports").glob(f"eval-{run_id}-00-prototypes.json")).read_text())
+    assert saved["run_id"] == run_id and saved["method"] == "prototypes"
+    assert (root / "d" / "probes" / "prototypes.safetensors").exists()

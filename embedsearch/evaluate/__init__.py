@@ -84,11 +84,13 @@ def load_selection(ix, where: str, what: str) -> tuple[np.ndarray, np.ndarray, n
 
 
 def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, methods: list[str] | None = None,
-             seed: int = 0, prompts: str | None = None, knn_ks=KNN_KS, knn_t: float = KNN_T) -> EvalRun:
+             seed: int = 0, prompts: str | None = None, knn_ks=KNN_KS, knn_t: float = KNN_T,
+             on_result=None, run: EvalRun | None = None) -> EvalRun:
     """Run each method (evaluate/methods, one module per family) on the train/test selections of an opened index.
 
     A method that cannot run on these selections (nothing can be held out to choose its hyper-parameters) is
-    recorded in `run.skipped` with its reason, and the others still run.
+    recorded in `run.skipped` with its reason, and the others still run. `on_result(run, i)` is called as result
+    `i` lands (`eval` commits it there); pass `run` to have results appended to a run object you hold.
 
     >>> run = evaluate(Index.open("digits-pixels"), methods=["knn", "linear"])   # doctest: +SKIP
     >>> run.table()                                                               # doctest: +SKIP
@@ -117,7 +119,7 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
         log.warning("test selection: %d items of %d classes have no train item; methods trained on train count "
                     "them as errors (e.g. %s)", int(unseen.sum()), int((unseen > 0).sum()),
                     classes[int(np.flatnonzero(unseen)[0])])
-    run = EvalRun(uuid.uuid4().hex[:12], ix.name)
+    run = run or EvalRun(uuid.uuid4().hex[:12], ix.name)
     base = {"schema": RESULT_SCHEMA, "run_id": run.run_id, "index": ix.name, "backbone": ix.backbone_spec,
             "space": ix.manifest.space.to_dict(), "seed": seed,
             "train": {"where": train, "n": int(len(ytr)), "n_classes": int(len(np.unique(ytr)))},
@@ -137,6 +139,8 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
             "predictions": {"id": te_ids.tolist(), "true": yte.tolist(), "pred": pred.tolist()},
             "timings_s": {"fit_and_predict": round(seconds, 4)}, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
             model=f))
+        if on_result is not None:
+            on_result(run, len(run.results) - 1)
         log.info("%s %s: top-1 %.4f (%.1fs)", f.method, f.variant, metrics["top1"], seconds)
 
     def skip(method: str, variant: str | None, reason: str) -> None:
@@ -152,6 +156,8 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
                                            "params": params, "curve": curve, "metrics": {},
                                            "timings_s": {"total": round(time.perf_counter() - t0, 4)},
                                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+            if on_result is not None:
+                on_result(run, len(run.results) - 1)
             continue
         try:
             fitted = method.fit(trainset, ctx)
@@ -201,28 +207,30 @@ def _score_in_blocks(fitted: list[Fitted], x, y, ids, in_train):
 
 
 def save_run(ix, run: EvalRun) -> list[str]:
-    """One JSON per (index, method variant) under reports/, the same rows in the catalog's results table, and the
-    fitted classifiers as probes under probes/ (for `embedsearch classify`)."""
+    """Every result of a run: see `save_result`."""
+    return [save_result(ix, run, i) for i in range(len(run.results))]
+
+
+def save_result(ix, run: EvalRun, i: int) -> str:
+    """Commit result `i` of a run: its fitted classifier as a probe under probes/ (for `embedsearch classify`), its
+    JSON under reports/ (both atomic files), then — the commit — its row in the catalog's results table (one
+    transaction). `eval` calls it as each method finishes, so a stop or a later method's failure loses nothing
+    already computed."""
     from embedsearch.core.files import atomic_write_bytes
     from embedsearch.evaluate.probes import save_probe
     from embedsearch.store.catalog import Catalog
 
-    for r in run.results:
-        t = r.model.tensors() if r.model is not None else None
-        if t is not None:
-            save_probe(ix, r.method, t, {k: r.data[k] for k in ("run_id", "variant", "params", "train", "seed")}
-                       | {"n_classes": len(r.data["classes"])})
-
-    ix.close()
+    r = run.results[i]
+    t = r.model.tensors() if r.model is not None else None
+    if t is not None:
+        save_probe(ix, r.method, t, {k: r.data[k] for k in ("run_id", "variant", "params", "train", "seed")}
+                   | {"n_classes": len(r.data["classes"])})
     ix.layout.reports.mkdir(exist_ok=True)
-    paths = []
-    cat = Catalog(ix.layout.catalog)
-    for i, r in enumerate(run.results):
-        p = ix.layout.reports / f"eval-{run.run_id}-{i:02d}-{r.method}.json"
-        atomic_write_bytes(p, json.dumps(r.to_dict(), indent=1, default=_np).encode())
-        paths.append(str(p))
-        cat.add_result(run.run_id, r.method, 1, json.loads(json.dumps(r.to_dict(), default=_np)))
-    return paths
+    p = ix.layout.reports / f"eval-{run.run_id}-{i:02d}-{r.method}.json"
+    atomic_write_bytes(p, json.dumps(r.to_dict(), indent=1, default=_np).encode())
+    Catalog(ix.layout.catalog).add_result(run.run_id, r.method, 1, json.loads(json.dumps(r.to_dict(), default=_np)))
+    ix.close()  # the reader's catalog snapshot is taken again on its next query, so it sees this result
+    return str(p)
 
 
 def _np(o):

@@ -71,18 +71,17 @@ def _ci_method(run) -> str | None:
     return "95 % " + "; ".join(sorted(hows)) if hows else None
 
 
-def evaluate_and_report(ix, html_path=None, **eval_kwargs):
+def evaluate_and_report(ix, html_path=None, run=None, **eval_kwargs):
     """Evaluate, save the result JSONs and probes, write the HTML report: what `embedsearch eval` and
     `quickstart` do. Returns (run, markdown summary, path of the HTML report)."""
     from pathlib import Path
 
-    from embedsearch.evaluate import evaluate, save_run
+    from embedsearch.evaluate import evaluate, save_result
     from embedsearch.report.html import eval_report
 
-    run = evaluate(ix, **eval_kwargs)
+    run = evaluate(ix, on_result=lambda run, i: save_result(ix, run, i), run=run, **eval_kwargs)  # each committed as it lands
     md = markdown_run(run, ix)
-    page = eval_report(ix, run, md)  # before save_run, which closes the index's read connection
-    save_run(ix, run)
+    page = eval_report(ix, run, md)
     path = Path(html_path) if html_path else ix.layout.reports / f"eval-{run.run_id}.html"
     path.write_text(page)
     return run, md, path
