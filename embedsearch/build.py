@@ -63,9 +63,14 @@ class BuildConfig:
     add: bool = False
     vectors: str | None = None
     root: str | None = None
+    layer: str | None = None
+    resize: int | None = None
+    mean: str | None = None
+    std: str | None = None
+    interpolation: str | None = None
 
     def __post_init__(self):
-        for name, least in (("part_size", 1), ("batch_size", 1), ("num_workers", 0), ("image_size", 1)):
+        for name, least in (("part_size", 1), ("batch_size", 1), ("num_workers", 0), ("image_size", 1), ("resize", 1)):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
                 raise SourceError(f"--{name.replace('_', '-').replace('num-', '')} must be a whole number of at "
@@ -78,7 +83,9 @@ class BuildConfig:
         """The backbone part of this build: what `BackboneConfig.create` makes the model from."""
         return BackboneConfig(spec=self.backbone, weights=self.weights, pretrained=self.pretrained,
                               image_size=self.image_size, pool=self.pool, precision=self.precision,
-                              device=self.device, channels_last=self.channels_last, seed=self.seed)
+                              device=self.device, channels_last=self.channels_last, seed=self.seed,
+                              layer=self.layer, resize=self.resize, mean=self.mean, std=self.std,
+                              interpolation=self.interpolation)
 
 
 def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True, only_indexed: bool = False) -> dict:

@@ -118,15 +118,24 @@ root_option = click.option("--root", type=click.Path(file_okay=False), default=N
 @cli.command()
 @click.argument("source")
 @click.option("-b", "--backbone", default="pixels", show_default=True,
-              help="timm:NAME[.TAG] | open_clip:ARCH/TAG | hub:OWNER/REPO:ENTRY | pixels[:SIZE] (see `backbones`).")
+              help="timm:NAME[.TAG] | open_clip:ARCH/TAG | torchvision:NAME[.WEIGHTS] | hub:OWNER/REPO:ENTRY | "
+                   "py:FILE.py:FACTORY | pixels[:SIZE] (see `backbones`).")
 @click.option("-n", "--name", help="Index name (default: derived from source and backbone).")
 @root_option
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local weights (.safetensors, or a torch file read "
               "with weights_only=True) for the backbone's architecture.")
 @click.option("--random-init", is_flag=True, help="Random (seeded) weights: for tests and speed benchmarks only.")
 @click.option("--image-size", type=click.IntRange(min=1), help="Override the model's input size (recorded in the manifest).")
-@click.option("--pool", type=click.Choice(["default", "cls", "avg", "tokens"]), default="default", show_default=True,
-              help="ViT pooling; `tokens` is the flattened token map (large).")
+@click.option("--pool", type=click.Choice(["default", "cls", "avg", "max", "tokens", "flatten"]), default="default",
+              show_default=True, help="ViT pooling, or how a --layer's tensor is pooled; `tokens`/`flatten` keep the "
+              "whole map (large).")
+@click.option("--layer", help="Features from this submodule's output (NAME) or input (NAME:input); see `layers`.")
+@click.option("--resize", type=click.IntRange(min=1), help="py: models: resize the shorter side to this before the "
+              "centre crop of --image-size (default: --image-size).")
+@click.option("--mean", help="py: models: normalisation mean, e.g. 0.485,0.456,0.406.")
+@click.option("--std", help="py: models: normalisation std, e.g. 0.229,0.224,0.225.")
+@click.option("--interpolation", type=click.Choice(["bilinear", "bicubic", "nearest"]), help="py: models: resize "
+              "interpolation (default bilinear).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
               help="Storage dtype of the vectors in Parquet.")
 @click.option("--index", "index_factory", default="Flat", show_default=True,
@@ -154,7 +163,8 @@ root_option = click.option("--root", type=click.Path(file_okay=False), default=N
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, random init, FAISS training.")
 @output_options
 @_handle_errors
-def index(source, backbone, name, root, weights, random_init, image_size, pool, dtype, index_factory, max_memory,
+def index(source, backbone, name, root, weights, random_init, image_size, pool, layer, resize, mean, std,
+          interpolation, dtype, index_factory, max_memory,
           target_recall, max_latency_ms, batch_size, workers, device, precision, channels_last, part_size, label_regex, data_root, split_arg, min_per_class,
           vectors, add, seed, fmt):
     """Embed SOURCE with a backbone into Parquet parts, a FAISS index and a DuckDB catalog.
@@ -183,7 +193,8 @@ def index(source, backbone, name, root, weights, random_init, image_size, pool, 
                       max_memory=parse_size(max_memory) if max_memory else None, target_recall=target_recall,
                       max_latency_ms=max_latency_ms, batch_size=batch_size, num_workers=workers,
                       device=device, precision=precision, channels_last=channels_last, part_size=part_size, seed=seed,
-                      add=add, vectors=vectors, root=root)
+                      add=add, vectors=vectors, root=root, layer=layer, resize=resize, mean=mean, std=std,
+                      interpolation=interpolation)
     summary = _interruptible(lambda: build_index(src, cfg, progress=_progress()), name)
     if summary["failed"]:
         click.echo(f"{summary['failed']} items could not be embedded; see "
@@ -327,6 +338,29 @@ def backbones(fmt):
     from embedsearch.models.backbones import list_backbones
 
     emit(list_backbones(), fmt)
+
+
+@cli.command()
+@click.argument("spec")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Local weights for the architecture.")
+@click.option("--random-init", is_flag=True, help="Random (seeded) weights: no download.")
+@click.option("--image-size", type=click.IntRange(min=1))
+@click.option("--mean")
+@click.option("--std")
+@output_options
+@_handle_errors
+def layers(spec, weights, random_init, image_size, mean, std, fmt):
+    """List a backbone's submodules with their output shapes for one sample image: the names --layer takes.
+
+    \b
+    Example:
+        embedsearch layers torchvision:resnet50 --random-init
+        embedsearch index digits -b torchvision:resnet50 --random-init --layer layer3 --pool avg
+    """
+    from embedsearch.models.backbones import list_layers
+
+    emit(list_layers(spec, weights=weights, pretrained=not random_init, image_size=image_size,
+                     preprocess={"mean": mean, "std": std}), fmt)
 
 
 @cli.command()

@@ -45,7 +45,7 @@ def test_recreated_weights_must_match_the_recorded_hash():
 
 
 @pytest.mark.parametrize("bad, match", [({"spec": 3}, "spec has the wrong type"),
-                                        ({"pool": "max"}, "unknown --pool"),
+                                        ({"pool": "median"}, "unknown --pool"),
                                         ({"image_size": True}, "image_size has the wrong type"),
                                         ({"colour": "red"}, "unknown field 'colour'")])
 def test_from_dict_names_the_bad_field(bad, match):
@@ -56,4 +56,4 @@ def test_from_dict_names_the_bad_field(bad, match):
 
 def test_bad_pool_is_a_spec_error():
     with pytest.raises(SpecError, match="unknown --pool"):
-        BackboneConfig(pool="max")
+        BackboneConfig(pool="median")

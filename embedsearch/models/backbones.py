@@ -111,7 +111,7 @@ def hub_fail_fast(spec: BackboneSpec) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------- kinds
 
 
-def _timm(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) -> Backbone:
+def _timm(spec: BackboneSpec, weights, pretrained, image_size, pool, seed, pre=None) -> Backbone:
     import timm
     import torch
     from timm.data import create_transform, resolve_model_data_config
@@ -173,7 +173,7 @@ def _timm(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) -> Ba
     return Backbone(spec, model, transform, forward, info)
 
 
-def _open_clip(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) -> Backbone:
+def _open_clip(spec: BackboneSpec, weights, pretrained, image_size, pool, seed, pre=None) -> Backbone:
     import open_clip
     import torch
 
@@ -227,15 +227,20 @@ def _open_clip(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) 
     return Backbone(spec, model, preprocess, forward, info, text=text)
 
 
-def _hub(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) -> Backbone:
+def _hub(spec: BackboneSpec, weights, pretrained, image_size, pool, seed, pre=None) -> Backbone:
     import torch
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 
-    owner, repo = spec.name.split("/")
     torch.manual_seed(seed)
     hub_dir = Path(torch.hub.get_dir())
-    cached = next((hub_dir / f"{owner}_{repo}_{ref}" for ref in ("main", "master")
-                   if (hub_dir / f"{owner}_{repo}_{ref}" / "hubconf.py").is_file()), None)
+    if Path(spec.name).is_dir() or spec.name.startswith((".", "/")):  # hub:LOCAL_DIR:ENTRY, a local hubconf.py
+        cached = Path(spec.name)
+        if not (cached / "hubconf.py").is_file():
+            raise SpecError(f"{spec.raw}: {cached} has no hubconf.py")
+    else:
+        owner, repo = spec.name.split("/")
+        cached = next((hub_dir / f"{owner}_{repo}_{ref}" for ref in ("main", "master")
+                       if (hub_dir / f"{owner}_{repo}_{ref}" / "hubconf.py").is_file()), None)
     load_kwargs = {} if pretrained and weights is None else {"pretrained": False}
     try:
         if cached is not None:  # the local copy first: works offline, and is what torch.hub would use anyway
@@ -269,7 +274,7 @@ def _hub(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) -> Bac
     return Backbone(spec, model, transform, forward, info)
 
 
-def _pixels(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) -> Backbone:
+def _pixels(spec: BackboneSpec, weights, pretrained, image_size, pool, seed, pre=None) -> Backbone:
     import torch
     from torchvision.transforms import v2
 
@@ -287,7 +292,7 @@ def _pixels(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) -> 
     return Backbone(spec, None, transform, forward, info)
 
 
-def _ckpt(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) -> Backbone:
+def _ckpt(spec: BackboneSpec, weights, pretrained, image_size, pool, seed, pre=None) -> Backbone:
     """A ViT trained by `embedsearch pretrain`, with the preprocessing it was trained with."""
     from embedsearch.models.checkpoint import base_transform, ckpt_paths, load_checkpoint
 
@@ -316,7 +321,249 @@ def _ckpt(spec: BackboneSpec, weights, pretrained, image_size, pool, seed) -> Ba
     return Backbone(spec, vit, transform, forward, info)
 
 
-_BUILDERS = {"timm": _timm, "open_clip": _open_clip, "hub": _hub, "pixels": _pixels, "ckpt": _ckpt}
+def _last_linear(model):
+    """(name, module) of the last nn.Linear in module order: a classifier's head, whose input is the penultimate
+    feature vector (torchvision's fc / classifier[-1] / heads.head / head alike)."""
+    import torch
+
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    return found[-1] if found else (None, None)
+
+
+def _torchvision(spec: BackboneSpec, weights, pretrained, image_size, pool, seed, pre=None) -> Backbone:
+    """torchvision's registry; preprocessing from the weights' own transforms; penultimate features by default."""
+    import torch
+    from torchvision import models as tvm
+
+    names = tvm.list_models()
+    if spec.name not in names:
+        close = difflib.get_close_matches(spec.name, names, n=5, cutoff=0.6)
+        raise SpecError(f"unknown torchvision model {spec.name!r}" + (f"; did you mean {', '.join(close)}?" if close
+                        else "; see torchvision.models.list_models()"))
+    enum = tvm.get_model_weights(spec.name)
+    tags = [w.name for w in enum]
+    if spec.entry is not None and spec.entry not in tags:
+        raise SpecError(f"torchvision {spec.name} has no weights {spec.entry!r}: expected one of {', '.join(tags)}")
+    wenum = enum[spec.entry] if spec.entry else enum.DEFAULT
+    use_pretrained = pretrained and weights is None
+    torch.manual_seed(seed)
+    try:
+        model = tvm.get_model(spec.name, weights=wenum if use_pretrained else None)
+    except Exception as e:  # noqa: BLE001 — download failures come in many types
+        if use_pretrained:
+            raise _offline_error(spec, e, f"put the file in the torch.hub cache ({torch.hub.get_dir()}/checkpoints)"
+                                 ) from None
+        raise BackboneError(f"cannot create torchvision model {spec.name}: {e}") from None
+    if weights:
+        apply_state_dict(model, load_state_dict(weights), str(weights))
+    base = wenum.transforms()
+    if image_size:  # keep the weights' resize/crop ratio
+        base = wenum.transforms(crop_size=image_size,
+                                resize_size=round(image_size * base.resize_size[0] / base.crop_size[0]))
+    if pool != "default":
+        raise SpecError(f"--pool {pool} for torchvision models applies with --layer NAME (default: the penultimate "
+                        "features)")
+    head_name, head = _last_linear(model)
+    if head is None:
+        raise SpecError(f"torchvision {spec.name} has no linear classifier to take features before: pass --layer")
+
+    def forward(m, x):
+        return _capture(m, head, x, "input", "default")
+
+    info = {"model": spec.name, "weights_enum": wenum.name,
+            "weights": str(weights) if weights else ("pretrained" if use_pretrained else "random-init"),
+            "pool": f"penultimate (input of {head_name})",
+            "preprocess": {"resize_size": list(base.resize_size), "crop_size": list(base.crop_size),
+                           "mean": list(base.mean), "std": list(base.std), "interpolation": base.interpolation.value}}
+    return Backbone(spec, model, base, forward, info)
+
+
+def _preprocess_flags(spec: BackboneSpec, image_size, pre: dict):
+    """The explicit preprocessing a model without a config needs: resize the shorter side to --resize (default
+    --image-size), centre-crop --image-size, scale to [0, 1], normalize with --mean/--std."""
+    import torch
+    from torchvision.transforms import InterpolationMode, v2
+
+    missing = [f for f, v in (("--image-size", image_size), ("--mean", pre.get("mean")), ("--std", pre.get("std")))
+               if not v]
+    if missing:
+        raise SpecError(f"{spec.raw} carries no preprocessing: pass {', '.join(missing)} (and optionally --resize, "
+                        "--interpolation) as your training script used them")
+    resize = pre.get("resize") or image_size
+    interp = pre.get("interpolation") or "bilinear"
+    mean = [float(v) for v in pre["mean"].split(",")]
+    std = [float(v) for v in pre["std"].split(",")]
+    t = v2.Compose([v2.PILToTensor(), v2.Resize(resize, interpolation=InterpolationMode(interp), antialias=True),
+                    v2.CenterCrop(image_size), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+    return t, {"resize": resize, "crop_size": image_size, "interpolation": interp, "mean": mean, "std": std}
+
+
+def _py(spec: BackboneSpec, weights, pretrained, image_size, pool, seed, pre=None) -> Backbone:
+    """FACTORY() from the user's own file or module; weights from --weights (a training script's checkpoint)."""
+    import hashlib
+    import importlib
+    import importlib.util
+
+    import torch
+
+    where = spec.name
+    if where.endswith(".py"):
+        path = Path(where).expanduser()
+        if not path.is_file():
+            raise SpecError(f"{spec.raw}: file {path} does not exist")
+        code = path.read_bytes()
+        mod_name = f"embedsearch_user_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
+        mspec = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(mspec)
+        try:
+            mspec.loader.exec_module(module)
+        except Exception as e:  # noqa: BLE001 — the user's code: any failure is one line naming it
+            raise SpecError(f"{spec.raw}: importing {path} failed ({type(e).__name__}: {e})") from None
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as e:
+            raise SpecError(f"{spec.raw}: cannot import {where} ({e})") from None
+        f = getattr(module, "__file__", None)
+        code = Path(f).read_bytes() if f else b""
+    factory = getattr(module, spec.entry, None)
+    if not callable(factory):
+        names = [n for n in dir(module) if callable(getattr(module, n)) and not n.startswith("_")]
+        close = difflib.get_close_matches(spec.entry, names, n=3, cutoff=0.5)
+        raise SpecError(f"{spec.raw}: {where} has no callable {spec.entry!r}"
+                        + (f"; did you mean {', '.join(close)}?" if close else ""))
+    torch.manual_seed(seed)
+    try:
+        model = factory()
+    except Exception as e:  # noqa: BLE001
+        raise SpecError(f"{spec.raw}: {spec.entry}() failed ({type(e).__name__}: {e})") from None
+    if not isinstance(model, torch.nn.Module):
+        raise SpecError(f"{spec.raw}: {spec.entry}() returned {type(model).__name__}, not a torch.nn.Module")
+    if weights:
+        apply_state_dict(model, load_state_dict(weights), str(weights))
+    elif pretrained:
+        raise BackboneError(f"{spec.raw}: a py: model gets its weights from --weights FILE (or pass --random-init "
+                            "for the factory's own initialisation)")
+    transform, pcfg = _preprocess_flags(spec, image_size, pre or {})
+
+    def forward(m, x):
+        return _pool_output(m(x), pool)
+
+    info = {"model": f"{where}:{spec.entry}", "code_sha256": hashlib.sha256(code).hexdigest(),
+            "weights": str(weights) if weights else "random-init", "pool": f"{pool} of the model output",
+            "preprocess": pcfg}
+    return Backbone(spec, model, transform, forward, info)
+
+
+# --------------------------------------------------------------------------------------------- layers and pooling
+
+
+class _Captured(Exception):  # noqa: N818 — control flow: stops the forward once the wanted layer has run
+    pass
+
+
+def _capture(model, module, x, side: str, pool: str, prefix_tokens: int = 0):
+    """Run `model` on x up to `module` and return its output (or input), pooled; the rest of the forward is skipped."""
+    got = {}
+
+    def hook(mod, args, out=None):
+        got["t"] = args[0] if side == "input" else out
+        raise _Captured
+
+    h = module.register_forward_pre_hook(hook) if side == "input" else module.register_forward_hook(hook)
+    try:
+        model(x)
+    except _Captured:
+        pass
+    finally:
+        h.remove()
+    if "t" not in got:
+        raise BackboneError("the requested layer did not run in the model's forward")
+    return _pool_output(got["t"], pool, prefix_tokens)
+
+
+def _pool_output(t, pool: str, prefix_tokens: int = 0):
+    """A feature vector per item from a layer's tensor: (B, C, H, W) → avg / max / flatten; (B, N, D) tokens →
+    cls / avg / max / tokens (flatten); (B, D) as is. `default`: avg for maps, the first token when the model has
+    prefix tokens (else avg) for token maps."""
+    if isinstance(t, (tuple, list)):
+        t = t[0]
+    if t.ndim == 2:
+        if pool not in ("default", "flatten", "avg", "max"):
+            raise SpecError(f"--pool {pool} needs a token or feature map; this layer gives (batch, {t.shape[1]})")
+        return t
+    if t.ndim == 4:
+        if pool in ("default", "avg"):
+            return t.mean(dim=(2, 3))
+        if pool == "max":
+            return t.amax(dim=(2, 3))
+        if pool in ("flatten", "tokens"):
+            return t.flatten(1)
+        raise SpecError(f"--pool {pool} applies to token maps; this layer gives a (batch, C, H, W) feature map")
+    if t.ndim == 3:
+        if pool == "cls" or (pool == "default" and prefix_tokens):
+            return t[:, 0]
+        if pool in ("default", "avg"):
+            return t[:, prefix_tokens:].mean(dim=1)
+        if pool == "max":
+            return t[:, prefix_tokens:].amax(dim=1)
+        return t.flatten(1)
+    return t.flatten(1)
+
+
+def _with_layer(bb: Backbone, layer: str, pool: str) -> Backbone:
+    """Features from a named submodule (`NAME` its output, `NAME:input` its input) instead of the default ones."""
+    if bb.model is None:
+        raise SpecError(f"--layer needs a network; {bb.spec.raw} has none")
+    name, _, side = layer.partition(":")
+    side = side or "output"
+    if side not in ("output", "input"):
+        raise SpecError(f"--layer {layer!r}: expected NAME or NAME:input")
+    modules = dict(bb.model.named_modules())
+    if name not in modules or not name:
+        close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.4)
+        raise SpecError(f"{bb.spec.raw} has no layer {name!r}" + (f"; nearest: {', '.join(close)}" if close else "")
+                        + " (list them with `embedsearch layers SPEC`)")
+    module = modules[name]
+    npt = int(getattr(bb.model, "num_prefix_tokens", 0) or 0)
+    bb.forward = lambda m, x: _capture(m, module, x, side, pool, npt)
+    bb.info["layer"] = layer
+    bb.info["pool"] = f"{pool} of {name} ({side})"
+    return bb
+
+
+def list_layers(spec: str, **kwargs) -> list[dict]:
+    """Every named submodule of a backbone with its output shape for one sample input (`embedsearch layers`)."""
+    import torch
+    from PIL import Image
+
+    bb = create_backbone(spec, **kwargs)
+    if bb.model is None:
+        return []
+    shapes, hooks = {}, []
+
+    def record(name):
+        def hook(mod, args, out):
+            t = out[0] if isinstance(out, (tuple, list)) and out else out
+            shapes.setdefault(name, list(t.shape) if hasattr(t, "shape") else None)
+        return hook
+
+    for n, m in bb.model.named_modules():
+        if n:
+            hooks.append(m.register_forward_hook(record(n)))
+    x = bb.preprocess(Image.new("RGB", (64, 64))).unsqueeze(0)
+    try:
+        with torch.inference_mode():
+            bb.model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [{"layer": n, "type": type(m).__name__, "output_shape": shapes.get(n)}
+            for n, m in bb.model.named_modules() if n]
+
+
+_BUILDERS = {"timm": _timm, "open_clip": _open_clip, "torchvision": _torchvision, "hub": _hub, "py": _py,
+             "pixels": _pixels, "ckpt": _ckpt}
 
 
 def _json_cfg(cfg: dict) -> dict:
@@ -332,6 +579,8 @@ def create_backbone(
     pool: str = "default",
     seed: int = 0,
     device: str = "cpu",
+    layer: str | None = None,
+    preprocess: dict | None = None,
 ) -> Backbone:
     """Create a backbone from its spec; the model is in eval mode on `device` and its output dimension probed.
     Build, reader, verify and classify go through `BackboneConfig.create`, which calls this.
@@ -344,7 +593,13 @@ def create_backbone(
     s = parse_backbone(spec) if isinstance(spec, str) else spec
     if pool not in POOLS:
         raise SpecError(f"unknown --pool {pool!r}: expected one of {', '.join(POOLS)}")
-    bb = _BUILDERS[s.kind](s, weights, pretrained, image_size, pool, seed)
+    if layer:
+        # a layer's tensor is pooled by _pool_output; the builders keep their own defaults
+        bb = _BUILDERS[s.kind](s, weights, pretrained, image_size, "default" if s.kind != "py" else pool, seed,
+                               preprocess)
+        bb = _with_layer(bb, layer, pool)
+    else:
+        bb = _BUILDERS[s.kind](s, weights, pretrained, image_size, pool, seed, preprocess)
     if bb.model is not None:
         bb.model.eval().to(device)
         bb.info["weights_sha256"] = weights_hash(bb.model)

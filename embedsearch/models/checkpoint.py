@@ -32,12 +32,23 @@ def load_state_dict(path: str | os.PathLike) -> dict:
     except Exception as e:  # noqa: BLE001 — any failure here is "this file is not usable weights"
         msg = str(e).splitlines()[0][:200]
         raise BackboneError(f"cannot load weights {p}: {type(e).__name__}: {msg}") from None
-    for key in ("state_dict", "model", "module"):  # training checkpoints wrap the weights
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
+    # what training scripts save: the weights alone, or nested under one of these keys (the trained weights
+    # before an EMA copy; the weights hash in the manifest identifies which were loaded)
+    nested = True
+    while nested and isinstance(sd, dict):
+        nested = False
+        for key in ("state_dict", "model", "module", "net", "state_dict_ema", "model_ema", "ema"):
+            if key in sd and isinstance(sd[key], dict) and sd[key]:
+                sd, nested = sd[key], True
+                break
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise BackboneError(f"weights file {p} does not hold a state dict of tensors")
-    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in sd.items()}
+    out = {}
+    for k, v in sd.items():
+        while k.startswith(("module.", "_orig_mod.")):  # DataParallel / DDP and torch.compile prefixes
+            k = k.removeprefix("module.").removeprefix("_orig_mod.")
+        out[k] = v
+    return out
 
 
 def apply_state_dict(model, sd: dict, source: str, ignore_prefixes: tuple[str, ...] = ()) -> None:

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, replace
 
 from embedsearch.core.errors import IndexStateError, SpecError
 
-POOLS = ("default", "cls", "avg", "tokens")
+POOLS = ("default", "cls", "avg", "max", "tokens", "flatten")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -34,12 +35,30 @@ class BackboneConfig:
     channels_last: bool = False
     seed: int = 0  # random-init weights are drawn with it
     weights_sha256: str | None = None  # filled in by the build; a recreated backbone must match it
+    layer: str | None = None  # features from this submodule's output (`NAME:input`: its input), then pooled
+    # preprocessing for models without their own (py:): resize the shorter side, centre-crop image_size, normalize
+    resize: int | None = None
+    mean: str | None = None  # "0.485,0.456,0.406"
+    std: str | None = None
+    interpolation: str | None = None  # bilinear | bicubic | nearest
 
     def __post_init__(self):
         if self.pool not in POOLS:
             raise SpecError(f"unknown --pool {self.pool!r}: expected one of {', '.join(POOLS)}")
         if self.precision not in PRECISIONS:
             raise SpecError(f"unknown --precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
+            raise SpecError(f"unknown --interpolation {self.interpolation!r}: expected one of "
+                            f"{', '.join(INTERPOLATIONS)}")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if v is not None:
+                try:
+                    ok = len([float(x) for x in v.split(",")]) == 3
+                except ValueError:
+                    ok = False
+                if not ok:
+                    raise SpecError(f"--{name} {v!r}: expected three comma-separated numbers, e.g. 0.485,0.456,0.406")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,7 +84,9 @@ class BackboneConfig:
                               "image_size": b.get("image_size"), "pool": b.get("pool", "default"),
                               "precision": space.precision or "fp32", "device": b.get("device", "auto"),
                               "channels_last": b.get("channels_last", False), "seed": b.get("seed", 0),
-                              "weights_sha256": space.weights_sha256}, "manifest build record")
+                              "weights_sha256": space.weights_sha256,
+                              **{k: b.get(k) for k in ("layer", "resize", "mean", "std", "interpolation")}},
+                             "manifest build record")
 
     def resolved(self, **changes) -> BackboneConfig:
         return replace(self, **changes)
@@ -77,7 +98,9 @@ class BackboneConfig:
         from embedsearch.models.embed import resolve_device
 
         bb = create_backbone(self.spec, weights=self.weights, pretrained=self.pretrained, image_size=self.image_size,
-                             pool=self.pool, seed=self.seed, device=resolve_device(device or self.device))
+                             pool=self.pool, seed=self.seed, device=resolve_device(device or self.device),
+                             layer=self.layer, preprocess={k: getattr(self, k) for k in
+                                                           ("resize", "mean", "std", "interpolation")})
         got = bb.info.get("weights_sha256")
         if self.weights_sha256 and got != self.weights_sha256:
             raise IndexStateError(f"the backbone recreated from {self.spec} has different weights than the index was "

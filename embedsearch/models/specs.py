@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from embedsearch.core.errors import SpecError
 
 BACKBONE_KINDS = {
     "timm": "timm:NAME[.TAG]        any timm model, e.g. timm:vit_small_patch14_dinov2.lvd142m",
     "open_clip": "open_clip:ARCH[/TAG]   an open_clip image tower, e.g. open_clip:ViT-H-14/laion2b_s32b_b79k (ARCH may be a config .json)",
-    "hub": "hub:OWNER/REPO:ENTRY   a torch.hub entry, e.g. hub:facebookresearch/dinov2:dinov2_vits14",
+    "torchvision": "torchvision:NAME[.WEIGHTS]  a torchvision model, e.g. torchvision:resnet50.IMAGENET1K_V2",
+    "hub": "hub:OWNER/REPO:ENTRY   a torch.hub entry (or hub:LOCAL_DIR:ENTRY), e.g. hub:facebookresearch/dinov2:dinov2_vits14",
+    "py": "py:FILE.py:FACTORY      your own model: FACTORY() in a file (or py:package.module:FACTORY) returns an nn.Module",
     "ckpt": "ckpt:FILE              a checkpoint written by `embedsearch pretrain`",
     "pixels": "pixels[:SIZE]          raw RGB pixels resized to SIZE×SIZE (default 32): the honest baseline",
 }
@@ -58,9 +61,20 @@ def parse_backbone(spec: str) -> BackboneSpec:
             return BackboneSpec("open_clip", rest, raw=spec)
         arch, _, tag = rest.partition("/")
         return BackboneSpec("open_clip", arch, entry=tag or None, raw=spec)
+    if kind == "torchvision":
+        name, _, weights = rest.partition(".")
+        return BackboneSpec("torchvision", name, entry=weights or None, raw=spec)
+    if kind == "py":
+        location, _, factory = rest.rpartition(":")
+        if not location or not factory.isidentifier():
+            raise SpecError(f"bad backbone {spec!r}: expected py:FILE.py:FACTORY or py:package.module:FACTORY")
+        return BackboneSpec("py", location, entry=factory, raw=spec)
     if kind == "hub":
         m = re.fullmatch(r"([\w.-]+/[\w.-]+):(\w+)", rest)
+        local = re.fullmatch(r"(.+):(\w+)", rest)
+        if local and (local.group(1).startswith((".", "/", "~")) or Path(local.group(1)).is_dir()):
+            return BackboneSpec("hub", str(Path(local.group(1)).expanduser()), entry=local.group(2), raw=spec)
         if not m:
-            raise SpecError(f"bad torch.hub backbone {spec!r}: expected hub:OWNER/REPO:ENTRY")
+            raise SpecError(f"bad torch.hub backbone {spec!r}: expected hub:OWNER/REPO:ENTRY or hub:LOCAL_DIR:ENTRY")
         return BackboneSpec("hub", m.group(1), entry=m.group(2), raw=spec)
     return BackboneSpec("ckpt", rest, raw=spec)

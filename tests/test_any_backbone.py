@@ -1,0 +1,127 @@
+"""torchvision models, the user's own model class with the checkpoint their training script saved (`py:`), and
+features from any layer (`--layer`): stored vectors equal a direct forward of the same model on the same pixels."""
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from embedsearch.build import BuildConfig, build_index
+from embedsearch.cli import cli
+from embedsearch.core.errors import BackboneError, SpecError
+from embedsearch.models.backbones import create_backbone
+from embedsearch.reader import Index
+from embedsearch.sources.datasets import open_source
+
+USER_MODEL = '''
+import torch
+
+class SmallNet(torch.nn.Module):
+    def __init__(self, classes=10):
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+            torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.nn.ReLU())
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Linear(16, classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+def small_net():
+    return SmallNet()
+
+not_a_factory = 3
+'''
+
+
+def _build(folder, root, backbone, **kw):
+    build_index(open_source(str(folder)), BuildConfig(name="x", root=str(root), backbone=backbone, dtype="float32",
+                precision="fp32", num_workers=0, **kw), progress=False)
+    return Index.open("x", root)
+
+
+def _stored_vs_direct(ix, folder, transform, direct):
+    """max |stored − direct forward| over every item, the pixels preprocessed by `transform`."""
+    sel = ix.select()
+    paths = ix.items_by_id(list(sel["id"]), "id, path")
+    x = torch.stack([transform(Image.open(folder / paths[i]["path"]).convert("RGB")) for i in sel["id"]])
+    with torch.inference_mode():
+        want = direct(x).numpy()
+    return float(np.abs(ix.vectors(sel["id"]) - want).max())
+
+
+def test_torchvision_model_with_a_nested_prefixed_checkpoint_equals_its_direct_forward(tmp_path, image_folder):
+    from torchvision.models import get_model, get_model_weights
+
+    torch.manual_seed(1)
+    model = get_model("resnet18", weights=None).eval()
+    ckpt = {"epoch": 90, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}
+    torch.save(ckpt, tmp_path / "resnet18.pth")
+    ix = _build(image_folder, tmp_path / "ix", "torchvision:resnet18", weights=str(tmp_path / "resnet18.pth"),
+                image_size=64)
+    assert ix.dim == 512 and "penultimate (input of fc)" in ix.manifest.backbone["pool"]
+    transform = get_model_weights("resnet18").DEFAULT.transforms(crop_size=64, resize_size=73)
+    feats = torch.nn.Sequential(*list(model.children())[:-1], torch.nn.Flatten())
+    assert _stored_vs_direct(ix, image_folder, transform, feats) <= 1e-4
+    # and from an intermediate block, average-pooled
+    ix = _build(image_folder, tmp_path / "ix-l3", "torchvision:resnet18", weights=str(tmp_path / "resnet18.pth"),
+                image_size=64, layer="layer3", pool="avg")
+    upto3 = torch.nn.Sequential(*list(model.children())[:7])
+    assert ix.dim == 256 and _stored_vs_direct(ix, image_folder, transform, lambda x: upto3(x).mean((2, 3))) <= 1e-4
+    assert ix.manifest.space.pool == "avg of layer3 (output)"
+
+
+def test_py_model_from_a_file_with_the_training_scripts_checkpoint(tmp_path, image_folder):
+    from torchvision.transforms import v2
+
+    (tmp_path / "mynet.py").write_text(USER_MODEL)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mynet_direct", tmp_path / "mynet.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(3)
+    net = mod.small_net().eval()
+    torch.save({"model": {f"_orig_mod.module.{k}": v for k, v in net.state_dict().items()}, "opt": {}},
+               tmp_path / "best.pt")
+    kw = dict(weights=str(tmp_path / "best.pt"), image_size=24, resize=28, mean="0.5,0.5,0.5", std="0.25,0.25,0.25")
+    transform = v2.Compose([v2.PILToTensor(), v2.Resize(28, antialias=True), v2.CenterCrop(24),
+                            v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.25] * 3)])
+    ix = _build(image_folder, tmp_path / "ix", f"py:{tmp_path / 'mynet.py'}:small_net", layer="fc:input", **kw)
+    direct = lambda x: torch.flatten(net.pool(net.features(x)), 1)  # noqa: E731
+    assert ix.dim == 16 and _stored_vs_direct(ix, image_folder, transform, direct) <= 1e-4
+    assert len(ix.manifest.backbone["code_sha256"]) == 64
+    ix = _build(image_folder, tmp_path / "ix-out", f"py:{tmp_path / 'mynet.py'}:small_net", **kw)
+    assert ix.dim == 10 and _stored_vs_direct(ix, image_folder, transform, net) <= 1e-4  # the model's own output
+
+
+def test_bad_backbones_are_one_line_errors(tmp_path):
+    (tmp_path / "mynet.py").write_text(USER_MODEL)
+    f = tmp_path / "mynet.py"
+    torch.save({"state_dict": {"features.0.weight": torch.zeros(8, 3, 3, 3)}}, tmp_path / "partial.pt")
+    cases = [
+        (dict(spec="torchvision:resnet18", pretrained=False, layer="layr3"), SpecError, "nearest: layer3"),
+        (dict(spec="torchvision:resnt18", pretrained=False), SpecError, "did you mean resnet18"),
+        (dict(spec="torchvision:resnet18.IMAGENET9K", pretrained=False), SpecError, "IMAGENET1K_V1"),
+        (dict(spec=f"py:{tmp_path / 'nope.py'}:f", pretrained=False), SpecError, "does not exist"),
+        (dict(spec=f"py:{f}:not_a_factory", pretrained=False), SpecError, "no callable 'not_a_factory'"),
+        (dict(spec=f"py:{f}:small_net", pretrained=False), SpecError, "pass --image-size, --mean, --std"),
+        (dict(spec=f"py:{f}:small_net", weights=str(tmp_path / "partial.pt"), image_size=8,
+              preprocess={"mean": "0,0,0", "std": "1,1,1"}), BackboneError, r"\d+ missing keys \(features.0.bias"),
+        (dict(spec=f"py:{f}:small_net", image_size=8, preprocess={"mean": "0,0,0", "std": "1,1,1"}),
+         BackboneError, "gets its weights from --weights"),
+    ]
+    for kw, err, msg in cases:
+        with pytest.raises(err, match=msg):
+            create_backbone(kw.pop("spec"), **kw)
+
+
+def test_layers_command_lists_names_and_shapes():
+    r = CliRunner().invoke(cli, ["layers", "torchvision:resnet18", "--random-init", "--json"])
+    assert r.exit_code == 0, r.output
+    import json
+
+    rows = {d["layer"]: d for d in json.loads(r.stdout)}
+    assert rows["layer3"]["output_shape"] == [1, 256, 14, 14] and rows["fc"]["type"] == "Linear"
