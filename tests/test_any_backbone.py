@@ -125,3 +125,40 @@ def test_layers_command_lists_names_and_shapes():
 
     rows = {d["layer"]: d for d in json.loads(r.stdout)}
     assert rows["layer3"]["output_shape"] == [1, 256, 14, 14] and rows["fc"]["type"] == "Linear"
+
+
+def _tiny_vit_dir(d):
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(5)
+    cfg = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32,
+                    patch_size=8)
+    model = ViTModel(cfg).eval()
+    model.save_pretrained(d)
+    proc = ViTImageProcessor(size={"height": 32, "width": 32})
+    proc.save_pretrained(d)
+    return model, proc
+
+
+def test_hf_model_from_a_local_directory_equals_its_direct_forward(tmp_path, image_folder):
+    """A tiny transformers ViT saved with save_pretrained: the default is its pooler output, --pool cls the class
+    token, --layer any block; each equals the model's own forward on the processor's pixels."""
+    model, proc = _tiny_vit_dir(tmp_path / "vit")
+    transform = lambda img: proc(images=img, return_tensors="pt")["pixel_values"][0]  # noqa: E731
+    ix = _build(image_folder, tmp_path / "ix", f"hf:{tmp_path / 'vit'}")
+    assert ix.dim == 32 and ix.manifest.backbone["model_type"] == "vit"
+    assert _stored_vs_direct(ix, image_folder, transform, lambda x: model(pixel_values=x).pooler_output) <= 1e-4
+    ix = _build(image_folder, tmp_path / "ix-cls", f"hf:{tmp_path / 'vit'}", pool="cls")
+    assert _stored_vs_direct(ix, image_folder, transform,
+                             lambda x: model(pixel_values=x).last_hidden_state[:, 0]) <= 1e-4
+    names = dict(model.named_modules())
+    block = next(n for n in ("encoder.layer.0", "layers.0", "encoder.layers.0") if n in names)  # across versions
+    ix = _build(image_folder, tmp_path / "ix-l0", f"hf:{tmp_path / 'vit'}", layer=block, pool="avg")
+    direct = lambda x: model(pixel_values=x, output_hidden_states=True).hidden_states[1][:, 1:].mean(1)  # noqa: E731
+    assert _stored_vs_direct(ix, image_folder, transform, direct) <= 1e-4
+
+
+def test_hf_without_the_model_offline_is_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BackboneError, match="no weights for hf:embedsearch-test/none"):
+        create_backbone("hf:embedsearch-test/none")

@@ -82,7 +82,7 @@ def test_search_bad_input(ix, tmp_path):
         search(ix, vector_file=tmp_path / "bad.npy")
     with pytest.raises(QueryError, match="has no embedding"):
         search(ix, ids=[10**12])
-    with pytest.raises(QueryError, match="--text needs an open_clip"):
+    with pytest.raises(QueryError, match="--text needs a backbone with a text tower"):
         search(ix, texts=["a cat"])
     assert len(search(ix, ids=[0], k=10_000)) == 299
 

@@ -68,8 +68,12 @@ def _short_params(p: dict) -> str:
 
 
 def applicable_methods(ix) -> list[str]:
-    kind = ix.manifest.space.kind
-    return [m for m in METHODS if REGISTRY[m].needs in (None, kind)]
+    return [m for m in METHODS if REGISTRY[m].needs is None or (REGISTRY[m].needs == "text" and has_text_tower(ix))]
+
+
+def has_text_tower(ix) -> bool:
+    """open_clip indexes, and hf: CLIP / SigLIP-style models whose text tower loaded, can embed text."""
+    return ix.manifest.space.kind == "open_clip" or bool(ix.manifest.backbone.get("text_tower"))
 
 
 def load_selection(ix, where: str, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -100,9 +104,9 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
     if bad:
         raise EvalError(f"unknown method {bad[0]!r}: expected one of {', '.join(METHODS)}")
     for m in methods:
-        needs = REGISTRY[m].needs
-        if needs and ix.manifest.space.kind != needs:
-            raise EvalError(f"{m} needs an {needs} index; {ix.name} was built with {ix.backbone_spec}")
+        if REGISTRY[m].needs == "text" and not has_text_tower(ix):
+            raise EvalError(f"{m} needs a backbone with a text tower (open_clip, or a CLIP-style hf: model); "
+                            f"{ix.name} was built with {ix.backbone_spec}")
     classes = ix.classes()
     C = len(classes)
     if C < 2:

@@ -37,6 +37,7 @@ class Backbone:
     dim: int = 0
     text: Callable | None = None  # (list[str]) -> (N, D) tensor, for open_clip
     config: Any = None  # the BackboneConfig it was created from (set by BackboneConfig.create)
+    prefix_tokens: int | None = None  # class/register tokens ahead of the patch tokens (None: ask the model)
 
     def embed(self, batch):
         return self.forward(self.model, batch)
@@ -378,6 +379,82 @@ def _torchvision(spec: BackboneSpec, weights, pretrained, image_size, pool, seed
     return Backbone(spec, model, base, forward, info)
 
 
+def _hf(spec: BackboneSpec, weights, pretrained, image_size, pool, seed, pre=None) -> Backbone:
+    """A transformers vision model: AutoModel + AutoImageProcessor, pooled as the family defines it (the pooler
+    output where the model has one, else the mean of its tokens or feature map; `--pool` overrides), and for
+    CLIP / SigLIP-style models their image embedding, with the text tower kept for text queries and zero-shot."""
+    import torch
+
+    try:
+        import transformers
+    except ImportError:
+        raise BackboneError("hf: backbones need transformers: pip install 'embedsearch[hf]'") from None
+    if image_size:
+        raise SpecError("--image-size is not applied to hf: backbones: their image processor's size is used "
+                        "(and recorded)")
+    name = spec.name
+    local = Path(name).expanduser().is_dir()
+    use_pretrained = pretrained and weights is None
+    torch.manual_seed(seed)
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        with hub_fail_fast(spec) if not local else nullcontext():
+            if use_pretrained:
+                model = transformers.AutoModel.from_pretrained(name)
+            else:
+                model = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(name))
+            processor = transformers.AutoImageProcessor.from_pretrained(name)
+    except (SpecError, BackboneError):
+        raise
+    except Exception as e:  # noqa: BLE001 — hub, cache and config failures come in many types
+        if not local:
+            raise _offline_error(spec, e, "set HF_HUB_CACHE to a cache that has them, or pass hf:LOCAL_DIR") from None
+        raise BackboneError(f"cannot load the transformers model in {name}: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:160]}") from None
+    if weights:
+        apply_state_dict(model, load_state_dict(weights), str(weights))
+    config = model.config
+    model_type = getattr(config, "model_type", "")
+    npt = (1 + int(getattr(config, "num_register_tokens", 0) or 0)) if any(
+        t in model_type for t in ("vit", "dinov2", "deit", "beit", "dinov3")) else 0
+    clip_like = hasattr(model, "get_image_features")
+
+    def transform(img):
+        return processor(images=img, return_tensors="pt")["pixel_values"][0]
+
+    def forward(m, x):
+        if clip_like and pool == "default":
+            out = m.get_image_features(pixel_values=x)
+            return out if isinstance(out, torch.Tensor) else out.pooler_output
+        out = (m.vision_model if clip_like else m)(pixel_values=x)
+        if pool == "default" and getattr(out, "pooler_output", None) is not None:
+            t = out.pooler_output
+            return t.flatten(1) if t.ndim > 2 else t
+        return _pool_output(out.last_hidden_state, pool, npt)
+
+    text = None
+    if clip_like and hasattr(model, "get_text_features"):
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(name)
+        except Exception:  # noqa: BLE001 — a vision-only copy: image search still works
+            tokenizer = None
+        if tokenizer is not None:
+            def text(texts: list[str]):
+                dev = next(model.parameters()).device
+                out = model.get_text_features(**tokenizer(texts, padding=True, return_tensors="pt").to(dev))
+                return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    pcfg = {k: v for k, v in processor.to_dict().items()
+            if k in ("size", "crop_size", "do_resize", "do_center_crop", "resample", "image_mean", "image_std",
+                     "do_normalize", "rescale_factor", "image_processor_type")}
+    info = {"model": name, "model_type": model_type,
+            "weights": str(weights) if weights else ("pretrained" if use_pretrained else "random-init"),
+            "pool": ("image embedding" if clip_like else "pooler output, else token mean") if pool == "default"
+            else pool, "preprocess": pcfg, "text_tower": text is not None}
+    return Backbone(spec, model, transform, forward, info, text=text, prefix_tokens=npt)
+
+
 def _preprocess_flags(spec: BackboneSpec, image_size, pre: dict):
     """The explicit preprocessing a model without a config needs: resize the shorter side to --resize (default
     --image-size), centre-crop --image-size, scale to [0, 1], normalize with --mean/--std."""
@@ -525,7 +602,7 @@ def _with_layer(bb: Backbone, layer: str, pool: str) -> Backbone:
         raise SpecError(f"{bb.spec.raw} has no layer {name!r}" + (f"; nearest: {', '.join(close)}" if close else "")
                         + " (list them with `embedsearch layers SPEC`)")
     module = modules[name]
-    npt = int(getattr(bb.model, "num_prefix_tokens", 0) or 0)
+    npt = bb.prefix_tokens if bb.prefix_tokens is not None else int(getattr(bb.model, "num_prefix_tokens", 0) or 0)
     bb.forward = lambda m, x: _capture(m, module, x, side, pool, npt)
     bb.info["layer"] = layer
     bb.info["pool"] = f"{pool} of {name} ({side})"
@@ -562,7 +639,7 @@ def list_layers(spec: str, **kwargs) -> list[dict]:
             for n, m in bb.model.named_modules() if n]
 
 
-_BUILDERS = {"timm": _timm, "open_clip": _open_clip, "torchvision": _torchvision, "hub": _hub, "py": _py,
+_BUILDERS = {"timm": _timm, "open_clip": _open_clip, "torchvision": _torchvision, "hf": _hf, "hub": _hub, "py": _py,
              "pixels": _pixels, "ckpt": _ckpt}
 
 

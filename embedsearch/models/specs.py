@@ -13,6 +13,7 @@ BACKBONE_KINDS = {
     "timm": "timm:NAME[.TAG]        any timm model, e.g. timm:vit_small_patch14_dinov2.lvd142m",
     "open_clip": "open_clip:ARCH[/TAG]   an open_clip image tower, e.g. open_clip:ViT-H-14/laion2b_s32b_b79k (ARCH may be a config .json)",
     "torchvision": "torchvision:NAME[.WEIGHTS]  a torchvision model, e.g. torchvision:resnet50.IMAGENET1K_V2",
+    "hf": "hf:ORG/NAME | hf:LOCAL_DIR  a Hugging Face transformers vision model (AutoModel + AutoImageProcessor), e.g. hf:facebook/dinov2-small",
     "hub": "hub:OWNER/REPO:ENTRY   a torch.hub entry (or hub:LOCAL_DIR:ENTRY), e.g. hub:facebookresearch/dinov2:dinov2_vits14",
     "py": "py:FILE.py:FACTORY      your own model: FACTORY() in a file (or py:package.module:FACTORY) returns an nn.Module",
     "ckpt": "ckpt:FILE              a checkpoint written by `embedsearch pretrain`",
@@ -64,6 +65,8 @@ def parse_backbone(spec: str) -> BackboneSpec:
     if kind == "torchvision":
         name, _, weights = rest.partition(".")
         return BackboneSpec("torchvision", name, entry=weights or None, raw=spec)
+    if kind == "hf":
+        return BackboneSpec("hf", rest, raw=spec)
     if kind == "py":
         location, _, factory = rest.rpartition(":")
         if not location or not factory.isidentifier():

@@ -41,7 +41,8 @@ def query_vectors(ix, *, images=(), ids=(), texts=(), vector_file=None) -> tuple
 
         bb = ix.backbone()
         if bb.text is None:
-            raise QueryError(f"--text needs an open_clip index; {ix.name} was built with {ix.backbone_spec}")
+            raise QueryError(f"--text needs a backbone with a text tower (open_clip, or a CLIP-style hf: model); "
+                             f"{ix.name} was built with {ix.backbone_spec}")
         with torch.inference_mode():
             t = bb.text(list(texts)).float().cpu().numpy()
         vecs.extend(t)

@@ -37,5 +37,5 @@ def test_text_search_and_zeroshot_only_for_clip(clip_ix, tmp_path):
     src = open_source("digits")
     src.records = src.records[:50]
     build_index(src, BuildConfig(name="p", root=str(tmp_path), backbone="pixels:4", num_workers=0), progress=False)
-    with pytest.raises(EvalError, match="zeroshot needs an open_clip index"):
+    with pytest.raises(EvalError, match="zeroshot needs a backbone with a text tower"):
         evaluate(Index.open("p", tmp_path), methods=["zeroshot"])

@@ -84,7 +84,7 @@ class Method:
 
     name: str = ""
     kind: str = "classifier"  # "curve": a study that returns a curve, not scores (few-shot)
-    needs: str | None = None  # a space kind the method needs (zero-shot: open_clip)
+    needs: str | None = None  # a capability of the index's backbone the method needs ("text": a text tower)
 
     def fit(self, train: TrainSet, ctx: Context) -> list[Fitted]:
         raise NotImplementedError

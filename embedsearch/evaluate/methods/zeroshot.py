@@ -80,7 +80,7 @@ class Zeroshot(Method):
     """Uses no train item: each class is the text tower's vector of its prompts."""
 
     name = "zeroshot"
-    needs = "open_clip"
+    needs = "text"
 
     def fit(self, train, ctx):
         ix = ctx.ix
