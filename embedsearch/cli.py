@@ -504,25 +504,52 @@ def compare(names, root, per_class, fmt):
 
 
 @cli.command()
-@click.argument("name")
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("args", nargs=-1, required=True, metavar="[NAME] IMAGE...")
 @click.option("--probe", type=click.Choice(["prototypes", "linear", "svc", "mlp"]), default="linear", show_default=True,
               help="A probe saved by `embedsearch eval` (svc = the LinearSVC).")
+@click.option("--head", is_flag=True, help="The backbone's own classifier (timm, torchvision, hf) instead of a probe.")
+@click.option("-b", "--backbone", help="With --head: a backbone spec instead of an index NAME (then every argument "
+              "is an image).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="With --backbone: local weights.")
+@click.option("--random-init", is_flag=True, help="With --backbone: random weights (tests only).")
 @click.option("-k", type=click.IntRange(1), default=3, show_default=True, help="Classes per image.")
 @root_option
 @output_options
 @_handle_errors
-def classify(name, images, probe, k, root, fmt):
-    """Classify images from anywhere with a probe trained by `embedsearch eval` on an index.
+def classify(args, probe, head, backbone, weights, random_init, k, root, fmt):
+    """Classify images from anywhere: with a probe trained by `embedsearch eval` on index NAME, or with --head the
+    backbone's own classifier (its labels and probabilities: what the model itself says).
 
     \b
     Example:
         embedsearch classify pets-dinov2 --probe linear my_cat.jpg other_dataset/*.png
+        embedsearch classify --head -b torchvision:resnet50 my_cat.jpg
     """
+    if backbone and not head:
+        raise click.UsageError("--backbone applies with --head")
+    if head:
+        from embedsearch.models.embed import resolve_device
+        from embedsearch.models.heads import create_head, head_topk
+
+        if backbone:
+            h = create_head(backbone, weights=weights, pretrained=not random_init, device=resolve_device("auto"))
+            images = args
+        else:
+            from embedsearch.reader import Index
+
+            if len(args) < 2:
+                raise click.UsageError("give an index NAME and images, or --backbone SPEC and images")
+            bc = Index.open(args[0], root).backbone_config
+            h = create_head(bc.spec, weights=bc.weights, pretrained=bc.pretrained, device=resolve_device(bc.device))
+            images = args[1:]
+        emit(head_topk(h, images, k=k), fmt)
+        return
     from embedsearch.evaluate.probes import classify as run_classify
     from embedsearch.reader import Index
 
-    emit(run_classify(Index.open(name, root), probe, images, k=k), fmt)
+    if len(args) < 2:
+        raise click.UsageError("give an index NAME and at least one image")
+    emit(run_classify(Index.open(args[0], root), probe, args[1:], k=k), fmt)
 
 
 @cli.command()

@@ -162,3 +162,40 @@ def test_hf_without_the_model_offline_is_one_line(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BackboneError, match="no weights for hf:embedsearch-test/none"):
         create_backbone("hf:embedsearch-test/none")
+
+
+def test_classify_head_gives_the_models_own_labels_and_probabilities(tmp_path, image_folder):
+    import json
+
+    from torchvision.models import get_model, get_model_weights
+
+    torch.manual_seed(2)
+    model = get_model("resnet18", weights=None).eval()
+    torch.save(model.state_dict(), tmp_path / "r18.pt")
+    img = next(image_folder.rglob("*.png"))
+    r = CliRunner().invoke(cli, ["classify", "--head", "-b", "torchvision:resnet18", "--weights",
+                                 str(tmp_path / "r18.pt"), "-k", "3", str(img), "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)
+    w = get_model_weights("resnet18").DEFAULT
+    with torch.inference_mode():
+        p = torch.softmax(model(w.transforms()(Image.open(img).convert("RGB")).unsqueeze(0)), -1)[0]
+    top = torch.topk(p, 3)
+    assert [x["class_index"] for x in rows] == top.indices.tolist()
+    assert [x["label"] for x in rows] == [w.meta["categories"][i] for i in top.indices.tolist()]
+    assert np.allclose([x["probability"] for x in rows], top.values.numpy(), atol=1e-5)
+    # a transformers classifier saved with its own label names
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    cfg = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32,
+                    patch_size=8, num_labels=3, id2label={0: "cat", 1: "dog", 2: "fox"},
+                    label2id={"cat": 0, "dog": 1, "fox": 2})
+    ViTForImageClassification(cfg).save_pretrained(tmp_path / "vitc")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "vitc")
+    r = CliRunner().invoke(cli, ["classify", "--head", "-b", f"hf:{tmp_path / 'vitc'}", "-k", "3", str(img), "--json"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)
+    assert sorted(x["label"] for x in got) == ["cat", "dog", "fox"]
+    assert abs(sum(x["probability"] for x in got) - 1) < 1e-5
+    r = CliRunner().invoke(cli, ["classify", "--head", "-b", "pixels:8", str(img)])
+    assert r.exit_code == 1 and "--head needs a timm, torchvision or hf: backbone" in r.output
