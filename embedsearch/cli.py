@@ -341,6 +341,33 @@ def backbones(fmt):
 
 
 @cli.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.option("-b", "--backbone", required=True, help="The backbone spec.")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), callback=_output_file,
+              help="OUT.html (self-contained); the PNGs are written beside it.")
+@click.option("--layer", help="The layer whose feature map to show (default: a ViT's last block, a CNN's last map).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Local weights for the architecture.")
+@click.option("--random-init", is_flag=True, help="Random (seeded) weights: no download.")
+@click.option("--image-size", type=click.IntRange(min=1))
+@click.option("--mean")
+@click.option("--std")
+@output_options
+@_handle_errors
+def inspect(image, backbone, out, layer, weights, random_init, image_size, mean, std, fmt):
+    """What a backbone sees of one image: its input after preprocessing, the strongest channels of a layer, and for
+    ViTs the class token's attention per head, as an HTML page with PNGs.
+
+    \b
+    Example:
+        embedsearch inspect cat.jpg -b timm:vit_small_patch14_dinov2.lvd142m -o cat.html
+    """
+    from embedsearch.report.inspect import inspect_image
+
+    emit(inspect_image(image, backbone, out, weights=weights, pretrained=not random_init, image_size=image_size,
+                       layer=layer, preprocess={"mean": mean, "std": std}), fmt)
+
+
+@cli.command()
 @click.argument("spec")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local weights for the architecture.")
 @click.option("--random-init", is_flag=True, help="Random (seeded) weights: no download.")

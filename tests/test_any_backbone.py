@@ -199,3 +199,46 @@ def test_classify_head_gives_the_models_own_labels_and_probabilities(tmp_path, i
     assert abs(sum(x["probability"] for x in got) - 1) < 1e-5
     r = CliRunner().invoke(cli, ["classify", "--head", "-b", "pixels:8", str(img)])
     assert r.exit_code == 1 and "--head needs a timm, torchvision or hf: backbone" in r.output
+
+
+def test_inspect_page_loads_in_chromium_and_its_attention_is_the_models(tmp_path, image_folder):
+    """The page is self-contained (every image a data URI) and loads in headless Chromium without console errors;
+    the attention maps equal timm's own (unfused) attention of the last block."""
+    import json
+    import re
+    import shutil
+    import subprocess
+
+    img = next(image_folder.rglob("*.png"))
+    r = CliRunner().invoke(cli, ["inspect", str(img), "-b", "timm:test_vit", "--random-init", "-o",
+                                 str(tmp_path / "v.html"), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["layer"].startswith("blocks.") and out["attention_heads"] >= 1 and len(out["channels"]) == 16
+    assert all(Image.open(p).size for p in out["pngs"])
+    # the same attention, computed by timm itself with its explicit softmax
+    from embedsearch.report.inspect import _attention
+
+    bb = create_backbone("timm:test_vit", pretrained=False)
+    x = bb.preprocess(Image.open(img).convert("RGB")).unsqueeze(0)
+    attn = bb.model.blocks[-1].attn
+    attn.fused_attn = False
+    got = {}
+    attn.attn_drop.register_forward_hook(lambda m, a, o: got.setdefault("w", o.detach()))
+    with torch.inference_mode():
+        bb.model(x)
+    npt = bb.model.num_prefix_tokens
+    want = got["w"][0, :, 0, npt:].reshape(attn.num_heads, *bb.model.patch_embed.grid_size).numpy()
+    assert np.abs(_attention(bb.model, x) - want).max() < 1e-5
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("needs Debian's chromium (installed by .ci/run)")
+    url = (tmp_path / "v.html").as_uri()
+    run = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"]
+    p = subprocess.run([*run, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    m = re.search(r'data-images="(\w+) (\d+)"', p.stdout)
+    assert m and m.group(1) == "ok" and int(m.group(2)) == 1 + 16 + out["attention_heads"], m and m.group(0)
+    assert not re.search(r"CONSOLE.*(error|Uncaught)", p.stderr, re.I), p.stderr[-2000:]
+    shot = tmp_path / "v.png"
+    subprocess.run([*run, f"--screenshot={shot}", "--window-size=1000,1200", url], capture_output=True, timeout=120)
+    assert shot.stat().st_size > 5_000 and shot.read_bytes()[:4] == b"\x89PNG"
