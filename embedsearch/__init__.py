@@ -16,21 +16,41 @@ the submodules `build`, `search`, `evaluate` so that importing those never shado
 __version__ = "0.1.0"
 
 
-def open_index(name_or_path, root=None):
-    """Open an index by name (under ./indexes or $EMBEDSEARCH_HOME) or path; see `embedsearch.reader.Index`."""
+def open_index(name_or_path, root=None, *, model=None, transform=None):
+    """Open an index by name (under ./indexes or $EMBEDSEARCH_HOME) or path; see `embedsearch.reader.Index`. An index
+    built from a Python module takes the same `model` and `transform` again to query images."""
     from embedsearch.reader import Index
 
-    return Index.open(name_or_path, root)
+    ix = Index.open(name_or_path, root)
+    if model is not None:
+        ix.attach_module(model, transform)
+    return ix
 
 
-def build_index(source: str, *, name: str, backbone: str = "pixels", progress: bool = True, source_options=None, **config):
-    """Index `source` (a spec like `digits`, a folder or a manifest); `config` takes `BuildConfig` fields."""
+def build_index(source: str, *, name: str, backbone: str = "pixels", progress: bool = True, source_options=None,
+                model=None, transform=None, model_name: str | None = None, **config):
+    """Index `source` (a spec like `digits`, a folder or a manifest); `config` takes `BuildConfig` fields.
+
+    With `model` (a ready torch.nn.Module) and `transform` (PIL image → tensor), that model is the backbone — no
+    file to write; it is recorded as `module:MODEL_NAME` (default: its class name) with its weights hash. `pool`
+    and `layer` in `config` apply to its output as to any backbone's.
+
+    >>> es.build_index("digits", name="mine", model=net, transform=t)   # doctest: +SKIP
+    """
     from embedsearch.build import BuildConfig
     from embedsearch.build import build_index as _build
     from embedsearch.sources.datasets import open_source
 
+    ready = None
+    if model is not None or transform is not None:
+        from embedsearch.models.backbones import module_backbone
+
+        model_name = model_name or type(model).__name__
+        backbone = f"module:{model_name}"
+        ready = module_backbone(model, transform, model_name, pool=config.get("pool", "default"),
+                                layer=config.get("layer"))
     return _build(open_source(source, **(source_options or {})), BuildConfig(name=name, backbone=backbone,
-                       **config), progress=progress)
+                       **config), progress=progress, backbone=ready)
 
 
 def search_index(ix, **kwargs):

@@ -88,9 +88,11 @@ class BuildConfig:
                               interpolation=self.interpolation)
 
 
-def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True, only_indexed: bool = False) -> dict:
+def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True, only_indexed: bool = False,
+                backbone=None) -> dict:
     """Build (or resume, or extend with `add`) the index `cfg.name` from `source`; returns the run summary.
-    `only_indexed` (repair): embed what the catalog already lists, leave items the source gained since unindexed."""
+    `only_indexed` (repair): embed what the catalog already lists, leave items the source gained since unindexed.
+    `backbone`: a ready one (`models.backbones.module_backbone`, cfg.backbone `module:NAME`) instead of creating it."""
     if cfg.dtype not in store.DTYPES:
         raise SourceError(f"unknown --dtype {cfg.dtype!r}: expected float16 or float32")
     if not source.records:
@@ -109,7 +111,11 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True, only
                     "weights_sha256": file_sha256(Path(cfg.vectors)), "preprocess": None, "pool": None,
                     "dim": int(next(iter(external.values())).shape[0])}
         else:
-            backbone = cfg.backbone_config().create(device)
+            if backbone is None:
+                backbone = cfg.backbone_config().create(device)
+            else:  # passed from Python: the model and transform as given, on this run's device
+                backbone.model.to(device)
+                backbone.config = cfg.backbone_config()
             external, desc = None, backbone.describe()
         manifest = Manifest.load(layout) if layout.manifest.exists() else None
         # the autocast precision changes the vectors (bf16 vs fp32: cosine ≈ 0.999 on real models), so it is part

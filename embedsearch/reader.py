@@ -198,8 +198,26 @@ class Index:
 
     def backbone(self, device: str = "auto"):
         """The index's own backbone, recreated from its `BackboneConfig` and checked against its weights hash, for
-        embedding new images and text in the same space."""
+        embedding new images and text in the same space (an index built from a Python module: the module given to
+        `attach_module`)."""
+        if getattr(self, "_module_backbone", None) is not None:
+            return self._module_backbone
         return self.backbone_config.create(device)
+
+    def attach_module(self, model, transform) -> None:
+        """For an index built from a ready nn.Module (`module:NAME`): the same module and transform again, so images
+        can be queried; its weights must hash to the recorded ones."""
+        from embedsearch.models.backbones import module_backbone
+
+        if self.manifest.space.kind != "module":
+            raise IndexStateError(f"index {self.name} was built with {self.backbone_spec}, not from a Python module")
+        bc = self.backbone_config
+        bb = module_backbone(model, transform, self.backbone_spec.split(":", 1)[1], pool=bc.pool, layer=bc.layer)
+        if bb.info["weights_sha256"] != self.manifest.space.weights_sha256:
+            raise IndexStateError(f"the module's weights differ from the ones index {self.name} was built with "
+                                  "(weights hash mismatch): its vectors would land in another space")
+        bb.config = bc
+        self._module_backbone = bb
 
     @cached_property
     def faiss(self):

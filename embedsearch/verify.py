@@ -225,6 +225,10 @@ def _plan_repair(layout: Layout, rep: Report) -> _RepairPlan:
         if not spec:
             raise IndexStateError(f"cannot repair {layout.dir}: the manifest records no source to re-embed from "
                                   "(nothing was changed)")
+        if manifest.space.kind == "module":
+            raise IndexStateError(f"cannot repair {layout.dir} here: it was built from a Python nn.Module, which "
+                                  "only your code can pass again — rebuild the damaged index from Python with "
+                                  "es.build_index(..., model=...) (nothing was changed)")
         try:
             if manifest.space.kind != "external":
                 BackboneConfig.of_manifest(manifest)

@@ -242,3 +242,44 @@ def test_inspect_page_loads_in_chromium_and_its_attention_is_the_models(tmp_path
     shot = tmp_path / "v.png"
     subprocess.run([*run, f"--screenshot={shot}", "--window-size=1000,1200", url], capture_output=True, timeout=120)
     assert shot.stat().st_size > 5_000 and shot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_ready_module_from_a_notebook_indexes_queries_and_is_checked(tmp_path, image_folder):
+    """No file to write: es.build_index(model=, transform=). The vectors equal the module's forward; images can be
+    queried once the same module is passed again; another module's weights are refused; repair says plainly that
+    only Python can re-embed it."""
+    import importlib.util
+
+    from torchvision.transforms import v2
+
+    import embedsearch as es
+    from embedsearch.core.errors import IndexStateError
+    from embedsearch.query.search import search
+    from embedsearch.verify import repair
+
+    (tmp_path / "mynet.py").write_text(USER_MODEL)
+    spec = importlib.util.spec_from_file_location("mynet_nb", tmp_path / "mynet.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(4)
+    net = mod.small_net().eval()
+    t = v2.Compose([v2.PILToTensor(), v2.Resize(20, antialias=True), v2.CenterCrop(16),
+                    v2.ToDtype(torch.float32, scale=True)])
+    es.build_index(str(image_folder), name="nb", root=str(tmp_path / "ix"), model=net, transform=t, layer="fc:input",
+                   dtype="float32", precision="fp32", num_workers=0, progress=False)
+    ix = es.open_index("nb", tmp_path / "ix")
+    assert ix.backbone_spec == "module:SmallNet" and ix.dim == 16
+    assert _stored_vs_direct(ix, image_folder, t, lambda x: torch.flatten(net.pool(net.features(x)), 1)) <= 1e-4
+    img = next(image_folder.rglob("*.png"))
+    with pytest.raises(BackboneError, match="pass it again"):
+        search(ix, images=[str(img)], k=1)
+    ix = es.open_index("nb", tmp_path / "ix", model=net, transform=t)
+    hit = search(ix, images=[str(img)], k=1)[0]
+    assert image_folder / hit["path"] == img and hit["score"] > 0.9999
+    other = mod.small_net()
+    with pytest.raises(IndexStateError, match="weights hash mismatch"):
+        es.open_index("nb", tmp_path / "ix", model=other, transform=t)
+    ix.close()
+    (tmp_path / "ix" / "nb" / "parts" / "part-00000.parquet").unlink()
+    with pytest.raises(IndexStateError, match="built from a Python nn.Module.*nothing was changed"):
+        repair("nb", tmp_path / "ix", progress=False)

@@ -665,11 +665,13 @@ def create_backbone(
     >>> bb = create_backbone("pixels:8"); bb.dim
     192
     """
-    import torch
 
     s = parse_backbone(spec) if isinstance(spec, str) else spec
     if pool not in POOLS:
         raise SpecError(f"unknown --pool {pool!r}: expected one of {', '.join(POOLS)}")
+    if s.kind == "module":
+        raise BackboneError(f"{s.raw} was a Python nn.Module passed to build_index; pass it again: "
+                            "es.open_index(NAME, model=..., transform=...) (or es.build_index(..., model=...))")
     if layer:
         # a layer's tensor is pooled by _pool_output; the builders keep their own defaults
         bb = _BUILDERS[s.kind](s, weights, pretrained, image_size, "default" if s.kind != "py" else pool, seed,
@@ -677,6 +679,42 @@ def create_backbone(
         bb = _with_layer(bb, layer, pool)
     else:
         bb = _BUILDERS[s.kind](s, weights, pretrained, image_size, pool, seed, preprocess)
+    return _finish(bb, device, seed)
+
+
+def module_backbone(model, transform, name: str, *, pool: str = "default", layer: str | None = None,
+                    device: str = "cpu") -> Backbone:
+    """A backbone from a ready `nn.Module` and its transform (PIL image → tensor), for notebooks: its output (or
+    `layer`'s) pooled like any other; the spec `module:NAME` and the weights hash identify its space, and the class's
+    source code (when Python can find it) is hashed into the record."""
+    import hashlib
+    import inspect
+
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise SpecError(f"model= must be a torch.nn.Module, not {type(model).__name__}")
+    if not callable(transform):
+        raise SpecError("transform= must be a callable taking a PIL image and returning a tensor")
+    spec = parse_backbone(f"module:{name}")
+    try:
+        code = inspect.getsource(type(model)).encode()
+    except (OSError, TypeError):
+        code = b""
+    info = {"model": f"{type(model).__module__}.{type(model).__qualname__}", "weights": "as passed",
+            "code_sha256": hashlib.sha256(code).hexdigest() if code else None,
+            "pool": f"{pool} of the model output", "preprocess": {"transform": repr(transform)[:500]}}
+    bb = Backbone(spec, model, transform, lambda m, x: _pool_output(m(x), pool), info)
+    if layer:
+        bb = _with_layer(bb, layer, pool)
+    return _finish(bb, device, 0)
+
+
+def _finish(bb: Backbone, device: str, seed: int) -> Backbone:
+    """Eval mode on `device`, the weights hash, the parameter count, and the output dimension probed."""
+    import torch
+
+    s = bb.spec
     if bb.model is not None:
         bb.model.eval().to(device)
         bb.info["weights_sha256"] = weights_hash(bb.model)

@@ -17,6 +17,7 @@ BACKBONE_KINDS = {
     "hub": "hub:OWNER/REPO:ENTRY   a torch.hub entry (or hub:LOCAL_DIR:ENTRY), e.g. hub:facebookresearch/dinov2:dinov2_vits14",
     "py": "py:FILE.py:FACTORY      your own model: FACTORY() in a file (or py:package.module:FACTORY) returns an nn.Module",
     "ckpt": "ckpt:FILE              a checkpoint written by `embedsearch pretrain`",
+    "module": "module:NAME            a ready nn.Module passed from Python (es.build_index(..., model=, transform=))",
     "pixels": "pixels[:SIZE]          raw RGB pixels resized to SIZE×SIZE (default 32): the honest baseline",
 }
 
@@ -65,6 +66,8 @@ def parse_backbone(spec: str) -> BackboneSpec:
     if kind == "torchvision":
         name, _, weights = rest.partition(".")
         return BackboneSpec("torchvision", name, entry=weights or None, raw=spec)
+    if kind == "module":
+        return BackboneSpec("module", rest, raw=spec)
     if kind == "hf":
         return BackboneSpec("hf", rest, raw=spec)
     if kind == "py":
