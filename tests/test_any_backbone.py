@@ -283,3 +283,52 @@ def test_a_ready_module_from_a_notebook_indexes_queries_and_is_checked(tmp_path,
     (tmp_path / "ix" / "nb" / "parts" / "part-00000.parquet").unlink()
     with pytest.raises(IndexStateError, match="built from a Python nn.Module.*nothing was changed"):
         repair("nb", tmp_path / "ix", progress=False)
+
+
+def _tiny_clip_dir(d):
+    import json
+
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    d.mkdir()
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    (d / "vocab.json").write_text(json.dumps(vocab))
+    (d / "merges.txt").write_text("#version: 0.2\n")
+    torch.manual_seed(6)
+    cfg = CLIPConfig(text_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                                      vocab_size=len(vocab), bos_token_id=0, eos_token_id=1, pad_token_id=1,
+                                      max_position_embeddings=32),
+                     vision_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=32, image_size=32, patch_size=8), projection_dim=8)
+    model = CLIPModel(cfg).eval()
+    model.save_pretrained(d)
+    tok = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
+    tok.save_pretrained(d)
+    proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    proc.save_pretrained(d)
+    return model, tok, proc
+
+
+def test_hf_clip_style_model_gives_image_embeddings_and_a_text_tower(tmp_path, image_folder):
+    from embedsearch.evaluate import evaluate
+    from embedsearch.query.search import query_vectors
+
+    model, tok, proc = _tiny_clip_dir(tmp_path / "clip")
+
+    def feats(out):
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    transform = lambda img: proc(images=img, return_tensors="pt")["pixel_values"][0]  # noqa: E731
+    ix = _build(image_folder, tmp_path / "ix", f"hf:{tmp_path / 'clip'}")
+    assert ix.dim == 8 and ix.manifest.backbone["text_tower"] is True
+    assert _stored_vs_direct(ix, image_folder, transform,
+                             lambda x: feats(model.get_image_features(pixel_values=x))) <= 1e-4
+    _, q = query_vectors(ix, texts=["red", "a blue"])
+    with torch.inference_mode():
+        want = feats(model.get_text_features(**tok(["red", "a blue"], padding=True, return_tensors="pt"))).numpy()
+    assert np.abs(q - want).max() <= 1e-4
+    run = evaluate(ix, methods=["zeroshot"])
+    assert run.results[0].data["method"] == "zeroshot" and 0 <= run.results[0].data["metrics"]["top1"] <= 1

@@ -442,7 +442,9 @@ def _hf(spec: BackboneSpec, weights, pretrained, image_size, pool, seed, pre=Non
         if tokenizer is not None:
             def text(texts: list[str]):
                 dev = next(model.parameters()).device
-                out = model.get_text_features(**tokenizer(texts, padding=True, return_tensors="pt").to(dev))
+                limit = getattr(getattr(config, "text_config", None), "max_position_embeddings", None)
+                enc = tokenizer(texts, padding=True, truncation=limit is not None, max_length=limit, return_tensors="pt")
+                out = model.get_text_features(**enc.to(dev))  # truncated to the text tower's context, as open_clip
                 return out if isinstance(out, torch.Tensor) else out.pooler_output
 
     pcfg = {k: v for k, v in processor.to_dict().items()
