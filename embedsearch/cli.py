@@ -60,6 +60,18 @@ class _Size(click.ParamType):
         return value
 
 
+def _model_options(f):
+    """--weights, --random-init, --image-size, --mean, --std: how `inspect` and `layers` create a backbone."""
+    for opt in reversed([
+        click.option("--weights", type=click.Path(dir_okay=False), help="Local weights for the architecture."),
+        click.option("--random-init", is_flag=True, help="Random (seeded) weights: no download."),
+        click.option("--image-size", type=click.IntRange(min=1)),
+        click.option("--mean", help="py: models: normalisation mean."),
+        click.option("--std", help="py: models: normalisation std.")]):
+        f = opt(f)
+    return f
+
+
 def _output_file(ctx, param, value):
     """An output file option: its folder must exist and be writable, checked before any work (not after)."""
     import os
@@ -346,11 +358,7 @@ def backbones(fmt):
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), callback=_output_file,
               help="OUT.html (self-contained); the PNGs are written beside it.")
 @click.option("--layer", help="The layer whose feature map to show (default: a ViT's last block, a CNN's last map).")
-@click.option("--weights", type=click.Path(dir_okay=False), help="Local weights for the architecture.")
-@click.option("--random-init", is_flag=True, help="Random (seeded) weights: no download.")
-@click.option("--image-size", type=click.IntRange(min=1))
-@click.option("--mean")
-@click.option("--std")
+@_model_options
 @output_options
 @_handle_errors
 def inspect(image, backbone, out, layer, weights, random_init, image_size, mean, std, fmt):
@@ -369,11 +377,7 @@ def inspect(image, backbone, out, layer, weights, random_init, image_size, mean,
 
 @cli.command()
 @click.argument("spec")
-@click.option("--weights", type=click.Path(dir_okay=False), help="Local weights for the architecture.")
-@click.option("--random-init", is_flag=True, help="Random (seeded) weights: no download.")
-@click.option("--image-size", type=click.IntRange(min=1))
-@click.option("--mean")
-@click.option("--std")
+@_model_options
 @output_options
 @_handle_errors
 def layers(spec, weights, random_init, image_size, mean, std, fmt):

@@ -36,6 +36,18 @@ not_a_factory = 3
 '''
 
 
+def _user_net(tmp_path, seed: int):
+    """USER_MODEL written to tmp_path/mynet.py and imported as the user's own code would be; small_net() seeded."""
+    import importlib.util
+
+    (tmp_path / "mynet.py").write_text(USER_MODEL)
+    spec = importlib.util.spec_from_file_location(f"mynet_{seed}", tmp_path / "mynet.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(seed)
+    return mod.small_net().eval()
+
+
 def _build(folder, root, backbone, **kw):
     build_index(open_source(str(folder)), BuildConfig(name="x", root=str(root), backbone=backbone, dtype="float32",
                 precision="fp32", num_workers=0, **kw), progress=False)
@@ -76,14 +88,7 @@ def test_torchvision_model_with_a_nested_prefixed_checkpoint_equals_its_direct_f
 def test_py_model_from_a_file_with_the_training_scripts_checkpoint(tmp_path, image_folder):
     from torchvision.transforms import v2
 
-    (tmp_path / "mynet.py").write_text(USER_MODEL)
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("mynet_direct", tmp_path / "mynet.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    torch.manual_seed(3)
-    net = mod.small_net().eval()
+    net = _user_net(tmp_path, seed=3)
     torch.save({"model": {f"_orig_mod.module.{k}": v for k, v in net.state_dict().items()}, "opt": {}},
                tmp_path / "best.pt")
     kw = dict(weights=str(tmp_path / "best.pt"), image_size=24, resize=28, mean="0.5,0.5,0.5", std="0.25,0.25,0.25")
@@ -248,7 +253,6 @@ def test_a_ready_module_from_a_notebook_indexes_queries_and_is_checked(tmp_path,
     """No file to write: es.build_index(model=, transform=). The vectors equal the module's forward; images can be
     queried once the same module is passed again; another module's weights are refused; repair says plainly that
     only Python can re-embed it."""
-    import importlib.util
 
     from torchvision.transforms import v2
 
@@ -257,12 +261,7 @@ def test_a_ready_module_from_a_notebook_indexes_queries_and_is_checked(tmp_path,
     from embedsearch.query.search import search
     from embedsearch.verify import repair
 
-    (tmp_path / "mynet.py").write_text(USER_MODEL)
-    spec = importlib.util.spec_from_file_location("mynet_nb", tmp_path / "mynet.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    torch.manual_seed(4)
-    net = mod.small_net().eval()
+    net = _user_net(tmp_path, seed=4)
     t = v2.Compose([v2.PILToTensor(), v2.Resize(20, antialias=True), v2.CenterCrop(16),
                     v2.ToDtype(torch.float32, scale=True)])
     es.build_index(str(image_folder), name="nb", root=str(tmp_path / "ix"), model=net, transform=t, layer="fc:input",
@@ -276,7 +275,7 @@ def test_a_ready_module_from_a_notebook_indexes_queries_and_is_checked(tmp_path,
     ix = es.open_index("nb", tmp_path / "ix", model=net, transform=t)
     hit = search(ix, images=[str(img)], k=1)[0]
     assert image_folder / hit["path"] == img and hit["score"] > 0.9999
-    other = mod.small_net()
+    other = _user_net(tmp_path, seed=5)
     with pytest.raises(IndexStateError, match="weights hash mismatch"):
         es.open_index("nb", tmp_path / "ix", model=other, transform=t)
     ix.close()

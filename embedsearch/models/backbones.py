@@ -109,6 +109,20 @@ def hub_fail_fast(spec: BackboneSpec) -> Iterator[None]:
         constants.HF_HUB_OFFLINE = False
 
 
+def hub_load(spec: BackboneSpec, use_pretrained: bool, make, what: str):
+    """`make()` — a model created from the Hugging Face Hub, or its cache — with one-line errors: weights that are
+    neither cached nor downloadable name the way out; any other failure names `what` could not be created."""
+    try:
+        with hub_fail_fast(spec) if use_pretrained else nullcontext():
+            return make()
+    except (SpecError, BackboneError):
+        raise
+    except Exception as e:  # noqa: BLE001 — hub/network/cache failures come in many types
+        if use_pretrained:
+            raise _offline_error(spec, e, "set HF_HUB_CACHE to a cache that has them") from None
+        raise BackboneError(f"cannot create {what}: {e}") from None
+
+
 # --------------------------------------------------------------------------------------------- kinds
 
 
@@ -127,19 +141,15 @@ def _timm(spec: BackboneSpec, weights, pretrained, image_size, pool, seed, pre=N
         kwargs["img_size"] = image_size
     use_pretrained = pretrained and weights is None
     torch.manual_seed(seed)
-    try:
-        with hub_fail_fast(spec) if use_pretrained else nullcontext():
-            try:
-                model = timm.create_model(spec.name, pretrained=use_pretrained, **kwargs)
-            except TypeError:  # CNNs take no img_size; the transform alone sets their input size
-                kwargs.pop("img_size", None)
-                model = timm.create_model(spec.name, pretrained=use_pretrained, **kwargs)
-    except (SpecError, BackboneError):
-        raise
-    except Exception as e:  # noqa: BLE001 — hub/network/cache failures come in many types
-        if use_pretrained:
-            raise _offline_error(spec, e, "set HF_HUB_CACHE to a cache that has them") from None
-        raise BackboneError(f"cannot create timm model {spec.name}: {e}") from None
+
+    def make():
+        try:
+            return timm.create_model(spec.name, pretrained=use_pretrained, **kwargs)
+        except TypeError:  # CNNs take no img_size; the transform alone sets their input size
+            kwargs.pop("img_size", None)
+            return timm.create_model(spec.name, pretrained=use_pretrained, **kwargs)
+
+    model = hub_load(spec, use_pretrained, make, f"timm model {spec.name}")
     if weights:
         head = model.default_cfg.get("classifier", "head")
         heads = tuple(h + "." for h in ([head] if isinstance(head, str) else head))
@@ -193,16 +203,8 @@ def _open_clip(spec: BackboneSpec, weights, pretrained, image_size, pool, seed, 
     use_pretrained = pretrained and weights is None and (tag is not None or arch.startswith("hf-hub:"))
     kwargs = {"force_image_size": image_size} if image_size else {}
     torch.manual_seed(seed)
-    try:
-        with hub_fail_fast(spec) if use_pretrained else nullcontext():
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                arch, pretrained=tag if use_pretrained else None, **kwargs)
-    except (SpecError, BackboneError):
-        raise
-    except Exception as e:  # noqa: BLE001
-        if use_pretrained:
-            raise _offline_error(spec, e, "set HF_HUB_CACHE to a cache that has them") from None
-        raise BackboneError(f"cannot create open_clip model {arch}: {e}") from None
+    model, _, preprocess = hub_load(spec, use_pretrained, lambda: open_clip.create_model_and_transforms(
+        arch, pretrained=tag if use_pretrained else None, **kwargs), f"open_clip model {arch}")
     if weights:
         apply_state_dict(model, load_state_dict(weights), str(weights))
     elif pretrained and not use_pretrained:

@@ -4,7 +4,6 @@ probabilities and class names, for images from anywhere (`embedsearch classify -
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,17 +35,10 @@ def create_head(spec: str, *, weights: str | None = None, pretrained: bool = Tru
         import timm
         from timm.data import ImageNetInfo, create_transform, infer_imagenet_subset, resolve_model_data_config
 
-        from embedsearch.models.backbones import _offline_error, hub_fail_fast
+        from embedsearch.models.backbones import hub_load
 
-        try:
-            with hub_fail_fast(s) if use_pretrained else nullcontext():
-                model = timm.create_model(s.name, pretrained=use_pretrained)
-        except (SpecError, BackboneError):
-            raise
-        except Exception as e:  # noqa: BLE001
-            if use_pretrained:
-                raise _offline_error(s, e, "set HF_HUB_CACHE to a cache that has them") from None
-            raise BackboneError(f"cannot create timm model {s.name}: {e}") from None
+        model = hub_load(s, use_pretrained, lambda: timm.create_model(s.name, pretrained=use_pretrained),
+                         f"timm model {s.name}")
         n = getattr(model, "num_classes", 0)
         if not n:
             raise SpecError(f"--head: {spec} has no classifier")
