@@ -31,7 +31,6 @@ from embedsearch.store.manifest import (
     check_space,
     library_versions,
     resolve,
-    write_manifest,
     writer_lock,
 )
 
@@ -149,7 +148,7 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True, only
             manifest.snapshot = Snapshot(manifest.parts, manifest.faiss, manifest.counts)
         manifest.parts = tuple(committed[p] for p in sorted(committed))
         manifest.state = "building"
-        write_manifest(layout, manifest)
+        manifest.save(layout)
 
         by_id = {r.id: r for r in source.records}
         todo = [(p, [by_id[i] for i in ids if i in by_id]) for p, ids in sorted(plan.items()) if p not in committed]
@@ -175,7 +174,7 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True, only
                                     cfg.dtype, part_md)
             committed[res.part] = PartRecord(**info)
             manifest.parts = tuple(committed[p] for p in sorted(committed))
-            write_manifest(layout, manifest)
+            manifest.save(layout)
 
         if external is not None:
             timings = _commit_external(todo, external, commit)
@@ -195,7 +194,7 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True, only
         manifest.counts = counts
         manifest.state = "complete"
         manifest.snapshot = None
-        write_manifest(layout, manifest)
+        manifest.save(layout)
         summary = {
             "index": str(layout.dir), "run_id": uuid.uuid4().hex[:12], "backbone": desc["spec"], "dim": desc["dim"],
             "dtype": cfg.dtype, "parts_embedded": len(todo), "parts_total": len(manifest.parts),

@@ -12,7 +12,7 @@ import numpy as np
 from embedsearch.core.errors import IndexStateError, QueryError
 from embedsearch.store import catalog as cat
 from embedsearch.store import parts as store
-from embedsearch.store.manifest import Layout, Manifest, check_consistent, read_manifest, resolve
+from embedsearch.store.manifest import Layout, Manifest, check_consistent, resolve
 
 _OPEN_WAIT_S = 5.0  # how long a reader waits for a writer to publish a manifest naming the new FAISS file
 SQL_TIMEOUT_S = 60.0  # `sql`: a query that runs longer is interrupted (override with --timeout)
@@ -44,7 +44,7 @@ class Index:
         layout = resolve(name_or_path, Path(root) if root else None)
         deadline = time.monotonic() + _OPEN_WAIT_S
         while True:
-            on_disk = read_manifest(layout)
+            on_disk = Manifest.load(layout)
             manifest = _serving_view(layout, on_disk)
             try:
                 check_consistent(layout, manifest)
@@ -56,7 +56,7 @@ class Index:
                 # A writer renames the new FAISS file into place right before it publishes the manifest naming it.
                 # A reader that falls between the two (or whose manifest was replaced while it checked the files)
                 # reads the manifest again; an index that stays inconsistent is reported.
-                writer_active = on_disk.state != "complete" or read_manifest(layout) != on_disk
+                writer_active = on_disk.state != "complete" or Manifest.load(layout) != on_disk
                 if not writer_active or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
@@ -101,7 +101,7 @@ class Index:
         return cols, list(rows)
 
     def sql_stream(self, query: str, params: list | None = None, *, timeout_s: float | None = SQL_TIMEOUT_S,
-                   batch: int = 1024):
+                   batch: int = 8192):
         """(column names, an iterator over the rows), fetched `batch` rows at a time: the first rows arrive before
         the query has produced the last. A query whose own work (time spent in DuckDB, not in a slow consumer of
         the rows) passes `timeout_s` (None: no limit), or that needs more than `memory_limit`, stops with a

@@ -17,9 +17,7 @@ from embedsearch.store.manifest import (
     PART_FILE,
     Layout,
     Manifest,
-    read_manifest,
     resolve,
-    write_manifest,
     writer_lock,
 )
 
@@ -55,7 +53,7 @@ def verify(name: str, root=None) -> Report:
         rep.add("folder", layout.dir.name, str(e))
         return rep
     try:
-        manifest = read_manifest(layout)
+        manifest = Manifest.load(layout)
     except IndexStateError as e:
         rep.add("manifest", layout.manifest.name, str(e))
         return rep
@@ -167,7 +165,7 @@ def repair(name: str, root=None, progress: bool = True) -> Report:
             _mark_pending(layout, plan.bad_parts)
         # the FAISS file may hold vectors of the dropped parts: readers refuse the index until the repair finishes
         manifest.faiss, manifest.state, manifest.snapshot = None, "repairing", None
-        write_manifest(layout, manifest)
+        manifest.save(layout)
     if _pending(layout):
         summary = build_index(plan.source, cfg, progress=progress, only_indexed=True)
         before.repaired.append("re-embedded the items without a sound vector and rebuilt the FAISS index")
@@ -178,7 +176,7 @@ def repair(name: str, root=None, progress: bool = True) -> Report:
         with writer_lock(layout):
             manifest.faiss = _build_faiss(layout, manifest, cfg)
             manifest.state = "complete"
-            write_manifest(layout, manifest)
+            manifest.save(layout)
         before.repaired.append("rebuilt the FAISS index from the parts")
     after = verify(name, root)
     after.repaired = before.repaired
@@ -208,7 +206,7 @@ def _plan_repair(layout: Layout, rep: Report) -> _RepairPlan:
     if "catalog version" in kinds:
         raise IndexStateError(f"{layout.catalog} was written by a newer embedsearch: upgrade embedsearch to repair "
                               "it (nothing was changed)")
-    manifest = read_manifest(layout)
+    manifest = Manifest.load(layout)
     listed = {p.file for p in manifest.parts}
     bad = {p["file"] for p in rep.problems if p["problem"].startswith("part") and p["problem"] != "part not in manifest"}
     extra = {p["file"] for p in rep.problems if p["problem"] == "part not in manifest"}

@@ -56,7 +56,9 @@ def create_head(spec: str, *, weights: str | None = None, pretrained: bool = Tru
         try:
             model = tvm.get_model(s.name, weights=wenum if use_pretrained else None)
         except Exception as e:  # noqa: BLE001
-            raise _offline_error(s, e, "put the file in the torch.hub cache") from None
+            if use_pretrained:
+                raise _offline_error(s, e, "put the file in the torch.hub cache") from None
+            raise BackboneError(f"cannot create torchvision model {s.name}: {e}") from None
         labels = list(wenum.meta.get("categories") or [])
         pre = wenum.transforms()
     elif s.kind == "hf":

@@ -390,14 +390,6 @@ class Manifest:
         atomic_write_bytes(layout.manifest, (json.dumps(self.to_dict(), indent=2, default=str) + "\n").encode())
 
 
-def read_manifest(layout: Layout) -> Manifest:
-    return Manifest.load(layout)
-
-
-def write_manifest(layout: Layout, manifest: Manifest) -> None:
-    manifest.save(layout)
-
-
 def check_space(layout: Layout, manifest: Manifest, wanted: Space) -> None:
     """Refuse to extend an index with vectors from a different embedding space (never a mixed index)."""
     have, want = manifest.space.to_dict(), wanted.to_dict()
