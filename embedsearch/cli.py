@@ -117,6 +117,9 @@ def cli(ctx, debug, quiet):
     for noisy in ("faiss.loader", "httpx", "huggingface_hub", "timm", "urllib3", "PIL"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     ctx.obj = {"quiet": quiet}
+    from embedsearch.core import progress
+
+    progress.ENABLED = not quiet  # eval's per-step bars (rate, ETA) on stderr
 
 
 def _progress() -> bool:

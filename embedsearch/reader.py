@@ -164,23 +164,40 @@ class Index:
     # ----------------------------------------------------------------------------------- vectors
 
     @cached_property
-    def _all(self) -> tuple[np.ndarray, np.ndarray]:
-        ids, vecs = store.read_all(self.part_paths, np.float32)
-        order = np.argsort(ids, kind="stable")
-        return ids[order], vecs[order] if len(vecs) else np.zeros((0, self.dim), np.float32)
+    def _part_ids(self) -> list[np.ndarray]:
+        """Each part's ids (8 bytes an item: the id column alone is read)."""
+        return [store.read_part(p, with_vectors=False)[0] for p in self.part_paths]
 
-    def vectors(self, ids: np.ndarray | None = None) -> np.ndarray:
-        """Raw float32 vectors for `ids` (all, in id order, when None). Unknown ids raise QueryError."""
-        all_ids, vecs = self._all
+    def vectors(self, ids: np.ndarray | None = None, dtype=np.float32) -> np.ndarray:
+        """Raw vectors for `ids` (all, in id order, when None), as `dtype` (None: the stored float16/float32).
+
+        One columnar scan: each part holding a requested id is read once and only its requested rows are kept and
+        converted, so memory is the result plus one part, whatever the index's size. Unknown ids raise QueryError."""
+        want = np.asarray(np.concatenate(self._part_ids) if ids is None else ids, np.int64)
         if ids is None:
-            return vecs
-        ids = np.asarray(ids, np.int64)
-        pos = np.searchsorted(all_ids, ids)
-        pos = np.clip(pos, 0, max(len(all_ids) - 1, 0))
-        if len(all_ids) == 0 or not np.array_equal(all_ids[pos], ids):
-            missing = ids[(len(all_ids) == 0) | (all_ids[pos] != ids)] if len(all_ids) else ids
-            raise QueryError(f"id {int(missing[0])} has no embedding in index {self.name}")
-        return vecs[pos]
+            want = np.sort(want)
+        out = None
+        found = np.zeros(len(want), bool)
+        order = np.argsort(want, kind="stable")
+        sorted_want = want[order]
+        for path, pids in zip(self.part_paths, self._part_ids, strict=True):
+            lo, hi = np.searchsorted(sorted_want, [pids.min(), pids.max()], side="left") if len(pids) else (0, 0)
+            if len(pids) == 0 or lo >= len(sorted_want) or sorted_want[lo] > pids.max():
+                continue
+            p_order = np.argsort(pids, kind="stable")
+            cand = order[lo:np.searchsorted(sorted_want, pids.max(), side="right")]
+            at = np.clip(np.searchsorted(pids[p_order], want[cand]), 0, len(pids) - 1)
+            hit = pids[p_order][at] == want[cand]
+            if not hit.any():
+                continue
+            _, vecs = store.read_part(path)
+            if out is None:
+                out = np.empty((len(want), vecs.shape[1]), dtype or vecs.dtype)
+            out[cand[hit]] = vecs[p_order[at[hit]]]
+            found[cand[hit]] = True
+        if not found.all():
+            raise QueryError(f"id {int(want[~found][0])} has no embedding in index {self.name}")
+        return out if out is not None else np.zeros((len(want), self.dim), dtype or np.float32)
 
     def close(self) -> None:
         """Close the read-only catalog connection (DuckDB refuses a writer in the same process while it is open)."""

@@ -8,17 +8,56 @@ import numpy as np
 NORM_EPS = 1e-12  # a zero row stays zero instead of becoming NaN
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalisation in float32, contiguous (what FAISS takes).
+BLOCK_BYTES = 2 ** 20  # float32 rows converted and normalized at a time: cache-sized (4× faster than 32 MB blocks)
+
+
+def to_float32(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """A float32 copy of `x` (into `out` when given). float16 goes through torch's vectorized conversion: numpy's
+    converts float16 element by element, 5–40× slower, which made reading float16 parts slower than the disk."""
+    out = np.empty(x.shape, np.float32) if out is None else out
+    if x.dtype == np.float16 and x.size:
+        import torch
+
+        torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(x)))
+    else:
+        out[...] = x
+    return out
+
+
+def l2_normalize(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Row-wise L2 normalisation in float32, contiguous (what FAISS takes); float16 input is converted a block of
+    rows at a time, so the only full-size array is the result (`out`, when given).
 
     Each row is first divided by its largest |component|, so the norm is taken of values in [-1, 1] with at least
     one ±1: it can neither overflow (components ~1e30: the squares pass float32's 3.4e38) nor underflow (~1e-44:
     the squares are 0). Either would make a valid vector a zero vector that scores 0 against everything."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    peak = np.abs(x).max(axis=1, keepdims=True) if x.size else np.zeros((len(x), 1), np.float32)
-    y = x / np.where(peak > 0, peak, np.float32(1))
-    y /= np.maximum(np.linalg.norm(y, axis=1, keepdims=True), NORM_EPS)
+    x = np.asarray(x)
+    y = np.empty(x.shape, np.float32) if out is None else out
+    rows = max(1, BLOCK_BYTES // (4 * max(x.shape[-1] if x.ndim == 2 else 1, 1)))
+    for a in range(0, len(x), rows):
+        b = to_float32(x[a:a + rows])
+        if b.size:
+            peak = np.abs(b).max(axis=1, keepdims=True)
+            b /= np.where(peak > 0, peak, np.float32(1))
+            b /= np.maximum(np.sqrt(np.einsum("ij,ij->i", b, b))[:, None], NORM_EPS)
+        y[a:a + rows] = b
     return y
+
+
+def column_stats(x: np.ndarray, rows: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation in float64, a block of rows at a time (no float64 copy of x)."""
+    n, d = x.shape
+    if n == 0:
+        return np.zeros(d), np.zeros(d)
+    mean = np.zeros(d)
+    for a in range(0, n, rows):
+        mean += to_float32(x[a:a + rows]).sum(axis=0, dtype=np.float64)
+    mean /= n
+    var = np.zeros(d)
+    for a in range(0, n, rows):
+        c = to_float32(x[a:a + rows]) - mean.astype(np.float32)
+        var += np.einsum("ij,ij->j", c, c, dtype=np.float64)
+    return mean, np.sqrt(var / n)
 
 
 def drop_self(ids: np.ndarray, scores: np.ndarray, self_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ from embedsearch.build import BuildConfig, build_index
 from embedsearch.core.vectors import l2_normalize
 from embedsearch.evaluate import evaluate, load_selection
 from embedsearch.evaluate.methods import knn as M_knn
+from embedsearch.evaluate.methods import prototypes as M_proto
 from embedsearch.evaluate.metrics import classification_report
 from embedsearch.reader import Index
 from embedsearch.sources.datasets import open_source
@@ -104,10 +105,10 @@ def test_knn_neighbour_sets_equal_float64_search_at_every_cutoff():
     assert np.abs(sims - s64).max() <= M_knn.float32_dot_error(64)
 
 
-def test_knn_ties_that_reach_the_candidate_list_end_fall_back_to_a_full_float64_search(monkeypatch):
+def test_knn_ties_that_reach_the_candidate_list_end_widen_the_list_for_those_rows(monkeypatch):
     rows = []
-    full = M_knn._exact_topk64
-    monkeypatch.setattr(M_knn, "_exact_topk64", lambda b, q, *a, **kw: rows.append(len(q)) or full(b, q, *a, **kw))
+    wide = M_knn._widen
+    monkeypatch.setattr(M_knn, "_widen", lambda b, q, *a, **kw: rows.append(len(q)) or wide(b, q, *a, **kw))
     rng = np.random.default_rng(2)
     bank = np.repeat(rng.normal(size=(20, 32)).astype(np.float32), 60, axis=0)  # 60 identical copies each
     q = rng.normal(size=(40, 32)).astype(np.float32)
@@ -115,7 +116,7 @@ def test_knn_ties_that_reach_the_candidate_list_end_fall_back_to_a_full_float64_
     assert (idx == _float64_topk(bank, q, 10)).all()  # copies tie exactly: lower bank position first
     _, idx = M_knn.knn_neighbours(bank, bank, 5, bank_ids=np.arange(len(bank)), q_ids=np.arange(len(bank)))
     assert (idx == _float64_topk(bank, bank, 5, drop_self=True)).all()
-    assert sum(rows) > 0  # the fallback ran
+    assert sum(rows) > 0  # the wider search ran
 
 
 @settings(max_examples=200, deadline=None)
@@ -269,3 +270,32 @@ def test_topk_by_rank_counting_equals_a_stable_sort():
             top = np.argsort(-scores, axis=1, kind="stable")[:, :min(k, c)]
             ref = (top == y[:, None]).any(axis=1) & np.isfinite(scores[np.arange(n), y])
             assert topk_correct(scores, y, k).tolist() == ref.tolist()
+
+
+def test_knn_streamed_bank_gives_the_same_neighbours_as_the_whole_bank(monkeypatch):
+    """A bank above BANK_BYTES is normalized and searched a chunk at a time (bounded memory): same sets, same sims."""
+    rng = np.random.default_rng(5)
+    bank, q = _near_tied_bank(rng, n=200, d=32), rng.normal(size=(300, 32)).astype(np.float32)
+    ks = (1, 5, 20)
+    whole = M_knn.knn_neighbours(bank.astype(np.float16), q, 20, ks=ks)
+    monkeypatch.setattr(M_knn, "BANK_BYTES", 1)
+    monkeypatch.setattr(M_knn, "BANK_CHUNK", 97)  # chunks that do not divide the bank
+    assert M_knn.Bank(bank).whole is None
+    streamed = M_knn.knn_neighbours(bank.astype(np.float16), q, 20, ks=ks)
+    ref = _float64_topk(bank.astype(np.float16).astype(np.float32), q, 20)
+    for k in ks:
+        assert [set(r) for r in streamed[1][:, :k]] == [set(r) for r in whole[1][:, :k]] == \
+               [set(r) for r in ref[:, :k]], k
+    assert np.allclose(streamed[0], whole[0], atol=M_knn.float32_dot_error(32))
+
+
+def test_prototypes_equal_a_float64_scatter_of_the_normalized_vectors():
+    rng = np.random.default_rng(6)
+    x = (rng.normal(size=(5000, 48)) + 1).astype(np.float16)
+    y = rng.integers(0, 7, 5000)
+    protos, has = M_proto.prototypes(x, y, 9, chunk=333)
+    s = np.zeros((9, 48))
+    np.add.at(s, y, l2_normalize(x).astype(np.float64))
+    ref = l2_normalize(s / np.maximum(np.bincount(y, minlength=9), 1)[:, None])
+    assert has.tolist() == [True] * 7 + [False] * 2
+    assert np.abs(protos - ref).max() < 1e-6

@@ -18,67 +18,123 @@ KNN_KS = (10, 20, 100, 200)
 KNN_T = 0.07
 
 
-def knn_neighbours(bank: np.ndarray, q: np.ndarray, kmax: int, bank_ids=None, q_ids=None, ks=None):
-    """Exact cosine top-kmax over the whole bank; drops a query's own id. (sims, bank positions), best first.
+BANK_BYTES = 2 ** 30  # a train bank whose normalized float32 copy is larger is searched a chunk at a time
+BANK_CHUNK = 2 ** 16  # rows per chunk when streaming
 
-    FAISS's exact k-NN (blocked float32 BLAS with a fused top-k heap, BLAS from 20 queries on, see index.search)
-    finds a few more than kmax candidates; then the neighbour *set* at each cut-off in `ks` (default: kmax) is made
-    exact: float32 similarities are within EPS of the float64 ones, so where two candidates on either side of a
-    cut-off are closer than 2·EPS the run of near-ties around it is re-ranked in float64 (`certify_cutoffs`). The
-    result is the float64 ranking's k-NN, whatever the BLAS, blocking or thread count. sims are float32 values
-    (float64 where re-ranked).
-    """
+
+class Bank:
+    """The train vectors as a search bank: L2-normalized float32, held whole when that copy fits BANK_BYTES,
+    otherwise normalized a chunk at a time from the stored (e.g. float16) array for each search, so memory stays
+    bounded at any bank size."""
+
+    def __init__(self, x: np.ndarray):
+        self.raw = x
+        self.n, self.d = x.shape
+        self.whole = l2_normalize(x) if self.n * self.d * 4 <= BANK_BYTES else None
+
+    def chunks(self):
+        """(first row, normalized rows) over the whole bank."""
+        if self.whole is not None:
+            yield 0, self.whole
+            return
+        for a in range(0, self.n, BANK_CHUNK):
+            yield a, l2_normalize(self.raw[a:a + BANK_CHUNK])
+
+    def rows(self, pos: np.ndarray) -> np.ndarray:
+        """Normalized rows at bank positions `pos` (any shape) → pos.shape + (d,)."""
+        flat = np.asarray(pos).ravel()
+        got = self.whole[flat] if self.whole is not None else l2_normalize(self.raw[flat])
+        return got.reshape(*np.shape(pos), self.d)
+
+
+QUERY_BLOCK = 2048  # queries per FAISS call: enough for BLAS speed, small enough for a progress bar to move
+
+
+def faiss_topk(bank: Bank, q: np.ndarray, k: int, desc: str = "knn: search") -> tuple[np.ndarray, np.ndarray]:
+    """float32 exact inner-product top-k of normalized queries over the bank (FAISS's blocked BLAS with a fused
+    top-k heap per chunk, chunks merged), best first; progress per block of queries on stderr."""
     import faiss
 
+    from embedsearch.core import progress
     from embedsearch.store.faiss_index import use_blas_from
 
-    b, qq = l2_normalize(bank), l2_normalize(q)
-    self_pos = np.full(len(qq), -1, np.int64)
-    if bank_ids is not None and q_ids is not None:
-        order = np.argsort(bank_ids, kind="stable")
-        at = np.clip(np.searchsorted(np.asarray(bank_ids)[order], q_ids), 0, max(len(order) - 1, 0))
-        hit = len(order) > 0 and np.asarray(bank_ids)[order][at] == np.asarray(q_ids)
-        self_pos = np.where(hit, order[at], -1)
-    drop = int((self_pos >= 0).any())
-    k = min(kmax + drop + KNN_MARGIN + kmax // 8, len(b))
-    use_blas_from(b.shape[1])
-    sims, idx = faiss.knn(qq, b, k, metric=faiss.METRIC_INNER_PRODUCT)
-    if drop:  # remove each query's own position; rows without it lose their last column instead
-        own = idx == self_pos[:, None]
-        own[~own.any(axis=1), -1] = True
-        sims = sims[~own].reshape(len(qq), k - 1)
-        idx = idx[~own].reshape(len(qq), k - 1)
-    # per row: every bank item is a candidate (its own item aside), so nothing outside the list can enter
-    complete = idx.shape[1] >= len(b) - (self_pos >= 0)
-    sims, idx = certify_cutoffs(b, qq, sims.astype(np.float64), idx, ks or (kmax,), complete, self_pos)
+    use_blas_from(bank.d)
+    k = int(min(k, bank.n))
+    out_s, out_i = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
+    with progress.bar(len(q), desc, unit="query") as bar:
+        for a0 in range(0, len(q), QUERY_BLOCK):
+            qb = q[a0:a0 + QUERY_BLOCK]
+            best_s = best_i = None
+            for a, b in bank.chunks():
+                s, i = faiss.knn(qb, b, int(min(k, len(b))), metric=faiss.METRIC_INNER_PRODUCT)
+                i = i + a
+                if best_s is not None:  # merge with the chunks before: similarity, then lower bank position
+                    s, i = np.concatenate([best_s, s], 1), np.concatenate([best_i, i], 1)
+                    o = np.lexsort((i, -s), axis=1)[:, :k]
+                    s, i = np.take_along_axis(s, o, 1), np.take_along_axis(i, o, 1)
+                best_s, best_i = s, i
+            out_s[a0:a0 + len(qb)], out_i[a0:a0 + len(qb)] = best_s, best_i
+            bar.update(len(qb))
+    return out_s, out_i
+
+
+def _self_positions(bank_ids, q_ids, n_q: int) -> np.ndarray:
+    """The bank position of each query's own item (-1: not in the bank)."""
+    if bank_ids is None or q_ids is None:
+        return np.full(n_q, -1, np.int64)
+    bank_ids, q_ids = np.asarray(bank_ids), np.asarray(q_ids)
+    order = np.argsort(bank_ids, kind="stable")
+    at = np.clip(np.searchsorted(bank_ids[order], q_ids), 0, max(len(order) - 1, 0))
+    hit = len(order) > 0 and bank_ids[order][at] == q_ids
+    return np.where(hit, order[at], -1)
+
+
+def knn_neighbours(bank, q: np.ndarray, kmax: int, bank_ids=None, q_ids=None, ks=None):
+    """Exact cosine top-kmax over the whole bank (an array or a `Bank`); drops a query's own id. (sims, bank
+    positions), best first.
+
+    FAISS's exact float32 k-NN finds a few more than kmax candidates; then the neighbour *set* at each cut-off in
+    `ks` (default: kmax) is made exact (`certify_cutoffs`): float32 similarities are within EPS of the float64 ones,
+    so only candidates within 2·EPS of a cut-off's similarity can be on the wrong side of it, and those are
+    re-scored in float64. A row whose uncertain band reaches the end of its candidate list is searched again with a
+    list 4× as long (`_widen`), until the band fits or the list is the whole bank. The result is the float64
+    ranking's k-NN (ties to the lower bank position) whatever the BLAS, blocking or thread count; the work beyond
+    the float32 search is proportional to the candidates near a cut-off. sims are float32 values (float64 where
+    re-scored).
+    """
+    bank = bank if isinstance(bank, Bank) else Bank(bank)
+    qq = l2_normalize(q)
+    self_pos = _self_positions(bank_ids, q_ids, len(qq))
+    ks = tuple(ks or (kmax,))
+    K = int(min(kmax + KNN_MARGIN + kmax // 8, bank.n - int((self_pos >= 0).any())))
+    sims, idx = _candidates(bank, qq, self_pos, K)
+    sims, idx, widen = certify_cutoffs(bank, qq, sims.astype(np.float64), idx, ks, self_pos)
+    while len(widen):  # bands that reach the list's end: a longer list for those rows only
+        K = min(4 * K, bank.n)
+        ws, wi = _widen(bank, qq[widen], self_pos[widen], K)
+        ws, wi, again = certify_cutoffs(bank, qq[widen], ws.astype(np.float64), wi, ks, self_pos[widen])
+        sims[widen], idx[widen] = ws[:, :sims.shape[1]], wi[:, :idx.shape[1]]
+        widen = widen[again]
     return sims[:, :kmax], idx[:, :kmax]
 
 
-def _exact_topk64(b, q, k, self_pos=None, chunk=8192):
-    """float64 top-k of q against the whole bank, streamed over bank chunks; ties: lower bank position first."""
-    q64 = q.astype(np.float64)
-    best_s = np.full((len(q), 0), -np.inf)
-    best_i = np.zeros((len(q), 0), np.int64)
-    for s0 in range(0, len(b), chunk):
-        s64 = q64 @ b[s0:s0 + chunk].astype(np.float64).T
-        if self_pos is not None:
-            own = (self_pos >= s0) & (self_pos < s0 + s64.shape[1])
-            s64[np.flatnonzero(own), self_pos[own] - s0] = -np.inf
-        cand_s = np.concatenate([best_s, s64], axis=1)
-        cand_i = np.concatenate([best_i, np.broadcast_to(np.arange(s0, s0 + s64.shape[1]), s64.shape)], axis=1)
-        if cand_s.shape[1] > k:  # keep everything tied with the k-th value, so the tie-break below is exact
-            kth = -np.partition(-cand_s, k - 1, axis=1)[:, [k - 1]]
-            keep = cand_s >= kth
-            width = int(keep.sum(axis=1).max())
-            pos = np.argsort(~keep, axis=1, kind="stable")[:, :width]
-            cand_s, cand_i = np.take_along_axis(cand_s, pos, 1), np.take_along_axis(cand_i, pos, 1)
-            cand_s[~np.take_along_axis(keep, pos, 1)] = -np.inf
-        o = np.lexsort((cand_i, -cand_s), axis=1)[:, :k]  # higher first, then the lower bank position
-        best_s, best_i = np.take_along_axis(cand_s, o, 1), np.take_along_axis(cand_i, o, 1)
-    return best_s, best_i
+def _candidates(bank: Bank, qq: np.ndarray, self_pos: np.ndarray, K: int, desc: str = "knn: search"):
+    """float32 top-K per query, its own item removed (rows without it lose their last column instead)."""
+    drop = int((self_pos >= 0).any())
+    sims, idx = faiss_topk(bank, qq, min(K + drop, bank.n), desc)
+    if drop:
+        own = idx == self_pos[:, None]
+        own[~own.any(axis=1), -1] = True
+        sims = sims[~own].reshape(len(qq), -1)
+        idx = idx[~own].reshape(len(qq), -1)
+    return sims, idx
 
 
-KNN_MARGIN = 8  # candidates beyond kmax (plus kmax/8), so a run of near-ties at kmax rarely reaches the list's end
+def _widen(bank, qq, self_pos, K):
+    return _candidates(bank, qq, self_pos, K, desc=f"knn: {len(qq)} rows with near-ties at a cut-off, {K} candidates")
+
+
+KNN_MARGIN = 8  # candidates beyond kmax (plus kmax/8), so an uncertain band at kmax rarely reaches the list's end
 
 
 def float32_dot_error(d: int) -> float:
@@ -88,58 +144,75 @@ def float32_dot_error(d: int) -> float:
     return (d * u / (1 - d * u)) * (1 + 1e-5)
 
 
-def certify_cutoffs(b, q, sims, idx, ks, complete, self_pos=None):
+def certify_cutoffs(bank, q, sims, idx, ks, self_pos=None):
     """Make the top-k set exact (float64) at each cut-off k in `ks` of float32 candidate lists sorted best first.
 
-    The float32 order is certain between candidates more than 2·EPS apart. At a cut-off whose gap is smaller, the
-    run of candidates linked by gaps ≤ 2·EPS around it is re-scored in float64 and the row re-sorted; a run that
-    reaches the end of the list (items outside it could belong) makes the row fall back to a float64 search over the
-    whole bank, as does a cut-off at the list's end on a row whose list is not the whole bank. Ties in float64 keep
-    the lower bank position first. `sims` (float64) and `idx` are changed in place."""
-    eps2 = 2 * float32_dot_error(b.shape[1])
+    With |float32 − exact| ≤ EPS, a candidate more than 2·EPS above the similarity just below cut-off k is surely
+    in the top k, one more than 2·EPS below the k-th is surely out; only the band between (none when the gap at k
+    is larger than 2·EPS) is uncertain. Each row's bands (merged where they touch) are re-scored in float64 and
+    sorted in place (float64 ties: lower bank position first), which settles every cut-off at once and keeps the
+    certain ones. A band that reaches the end of a list that is not the whole bank (items outside could belong),
+    or a cut-off beyond the list, cannot be settled here: those rows are returned in `widen` (positions into the
+    rows given). Returns (sims, idx, widen); `sims` (float64) and `idx` are changed in place."""
+    bank = bank if isinstance(bank, Bank) else Bank(bank)
+    eps2 = 2 * float32_dot_error(bank.d)
     n, K = idx.shape
+    no_widen = np.zeros(0, np.int64)
     if n == 0 or K == 0:
-        return sims, idx
-    small = (sims[:, :-1] - sims[:, 1:]) <= eps2             # gap between positions j and j+1 is uncertain
-    comp = np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(~small, axis=1)], axis=1)  # run id per position
+        return sims, idx, no_widen
+    own = (self_pos >= 0) if self_pos is not None else np.zeros(n, bool)
+    complete = K >= bank.n - own  # per row: every bank item (its own aside) is a candidate
     mark = np.zeros((n, K), bool)
-    for k in sorted({k for k in ks if 0 < k < K}):
-        amb = small[:, k - 1]
-        mark |= amb[:, None] & (comp == comp[:, [k - 1]])
-    # a cut-off at or past the list's end cannot be checked against the items outside it
-    full = (mark[:, -1] | any(k >= K for k in ks)) & ~np.broadcast_to(complete, (n,))
-    rows = np.flatnonzero(mark.any(axis=1) & ~full)
+    beyond = np.zeros(n, bool)
+    for k in sorted(set(ks)):
+        if k >= K:  # a cut-off at or past the list's end: items outside it could belong
+            beyond[:] = True
+            continue
+        unsure = np.flatnonzero(sims[:, k - 1] - sims[:, k] <= eps2)
+        if not len(unsure):
+            continue
+        s = sims[unsure]
+        lo = (s > s[:, [k]] + eps2).sum(axis=1)            # first position that might fall below the cut-off
+        hi = (s >= s[:, [k - 1]] - eps2).sum(axis=1)        # one past the last that might rise above it
+        pos = np.arange(K)
+        mark[unsure] |= (pos >= lo[:, None]) & (pos < hi[:, None])
+    widen = (mark[:, -1] | beyond) & ~complete
+    rows = np.flatnonzero(mark.any(axis=1) & ~widen)
     if len(rows):
         r, c = np.nonzero(mark[rows])
         r = rows[r]
         exact = np.empty(len(r))
-        for s in range(0, len(r), 16384):  # products of float32 are exact in float64; the sum is float64
-            sl = slice(s, s + 16384)
-            exact[sl] = np.einsum("pd,pd->p", q[r[sl]], b[idx[r[sl], c[sl]]], dtype=np.float64)
-        # each run keeps its positions (it is isolated by gaps > 2·EPS); sort its items within them
+        for a in range(0, len(r), 16384):  # products of float32 are exact in float64; the sum is float64
+            sl = slice(a, a + 16384)
+            exact[sl] = np.einsum("pd,pd->p", q[r[sl]], bank.rows(idx[r[sl], c[sl]]), dtype=np.float64)
+        # merged bands: runs of marked positions (a new run where the previous position is unmarked)
+        start = mark[rows].copy()
+        start[:, 1:] &= ~mark[rows][:, :-1]
+        run = np.cumsum(start.ravel()).reshape(start.shape)[np.nonzero(mark[rows])]
         items = idx[r, c]
-        o = np.lexsort((items, -exact, comp[r, c], r))
+        o = np.lexsort((items, -exact, run))  # within each run: float64 similarity, then lower bank position
         sims[r, c], idx[r, c] = exact[o], items[o]
-    full = np.flatnonzero(full)
-    if len(full):
-        sims[full], idx[full] = _exact_topk64(b, q[full], K, None if self_pos is None else self_pos[full])
-    return sims, idx
+    return sims, idx, np.flatnonzero(widen)
 
 
 class ExactSims:
     """float64 cosine similarities of chosen query rows to their neighbours `idx`, computed once per row (for
     re-voting near-tied rows, `knn_scores`)."""
 
-    def __init__(self, bank: np.ndarray, q: np.ndarray, idx: np.ndarray):
-        self.bank, self.q, self.idx = bank, q, idx
-        self.eps = float32_dot_error(bank.shape[1])  # how far the float32 similarities can be off
+    def __init__(self, bank, q: np.ndarray, idx: np.ndarray):
+        self.bank = bank if isinstance(bank, Bank) else Bank(bank)
+        self.q, self.idx = q, idx
+        self.eps = float32_dot_error(self.bank.d)  # how far the float32 similarities can be off
         self.sims = np.zeros(idx.shape)
         self.done = np.zeros(len(idx), bool)
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
-        for r in rows[~self.done[rows]]:  # one float64 matrix-vector product per row
-            b, q = l2_normalize(self.bank[self.idx[r]]), l2_normalize(self.q[r:r + 1])[0]
-            self.sims[r] = b.astype(np.float64) @ q.astype(np.float64)
+        todo = rows[~self.done[rows]]
+        step = max(1, 2 ** 22 // max(1, self.idx.shape[1] * self.bank.d))  # ~16 MB of gathered neighbours at a time
+        for a in range(0, len(todo), step):
+            r = todo[a:a + step]
+            b, q = self.bank.rows(self.idx[r]), l2_normalize(self.q[r])
+            self.sims[r] = np.einsum("rkd,rd->rk", b, q, dtype=np.float64)
         self.done[rows] = True
         return self.sims[rows]
 
@@ -180,13 +253,14 @@ class _Neighbours:
 
     def __init__(self, train, ks, T):
         self.train, self.ks, self.T, self._for, self._value = train, ks, T, (None, None), None
+        self.bank = Bank(train.x)  # normalized once for all blocks of queries
 
     def __call__(self, x, ids):
         # the cache holds the query arrays themselves, so `is` cannot match a new array that reuses a freed id()
         if self._for[0] is not x or self._for[1] is not ids:
             t = self.train
-            sims, idx = knn_neighbours(t.x, x, max(self.ks), t.ids, ids, ks=self.ks)
-            self._for, self._value = (x, ids), (sims, idx, ExactSims(t.x, x, idx))
+            sims, idx = knn_neighbours(self.bank, x, max(self.ks), t.ids, ids, ks=self.ks)
+            self._for, self._value = (x, ids), (sims, idx, ExactSims(self.bank, x, idx))
         return self._value
 
 

@@ -10,12 +10,20 @@ from embedsearch.core.vectors import l2_normalize
 from embedsearch.evaluate.methods.base import Fitted, Method, register
 
 
-def prototypes(x: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """prototype_c = normalize(mean of normalize(e_i) over train items of class c); (C, d) and a has-prototype mask."""
-    xn = l2_normalize(x)
-    d = x.shape[1]
-    sums = np.zeros((n_classes, d), np.float64)
-    np.add.at(sums, y, xn)
+def prototypes(x: np.ndarray, y: np.ndarray, n_classes: int, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """prototype_c = normalize(mean of normalize(e_i) over train items of class c); (C, d) and a has-prototype mask.
+
+    One pass over the rows in class order, `chunk` rows at a time (normalized in float32, each class's run summed
+    in float64): memory bandwidth, not a scatter per element, whatever the dtype stored."""
+    y = np.asarray(y, np.int64)
+    sums = np.zeros((n_classes, x.shape[1]), np.float64)
+    order = np.argsort(y, kind="stable")
+    for a in range(0, len(order), chunk):
+        pos = order[a:a + chunk]
+        yc, xn = y[pos], l2_normalize(x[pos])
+        edges = np.r_[np.flatnonzero(np.r_[True, yc[1:] != yc[:-1]]), len(yc)]
+        for s, e in zip(edges[:-1], edges[1:], strict=True):  # one run per class in this chunk
+            sums[yc[s]] += xn[s:e].sum(axis=0, dtype=np.float64)
     counts = np.bincount(y, minlength=n_classes)
     protos = l2_normalize(sums / np.maximum(counts, 1)[:, None])
     return protos, counts > 0
