@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from embedsearch.core.errors import IndexStateError, QueryError
+from embedsearch.core.vectors import to_float32
 from embedsearch.store import catalog as cat
 from embedsearch.store import parts as store
 from embedsearch.store.manifest import Layout, Manifest, check_consistent, resolve
@@ -181,11 +182,13 @@ class Index:
         order = np.argsort(want, kind="stable")
         sorted_want = want[order]
         for path, pids in zip(self.part_paths, self._part_ids, strict=True):
-            lo, hi = np.searchsorted(sorted_want, [pids.min(), pids.max()], side="left") if len(pids) else (0, 0)
-            if len(pids) == 0 or lo >= len(sorted_want) or sorted_want[lo] > pids.max():
+            if not len(pids):
+                continue
+            lo, hi = np.searchsorted(sorted_want, pids.min()), np.searchsorted(sorted_want, pids.max(), side="right")
+            if lo == hi:  # no requested id in this part's range: not read
                 continue
             p_order = np.argsort(pids, kind="stable")
-            cand = order[lo:np.searchsorted(sorted_want, pids.max(), side="right")]
+            cand = order[lo:hi]
             at = np.clip(np.searchsorted(pids[p_order], want[cand]), 0, len(pids) - 1)
             hit = pids[p_order][at] == want[cand]
             if not hit.any():
@@ -193,7 +196,8 @@ class Index:
             _, vecs = store.read_part(path)
             if out is None:
                 out = np.empty((len(want), vecs.shape[1]), dtype or vecs.dtype)
-            out[cand[hit]] = vecs[p_order[at[hit]]]
+            rows = vecs[p_order[at[hit]]]
+            out[cand[hit]] = to_float32(rows) if out.dtype == np.float32 else rows
             found[cand[hit]] = True
         if not found.all():
             raise QueryError(f"id {int(want[~found][0])} has no embedding in index {self.name}")

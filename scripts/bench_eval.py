@@ -168,7 +168,7 @@ def main():
         dtypes = [torch.float64] if params["dtype"] == "float64" else [torch.float32, torch.float64]
         for dt in dtypes:  # the dtype the probe chose, and float64 for reference where it chose float32
             pre = M_linear._Preconditioned(xtr, "cpu", dt)
-            (W, b0), t_one = timed(lambda: M_linear._fit_logreg(pre, Y, C, best_C))
+            (W, b0, _), t_one = timed(lambda: M_linear._fit_logreg(pre, Y, C, best_C))
             W, b0 = W.double().numpy(), b0.double().numpy()
             tag = str(dt).removeprefix("torch.") + (" (the probe's choice)" if str(dt).endswith(params["dtype"]) else "")
             add(C, f"linear, one fit at C={best_C:.3g}, {tag}", t_one, acc((xte @ W + b0).argmax(1)),

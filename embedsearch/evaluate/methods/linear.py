@@ -54,7 +54,7 @@ def _fit_logreg(pre, y, n_classes: int, C: float, init=None, max_iter: int = 100
 
     opt.step(closure)
     W = pre.Q @ (V / s[:, None])
-    iters = int(opt.state[opt._params[0]].get("n_iter", 0))
+    iters = int(opt.state[V].get("n_iter", 0))
     return W, b - pre.mu_t @ W, iters
 
 
