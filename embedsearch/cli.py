@@ -447,16 +447,23 @@ def search(name, images, ids, texts, vector_file, k, where, html_file, root, fmt
               "(default: all that apply).")
 @click.option("--prompts", type=click.Path(dir_okay=False), help="JSON of classnames/templates for zeroshot.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--svc", "svc_policy", type=click.Choice(["auto", "exact", "nystroem"]), default="auto",
+              show_default=True, help="RBF SVC: exact when its estimate fits 10 min (auto), always exact, or always "
+              "the Nyström approximation (named so in the results).")
+@click.option("--fresh", is_flag=True, help="Recompute every method, even those already committed for the same "
+              "index snapshot, selections, seed and parameters (by default they are reused).")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), callback=_output_file,
               help="Where to write the HTML report (default: reports/eval-RUN.html in the index).")
 @root_option
 @output_options
 @_handle_errors
-def eval_cmd(name, train_where, test_where, methods, prompts, seed, html_file, root, fmt):
+def eval_cmd(name, train_where, test_where, methods, prompts, seed, svc_policy, fresh, html_file, root, fmt):
     """Evaluate an index's embeddings: prototypes, kNN, probes, zero-shot, few-shot.
 
-    Hyper-parameters are chosen on a seeded, stratified 10 % of the train selection and never on test. Results are
-    stored as JSON under reports/ and in the catalog; a Markdown summary goes to stdout.
+    Hyper-parameters are chosen on a seeded, stratified 10 % of the train selection and never on test. Each
+    method's result is committed (JSON under reports/, a catalog row, its probe) as soon as it is done; re-running
+    the same command after a stop reuses them and runs only the rest (--fresh recomputes). The plan with estimated
+    times goes to stderr first; a Markdown summary with the time per method goes to stdout.
 
     \b
     Example:
@@ -473,11 +480,13 @@ def eval_cmd(name, train_where, test_where, methods, prompts, seed, html_file, r
 
     def go():
         return evaluate_and_report(ix, html_file, run=run, train=train_where, test=test_where,
-                                   methods=methods.split(",") if methods else None, seed=seed, prompts=prompts)
+                                   methods=methods.split(",") if methods else None, seed=seed, prompts=prompts,
+                                   svc=svc_policy, reuse=not fresh)
 
     def kept() -> str:
-        what = ", ".join(r.data["variant"] for r in run.results) or "nothing had finished"
-        return f"interrupted: run {run.run_id} kept its finished results ({what}) in {ix.layout.reports}"
+        what = ", ".join(r.data["variant"] for r in run.results if r.data["run_id"] == run.run_id)
+        return (f"interrupted: run {run.run_id} kept its finished results ({what or 'nothing had finished'}) in "
+                f"{ix.layout.reports}; re-run the same command to reuse them and run the rest")
 
     _, md, html_path = _interruptible(go, name, kept)
     click.echo(f"results: {ix.layout.reports}/eval-{run.run_id}-*.json; report: {html_path}", err=True)

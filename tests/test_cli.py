@@ -64,7 +64,10 @@ def test_eval_report_compare_search_flow(index_root):
     res = r.invoke(cli, ["report", "px8", "px4", "--json"])
     rows = json.loads(res.stdout)
     assert {(x["index"], x["method"]) for x in rows} >= {("px8", "knn"), ("px4", "prototypes")}
-    assert len(list((index_root / "px8" / "reports").glob("eval-*.json"))) == 3
+    assert len(list((index_root / "px8" / "reports").glob("eval-*-[0-9][0-9]-*.json"))) == 3  # one per result
+    summary = json.loads(next((index_root / "px8" / "reports").glob("eval-????????????.json")).read_text())
+    assert [t["method"] for t in summary["timings"]] == ["prototypes", "knn"]
+    assert all(t["seconds"] > 0 and t["estimate_s"] > 0 for t in summary["timings"])
     res = r.invoke(cli, ["compare", "px8", "px4", "--json"])
     pairs = json.loads(res.stdout)["pairs"]
     p = next(x for x in pairs if x["method"] == "prototypes")

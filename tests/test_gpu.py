@@ -34,3 +34,39 @@ def test_faiss_gpu_build_matches_cpu():
     cpu = vindex.build_index([(ids, v)], 32, "Flat", use_gpu=False)
     gpu = vindex.build_index([(ids, v)], 32, "Flat", use_gpu=True)
     assert (vindex.search(cpu, v[:10], 5)[1] == vindex.search(gpu, v[:10], 5)[1]).all()
+
+
+def _clustered(n=3000, d=64, C=5, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(C, d))
+    y = rng.integers(0, C, n)
+    return (centers[y] + rng.normal(size=(n, d))).astype(np.float32), y
+
+
+def test_linear_probe_on_cuda_chooses_the_cpu_c_and_predicts_alike():
+    from embedsearch.evaluate.methods.linear import linear_probe
+
+    x, y = _clustered()
+    pc, params_c, _ = linear_probe(x[:2500], y[:2500], 5, device="cpu")
+    pg, params_g, _ = linear_probe(x[:2500], y[:2500], 5, device="cuda")
+    assert params_g["device"] == "cuda" and params_g["C"] == params_c["C"]
+    assert (pc(x[2500:]).argmax(1) == pg(x[2500:]).argmax(1)).mean() >= 0.99
+
+
+def test_mlp_probe_trains_on_cuda():
+    from embedsearch.evaluate.methods.mlp import mlp_probe
+
+    x, y = _clustered()
+    predict, params, _ = mlp_probe(x[:2500], y[:2500], 5)
+    assert params["device"] == "cuda" and (predict(x[2500:]).argmax(1) == y[2500:]).mean() > 0.9
+
+
+def test_knn_on_cuda_gives_the_cpu_neighbour_sets(monkeypatch):
+    from embedsearch.evaluate.methods import knn as M_knn
+
+    x, _ = _clustered(4000, 128)
+    gpu = M_knn.knn_neighbours(x[:3000], x[3000:], 20, ks=(10, 20))
+    monkeypatch.setattr(M_knn, "_gpu_bank", lambda bank: None)  # the FAISS CPU path
+    cpu = M_knn.knn_neighbours(x[:3000], x[3000:], 20, ks=(10, 20))
+    for k in (10, 20):
+        assert all(set(a[:k]) == set(b[:k]) for a, b in zip(gpu[1], cpu[1], strict=True))

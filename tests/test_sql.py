@@ -3,6 +3,7 @@ that keeps its connection (or a slow consumer) never blocks a writer."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -158,7 +159,7 @@ def test_a_stopped_eval_keeps_every_finished_result(root):
 
     before = runs_with_prototypes()
     p = subprocess.Popen([sys.executable, "-m", "embedsearch", "-q", "eval", "d", "--root", str(root), "--methods",
-                          "prototypes,svc,mlp,linear,fewshot"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          "prototypes,svc,mlp,linear,fewshot", "--fresh"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
     deadline = time.monotonic() + 120
     while not runs_with_prototypes() - before and time.monotonic() < deadline:  # its catalog row is the commit
@@ -172,3 +173,23 @@ def test_a_stopped_eval_keeps_every_finished_result(root):
     saved = json.loads(next((root / "d" / "reports").glob(f"eval-{run_id}-00-prototypes.json")).read_text())
     assert saved["run_id"] == run_id and saved["method"] == "prototypes"
     assert (root / "d" / "probes" / "prototypes.safetensors").exists()
+
+    # the same command again: the committed prototypes result is reused as it is, the rest runs
+    again = subprocess.run([sys.executable, "-m", "embedsearch", "-q", "eval", "d", "--root", str(root), "--methods",
+                            "prototypes,svc,mlp,linear,fewshot"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert f"prototypes: reused from run {run_id}" in again.stdout
+    assert runs_with_prototypes() - before == {run_id}  # no second prototypes row was computed and committed
+    new_run = re.search(r"evaluation run (\w+)", again.stdout).group(1)
+    summary = json.loads((root / "d" / "reports" / f"eval-{new_run}.json").read_text())
+    rows = {t["method"]: t for t in summary["timings"]}
+    assert rows["prototypes"]["reused_from"] == run_id and set(rows) == {"prototypes", "svc", "mlp", "linear", "fewshot"}
+    assert {r["method"]: r["run_id"] for r in summary["results"]}["prototypes"] == run_id
+    _, (got,) = Index.open("d", root).sql("SELECT result FROM results WHERE run_id = ? AND method = 'prototypes'",
+                                         [run_id])
+    got = json.loads(got[0]) if isinstance(got[0], str) else got[0]
+    assert got["predictions"] == saved["predictions"] and got["metrics"] == saved["metrics"]
+    # --fresh recomputes
+    fresh = subprocess.run([sys.executable, "-m", "embedsearch", "-q", "eval", "d", "--root", str(root), "--methods",
+                            "prototypes", "--fresh"], capture_output=True, text=True, timeout=600)
+    assert fresh.returncode == 0 and "reused" not in fresh.stdout and len(runs_with_prototypes() - before) == 2

@@ -60,6 +60,17 @@ def column_stats(x: np.ndarray, rows: int = 8192) -> tuple[np.ndarray, np.ndarra
     return mean, np.sqrt(var / n)
 
 
+def standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x − mean) / std per column as float32, a block at a time; (Xs, mean, scale) with sklearn's StandardScaler
+    convention (a constant column keeps scale 1)."""
+    mean, std = column_stats(x)
+    scale = np.where(std > 0, std, 1.0)
+    out = np.empty(x.shape, np.float32)
+    for a in range(0, len(x), 8192):
+        out[a:a + 8192] = (to_float32(x[a:a + 8192]) - mean) / scale
+    return out, mean, scale
+
+
 def drop_self(ids: np.ndarray, scores: np.ndarray, self_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Remove each query's own id (`self_ids[r]`; -1 for none) from its result row and keep k columns, padding with
     id -1 and score -inf: (ids, scores)."""

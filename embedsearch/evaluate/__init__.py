@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -11,7 +12,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embedsearch.core.errors import EvalError
-from embedsearch.evaluate.methods import ORDER, REGISTRY, Context, Fitted, Skipped, TrainSet
+from embedsearch.evaluate.methods import (
+    ORDER,
+    REGISTRY,
+    Context,
+    Fitted,
+    Shape,
+    Skipped,
+    TrainSet,
+    measure_rates,
+)
 from embedsearch.evaluate.methods.knn import KNN_KS, KNN_T
 from embedsearch.evaluate.metrics import predictions_of, report_from_predictions
 
@@ -50,16 +60,40 @@ class EvalRun:
     index: str
     results: list[EvalResult] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # {method, variant, reason}: could not run on these selections
+    # one row per method run or reused: {method, seconds, estimate_s, variants, reused_from (a run id or None)}
+    timings: list[dict] = field(default_factory=list)
+    machine: dict = field(default_factory=dict)  # the rates the plan's estimates were divided by
 
     def to_dict(self) -> dict:
         return {"run_id": self.run_id, "index": self.index, "results": [r.to_dict() for r in self.results],
-                "skipped": self.skipped}
+                "skipped": self.skipped, "timings": self.timings, "machine": self.machine}
+
+    def summary(self) -> dict:
+        """The run without its results' bodies: which result files it holds, what was skipped, the time table."""
+        return {"schema": RESULT_SCHEMA, "run_id": self.run_id, "index": self.index,
+                "results": [{"method": r.method, "variant": r.data.get("variant"), "run_id": r.data["run_id"]}
+                            for r in self.results],
+                "skipped": self.skipped, "timings": self.timings, "machine": self.machine}
+
+    def timing_table(self) -> str:
+        """Method, estimated and measured seconds, and where a reused result came from: one line each."""
+        lines = [f"{'method':<11} {'estimate':>9} {'took':>9}  note"]
+        for t in self.timings:
+            est = "" if t.get("estimate_s") is None else _dur(t["estimate_s"])
+            note = f"reused from run {t['reused_from']}" if t.get("reused_from") else f"{t['variants']} variant(s)"
+            lines.append(f"{t['method']:<11} {est:>9} {_dur(t['seconds']):>9}  {note}")
+        lines.append(f"{'total':<11} {'':>9} {_dur(sum(t['seconds'] for t in self.timings)):>9}")
+        return "\n".join(lines)
 
     def table(self):
         """Headline rows (a list of dicts with `to_arrow()` / `to_pandas()`)."""
         from embedsearch.core.results import Rows
 
         return Rows(r.headline() for r in self.results)
+
+
+def _dur(s: float) -> str:
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
 def _short_params(p: dict) -> str:
@@ -88,13 +122,19 @@ def load_selection(ix, where: str, what: str) -> tuple[np.ndarray, np.ndarray, n
 
 
 def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, methods: list[str] | None = None,
-             seed: int = 0, prompts: str | None = None, knn_ks=KNN_KS, knn_t: float = KNN_T,
-             on_result=None, run: EvalRun | None = None) -> EvalRun:
+             seed: int = 0, prompts: str | None = None, knn_ks=KNN_KS, knn_t: float = KNN_T, svc: str = "auto",
+             reuse: bool = True, on_result=None, run: EvalRun | None = None) -> EvalRun:
     """Run each method (evaluate/methods, one module per family) on the train/test selections of an opened index.
 
     A method that cannot run on these selections (nothing can be held out to choose its hyper-parameters) is
     recorded in `run.skipped` with its reason, and the others still run. `on_result(run, i)` is called as result
     `i` lands (`eval` commits it there); pass `run` to have results appended to a run object you hold.
+
+    With `reuse`, a method whose every variant was already committed to this index's catalog for the same setting
+    (`setting_key`: index snapshot, selections and labels, seed, parameters, code version) is not run again: its
+    stored results are added as they are, and `run.timings` names the run they came from. Before the first method
+    the plan — each method's estimated time on this machine — is logged; `run.timings` holds estimate and
+    measured time per method.
 
     >>> run = evaluate(Index.open("digits-pixels"), methods=["knn", "linear"])   # doctest: +SKIP
     >>> run.table()                                                               # doctest: +SKIP
@@ -124,6 +164,18 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
                     "them as errors (e.g. %s)", int(unseen.sum()), int((unseen > 0).sum()),
                     classes[int(np.flatnonzero(unseen)[0])])
     run = run or EvalRun(uuid.uuid4().hex[:12], ix.name)
+    ctx = Context(ix=ix, prompts=prompts, knn_ks=tuple(knn_ks), knn_t=knn_t, n_test=len(yte), svc=svc)
+    setting = _setting(ix, tr_ids, ytr, te_ids, yte, seed, ctx)
+    order = [m for m in METHODS if m in methods]
+    keys = {m: setting_key(setting, m) for m in order}
+    done = _committed(ix, keys) if reuse else {}
+    rates = measure_rates()
+    run.machine = rates.to_dict()
+    shape = Shape(len(ytr), len(yte), xtr.shape[1], C, xtr.dtype.itemsize)
+    estimates = {m: REGISTRY[m].estimate(shape, rates, ctx) for m in order}
+    log.info("plan on %d train × %d test × %d-d, %d classes: %s", shape.n, shape.m, shape.d, C, "; ".join(
+        f"{m} reused (run {done[m][0]['run_id']})" if m in done else
+        f"{m} ~{_dur(estimates[m])}" if estimates[m] is not None else m for m in order))
     base = {"schema": RESULT_SCHEMA, "run_id": run.run_id, "index": ix.name, "backbone": ix.backbone_spec,
             "space": ix.manifest.space.to_dict(), "seed": seed,
             "train": {"where": train, "n": int(len(ytr)), "n_classes": int(len(np.unique(ytr)))},
@@ -131,9 +183,8 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
                      "classes_without_train": {classes[c]: int(unseen[c]) for c in np.flatnonzero(unseen)}},
             "classes": classes}
     trainset = TrainSet(xtr, ytr, tr_ids, C, seed)
-    ctx = Context(ix=ix, prompts=prompts, knn_ks=tuple(knn_ks), knn_t=knn_t)
 
-    def add(f: Fitted, seconds: float, pred: np.ndarray, hits: dict, tallies: dict) -> None:
+    def add(f: Fitted, seconds: float, pred: np.ndarray, hits: dict, tallies: dict, reuse: dict) -> None:
         params = {**f.params, **{name: {k: n / len(yte) for k, n in t.items()} for name, t in tallies.items()}}
         metrics, pred = report_from_predictions(yte, pred, hits, classes, seed=seed)
         per_class, confusion = metrics.pop("per_class"), metrics.pop("confusion")
@@ -141,8 +192,8 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
             **base, "method": f.method, "variant": f.variant, "params": params, "metrics": metrics,
             "per_class": per_class, "confusion": confusion,
             "predictions": {"id": te_ids.tolist(), "true": yte.tolist(), "pred": pred.tolist()},
-            "timings_s": {"fit_and_predict": round(seconds, 4)}, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-            model=f))
+            "timings_s": {"fit_and_predict": round(seconds, 4)}, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "reuse": reuse}, model=f))
         if on_result is not None:
             on_result(run, len(run.results) - 1)
         log.info("%s %s: top-1 %.4f (%.1fs)", f.method, f.variant, metrics["top1"], seconds)
@@ -151,15 +202,25 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
         run.skipped.append({"method": method, "variant": variant, "reason": reason})
         log.warning("%s skipped: %s", variant or method, reason)
 
-    for name in (m for m in METHODS if m in methods):
+    for name in order:
         method = REGISTRY[name]
         t0 = time.perf_counter()
+        row = {"method": name, "estimate_s": None if estimates[name] is None else float(f"{estimates[name]:.3g}")}
+        if name in done:  # committed before for this very setting: taken as it is
+            run.results.extend(EvalResult(d) for d in done[name])
+            run.timings.append({**row, "seconds": round(time.perf_counter() - t0, 4), "variants": len(done[name]),
+                                "reused_from": done[name][0]["run_id"]})
+            log.info("%s: reused the results of run %s (same setting)", name, done[name][0]["run_id"])
+            continue
         if method.kind == "curve":
             params, curve = method.curve(trainset, xte, yte, ctx)
             run.results.append(EvalResult({**base, "method": name, "variant": "prototypes and kNN vs shots per class",
                                            "params": params, "curve": curve, "metrics": {},
                                            "timings_s": {"total": round(time.perf_counter() - t0, 4)},
-                                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+                                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                           "reuse": {"key": keys[name], "variants": 1, "position": 0}}))
+            run.timings.append({**row, "seconds": round(time.perf_counter() - t0, 4), "variants": 1,
+                                "reused_from": None})
             if on_result is not None:
                 on_result(run, len(run.results) - 1)
             continue
@@ -173,10 +234,55 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
             if isinstance(f, Skipped):
                 skip(name, f.variant, f.reason)
         scored = [f for f in fitted if not isinstance(f, Skipped)]
-        for f, (secs, pred, hits, tallies) in zip(scored, _score_in_blocks(scored, xte, yte, te_ids, in_train),
-                                                  strict=True):
-            add(f, fit_s + secs, pred, hits, tallies)
+        outcomes = list(_score_in_blocks(scored, xte, yte, te_ids, in_train))
+        # the timing row first: `on_result` may write the run summary, and then it must count this method
+        run.timings.append({**row, "seconds": round(time.perf_counter() - t0, 4), "variants": len(scored),
+                            "reused_from": None})
+        for j, (f, (secs, pred, hits, tallies)) in enumerate(zip(scored, outcomes, strict=True)):
+            add(f, fit_s + secs, pred, hits, tallies, {"key": keys[name], "variants": len(scored), "position": j})
     return run
+
+
+def _setting(ix, tr_ids, ytr, te_ids, yte, seed: int, ctx: Context) -> dict:
+    """Everything a method's result depends on, besides the method: the index snapshot (its parts' checksums),
+    the selected ids and their labels, the seed, the parameters, and the code that computes it."""
+    from importlib.metadata import version
+    from pathlib import Path
+
+    def digest(*arrays) -> str:
+        h = hashlib.sha256()
+        for a in arrays:
+            h.update(np.ascontiguousarray(a, np.int64).tobytes())
+        return h.hexdigest()
+
+    prompts = hashlib.sha256(Path(ctx.prompts).read_bytes()).hexdigest() if ctx.prompts else None
+    return {"schema": RESULT_SCHEMA, "embedsearch": version("embedsearch"),
+            "parts": [p.sha256 for p in ix.manifest.parts], "train": digest(tr_ids, ytr), "test": digest(te_ids, yte),
+            "seed": seed, "prompts": prompts, "knn_ks": list(ctx.knn_ks), "knn_t": ctx.knn_t, "svc": ctx.svc}
+
+
+def setting_key(setting: dict, method: str) -> str:
+    return hashlib.sha256(json.dumps({**setting, "method": method}, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _committed(ix, keys: dict[str, str]) -> dict[str, list[dict]]:
+    """Per method, the newest run's results committed under its setting key, when that run committed every
+    variant (a stop between a method's variants leaves it incomplete, and the method runs again)."""
+    if not keys:
+        return {}
+    marks = ", ".join("?" for _ in keys)
+    _, rows = ix.sql(f"SELECT run_id, result FROM results WHERE json_extract_string(result, '$.reuse.key') "
+                     f"IN ({marks}) ORDER BY created DESC", list(keys.values()))
+    by_key = {v: k for k, v in keys.items()}
+    out: dict[str, list[dict]] = {}
+    runs: dict[tuple, list[dict]] = {}
+    for run_id, res in rows:
+        d = json.loads(res) if isinstance(res, str) else res
+        runs.setdefault((by_key[d["reuse"]["key"]], run_id), []).append(d)
+    for (method, _), ds in runs.items():  # newest run first
+        if method not in out and len(ds) == ds[0]["reuse"]["variants"]:
+            out[method] = sorted(ds, key=lambda d: d["reuse"]["position"])
+    return out
 
 
 SCORE_BLOCK_BYTES = 2 ** 27  # test rows are scored in blocks of at most this many bytes of (rows × classes) scores
@@ -234,6 +340,16 @@ def save_result(ix, run: EvalRun, i: int) -> str:
     atomic_write_bytes(p, json.dumps(r.to_dict(), indent=1, default=_np).encode())
     Catalog(ix.layout.catalog).add_result(run.run_id, r.method, 1, json.loads(json.dumps(r.to_dict(), default=_np)))
     ix.close()  # the reader's catalog snapshot is taken again on its next query, so it sees this result
+    return str(p)
+
+
+def save_summary(ix, run: EvalRun) -> str:
+    """reports/eval-RUN.json: the run's result files, skipped variants and per-method time table (atomic)."""
+    from embedsearch.core.files import atomic_write_bytes
+
+    ix.layout.reports.mkdir(exist_ok=True)
+    p = ix.layout.reports / f"eval-{run.run_id}.json"
+    atomic_write_bytes(p, json.dumps(run.summary(), indent=1, default=_np).encode())
     return str(p)
 
 

@@ -32,6 +32,10 @@ def markdown_run(run, ix) -> str:
                      f"({names}): every method but CLIP zero-shot counts them as errors.")
     for sk in getattr(run, "skipped", []):
         lines.append(f"- {sk['variant'] or sk['method']}: not run — {sk['reason']}")
+    for t in getattr(run, "timings", []):
+        if t.get("reused_from"):
+            lines.append(f"- {t['method']}: reused from run {t['reused_from']}, committed for the same index "
+                         "snapshot, selections, seed and parameters (`eval --fresh` recomputes)")
     lines += [f"- top-k: {TOPK_RULE}.", "",
               "| method | variant | top-1 % [95 % CI] | top-5 % | balanced acc. % | macro F1 % | parameters |",
               "|---|---|---|---|---|---|---|"]
@@ -62,6 +66,11 @@ def markdown_run(run, ix) -> str:
             for c in r.data["curve"]:
                 lines.append(f"| {c['shots']} | {_pct(c['prototypes_mean'])} ± {_pct(c['prototypes_std'])} | "
                              f"{_pct(c['knn_mean'])} ± {_pct(c['knn_std'])} |")
+    if getattr(run, "timings", None):
+        mach = run.machine
+        lines += ["", f"Time per method (fit, selection of hyper-parameters and scoring test; estimates from this "
+                  f"machine's measured {mach.get('float32_gemm_gflops')} GFLOP/s and "
+                  f"{mach.get('memory_gbytes_per_s')} GB/s):", "", "```", run.timing_table(), "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -76,10 +85,15 @@ def evaluate_and_report(ix, html_path=None, run=None, **eval_kwargs):
     `quickstart` do. Returns (run, markdown summary, path of the HTML report)."""
     from pathlib import Path
 
-    from embedsearch.evaluate import evaluate, save_result
+    from embedsearch.evaluate import evaluate, save_result, save_summary
     from embedsearch.report.html import eval_report
 
-    run = evaluate(ix, on_result=lambda run, i: save_result(ix, run, i), run=run, **eval_kwargs)  # each committed as it lands
+    def commit(run, i):  # each result committed as it lands, and the run's summary (time table) with it
+        save_result(ix, run, i)
+        save_summary(ix, run)
+
+    run = evaluate(ix, on_result=commit, run=run, **eval_kwargs)
+    save_summary(ix, run)
     md = markdown_run(run, ix)
     page = eval_report(ix, run, md)
     path = Path(html_path) if html_path else ix.layout.reports / f"eval-{run.run_id}.html"

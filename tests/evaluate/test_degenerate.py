@@ -34,9 +34,9 @@ def test_one_train_item_per_class_skips_what_needs_a_held_out_part_and_keeps_the
     run = evaluate(ix, train=ONE_PER_CLASS, methods=["prototypes", "knn", "linear", "svc", "mlp", "fewshot"])
     got = {r.data["variant"] for r in run.results}
     assert {"nearest class prototype (cosine)", "SVC rbf", "prototypes and kNN vs shots per class"} <= got
-    assert {"logistic regression (L-BFGS)", "LinearSVC"} & got == set() and not any("MLP" in v for v in got)
+    assert {"logistic regression (L-BFGS)", "linear SVM"} & got == set() and not any("MLP" in v for v in got)
     skipped = {(s["method"], s["variant"]) for s in run.skipped}
-    assert skipped == {("linear", None), ("svc", "LinearSVC"), ("mlp", None)}
+    assert skipped == {("linear", None), ("svc", "linear SVM"), ("mlp", None)}
     assert all("no train item can be held out" in s["reason"] for s in run.skipped)
     for r in run.results:
         m = r.data["metrics"]

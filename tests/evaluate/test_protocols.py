@@ -299,3 +299,37 @@ def test_prototypes_equal_a_float64_scatter_of_the_normalized_vectors():
     ref = l2_normalize(s / np.maximum(np.bincount(y, minlength=9), 1)[:, None])
     assert has.tolist() == [True] * 7 + [False] * 2
     assert np.abs(protos - ref).max() < 1e-6
+
+
+def test_linear_svm_matches_sklearn_linearsvc_at_its_chosen_c(ix, data):
+    from sklearn.svm import LinearSVC
+
+    (_, ytr, xtr), (_, yte, xte) = data
+    r = next(r.data for r in evaluate(ix, methods=["svc"]).results if r.data["variant"] == "linear SVM")
+    sc = StandardScaler().fit(xtr)
+    ref = LinearSVC(C=r["params"]["C"], max_iter=20000, tol=1e-6).fit(sc.transform(xtr), ytr)
+    assert r["params"]["C"] in [float(c) for c in np.logspace(-4, 1, 6)]
+    assert abs(r["metrics"]["top1"] - (ref.predict(sc.transform(xte)) == yte).mean()) <= 0.005
+
+
+def test_svc_size_policy_switches_to_a_labelled_nystroem_approximation():
+    from embedsearch.evaluate.methods import svc as M_svc
+
+    assert M_svc.rbf_policy("auto", 5_000, 1_000, 384)[0]  # seconds: exact
+    exact, why = M_svc.rbf_policy("auto", 50_000, 10_000, 2_048)  # ~40 min estimated: approximated, and says so
+    assert not exact and "Nyström" in why and "min" in why
+    assert M_svc.rbf_policy("exact", 50_000, 10_000, 2_048)[0]
+    assert not M_svc.rbf_policy("nystroem", 100, 10, 8)[0]
+    with pytest.raises(Exception, match="svc policy 'fast'"):
+        M_svc.rbf_policy("fast", 100, 10, 8)
+
+
+def test_nystroem_svc_is_named_as_an_approximation_and_close_to_the_exact_one(ix):
+    exact = next(r.data for r in evaluate(ix, methods=["svc"]).results if r.data["variant"] == "SVC rbf")
+    run = evaluate(ix, methods=["svc"], svc="nystroem")
+    approx = next(r.data for r in run.results if r.data["variant"].startswith("SVC rbf ≈ Nyström"))
+    p = approx["params"]
+    assert "Nyström" in p["approximation"] and "landmarks" in p["approximation"] and "asked for" in p["policy"]
+    assert p["C"] in [float(c) for c in np.logspace(-4, 1, 6)] and "held-out" in p["selection"]
+    # digits (1,437 train items): the Nyström map has every train item as a landmark, so it is close to exact
+    assert abs(approx["metrics"]["top1"] - exact["metrics"]["top1"]) <= 0.03

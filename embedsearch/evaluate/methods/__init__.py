@@ -2,6 +2,19 @@
 registry (`REGISTRY`; `ORDER` is the order `eval` runs them in). See base.py for how to add one."""
 
 from embedsearch.evaluate.methods import fewshot, knn, linear, mlp, prototypes, svc, zeroshot  # noqa: F401 — register
-from embedsearch.evaluate.methods.base import ORDER, REGISTRY, Context, Fitted, Method, Skipped, TrainSet, get
+from embedsearch.evaluate.methods.base import (
+                                               ORDER,
+                                               REGISTRY,
+                                               Context,
+                                               Fitted,
+                                               Method,
+                                               Rates,
+                                               Shape,
+                                               Skipped,
+                                               TrainSet,
+                                               get,
+                                               measure_rates,
+)
 
-__all__ = ["ORDER", "REGISTRY", "Context", "Fitted", "Method", "Skipped", "TrainSet", "get"]
+__all__ = ["ORDER", "REGISTRY", "Context", "Fitted", "Method", "Rates", "Shape", "Skipped", "TrainSet", "get",
+           "measure_rates"]

@@ -43,6 +43,52 @@ class Context:
     prompts: str | None = None
     knn_ks: tuple[int, ...] = (10, 20, 100, 200)
     knn_t: float = 0.07
+    n_test: int = 0  # rows of the test selection (the SVC policy's estimate counts predicting them)
+    svc: str = "auto"  # SVC policy: "exact" RBF, "nystroem" approximation, or "auto" (exact when it fits the budget)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The sizes a method's cost depends on: train rows, test rows, dimension, classes, bytes per stored value."""
+
+    n: int
+    m: int
+    d: int
+    C: int
+    itemsize: int = 4
+
+
+@dataclass(frozen=True)
+class Rates:
+    """This machine's float32 matrix-product rate (FLOP/s) and memory bandwidth (bytes/s), measured at the start of
+    a run (`measure_rates`): the plan's estimates are counts of FLOPs and bytes divided by these."""
+
+    flops: float
+    bandwidth: float
+
+    def to_dict(self) -> dict:
+        return {"float32_gemm_gflops": round(self.flops / 1e9, 1), "memory_gbytes_per_s": round(self.bandwidth / 1e9, 1),
+                "measured_by": "torch 1024³ float32 matmul; numpy sum over 256 MB (best of 3 each)"}
+
+
+def measure_rates() -> Rates:
+    """~0.3 s: the best of 3 for a 1024³ float32 product (torch, all threads) and a 256 MB streaming sum."""
+    import time
+
+    import torch
+
+    a = torch.randn(1024, 1024)
+    best_f = best_b = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        a @ a
+        best_f = min(best_f, time.perf_counter() - t0)
+    big = np.ones(2 ** 26, np.float32)
+    for _ in range(3):
+        t0 = time.perf_counter()
+        big.sum()
+        best_b = min(best_b, time.perf_counter() - t0)
+    return Rates(flops=2 * 1024 ** 3 / best_f, bandwidth=big.nbytes / best_b)
 
 
 @dataclass
@@ -88,6 +134,11 @@ class Method:
 
     def fit(self, train: TrainSet, ctx: Context) -> list[Fitted]:
         raise NotImplementedError
+
+    def estimate(self, shape: Shape, rates: Rates, ctx: Context) -> float | None:
+        """Roughly how many seconds `fit` plus scoring the test rows will take (the up-front plan `eval` prints):
+        the method's FLOPs and bytes over the measured rates. None: no estimate."""
+        return None
 
     def load(self, t: dict[str, np.ndarray], meta: dict) -> Fitted:
         """A saved probe back into a Fitted (methods whose variants save `tensors`)."""

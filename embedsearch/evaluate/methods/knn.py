@@ -61,12 +61,16 @@ def faiss_topk(bank: Bank, q: np.ndarray, k: int, desc: str = "knn: search") -> 
     use_blas_from(bank.d)
     k = int(min(k, bank.n))
     out_s, out_i = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
+    gpu = _gpu_bank(bank)
     with progress.bar(len(q), desc, unit="query") as bar:
         for a0 in range(0, len(q), QUERY_BLOCK):
             qb = q[a0:a0 + QUERY_BLOCK]
             best_s = best_i = None
-            for a, b in bank.chunks():
-                s, i = faiss.knn(qb, b, int(min(k, len(b))), metric=faiss.METRIC_INNER_PRODUCT)
+            for a, b in bank.chunks() if gpu is None else [(0, None)]:
+                if gpu is not None:
+                    s, i = _gpu_topk(gpu, qb, k)
+                else:
+                    s, i = faiss.knn(qb, b, int(min(k, len(b))), metric=faiss.METRIC_INNER_PRODUCT)
                 i = i + a
                 if best_s is not None:  # merge with the chunks before: similarity, then lower bank position
                     s, i = np.concatenate([best_s, s], 1), np.concatenate([best_i, i], 1)
@@ -76,6 +80,33 @@ def faiss_topk(bank: Bank, q: np.ndarray, k: int, desc: str = "knn: search") -> 
             out_s[a0:a0 + len(qb)], out_i[a0:a0 + len(qb)] = best_s, best_i
             bar.update(len(qb))
     return out_s, out_i
+
+
+def _gpu_bank(bank: Bank):
+    """The GPU seam: the normalized bank on a CUDA device when torch sees one and the bank is held whole; None
+    (FAISS on the CPU) otherwise."""
+    import torch
+
+    if bank.whole is None or not torch.cuda.is_available():
+        return None
+    return torch.from_numpy(bank.whole).cuda()
+
+
+def _gpu_topk(bank_t, qb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 top-k on the GPU with TF32 off, so the float32 error bound `certify_cutoffs` relies on holds; ties
+    ordered by lower bank position, as FAISS's are."""
+    import torch
+
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            s, i = torch.topk(torch.from_numpy(np.ascontiguousarray(qb)).cuda() @ bank_t.T, k, dim=1)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+    s, i = s.cpu().numpy(), i.cpu().numpy().astype(np.int64)
+    o = np.lexsort((i, -s), axis=1)
+    return np.take_along_axis(s, o, 1), np.take_along_axis(i, o, 1)
 
 
 def _self_positions(bank_ids, q_ids, n_q: int) -> np.ndarray:
@@ -290,6 +321,11 @@ class KnnFitted(Fitted):
 @register
 class Knn(Method):
     name = "knn"
+
+    def estimate(self, shape, rates, ctx):
+        # the (m × d)·(d × n) similarity product; certification and votes measured at ~0.9× more
+        # (scripts/bench_knn_neardup.md)
+        return 1.9 * 2 * shape.n * shape.m * shape.d / rates.flops
 
     def fit(self, train, ctx):
         ks = tuple(k for k in ctx.knn_ks if k <= len(train.y)) or (len(train.y),)

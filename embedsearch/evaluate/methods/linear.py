@@ -6,31 +6,67 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from embedsearch.core import progress
 from embedsearch.evaluate.methods.base import Fitted, Method, heldout, register
 
 LINEAR_C_GRID = np.logspace(-6, 5, 45)
 
 
-def _fit_logreg(pre, y, n_classes: int, C: float, init=None, max_iter: int = 1000, tol: float = 1e-6):
-    """Multinomial logistic regression with L2 penalty by L-BFGS (torch), preconditioned by the features' own
-    covariance.
+def softmax_ce(onehot):
+    """Multinomial cross-entropy: z ↦ (mean loss, ∂loss/∂z), the linear probe's loss."""
+    import torch
 
-    Solves sklearn's objective C·Σ CE + ½‖W‖² (divided by C·n; bias unpenalized) for raw features. In the
-    eigenbasis Q of the covariance (an orthogonal change of variables: ‖QᵀW‖ = ‖W‖, so the objective and its
-    optimum are unchanged; centring is exact because the bias is unpenalized) the Hessian is close to diagonal, and
-    with V = s·QᵀW, s² = h·σ² + λ per direction (σ² its variance, λ = 1/(C·n), h = p(1−p) at uniform p), close to
-    the identity for every C. L-BFGS then needs tens of iterations where correlated features (pixels, token maps)
-    took hundreds to the cap. `init`/returns: raw (W, b), and the iterations used."""
+    n = onehot.shape[0]
+
+    def loss_grad(z):
+        logp = torch.log_softmax(z, dim=1)
+        return -(logp * onehot).sum() / n, (torch.exp(logp) - onehot) / n
+
+    return loss_grad
+
+
+def squared_hinge(targets):
+    """One-vs-rest squared hinge, Σ_c max(0, 1 − t_c·z_c)² with t = ±1: LinearSVC's loss."""
+    import torch
+
+    n = targets.shape[0]
+
+    def loss_grad(z):
+        m = torch.clamp(1 - targets * z, min=0)
+        return (m * m).sum() / n, -2 * targets * m / n
+
+    return loss_grad
+
+
+def _fit_logreg(pre, y, n_classes: int, C: float, init=None, max_iter: int = 1000, tol: float = 1e-6):
+    """Multinomial logistic regression with L2 penalty (sklearn's objective C·Σ CE + ½‖W‖², bias unpenalized):
+    `fit_l2(... softmax_ce ...)`; see there. Returns raw (W, b) and the iterations used."""
+    import torch
+
+    onehot = torch.nn.functional.one_hot(y, n_classes).to(pre.X.dtype)
+    h = (1.0 / n_classes) * (1.0 - 1.0 / n_classes)  # the loss's curvature at uniform p
+    return fit_l2(pre, softmax_ce(onehot), n_classes, C, h, init, max_iter, tol)
+
+
+def fit_l2(pre, loss_grad, k: int, C: float, h: float, init=None, max_iter: int = 1000, tol: float = 1e-6):
+    """min_W,b  C·Σ_i loss(x_i·W + b) + ½‖W‖² (bias unpenalized) by L-BFGS (torch), preconditioned by the
+    features' own covariance; `loss_grad(z)` gives the loss's mean over rows and its gradient in z (n × k).
+
+    The objective is solved divided by C·n. In the eigenbasis Q of the covariance (an orthogonal change of
+    variables: ‖QᵀW‖ = ‖W‖, so the objective and its optimum are unchanged; centring is exact because the bias is
+    unpenalized) the Hessian is close to diagonal, and with V = s·QᵀW, s² = h·σ² + λ per direction (σ² its
+    variance, λ = 1/(C·n), h the loss's typical curvature), close to the identity for every C. L-BFGS then needs
+    tens of iterations where correlated features (pixels, token maps) took hundreds to the cap. `init`/returns:
+    raw (W, b), and the iterations used."""
     import torch
 
     n = pre.X.shape[0]
     lam = 1.0 / (C * n)
-    h = (1.0 / n_classes) * (1.0 - 1.0 / n_classes)
     s = torch.sqrt(h * pre.sd_t**2 + lam)                      # per-direction scale of V
     r = (pre.sd_t / s)[:, None]                                # X_pre @ (r·V) = (x − μ) Q (V / s)
     if init is None:
-        V = torch.zeros(pre.X.shape[1], n_classes, dtype=pre.X.dtype, device=pre.X.device)
-        b = torch.zeros(n_classes, dtype=pre.X.dtype, device=pre.X.device)
+        V = torch.zeros(pre.X.shape[1], k, dtype=pre.X.dtype, device=pre.X.device)
+        b = torch.zeros(k, dtype=pre.X.dtype, device=pre.X.device)
     else:
         W0, b0 = init
         V, b = (pre.Q.T @ W0) * s[:, None], b0 + pre.mu_t @ W0
@@ -38,16 +74,13 @@ def _fit_logreg(pre, y, n_classes: int, C: float, init=None, max_iter: int = 100
     opt = torch.optim.LBFGS([V, b], lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
                             history_size=20, line_search_fn="strong_wolfe")
     inv_s2 = (1.0 / s**2)[:, None]
-    onehot = torch.nn.functional.one_hot(y, n_classes).to(pre.X.dtype)
 
     def closure():
         # loss and gradient by hand: autograd's backward computes Xᵀ·G with X row-major, 4× slower on CPU than
         # (Gᵀ·X)ᵀ, and each step is a pass over X, bound by memory bandwidth
         with torch.no_grad():
-            z = pre.X @ (r * V) + b
-            logp = torch.log_softmax(z, dim=1)
-            loss = -(logp * onehot).sum() / n + 0.5 * lam * (inv_s2 * V * V).sum()
-            g = (torch.exp(logp) - onehot) / n
+            loss, g = loss_grad(pre.X @ (r * V) + b)
+            loss = loss + 0.5 * lam * (inv_s2 * V * V).sum()
             V.grad = (r * (g.T @ pre.X).T + lam * inv_s2 * V).contiguous()
             b.grad = g.sum(0)
         return loss
@@ -109,30 +142,36 @@ def linear_probe(xtr, ytr, n_classes: int, seed: int = 0, grid=LINEAR_C_GRID, de
     x_held = torch.from_numpy(to_float32(xtr[held])).to(dev, dtype)
     y_held = Y[held]
     tried: dict[int, float] = {}
-
     iters: dict[int, int] = {}
+    coarse = list(range(0, len(grid), 4))
+    if coarse[-1] != len(grid) - 1:
+        coarse.append(len(grid) - 1)
+    bar = progress.bar(len(coarse) + 5, "linear probe: C sweep", unit="C")
 
     def score(i, init=None):
         W, b, iters[i] = _fit_logreg(pre, Y[fit], n_classes, float(grid[i]), init)
         tried[i] = float(((x_held @ W + b).argmax(1) == y_held).double().mean())
+        bar.update()
+        bar.set_postfix_str(f"C={grid[i]:.3g} held-out {tried[i]:.4f} ({iters[i]} it)")
         return W, b
 
-    coarse = list(range(0, len(grid), 4))
-    if coarse[-1] != len(grid) - 1:
-        coarse.append(len(grid) - 1)
-    init, worse = None, 0
-    for i in coarse:  # increasing C: warm start from the more regularized solution (the problem is convex)
-        init = score(i, init)
-        worse = worse + 1 if tried[i] < max(tried.values()) else 0
-        if worse == 3:  # held-out accuracy fell for 3 coarse steps (3 decades): larger C only overfits more
-            break
-    best = max(tried, key=lambda i: (tried[i], -i))
-    for i in range(max(0, best - 2), min(len(grid), best + 3)):
-        if i not in tried:
+    with bar:
+        init, worse = None, 0
+        for i in coarse:  # increasing C: warm start from the more regularized solution (the problem is convex)
+            init = score(i, init)
+            worse = worse + 1 if tried[i] < max(tried.values()) else 0
+            if worse == 3:  # held-out accuracy fell for 3 coarse steps (3 decades): larger C only overfits more
+                break
+        best = max(tried, key=lambda i: (tried[i], -i))
+        refine = [i for i in range(max(0, best - 2), min(len(grid), best + 3)) if i not in tried]
+        bar.total = len(tried) + len(refine) + 1
+        for i in refine:
             score(i)
-    best = max(tried, key=lambda i: (tried[i], -i))  # ties: the stronger regularization
-    C = float(grid[best])
-    W, b, refit_iters = _fit_logreg(_Preconditioned(xtr, dev, dtype), Y, n_classes, C)
+        best = max(tried, key=lambda i: (tried[i], -i))  # ties: the stronger regularization
+        C = float(grid[best])
+        bar.set_postfix_str(f"refit on all of train at C={C:.3g}")
+        W, b, refit_iters = _fit_logreg(_Preconditioned(xtr, dev, dtype), Y, n_classes, C)
+        bar.update()
     W, b = W.cpu().double().numpy(), b.cpu().double().numpy()
 
     def predict(q):
@@ -167,6 +206,14 @@ class LinearFitted(Fitted):
 @register
 class Linear(Method):
     name = "linear"
+
+    def estimate(self, shape, rates, ctx):
+        # ~25 L-BFGS evaluations per C over ~16 values of C and the refit (measured: 15 at small C, >100 at
+        # large), each two passes over the preconditioned rows or their 4·n·d·C FLOPs, whichever is slower
+        n, d, C = shape.n, shape.d, shape.C
+        item = 8 if n * d * C <= FLOAT64_BUDGET else 4
+        per_eval = max(2 * n * d * item / rates.bandwidth, 4 * n * d * C / rates.flops)
+        return 2 * 10 * d ** 3 / rates.flops + 16 * 25 * per_eval
 
     def fit(self, train, ctx):
         _, params, (W, b) = linear_probe(train.x, train.y, train.n_classes, seed=train.seed)

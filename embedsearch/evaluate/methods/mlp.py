@@ -16,47 +16,54 @@ def mlp_probe(xtr, ytr, n_classes: int, seed: int = 0, hidden: int = 256, lr: fl
     held-out part of train; the final model is refit on all of train for that many epochs."""
     import torch
 
-    mean, std = xtr.mean(0), xtr.std(0) + 1e-6
-    Xall = torch.from_numpy(((xtr - mean) / std).astype(np.float32))
-    Yall = torch.from_numpy(np.asarray(ytr, np.int64))
+    from embedsearch.core import progress
+    from embedsearch.core.vectors import standardize
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    Xs, mean, std = standardize(xtr)  # one float32 copy, built a block at a time
+    Xall = torch.from_numpy(Xs).to(dev)
+    Yall = torch.from_numpy(np.asarray(ytr, np.int64)).to(dev)
     fit, held, split = heldout(ytr, seed, "MLP probe")
 
-    def train(idx, epochs, val=None):
+    def train(idx, epochs, val=None, desc=""):
         g = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         net = torch.nn.Sequential(torch.nn.Linear(Xall.shape[1], hidden), torch.nn.ReLU(),
-                                  torch.nn.Linear(hidden, n_classes))
+                                  torch.nn.Linear(hidden, n_classes)).to(dev)
         opt = torch.optim.Adam(net.parameters(), lr=lr)
         best, best_ep, hist = -1.0, 0, []
-        for ep in range(1, epochs + 1):
-            net.train()
-            perm = idx[torch.randperm(len(idx), generator=g).numpy()]
-            for s in range(0, len(perm), batch):
-                b = perm[s:s + batch]
-                opt.zero_grad()
-                torch.nn.functional.cross_entropy(net(Xall[b]), Yall[b]).backward()
-                opt.step()
-            if val is not None:
-                net.eval()
-                with torch.no_grad():
-                    acc = float((net(Xall[val]).argmax(1) == Yall[val]).float().mean())
-                hist.append(acc)
-                if acc > best:
-                    best, best_ep = acc, ep
-                elif ep - best_ep >= patience:
-                    break
+        with progress.bar(epochs, desc, unit="epoch") as bar:
+            for ep in range(1, epochs + 1):
+                net.train()
+                perm = torch.from_numpy(idx[torch.randperm(len(idx), generator=g).numpy()]).to(dev)
+                for s in range(0, len(perm), batch):
+                    b = perm[s:s + batch]
+                    opt.zero_grad()
+                    torch.nn.functional.cross_entropy(net(Xall[b]), Yall[b]).backward()
+                    opt.step()
+                bar.update()
+                if val is not None:
+                    net.eval()
+                    with torch.no_grad():
+                        acc = float((net(Xall[val]).argmax(1) == Yall[val]).float().mean())
+                    hist.append(acc)
+                    bar.set_postfix_str(f"held-out {acc:.4f} (best {max(best, acc):.4f})")
+                    if acc > best:
+                        best, best_ep = acc, ep
+                    elif ep - best_ep >= patience:
+                        break
         return net, best_ep, hist
 
-    _, epochs, hist = train(fit, max_epochs, held)
-    net, _, _ = train(np.arange(len(ytr)), max(epochs, 1))
-    net.eval()
+    _, epochs, hist = train(fit, max_epochs, held, "MLP probe: epochs (early stopping)")
+    net, _, _ = train(np.arange(len(ytr)), max(epochs, 1), desc="MLP probe: refit on all of train")
+    net = net.cpu().eval()
 
     def predict(q):
         with torch.no_grad():
             return net(torch.from_numpy(((q - mean) / std).astype(np.float32))).numpy()
 
     params = {"hidden": hidden, "activation": "relu", "optimizer": f"Adam lr {lr}", "batch_size": batch,
-              "epochs": epochs, "max_epochs": max_epochs, "patience": patience, "features": "standardized",
+              "epochs": epochs, "max_epochs": max_epochs, "patience": patience, "features": "standardized", "device": dev,
               **split, "epochs_chosen_by": "early stopping on the held-out part",
               "heldout_accuracy_curve": [round(a, 4) for a in hist]}
     return predict, params, (net, mean, std)
@@ -81,6 +88,11 @@ class MlpFitted(Fitted):
 @register
 class Mlp(Method):
     name = "mlp"
+
+    def estimate(self, shape, rates, ctx):
+        # forward + backward ≈ 6·n·d·hidden FLOPs an epoch at ~1/4 of the GEMM rate (batches of 256); ~40 epochs
+        # to the early stop and as many for the refit
+        return 2 * 40 * 6 * shape.n * shape.d * 256 / (rates.flops / 4)
 
     def fit(self, train, ctx):
         _, params, (net, mean, std) = mlp_probe(train.x, train.y, train.n_classes, seed=train.seed)

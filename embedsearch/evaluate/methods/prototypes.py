@@ -51,6 +51,11 @@ class PrototypesFitted(Fitted):
 class Prototypes(Method):
     name = "prototypes"
 
+    def estimate(self, shape, rates, ctx):
+        # two passes over the stored train rows (read, normalize) and a (m × d)·(d × C) product
+        n, m, d, C = shape.n, shape.m, shape.d, shape.C
+        return 2 * n * d * (shape.itemsize + 4) / rates.bandwidth + 2 * m * d * C / rates.flops
+
     def fit(self, train, ctx):
         protos, has = prototypes(train.x, train.y, train.n_classes)
         return [PrototypesFitted(self.name, "nearest class prototype (cosine)",

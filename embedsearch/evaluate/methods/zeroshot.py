@@ -82,6 +82,9 @@ class Zeroshot(Method):
     name = "zeroshot"
     needs = "text"
 
+    def estimate(self, shape, rates, ctx):
+        return 2 * shape.m * shape.d * shape.C / rates.flops + 0.05 * shape.C  # scores + the text tower per class
+
     def fit(self, train, ctx):
         ix = ctx.ix
         classes = ix.classes()
