@@ -209,11 +209,12 @@ class Linear(Method):
 
     def estimate(self, shape, rates, ctx):
         # ~25 L-BFGS evaluations per C over ~16 values of C and the refit (measured: 15 at small C, >100 at
-        # large), each two passes over the preconditioned rows or their 4·n·d·C FLOPs, whichever is slower
+        # large), each two passes over the preconditioned rows or their 4·n·d·C FLOPs, whichever is slower, at
+        # ~1/3 of the measured rates (scripts/bench_eval_scale.md); two covariances and eigenbases
         n, d, C = shape.n, shape.d, shape.C
         item = 8 if n * d * C <= FLOAT64_BUDGET else 4
-        per_eval = max(2 * n * d * item / rates.bandwidth, 4 * n * d * C / rates.flops)
-        return 2 * 10 * d ** 3 / rates.flops + 16 * 25 * per_eval
+        per_eval = 3 * max(2 * n * d * item / rates.bandwidth, 4 * n * d * C / rates.flops)
+        return 2 * (2 * n * d * d + 10 * d ** 3) / rates.flops + 16 * 25 * per_eval
 
     def fit(self, train, ctx):
         _, params, (W, b) = linear_probe(train.x, train.y, train.n_classes, seed=train.seed)
