@@ -208,13 +208,14 @@ class Linear(Method):
     name = "linear"
 
     def estimate(self, shape, rates, ctx):
-        # ~25 L-BFGS evaluations per C over ~16 values of C and the refit (measured: 15 at small C, >100 at
-        # large), each two passes over the preconditioned rows or their 4·n·d·C FLOPs, whichever is slower, at
-        # ~1/3 of the measured rates (scripts/bench_eval_scale.md); two covariances and eigenbases
+        # ~60 L-BFGS evaluations per C over ~16 values of C and the refit (measured: 2–20 iterations at small C,
+        # hundreds to the cap of 1,000 at large C on digits), each two passes over the preconditioned rows or
+        # their 4·n·d·C FLOPs, whichever is slower, at ~1/3 of the measured rates, plus ~1.5 ms of fixed cost
+        # (scripts/bench_eval_scale.md); two covariances and eigenbases
         n, d, C = shape.n, shape.d, shape.C
         item = 8 if n * d * C <= FLOAT64_BUDGET else 4
-        per_eval = 3 * max(2 * n * d * item / rates.bandwidth, 4 * n * d * C / rates.flops)
-        return 2 * (2 * n * d * d + 10 * d ** 3) / rates.flops + 16 * 25 * per_eval
+        per_eval = 3 * max(2 * n * d * item / rates.bandwidth, 4 * n * d * C / rates.flops) + 1.5e-3
+        return 2 * (2 * n * d * d + 10 * d ** 3) / rates.flops + 16 * 60 * per_eval
 
     def fit(self, train, ctx):
         _, params, (W, b) = linear_probe(train.x, train.y, train.n_classes, seed=train.seed)
