@@ -705,6 +705,49 @@ def verify(name, repair, root, fmt):
         sys.exit(1)
 
 
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but loopback needs --token.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 picks a free port.")
+@click.option("--token", envvar="EMBEDSEARCH_TOKEN", help="Bearer token every request but /v1/health must carry "
+              "(also $EMBEDSEARCH_TOKEN).")
+@click.option("--cors", "cors", metavar="ORIGIN", help="Allow cross-origin requests from this one origin.")
+@click.option("--originals", is_flag=True, help="Also serve original images (by item id; thumbnails always).")
+@click.option("--max-upload", type=_Size(), default="16MB", show_default=True, help="Largest request body.")
+@click.option("--max-pixels", type=click.IntRange(1), default=40_000_000, show_default=True,
+              help="Largest uploaded image, in pixels (checked from its header before decoding).")
+@root_option
+@_handle_errors
+def serve(names, host, port, token, cors, originals, max_upload, max_pixels, root):
+    """An HTTP API (/v1/…, OpenAPI page at /docs) and a web page for searching and browsing indexes.
+
+    NAMES: the indexes to serve (default: every index under the root). The server answers from each index's last
+    complete snapshot while `index --add` or `verify --repair` runs, and switches when the new one is committed.
+    Needs `pip install "embedsearch[serve]"`.
+
+    \b
+    Example:
+        embedsearch serve digits-pixels --port 8000
+        curl 'http://127.0.0.1:8000/v1/indexes/digits-pixels/search?id=0&k=5'
+    """
+    from pathlib import Path
+
+    from embedsearch.core.errors import SpecError
+    from embedsearch.core.units import parse_size
+    from embedsearch.store.manifest import default_root
+
+    try:
+        from embedsearch.serve.app import Limits
+        from embedsearch.serve.app import serve as run_server
+        from embedsearch.serve.snapshots import Registry
+    except ImportError as e:
+        raise SpecError(f"`embedsearch serve` needs {e.name}: pip install \"embedsearch[serve]\"") from None
+    registry = Registry(Path(root) if root else default_root(), list(names))
+    limits = Limits(max_upload_bytes=parse_size(max_upload, "--max-upload"), max_pixels=max_pixels)
+    run_server(registry, host=host, port=port, token=token, cors=cors, originals=originals, limits=limits)
+
+
 def main() -> None:
     cli(prog_name="embedsearch")
 

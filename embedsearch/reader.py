@@ -140,13 +140,16 @@ class Index:
         """All class names of the dataset in class-index order (not only those present in a selection)."""
         return [r[0] for r in self.con.execute("SELECT name FROM classes ORDER BY class_index").fetchall()]
 
-    def select(self, where: str | None = None, embedded_only: bool = True) -> dict[str, np.ndarray]:
-        """Items matching a user predicate: arrays of id, class_index (-1 when unlabeled), label, split, path."""
+    def select(self, where: str | None = None, embedded_only: bool = True, limit: int | None = None,
+               offset: int = 0) -> dict[str, np.ndarray]:
+        """Items matching a user predicate: arrays of id, class_index (-1 when unlabeled), label, split, path (in id
+        order; `limit` items from `offset` when given)."""
         scope = None
         if embedded_only:  # items of the parts this reader serves (an extension may be adding more)
             parts = ", ".join(str(p.number) for p in self.manifest.parts) or "NULL"
             scope = f"status = 'ok' AND part IN ({parts})"
-        rows = cat.select_ids(self.con, where, "id, coalesce(class_index, -1), label, split, path", scope=scope)
+        rows = cat.select_ids(self.con, where, "id, coalesce(class_index, -1), label, split, path", scope=scope,
+                              limit=limit, offset=offset)
         if not rows:
             return {"id": np.zeros(0, np.int64), "class_index": np.zeros(0, np.int64), "label": np.array([], object),
                     "split": np.array([], object), "path": np.array([], object)}
@@ -223,7 +226,10 @@ class Index:
         `attach_module`)."""
         if getattr(self, "_module_backbone", None) is not None:
             return self._module_backbone
-        return self.backbone_config.create(device)
+        cache = self.__dict__.setdefault("_backbones", {})  # created once per opened index and device
+        if device not in cache:
+            cache[device] = self.backbone_config.create(device)
+        return cache[device]
 
     def attach_module(self, model, transform) -> None:
         """For an index built from a ready nn.Module (`module:NAME`): the same module and transform again, so images

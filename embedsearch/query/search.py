@@ -12,25 +12,41 @@ from embedsearch.store import faiss_index as vindex
 from embedsearch.store import parts as store
 
 
-def query_vectors(ix, *, images=(), ids=(), texts=(), vector_file=None) -> tuple[list[dict], np.ndarray]:
-    """Embed the queries in the index's own space: (descriptions, (n, d) float32)."""
+def embed_images(ix, images) -> np.ndarray:
+    """Decoded RGB images as (n, d) float32 in the index's space: its own backbone, recorded preprocessing and
+    precision, one image at a time (as the CLI and the server do for query images)."""
+    import torch
+
+    from embedsearch.models.embed import autocast
+
+    bb = ix.backbone()
+    dev = next(bb.model.parameters()).device if bb.model is not None else "cpu"
+    out = []
+    for img in images:
+        x = bb.preprocess(img).unsqueeze(0).to(dev)
+        with torch.inference_mode(), autocast(str(dev), bb.config.precision):
+            out.append(bb.embed(x).float().cpu().numpy()[0])
+    return np.stack(out).astype(np.float32) if out else np.zeros((0, ix.dim), np.float32)
+
+
+def query_vectors(ix, *, images=(), ids=(), texts=(), vector_file=None, vectors=None, decoded=()
+                  ) -> tuple[list[dict], np.ndarray]:
+    """Embed the queries in the index's own space: (descriptions, (n, d) float32).
+
+    images: files; decoded: (name, RGB image) pairs already decoded (uploads); vectors: an (n, d) array."""
     descs, vecs = [], []
     if images:
-        import torch
-
-        from embedsearch.models.embed import autocast
         from embedsearch.sources.images import ImageLoadError, load_image
 
-        bb = ix.backbone()
-        dev = next(bb.model.parameters()).device if bb.model is not None else "cpu"
-        for f in images:
-            try:
-                x = bb.preprocess(load_image(f)).unsqueeze(0).to(dev)
-            except ImageLoadError as e:
-                raise QueryError(f"query image {e}") from None
-            with torch.inference_mode(), autocast(str(dev), bb.config.precision):
-                vecs.append(bb.embed(x).float().cpu().numpy()[0])
-            descs.append({"query": str(f), "exclude": None})
+        try:
+            loaded = [load_image(f) for f in images]
+        except ImageLoadError as e:
+            raise QueryError(f"query image {e}") from None
+        vecs.extend(embed_images(ix, loaded))
+        descs.extend({"query": str(f), "exclude": None} for f in images)
+    if decoded:
+        vecs.extend(embed_images(ix, [img for _, img in decoded]))
+        descs.extend({"query": str(name), "exclude": None} for name, _ in decoded)
     if ids:
         got = ix.vectors(np.asarray(ids, np.int64))
         for i, v in zip(ids, got, strict=False):
@@ -52,6 +68,10 @@ def query_vectors(ix, *, images=(), ids=(), texts=(), vector_file=None) -> tuple
         v = np.atleast_2d(store.load_npy(p, "--vector", QueryError)).astype(np.float32)
         vecs.extend(v)
         descs.extend({"query": f"{p.name}[{i}]", "exclude": None} for i in range(len(v)))
+    if vectors is not None:
+        v = np.atleast_2d(np.asarray(vectors, np.float32))
+        vecs.extend(v)
+        descs.extend({"query": f"vector[{i}]", "exclude": None} for i in range(len(v)))
     if not vecs:
         raise QueryError("give a query: --image FILE, --id ID, --text TEXT or --vector FILE.npy")
     return descs, np.stack(vecs).astype(np.float32)

@@ -50,35 +50,46 @@ class Thumbnails:
             log.warning("no thumbnails: cannot reopen source %s (%s)", self.source.get("spec"), e)
             return {}
 
-    def for_id(self, item_id: int, path: str | None = None) -> str | None:
+    def image(self, item_id: int, path: str | None = None):
+        """The item's image (RGB PIL), read through the dataset root and format allowlist as indexing reads it;
+        None when it cannot be read (moved, deleted, unreadable)."""
         from pathlib import Path
 
         from embedsearch.sources.images import ImageLoadError, array_to_image, load_image
 
         try:
             if path and self.source.get("root"):
-                img = load_image(Path(self.source["root"]) / path, Path(self.source["root"]))
-            else:
-                rec = self._records().get(int(item_id))
-                if rec is None or rec.array is None:
-                    return None
-                img = array_to_image(rec.array)
+                return load_image(Path(self.source["root"]) / path, Path(self.source["root"]))
+            rec = self._records().get(int(item_id))
+            return None if rec is None or rec.array is None else array_to_image(rec.array)
         except ImageLoadError:
             return None
-        return to_data_uri(img, self.size)
+
+    def for_id(self, item_id: int, path: str | None = None) -> str | None:
+        img = self.image(item_id, path)
+        return None if img is None else to_data_uri(img, self.size)
 
 
-def to_data_uri(img, size: int = 112) -> str:
+def thumbnail(img, size: int = 112):
+    """A copy at most size×size; tiny images (8×8 digits) are scaled up by a whole factor, crisp."""
     img = img.copy()
-    if max(img.size) < size:  # tiny images (8×8 digits) are scaled up, crisp
+    if max(img.size) < size:
         from PIL import Image
 
         f = max(1, size // max(img.size))
         img = img.resize((img.size[0] * f, img.size[1] * f), Image.NEAREST)
     img.thumbnail((size, size))
+    return img
+
+
+def to_png(img, size: int = 112) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    thumbnail(img, size).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def to_data_uri(img, size: int = 112) -> str:
+    return "data:image/png;base64," + base64.b64encode(to_png(img, size)).decode()
 
 
 def _img(uri: str | None, alt: str) -> str:

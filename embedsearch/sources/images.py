@@ -79,12 +79,22 @@ def load_image(path: str | os.PathLike, root: Path | None = None) -> Image.Image
     """Open `path` as RGB with EXIF orientation applied; raise ImageLoadError with a reason otherwise."""
     p = Path(path)
     check_path(p, root)
+    return decode_image(p, str(p))
+
+
+def decode_image(src, name: str, max_pixels: int | None = None) -> Image.Image:
+    """Decode a file path or a binary file object (an upload) as RGB, with the same allowlist, EXIF orientation and
+    bomb checks as indexing; `max_pixels` refuses larger images from the header alone, before any pixel is decoded.
+    `name` is what error messages call the image."""
     try:
         with warnings.catch_warnings():
             # DecompressionBombWarning (over MAX_IMAGE_PIXELS) is treated as an error: a 1-pixel-per-byte bomb
             # would otherwise be decoded; DecompressionBombError (2× the limit) is not an OSError, caught below.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p, formats=ALLOWED_FORMATS) as im:
+            with Image.open(src, formats=ALLOWED_FORMATS) as im:
+                if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:
+                    raise ImageLoadError("decode", "TooManyPixels", f"{name}: {im.size[0]}×{im.size[1]} pixels, "
+                                         f"over the limit of {max_pixels:,}")
                 if getattr(im, "is_animated", False):
                     im.seek(0)  # first frame only
                 try:
@@ -98,13 +108,13 @@ def load_image(path: str | os.PathLike, root: Path | None = None) -> Image.Image
     except ImageLoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageLoadError("decode", "DecompressionBomb", f"{p}: {e}") from None
+        raise ImageLoadError("decode", "DecompressionBomb", f"{name}: {e}") from None
     except Image.UnidentifiedImageError:
-        raise ImageLoadError("decode", "UnidentifiedImage", f"{p}: not an image in an allowed format") from None
+        raise ImageLoadError("decode", "UnidentifiedImage", f"{name}: not an image in an allowed format") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated files raise OSError; bad headers SyntaxError
-        raise ImageLoadError("decode", type(e).__name__, f"{p}: {e}") from None
+        raise ImageLoadError("decode", type(e).__name__, f"{name}: {e}") from None
     except Exception as e:  # noqa: BLE001 — a plugin bug must cost one image, not the run
-        raise ImageLoadError("decode", type(e).__name__, f"{p}: {e}") from None
+        raise ImageLoadError("decode", type(e).__name__, f"{name}: {e}") from None
 
 
 def array_to_image(a: np.ndarray) -> Image.Image:

@@ -294,9 +294,11 @@ def check_where(pred: str) -> None:
             raise QueryError(f"--where may not call {fn}(); allowed: {', '.join(sorted(WHERE_FUNCTIONS - {'in', 'not', 'and', 'or', 'is', 'between'}))}")
 
 
-def select_ids(con, where: str | None, columns: str = "id", scope: str | None = None) -> list[tuple]:
+def select_ids(con, where: str | None, columns: str = "id", scope: str | None = None, limit: int | None = None,
+               offset: int = 0) -> list[tuple]:
     """Rows of `items` matching a user predicate `where` (checked; errors name it) within `scope`, a predicate of
-    our own (e.g. the parts a reader serves), with unknown columns and type errors turned into QueryError."""
+    our own (e.g. the parts a reader serves), with unknown columns and type errors turned into QueryError; in id
+    order, `limit` rows from `offset` when given."""
     import duckdb
 
     if where:
@@ -304,7 +306,8 @@ def select_ids(con, where: str | None, columns: str = "id", scope: str | None = 
     preds = [f"({p})" for p in (scope, where) if p]
     sql = f"SELECT {columns} FROM items" + (" WHERE " + " AND ".join(preds) if preds else "")
     try:
-        return con.execute(sql + " ORDER BY id").fetchall()
+        page = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
+        return con.execute(sql + " ORDER BY id" + page).fetchall()
     except duckdb.BinderException as e:
         m = re.search(r'column "?([^"\s]+)"? not found', str(e), re.I) or re.search(r'"([^"]+)"', str(e))
         cols = [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
