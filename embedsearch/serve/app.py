@@ -17,11 +17,12 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from importlib.metadata import version
+from typing import Annotated
 from urllib.parse import parse_qsl, urlencode
 
 import numpy as np
 
-from embedsearch.core.errors import EmbedsearchError, IndexStateError, QueryError
+from embedsearch.core.errors import IndexStateError, QueryError
 from embedsearch.query.search import iter_search, query_vectors
 from embedsearch.serve.snapshots import Registry, Snapshot
 
@@ -324,9 +325,10 @@ def create_app(registry: Registry, *, token: str | None = None, cors: str | None
                                 with_vector=body.with_vector, ids=body.ids, texts=body.texts, vectors=vectors))
 
     @app.get("/v1/indexes/{name}/search")
-    def search_get(name: str, id: list[int] = Query(default=[], description="item id(s)"),  # noqa: A002
-                   text: list[str] = Query(default=[]), k: int = K, offset: int = OFFSET,
-                   where: str | None = None, with_vector: bool = False):
+    def search_get(name: str, id: Annotated[list[int] | None, Query(description="item id(s)")] = None,  # noqa: A002
+                   text: Annotated[list[str] | None, Query(description="text query(ies)")] = None, k: int = K,
+                   offset: int = OFFSET, where: str | None = None, with_vector: bool = False):
+        id, text = id or [], text or []  # noqa: A001
         name, snap = snapshot(name)
         check_window(k, offset)
         check_count(len(id), "id")
@@ -337,9 +339,10 @@ def create_app(registry: Registry, *, token: str | None = None, cors: str | None
                                 field="id" if id else "text", ids=id, texts=text))
 
     @app.post("/v1/indexes/{name}/search/image")
-    async def search_image(name: str, image: list[UploadFile] = File(..., description="PNG, JPEG, WebP, …"),
-                           k: int = Form(10, ge=1, le=limits.max_k), offset: int = Form(0, ge=0),
-                           where: str | None = Form(None), with_vector: bool = Form(False)):
+    async def search_image(name: str, image: Annotated[list[UploadFile], File(description="PNG, JPEG, WebP, …")],
+                           k: Annotated[int, Form(ge=1, le=limits.max_k)] = 10,
+                           offset: Annotated[int, Form(ge=0)] = 0, where: Annotated[str | None, Form()] = None,
+                           with_vector: Annotated[bool, Form()] = False):
         from fastapi.concurrency import run_in_threadpool
 
         from embedsearch.sources.images import ImageLoadError, decode_image
@@ -470,6 +473,7 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 def serve(registry: Registry, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           cors: str | None = None, originals: bool = False, limits: Limits = Limits(), ready=None) -> None:
     """Bind, print the URL (port 0 picks a free one), and answer until SIGINT/SIGTERM."""
+    import signal
     import socket
 
     import uvicorn
@@ -492,4 +496,11 @@ def serve(registry: Registry, *, host: str = "127.0.0.1", port: int = 8000, toke
     if ready:
         ready(bound)
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    # uvicorn answers SIGINT/SIGTERM with a graceful shutdown, then re-raises the signal to the handler it found:
+    # a handler that only records it makes the stop a clean exit 0 (open requests finished, nothing to lose)
+    stops: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda n, _frame: stops.append(n))
     uvicorn.Server(config).run(sockets=[sock])
+    how = f" on {signal.Signals(stops[0]).name}" if stops else ""
+    print(f"embedsearch serve: stopped{how}", file=sys.stderr, flush=True)

@@ -21,7 +21,11 @@ function go(changes, push = true) {
 
 async function api(path, options) {
   const r = await fetch(path, Object.assign({credentials: "same-origin"}, options || {}));
-  const body = await r.json().catch(() => ({error: `HTTP ${r.status}`}));
+  let body;
+  try {  // item ids are int64 (hashes of paths): kept as their exact digits, beyond a JS number's 2^53
+    body = JSON.parse(await r.text(), (k, v, ctx) => (k === "id" && typeof v === "number" && ctx && ctx.source)
+      ? ctx.source : v);
+  } catch (e) { body = {error: `HTTP ${r.status}`}; }
   if (!r.ok) throw new Error(body.error || `HTTP ${r.status}`);
   return body;
 }
