@@ -192,6 +192,11 @@ def test_items_thumbnails_results_reports_and_listing(served):
     rep = httpx.get(f"{url}/v1/indexes/colors/reports/{d['reports'][0]}")
     assert rep.status_code == 200 and "<html" in rep.text
     assert httpx.get(f"{url}/v1/indexes/colors/items/{i7}/image").status_code == 403  # originals are off by default
+    spec = httpx.get(f"{url}/openapi.json").json()
+    assert {"/v1/indexes/{name}/search", "/v1/indexes/{name}/search/image", "/v1/indexes/{name}/items/{item_id}",
+            "/v1/indexes/{name}/results"} <= set(spec["paths"])
+    docs = httpx.get(f"{url}/docs").text  # served by the package: no CDN
+    assert "/v1/indexes/{name}/search/image" in docs and "http" not in docs.replace("/openapi.json", "")
     ix.close()
 
 
@@ -400,6 +405,16 @@ def test_page_in_headless_chromium_searches_from_the_url_and_clicks_more_like_th
             again = httpx.get(f"{url}/v1/indexes/colors/search",
                               params={"id": target, "k": 1, "where": "split = 'train'"}).json()
             assert first == again["results"][0]["hits"][0]["id"]
+            # an uploaded image (choose a file): its hits, the same as the API's for the same bytes
+            src = next((served["folder"] / "test" / "blue").iterdir())
+            page.set_input_files("#file", str(src))
+            page.wait_for_function("document.getElementById('title').textContent.startsWith('Like') && "
+                                   "document.body.dataset.state === 'ready'", timeout=30_000)
+            api = httpx.post(f"{url}/v1/indexes/colors/search/image", files={"image": (src.name, src.read_bytes())},
+                             data={"k": "24", "where": "split = 'train'"}).json()
+            cards = page.locator(".card")
+            assert [int(cards.nth(i).get_attribute("data-id")) for i in range(cards.count())] == \
+                [h["id"] for h in api["results"][0]["hits"]]
             shot = tmp_path / "serve-page.png"
             page.screenshot(path=str(shot))
             assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

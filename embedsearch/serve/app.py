@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import numpy as np
 
-from embedsearch.core.errors import IndexStateError, QueryError
+from embedsearch.core.errors import EmbedsearchError, IndexStateError, QueryError
 from embedsearch.query.search import iter_search, query_vectors
 from embedsearch.serve.snapshots import Registry, Snapshot
 
@@ -133,7 +133,7 @@ def create_app(registry: Registry, *, token: str | None = None, cors: str | None
     from pydantic import BaseModel, ConfigDict, Field
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    app = FastAPI(title="embedsearch", version=version("embedsearch"),
+    app = FastAPI(title="embedsearch", version=version("embedsearch"), docs_url=None, redoc_url=None,
                   description="Search and browse embedsearch indexes. Errors: `{\"error\": …, \"field\": …}`.")
 
     # -- errors: one line of JSON naming the field ------------------------------------------------------------
@@ -154,6 +154,15 @@ def create_app(registry: Registry, *, token: str | None = None, cors: str | None
     @app.exception_handler(StarletteHTTPException)
     async def _http(request, e):
         return _error_body(e.status_code, "path" if e.status_code == 404 else "request", str(e.detail))
+
+    @app.exception_handler(EmbedsearchError)
+    async def _state(request, e: EmbedsearchError):
+        # a snapshot whose files a repair replaced under it: the next request reopens the index
+        for served in registry.loaded():
+            served.recheck()
+        if isinstance(e, IndexStateError):
+            return _error_body(503, "name", f"{e} (retry: the index is changing)")
+        return _error_body(400, "request", str(e))
 
     @app.exception_handler(Exception)
     async def _unexpected(request, e: Exception):  # the server stays up; the log keeps the traceback
@@ -271,10 +280,12 @@ def create_app(registry: Registry, *, token: str | None = None, cors: str | None
 
     @app.get("/v1/health")
     def health():
+        """Liveness; needs no token."""
         return {"ok": True, "version": version("embedsearch")}
 
     @app.get("/v1/indexes")
     def list_indexes():
+        """The indexes served here, with their backbone, size and current snapshot."""
         out = []
         for name in registry.names():
             served = registry.get(name)
@@ -289,6 +300,7 @@ def create_app(registry: Registry, *, token: str | None = None, cors: str | None
 
     @app.get("/v1/indexes/{name}")
     def describe(name: str):
+        """One index: manifest info, catalog columns, classes, splits, reports, whether text queries work."""
         name, snap = snapshot(name)
         ix = snap.ix
         with snap.lock:
@@ -314,6 +326,7 @@ def create_app(registry: Registry, *, token: str | None = None, cors: str | None
 
     @app.post("/v1/indexes/{name}/search")
     def search_json(name: str, body: SearchBody):
+        """Search by ids, vectors or texts (JSON body)."""
         name, snap = snapshot(name)
         check_window(body.k, body.offset)
         for f in ("ids", "vectors", "texts"):
@@ -328,6 +341,7 @@ def create_app(registry: Registry, *, token: str | None = None, cors: str | None
     def search_get(name: str, id: Annotated[list[int] | None, Query(description="item id(s)")] = None,  # noqa: A002
                    text: Annotated[list[str] | None, Query(description="text query(ies)")] = None, k: int = K,
                    offset: int = OFFSET, where: str | None = None, with_vector: bool = False):
+        """Search by id(s) or text(s) (query string: shareable URLs)."""
         id, text = id or [], text or []  # noqa: A001
         name, snap = snapshot(name)
         check_window(k, offset)
@@ -343,6 +357,7 @@ def create_app(registry: Registry, *, token: str | None = None, cors: str | None
                            k: Annotated[int, Form(ge=1, le=limits.max_k)] = 10,
                            offset: Annotated[int, Form(ge=0)] = 0, where: Annotated[str | None, Form()] = None,
                            with_vector: Annotated[bool, Form()] = False):
+        """Search by uploaded image(s), embedded with the index's own backbone and preprocessing."""
         from fastapi.concurrency import run_in_threadpool
 
         from embedsearch.sources.images import ImageLoadError, decode_image
@@ -368,6 +383,7 @@ def create_app(registry: Registry, *, token: str | None = None, cors: str | None
     @app.get("/v1/indexes/{name}/items")
     def list_items(name: str, where: str | None = None, limit: int = Query(24, ge=1, le=limits.max_k),
                    offset: int = Query(0, ge=0)):
+        """Items in id order, optionally filtered by `where` (browsing)."""
         name, snap = snapshot(name)
         with snap.lock:
             try:
@@ -381,6 +397,7 @@ def create_app(registry: Registry, *, token: str | None = None, cors: str | None
 
     @app.get("/v1/indexes/{name}/items/{item_id}")
     def item(name: str, item_id: int, with_vector: bool = False):
+        """One item's catalog row (and its stored vector with `with_vector`)."""
         name, snap = snapshot(name)
         row = item_or_404(snap, item_id)
         out = {"index": name, "snapshot": snap.key, "item": {c: _finite(v) for c, v in row.items()}}
@@ -394,6 +411,7 @@ def create_app(registry: Registry, *, token: str | None = None, cors: str | None
     @app.get("/v1/indexes/{name}/items/{item_id}/thumbnail")
     def item_thumbnail(name: str, item_id: int, size: int = Query(112, ge=limits.thumbnail_sizes[0],
                                                                   le=limits.thumbnail_sizes[1])):
+        """The item's image as a PNG thumbnail, read through the dataset root and format allowlist."""
         from embedsearch.report.html import to_png
 
         name, snap = snapshot(name)
@@ -405,6 +423,7 @@ def create_app(registry: Registry, *, token: str | None = None, cors: str | None
 
     @app.get("/v1/indexes/{name}/items/{item_id}/image")
     def item_image(name: str, item_id: int):
+        """The item's full image as PNG (only with `--originals`)."""
         name, snap = snapshot(name)
         if not originals:
             raise ApiError(403, "id", "original images are not served: start the server with --originals")
@@ -418,6 +437,7 @@ def create_app(registry: Registry, *, token: str | None = None, cors: str | None
 
     @app.get("/v1/indexes/{name}/results")
     def results(name: str, method: str | None = None):
+        """Stored evaluation results (`method=` filters)."""
         name, snap = snapshot(name)
         sql = ("SELECT r.run_id, r.method, r.created, r.result FROM results r "
                + ("WHERE r.method = ? " if method else "") + "ORDER BY r.created, r.run_id")
@@ -429,6 +449,7 @@ def create_app(registry: Registry, *, token: str | None = None, cors: str | None
 
     @app.get("/v1/indexes/{name}/reports/{file}")
     def report(name: str, file: str):
+        """One HTML report of the index, by a name its reports folder lists."""
         name, snap = snapshot(name)
         if not REPORT_NAME.match(file) or file not in _reports(snap):
             raise ApiError(404, "file", f"no report {file!r} in index {name} (GET /v1/indexes/{name} lists them)")
@@ -436,6 +457,10 @@ def create_app(registry: Registry, *, token: str | None = None, cors: str | None
         if p.is_symlink() or not p.is_file():
             raise ApiError(404, "file", f"no report {file!r} in index {name}")
         return HTMLResponse(p.read_text(errors="replace"))
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return HTMLResponse(_docs_page(app.openapi()))
 
     # -- the page ------------------------------------------------------------------------------------------------
 
@@ -454,6 +479,28 @@ def create_app(registry: Registry, *, token: str | None = None, cors: str | None
         return Response(assets[file], media_type=kinds[file.rsplit(".", 1)[1]])
 
     return app
+
+
+def _docs_page(spec: dict) -> str:
+    """The OpenAPI description as one plain HTML page (FastAPI's own /docs loads Swagger UI from a CDN)."""
+    from html import escape
+
+    rows = []
+    for path, ops in spec.get("paths", {}).items():
+        for method, op in ops.items():
+            params = ", ".join(f"{p['name']} ({p['in']})" for p in op.get("parameters", []))
+            body = op.get("requestBody", {}).get("content", {})
+            if body:
+                params += ("; " if params else "") + "body: " + ", ".join(body)
+            what = (op.get("description") or op.get("summary", "")).splitlines()[0]
+            rows.append(f"<tr><td><b>{method.upper()}</b></td><td><code>{escape(path)}</code></td>"
+                        f"<td>{escape(what)}</td><td>{escape(params)}</td></tr>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(spec['info']['title'])} API</title>"
+            "<link rel='stylesheet' href='/static/style.css'></head><body>"
+            f"<h1>{escape(spec['info']['title'])} API {escape(spec['info']['version'])}</h1>"
+            f"<p>{escape(spec['info'].get('description', ''))} The machine-readable description: "
+            "<a href='/openapi.json'>/openapi.json</a>.</p><table><tr><th>method</th><th>path</th><th>what</th>"
+            f"<th>parameters</th></tr>{''.join(rows)}</table></body></html>")
 
 
 def _reports(snap: Snapshot) -> list[str]:

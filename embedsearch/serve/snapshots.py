@@ -63,6 +63,11 @@ class Served:
         self._stamp = _stamp(layout_dir / "manifest.json")
         self.current = Snapshot.open(layout_dir)
 
+    def recheck(self) -> None:
+        """Look at the manifest again on the next request, whatever the time since the last look."""
+        self._checked = 0.0
+        self._stamp = None
+
     def get(self) -> Snapshot:
         now = time.monotonic()
         if now - self._checked >= CHECK_EVERY_S and self._swap.acquire(blocking=False):
@@ -122,6 +127,9 @@ class Registry:
                 return None
             self._served[name] = s
             return s
+
+    def loaded(self) -> list[Served]:
+        return list(self._served.values())
 
     def get(self, name: str) -> Served | None:
         s = self._served.get(name)
