@@ -705,6 +705,179 @@ def verify(name, repair, root, fmt):
         sys.exit(1)
 
 
+def _sheet(ix, html_file, title, how, rows) -> None:
+    if html_file:
+        from pathlib import Path
+
+        from embedsearch.report.html import insight_sheet
+
+        Path(html_file).write_text(insight_sheet(ix, title, how, rows))
+        click.echo(f"contact sheet: {html_file}", err=True)
+
+
+def _cap(*parts) -> str:
+    import html
+
+    return "<br>".join(html.escape(str(p)) for p in parts if p is not None)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--where", help="Look for duplicates among these items only (default: all).")
+@click.option("--threshold", type=click.FloatRange(-1, 1), help="Cosine at or above which two items are duplicates "
+              "(default 0.95; see the printed similarity profile).")
+@click.option("--auto", is_flag=True, help="Threshold at the widest gap of the nearest-neighbour similarity profile.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), callback=_output_file,
+              help="Also write a contact sheet of the groups.")
+@root_option
+@output_options
+@_handle_errors
+def duplicates(name, where, threshold, auto, html_file, root, fmt):
+    """Near-duplicate items: every pair with cosine ≥ the threshold (exact search), grouped.
+
+    Stored in the catalog as dup_group (smallest id of the group) and dup_rank (0 for that item): search one item
+    per group with --where "coalesce(dup_rank, 0) = 0".
+
+    \b
+    Example:
+        embedsearch duplicates digits-pixels --threshold 0.99 --html dups.html
+    """
+    from embedsearch.evaluate.insight import find_duplicates
+    from embedsearch.reader import Index
+
+    if threshold is not None and auto:
+        raise click.UsageError("give --threshold or --auto, not both")
+    ix = Index.open(name, root)
+    d = find_duplicates(ix, where=where, threshold=threshold, auto=auto)
+    p = d["profile"]
+    click.echo(f"nearest-neighbour similarity of {p['sampled']} sampled items (seed {p['seed']}):", err=True)
+    for lo, hi, c in p["bins"]:
+        click.echo(f"  [{lo:.3f}, {hi:.3f})  {c:>6}  {'#' * min(60, c * 60 // max(1, p['sampled']))}", err=True)
+    click.echo(f"threshold {d['threshold']:.4f} ({d['threshold_how']}): {len(d['pairs'])} pairs in "
+               f"{len(d['groups'])} groups among {d['n']} items", err=True)
+    emit_rows(d["pairs"], fmt, columns=["a", "b", "similarity", "group", "a_label", "b_label", "a_split", "b_split"])
+    sims = {}
+    for pr in d["pairs"]:
+        sims[pr["b"]] = max(sims.get(pr["b"], -1), pr["similarity"])
+        sims[pr["a"]] = max(sims.get(pr["a"], -1), pr["similarity"])
+    _sheet(ix, html_file, f"{ix.name}: near-duplicates",
+           f"Groups of items with cosine ≥ {d['threshold']:.4f} ({d['threshold_how']}) among {d['n']} items "
+           f"({d['where'] or 'all'}); {d['how']}. Each card: id, label, split, its best similarity in the group.",
+           [[(i, _cap(f"id {i}", lab, sp, f"{sims.get(i, 0):.4f}")) for i, lab, sp in
+             zip(g["ids"], g["labels"], g["splits"], strict=True)] for g in d["groups"]])
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--train", "train_where", default="split = 'train'", show_default=True)
+@click.option("--test", "test_where", default="split = 'test'", show_default=True)
+@click.option("--threshold", type=click.FloatRange(-1, 1), help="Cosine at or above which a test item leaks "
+              "(default 0.95, as `eval` uses).")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), callback=_output_file,
+              help="Also write the pairs side by side.")
+@root_option
+@output_options
+@_handle_errors
+def leaks(name, train_where, test_where, threshold, html_file, root, fmt):
+    """Test items with a near-duplicate in train, each with its most similar train item.
+
+    Stored as leak_of / leak_sim on the test items: `eval --test "split = 'test' AND leak_of IS NULL"` evaluates
+    without them (eval also reports top-1 without leaks next to every accuracy).
+
+    \b
+    Example:
+        embedsearch leaks digits-pixels --html leaks.html
+    """
+    from embedsearch.evaluate.insight import find_leaks
+    from embedsearch.reader import Index
+
+    ix = Index.open(name, root)
+    d = find_leaks(ix, train=train_where, test=test_where, threshold=threshold)
+    click.echo(f"{d['n_leaks']} of {d['n_test']} test items ({100 * d['fraction']:.2f} %) have a train item with "
+               f"cosine ≥ {d['threshold']:g}", err=True)
+    emit_rows(d["leaks"], fmt, columns=["test_id", "train_id", "similarity", "test_label", "train_label",
+                                        "test_path", "train_path"])
+    _sheet(ix, html_file, f"{ix.name}: train/test leaks",
+           f"Test items ({test_where}) whose most similar train item ({train_where}) has cosine ≥ {d['threshold']:g}; "
+           f"{d['how']}.",
+           [[(r["test_id"], _cap(f"test {r['test_id']}", r["test_label"])),
+             (r["train_id"], _cap(f"train {r['train_id']}", r["train_label"], f"{r['similarity']:.4f}"))]
+            for r in d["leaks"]])
+
+
+@cli.command("label-issues")
+@click.argument("name")
+@click.option("--where", help="Labelled items to score (default: every labelled item).")
+@click.option("--methods", default="knn,linear", show_default=True, help="Out-of-fold models: knn, linear or both.")
+@click.option("--folds", type=click.IntRange(2), default=5, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-n", "top", type=click.IntRange(1), default=50, show_default=True, help="Rows to print.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), callback=_output_file,
+              help="Also write a contact sheet of the top rows.")
+@root_option
+@output_options
+@_handle_errors
+def label_issues(name, where, methods, folds, seed, top, html_file, root, fmt):
+    """Likely label errors: items whose out-of-fold predictions disagree with their label, most likely first.
+
+    Each item is scored by models that never saw its label (seeded stratified folds): score = 1 − p(given label).
+    Stored as label_issue and suggested_label for every scored item.
+
+    \b
+    Example:
+        embedsearch label-issues digits-pixels -n 20 --html issues.html
+    """
+    from embedsearch.evaluate.insight import find_label_issues
+    from embedsearch.reader import Index
+
+    chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
+    bad = [m for m in chosen if m not in ("knn", "linear")]
+    if bad or not chosen:
+        raise click.BadParameter(f"unknown method {bad[0] if bad else methods!r}: use knn, linear or knn,linear",
+                                 param_hint="--methods")
+    ix = Index.open(name, root)
+    d = find_label_issues(ix, where=where, methods=chosen, n_folds=folds, seed=seed)
+    click.echo(f"scored {d['n']} labelled items out-of-fold ({', '.join(d['methods'])}; {d['folds']} stratified "
+               f"folds, seed {d['seed']}); {d['score']}", err=True)
+    rows = d["issues"][:top]
+    emit_rows(rows, fmt, columns=["rank", "id", "label", "suggested", "score", "p_label", "p_suggested", "split",
+                                  "path"])
+    _sheet(ix, html_file, f"{ix.name}: likely label errors",
+           f"The {len(rows)} highest-scoring of {d['n']} labelled items; {d['score']}; models: {d['methods']}, "
+           f"{d['folds']} folds, seed {d['seed']}.",
+           [[(r["id"], _cap(f"#{r['rank']} id {r['id']}", f"given {r['label']}", f"suggested {r['suggested']}",
+                            f"score {r['score']:.3f}"))] for r in rows])
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--where", help="Items to rank (default: all); neighbours are searched among them.")
+@click.option("-k", type=click.IntRange(1), default=10, show_default=True, help="Which neighbour's distance.")
+@click.option("-n", "top", type=click.IntRange(1), default=50, show_default=True, help="Rows to print.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), callback=_output_file,
+              help="Also write a contact sheet of the top rows.")
+@root_option
+@output_options
+@_handle_errors
+def outliers(name, where, k, top, html_file, root, fmt):
+    """Items far from everything: ranked by 1 − cosine to their k-th nearest neighbour. Stored as outlier.
+
+    \b
+    Example:
+        embedsearch outliers digits-pixels -n 20 --html outliers.html
+    """
+    from embedsearch.evaluate.insight import find_outliers
+    from embedsearch.reader import Index
+
+    ix = Index.open(name, root)
+    d = find_outliers(ix, where=where, k=k)
+    rows = d["outliers"][:top]
+    emit_rows(rows, fmt, columns=["rank", "id", "score", "label", "split", "path"])
+    _sheet(ix, html_file, f"{ix.name}: outliers", f"The {len(rows)} most isolated of {d['n']} items; {d['how']}, "
+           f"k = {d['k']}.", [[(r["id"], _cap(f"#{r['rank']} id {r['id']}", r["label"], f"{r['score']:.4f}"))]
+                              for r in rows])
+
+
 @cli.command()
 @click.argument("names", nargs=-1)
 @click.option("--host", default="127.0.0.1", show_default=True,

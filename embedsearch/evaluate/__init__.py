@@ -157,6 +157,7 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
     if len(overlap):
         raise EvalError(f"train and test selections share {len(overlap)} items (e.g. id {overlap[0]}): "
                         "make --train and --test disjoint")
+    leaked, leaks = _leaks(tr_ids, xtr, te_ids, xte)
     in_train = np.bincount(ytr, minlength=C) > 0
     unseen = np.bincount(yte[~in_train[yte]], minlength=C)
     if unseen.any():
@@ -180,7 +181,8 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
             "space": ix.manifest.space.to_dict(), "seed": seed,
             "train": {"where": train, "n": int(len(ytr)), "n_classes": int(len(np.unique(ytr)))},
             "test": {"where": test, "n": int(len(yte)), "n_classes": int(len(np.unique(yte))),
-                     "classes_without_train": {classes[c]: int(unseen[c]) for c in np.flatnonzero(unseen)}},
+                     "classes_without_train": {classes[c]: int(unseen[c]) for c in np.flatnonzero(unseen)},
+                     "leaks": leaks},
             "classes": classes}
     trainset = TrainSet(xtr, ytr, tr_ids, C, seed)
 
@@ -188,6 +190,9 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
         params = {**f.params, **{name: {k: n / len(yte) for k, n in t.items()} for name, t in tallies.items()}}
         metrics, pred = report_from_predictions(yte, pred, hits, classes, seed=seed)
         per_class, confusion = metrics.pop("per_class"), metrics.pop("confusion")
+        clean = ~leaked
+        metrics["without_leaks"] = {"top1": float((pred[clean] == yte[clean]).mean()) if clean.any() else None,
+                                    "n": int(clean.sum()), "removed": int(leaked.sum())}
         run.results.append(EvalResult({
             **base, "method": f.method, "variant": f.variant, "params": params, "metrics": metrics,
             "per_class": per_class, "confusion": confusion,
@@ -241,6 +246,29 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
         for j, (f, (secs, pred, hits, tallies)) in enumerate(zip(scored, outcomes, strict=True)):
             add(f, fit_s + secs, pred, hits, tallies, {"key": keys[name], "variants": len(scored), "position": j})
     return run
+
+
+LEAK_WARN_FRACTION = 0.01
+
+
+def _leaks(tr_ids, xtr, te_ids, xte) -> tuple[np.ndarray, dict]:
+    """Test items with a near-duplicate in train (cosine ≥ the duplicates default, exact float32 search): a mask
+    over test and the record every result carries. Accuracy without them is reported next to every accuracy."""
+    from embedsearch.evaluate.insight import DUP_THRESHOLD, nearest_in
+
+    i, j, s = nearest_in(xte, xtr, DUP_THRESHOLD, desc="eval: train/test leaks")
+    leaked = np.zeros(len(te_ids), bool)
+    leaked[i] = True
+    frac = float(leaked.mean()) if len(leaked) else 0.0
+    if frac > LEAK_WARN_FRACTION:
+        log.warning("%d of %d test items (%.1f %%) have a near-duplicate in train (cosine ≥ %g, e.g. test id %d ~ "
+                    "train id %d): accuracies are also reported without them; `embedsearch leaks` lists them",
+                    int(leaked.sum()), len(leaked), 100 * frac, DUP_THRESHOLD, int(te_ids[i[0]]), int(tr_ids[j[0]]))
+    return leaked, {"threshold": DUP_THRESHOLD, "n": int(leaked.sum()), "fraction": round(frac, 6),
+                    "how": "test items whose most similar train item has cosine ≥ threshold (exact float32 search "
+                           "of L2-normalized vectors)",
+                    "examples": [[int(te_ids[a]), int(tr_ids[b]), round(float(c), 6)]
+                                 for a, b, c in list(zip(i, j, s, strict=True))[:20]]}
 
 
 def _setting(ix, tr_ids, ytr, te_ids, yte, seed: int, ctx: Context) -> dict:

@@ -306,3 +306,19 @@ def contact_sheet(ix, rows: list[dict], query_images: dict[str, str] | None = No
     if current is not None:
         body.append("</div>")
     return page(f"{ix.name}: search", "".join(body))
+
+
+def insight_sheet(ix, title: str, how: str, rows: list[list[tuple[int, str]]], limit: int = 200) -> str:
+    """A contact sheet of item rows (duplicate groups, leak pairs, label issues, outliers): each row a list of
+    (item id, caption) cards with thumbnails; `how` says how the rows were found (method, threshold, seed)."""
+    thumbs = Thumbnails(ix)
+    shown = rows[:limit]
+    ids = sorted({i for r in shown for i, _ in r})
+    meta = ix.items_by_id(ids, "id, path")
+    body = [f"<p>{html.escape(how)}</p>",
+            f"<p class='muted'>{len(rows)} rows{f', the first {limit} shown' if len(rows) > limit else ''}.</p>"]
+    for r in shown:
+        cards = [f"<div class='card'>{_img(thumbs.for_id(i, meta.get(i, {}).get('path')), str(i))}<br>"
+                 f"{cap}</div>" for i, cap in r]
+        body.append("<div class='row'>" + "".join(cards) + "</div>")
+    return page(title, "".join(body))

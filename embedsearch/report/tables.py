@@ -36,17 +36,25 @@ def markdown_run(run, ix) -> str:
         if t.get("reused_from"):
             lines.append(f"- {t['method']}: reused from run {t['reused_from']}, committed for the same index "
                          "snapshot, selections, seed and parameters (`eval --fresh` recomputes)")
+    lk = r0["test"].get("leaks")
+    if lk is not None:
+        lines.append(f"- leaks: {lk['n']} of {r0['test']['n']} test items ({100 * lk['fraction']:.2f} %) have a "
+                     f"near-duplicate in train (cosine ≥ {lk['threshold']:g}, exact search); \"w/o leaks\" is top-1 "
+                     "on the other test items" + (" — over 1 %: check them with `embedsearch leaks`"
+                                                   if lk["fraction"] > 0.01 else "") + ".")
     lines += [f"- top-k: {TOPK_RULE}.", "",
-              "| method | variant | top-1 % [95 % CI] | top-5 % | balanced acc. % | macro F1 % | parameters |",
-              "|---|---|---|---|---|---|---|"]
+              "| method | variant | top-1 % [95 % CI] | top-1 % w/o leaks | top-5 % | balanced acc. % | macro F1 % "
+              "| parameters |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in run.results:
         d = r.data
         m = d.get("metrics") or {}
         if d["method"] == "fewshot":
             continue
         ci = m.get("ci95", {}).get("top1")
+        wl = m.get("without_leaks") or {}
         lines.append(f"| {d['method']} | {d['variant']} | {_pct(m.get('top1'))} [{_pct(ci[0])}, {_pct(ci[1])}] | "
-                     f"{_pct(m.get('top5'))} | {_pct(m.get('balanced_accuracy'))} | {_pct(m.get('macro_f1'))} | "
+                     f"{_pct(wl.get('top1'))} | {_pct(m.get('top5'))} | {_pct(m.get('balanced_accuracy'))} | {_pct(m.get('macro_f1'))} | "
                      f"{_params_md(d)} |")
     chosen = [(r.data["variant"], r.data["params"]["selection"]) for r in run.results
               if "selection" in r.data.get("params", {})]

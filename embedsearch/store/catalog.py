@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 from embedsearch.core.errors import IndexStateError, QueryError
 from embedsearch.core.files import crash_point
 
@@ -198,6 +200,23 @@ class Catalog:
             con.execute("INSERT INTO runs VALUES (?, ?, to_timestamp(?), to_timestamp(?), ?, ?, ?)",
                         [run_id, kind, started, finished, status, json.dumps(config, default=str),
                          json.dumps(summary, default=str)])
+
+    def set_columns(self, ids: np.ndarray, columns: dict[str, tuple[str, list]]) -> None:
+        """Derived per-item columns (`duplicates`, `leaks`, `label-issues`, `outliers`) in one transaction: each
+        column is added to `items` when missing, and set for `ids` (None → NULL), so `sql` and `--where` see it.
+        Column names and types come from embedsearch, never from a user."""
+        import pyarrow as pa
+
+        for c in columns:
+            if not re.fullmatch(r"[a-z_]+", c):
+                raise ValueError(c)
+        upd = pa.table({"id": pa.array(np.asarray(ids, np.int64)),  # noqa: F841 — used in SQL
+                        **{c: pa.array(v) for c, (_, v) in columns.items()}})
+        with self.write() as con:
+            for c, (t, _) in columns.items():
+                con.execute(f"ALTER TABLE items ADD COLUMN IF NOT EXISTS {c} {t}")
+            sets = ", ".join(f"{c} = CAST(upd.{c} AS {t})" for c, (t, _) in columns.items())
+            con.execute(f"UPDATE items SET {sets} FROM upd WHERE items.id = upd.id")
 
     def add_result(self, run_id: str, method: str, schema_version: int, result: dict) -> None:
         with self.write() as con:

@@ -1,0 +1,326 @@
+"""What the data itself hides, from the vectors and labels already in the index: near-duplicates, train/test leaks,
+likely label errors and outliers.
+
+All of it is exact (no approximate index): similarities are float32 dot products of L2-normalized vectors, computed a
+tile at a time so memory stays bounded at millions of vectors. Each finder returns plain arrays; `commit` stores the
+results as columns of the catalog's `items` table, so `sql` and every `--where` can use them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from embedsearch.core import progress
+from embedsearch.core.vectors import l2_normalize
+
+# The default near-duplicate threshold (cosine). Chosen on a generated calibration set (`scripts/bench_insight.py
+# --calibrate`, seed 1) of planted copies, JPEG re-encodes, crops, shifts, colour jitter and resizes among distinct
+# images, embedded with `pixels:16`; the tests check recall and precision on a set drawn with another seed.
+DUP_THRESHOLD = 0.95
+TILE_ROWS = 2048  # query rows per tile
+TILE_COLS = 32768  # bank rows per tile: a 2048 × 32768 float32 tile of similarities is 256 MiB
+
+
+def similar_pairs(a: np.ndarray, b: np.ndarray | None = None, threshold: float = DUP_THRESHOLD,
+                  desc: str = "duplicates") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair with cosine ≥ threshold, as (positions in a, positions in b, similarities).
+
+    b None: pairs within a, each once (i < j), only the upper triangle of tiles computed. Otherwise all (i, j) from
+    a × b. Exact float32: one matrix product per tile, then a threshold."""
+    an = l2_normalize(a)
+    bn = an if b is None else l2_normalize(b)
+    rows, cols, sims = [], [], []
+    with progress.bar(len(an), desc, unit="item") as bar:
+        for r0 in range(0, len(an), TILE_ROWS):
+            qa = an[r0:r0 + TILE_ROWS]
+            start = r0 if b is None else 0  # the self join skips tiles below the diagonal
+            for c0 in range(start, len(bn), TILE_COLS):
+                s = qa @ bn[c0:c0 + TILE_COLS].T
+                i, j = np.nonzero(s >= threshold)
+                if b is None:
+                    keep = (j + c0) > (i + r0)
+                    i, j = i[keep], j[keep]
+                rows.append(i + r0)
+                cols.append(j + c0)
+                sims.append(s[i, j])
+            bar.update(len(qa))
+    def cat(xs, t):
+        return np.concatenate(xs).astype(t) if xs else np.zeros(0, t)
+
+    return cat(rows, np.int64), cat(cols, np.int64), cat(sims, np.float32)
+
+
+def groups(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Connected components of the pair graph over n items: a group number per item, -1 for items in no pair."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    g = coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n))
+    _, comp = connected_components(g, directed=False)
+    in_pair = np.zeros(n, bool)
+    in_pair[i] = in_pair[j] = True
+    return np.where(in_pair, comp, -1)
+
+
+def similarity_histogram(a: np.ndarray, n_sample: int = 2000, seed: int = 0, bins=None) -> dict:
+    """Each sampled item's highest similarity to another item (nearest neighbour), binned: where a gap between
+    'distinct' and 'copies' shows, the threshold goes."""
+    from embedsearch.evaluate.methods.knn import Bank, faiss_topk
+
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(a), min(n_sample, len(a)), replace=False))
+    bank = Bank(a)
+    s, i = faiss_topk(bank, bank.rows(pick), 2, desc="duplicates: similarity profile")
+    nn = np.where(i[:, 0] == pick, s[:, 1], s[:, 0])
+    edges = np.asarray(bins if bins is not None else [-1, 0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99,
+                                                      0.995, 0.999, 1.0001])
+    counts, _ = np.histogram(nn, edges)
+    return {"sampled": len(pick), "seed": seed, "nearest_similarity": nn,
+            "bins": [(float(lo), float(hi), int(c)) for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True)]}
+
+
+def auto_threshold(nn: np.ndarray, floor: float = 0.9) -> float:
+    """A threshold from the nearest-neighbour similarity profile: the middle of the widest gap between sorted
+    values above `floor` (copies sit near 1, distinct items below), else the default."""
+    v = np.sort(nn[nn >= floor])
+    if len(v) < 2:
+        return DUP_THRESHOLD
+    gaps = np.diff(v)
+    g = int(np.argmax(gaps))
+    return float((v[g] + v[g + 1]) / 2) if gaps[g] > 0.01 else DUP_THRESHOLD
+
+
+def nearest_in(q: np.ndarray, bank: np.ndarray, threshold: float, desc: str = "leaks") -> tuple[np.ndarray, ...]:
+    """For each row of q, its most similar row of bank if that similarity ≥ threshold: (q positions, bank
+    positions, similarities), one entry per q row that has one."""
+    i, j, s = similar_pairs(q, bank, threshold, desc=desc)
+    if not len(i):
+        return i, j, s
+    o = np.lexsort((j, -s, i))  # per query: highest similarity first, then lower bank position
+    i, j, s = i[o], j[o], s[o]
+    first = np.r_[True, i[1:] != i[:-1]]
+    return i[first], j[first], s[first]
+
+
+def outlier_scores(x: np.ndarray, k: int = 10) -> np.ndarray:
+    """1 − cosine to the k-th nearest other item: high for items far from everything."""
+    from embedsearch.evaluate.methods.knn import Bank, faiss_topk
+
+    bank = Bank(x)
+    k = min(k, len(x) - 1)
+    q = bank.whole if bank.whole is not None else l2_normalize(x)
+    s, i = faiss_topk(bank, q, k + 1, desc="outliers: neighbours")
+    keep = i != np.arange(len(x))[:, None]  # drop the item itself…
+    keep[keep.all(axis=1), -1] = False  # …or, where an exact copy outranked it, the last entry
+    return (1.0 - s[keep].reshape(len(x), k)[:, k - 1]).astype(np.float64)
+
+
+# --------------------------------------------------------------------------------------------- label issues
+
+
+@dataclass
+class OutOfFold:
+    probs: np.ndarray  # (n, classes): each row predicted by models that never saw that item's label
+    folds: np.ndarray  # fold of each item
+    params: dict
+
+
+def stratified_folds(y: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    """Fold number per item: within each class a seeded permutation, dealt round-robin (every fold gets its share
+    of every class with enough items)."""
+    rng = np.random.default_rng(seed)
+    folds = np.empty(len(y), np.int64)
+    offset = 0
+    for c in np.unique(y):
+        pos = np.flatnonzero(y == c)
+        folds[rng.permutation(pos)] = (np.arange(len(pos)) + offset) % n_folds
+        offset += len(pos)  # classes smaller than n_folds do not all land in fold 0
+    return folds
+
+
+def out_of_fold(x: np.ndarray, y: np.ndarray, n_classes: int, methods=("knn", "linear"), n_folds: int = 5,
+                seed: int = 0, k: int = 20, T: float = 0.07, folds: np.ndarray | None = None) -> OutOfFold:
+    """Out-of-fold class probabilities: for each fold, kNN (weighted vote over the other folds' items) and/or the
+    linear probe (fitted on the other folds, C chosen on a held-out part of them), averaged. An item's own label is
+    never used to score it. `folds`: a fold number per item instead of the seeded stratified ones."""
+    from embedsearch.evaluate.methods.knn import Bank, faiss_topk, knn_scores
+    from embedsearch.evaluate.methods.linear import linear_probe
+
+    folds = stratified_folds(y, n_folds, seed) if folds is None else np.asarray(folds)
+    n_folds = int(folds.max()) + 1
+    out = {m: np.zeros((len(x), n_classes)) for m in methods}
+    Cs = []
+    with progress.bar(n_folds * len(methods), "label issues: out-of-fold", unit="fit") as bar:
+        for f in range(n_folds):
+            te, tr = np.flatnonzero(folds == f), np.flatnonzero(folds != f)
+            if "knn" in methods:
+                bank = Bank(x[tr])
+                s, i = faiss_topk(bank, l2_normalize(x[te]), k, desc=f"label issues: kNN fold {f + 1}")
+                out["knn"][te] = knn_scores(s, y[tr][i], min(k, len(tr)), n_classes, T)
+                bar.update()
+            if "linear" in methods:
+                predict, params, _ = linear_probe(x[tr], y[tr], n_classes, seed=seed)
+                z = predict(x[te])
+                z = np.exp(z - z.max(axis=1, keepdims=True))
+                out["linear"][te] = z / z.sum(axis=1, keepdims=True)
+                Cs.append(params["C"])
+                bar.update()
+    probs = sum(out.values()) / len(out)
+    params = {"methods": list(methods), "folds": n_folds, "stratified": True, "seed": seed,
+              "knn": {"k": k, "T": T} if "knn" in methods else None,
+              "linear_C_per_fold": Cs or None,
+              "combination": "mean of the methods' probabilities" if len(out) > 1 else "one method"}
+    return OutOfFold(probs=probs, folds=folds, params=params)
+
+
+def label_issue_scores(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(score, suggested class) per item: score = 1 − p(given label), cleanlab's 'self-confidence' ranking
+    reversed (higher = more likely mislabelled); suggestion = the most probable class."""
+    return 1.0 - probs[np.arange(len(y)), y], probs.argmax(axis=1)
+
+
+# --------------------------------------------------------------------------------------------- on an index
+
+
+def _load(ix, where: str | None, what: str, labelled: bool = False):
+    from embedsearch.core.errors import EvalError
+
+    sel = ix.select(where)
+    if labelled:
+        keep = sel["class_index"] >= 0
+        sel = {k: v[keep] for k, v in sel.items()}
+    if len(sel["id"]) < 2:
+        raise EvalError(f"{what}: `{where or 'all items'}` selects {len(sel['id'])} "
+                        f"{'labelled ' if labelled else ''}items; it needs at least 2")
+    return sel, ix.vectors(sel["id"])
+
+
+def _commit(ix, kind: str, ids: np.ndarray, columns: dict, config: dict) -> str:
+    """Store the columns in the catalog and record the run (kind `insight:KIND`, its parameters)."""
+    import time
+    import uuid
+
+    from embedsearch.store.catalog import Catalog
+
+    run_id = uuid.uuid4().hex[:12]
+    t = time.time()
+    cat = Catalog(ix.layout.catalog)
+    cat.set_columns(ids, columns)
+    cat.add_run(run_id, f"insight:{kind}", t, t, "complete", config, {"columns": list(columns)})
+    return run_id
+
+
+def find_duplicates(ix, where: str | None = None, threshold: float | None = None, auto: bool = False,
+                    commit: bool = True, seed: int = 0) -> dict:
+    """Groups of near-duplicate items among `where` (cosine ≥ threshold), every pair with its similarity.
+
+    Stored as `dup_group` (the smallest id of the item's group) and `dup_rank` (0 for that item, 1, 2, … for the
+    others in id order; NULL outside any group): `--where "coalesce(dup_rank, 0) = 0"` keeps one item per group."""
+    sel, x = _load(ix, where, "duplicates")
+    profile = similarity_histogram(x, seed=seed)
+    how = "given" if threshold is not None else "auto: widest gap in the nearest-neighbour profile" if auto \
+        else "default"
+    thr = threshold if threshold is not None else auto_threshold(profile["nearest_similarity"]) if auto \
+        else DUP_THRESHOLD
+    i, j, s = similar_pairs(x, None, thr)
+    comp = groups(len(x), i, j)
+    ids = sel["id"]
+    group_id = np.full(len(x), -1, np.int64)
+    rank = np.full(len(x), -1, np.int64)
+    out_groups = []
+    if (comp >= 0).any():
+        members = np.flatnonzero(comp >= 0)
+        order = members[np.lexsort((ids[members], comp[members]))]
+        starts = np.r_[0, np.flatnonzero(np.diff(comp[order])) + 1, len(order)]
+        for a, b in zip(starts[:-1], starts[1:], strict=True):
+            g = order[a:b]
+            group_id[g] = ids[g[0]]
+            rank[g] = np.arange(len(g))
+            out_groups.append({"group": int(ids[g[0]]), "size": len(g), "ids": ids[g].tolist(),
+                               "labels": sel["label"][g].tolist(), "splits": sel["split"][g].tolist()})
+    pairs = [{"a": int(ids[a]), "b": int(ids[b]), "similarity": round(float(c), 6), "a_label": sel["label"][a],
+              "b_label": sel["label"][b], "a_split": sel["split"][a], "b_split": sel["split"][b],
+              "group": int(group_id[a])} for a, b, c in zip(i, j, s, strict=True)]
+    pairs.sort(key=lambda p: (-p["similarity"], p["a"], p["b"]))
+    config = {"where": where, "threshold": thr, "threshold_how": how, "n": len(ids),
+              "how": "exact float32 cosine of L2-normalized vectors, every pair; groups are connected components"}
+    run_id = None
+    if commit:
+        run_id = _commit(ix, "duplicates", ids, {
+            "dup_group": ("BIGINT", [None if g < 0 else int(g) for g in group_id]),
+            "dup_rank": ("INTEGER", [None if r < 0 else int(r) for r in rank])}, config)
+    return {**config, "run_id": run_id, "pairs": pairs, "groups": sorted(out_groups, key=lambda g: -g["size"]),
+            "profile": {k: v for k, v in profile.items() if k != "nearest_similarity"}}
+
+
+def find_leaks(ix, train: str = "split = 'train'", test: str = "split = 'test'", threshold: float | None = None,
+               commit: bool = True) -> dict:
+    """Test items with a near-duplicate in train: each with its most similar train item. Stored as `leak_of` (that
+    train id) and `leak_sim` on the test items (NULL when none)."""
+    from embedsearch.core.errors import EvalError
+
+    tr, xtr = _load(ix, train, "leaks (train)")
+    te, xte = _load(ix, test, "leaks (test)")
+    both = np.intersect1d(tr["id"], te["id"])
+    if len(both):
+        raise EvalError(f"--train and --test share {len(both)} items (e.g. id {both[0]}): make them disjoint")
+    thr = DUP_THRESHOLD if threshold is None else threshold
+    i, j, s = nearest_in(xte, xtr, thr)
+    rows = [{"test_id": int(te["id"][a]), "train_id": int(tr["id"][b]), "similarity": round(float(c), 6),
+             "test_label": te["label"][a], "train_label": tr["label"][b],
+             "test_path": te["path"][a], "train_path": tr["path"][b]} for a, b, c in zip(i, j, s, strict=True)]
+    rows.sort(key=lambda r: (-r["similarity"], r["test_id"]))
+    config = {"train": train, "test": test, "threshold": thr, "n_train": len(tr["id"]), "n_test": len(te["id"]),
+              "n_leaks": len(rows), "fraction": round(len(rows) / len(te["id"]), 6),
+              "how": "for each test item its most similar train item, kept when cosine ≥ threshold (exact float32)"}
+    run_id = None
+    if commit:
+        leak_of = np.full(len(te["id"]), None, object)
+        leak_sim = np.full(len(te["id"]), None, object)
+        leak_of[i], leak_sim[i] = tr["id"][j].tolist(), s.astype(float).tolist()
+        run_id = _commit(ix, "leaks", te["id"], {"leak_of": ("BIGINT", leak_of.tolist()),
+                                                 "leak_sim": ("DOUBLE", leak_sim.tolist())}, config)
+    return {**config, "run_id": run_id, "leaks": rows}
+
+
+def find_label_issues(ix, where: str | None = None, methods=("knn", "linear"), n_folds: int = 5, seed: int = 0,
+                      commit: bool = True) -> dict:
+    """Labelled items ranked by how unlikely their label is under out-of-fold predictions (`out_of_fold`).
+    Stored as `label_issue` (score: 1 − p(given label)) and `suggested_label` (the most probable class)."""
+    sel, x = _load(ix, where, "label issues", labelled=True)
+    classes = ix.classes()
+    y = sel["class_index"]
+    oof = out_of_fold(x, y, len(classes), methods=tuple(methods), n_folds=n_folds, seed=seed)
+    score, sugg = label_issue_scores(oof.probs, y)
+    order = np.lexsort((sel["id"], -score))
+    rows = [{"rank": r + 1, "id": int(sel["id"][p]), "label": sel["label"][p], "suggested": classes[sugg[p]],
+             "score": round(float(score[p]), 6), "p_label": round(float(1 - score[p]), 6),
+             "p_suggested": round(float(oof.probs[p, sugg[p]]), 6), "split": sel["split"][p], "path": sel["path"][p]}
+            for r, p in enumerate(order)]
+    config = {"where": where, "n": len(y), **oof.params,
+              "score": "1 − out-of-fold p(given label) (cleanlab's self-confidence, reversed: higher = more likely "
+                       "mislabelled)"}
+    run_id = None
+    if commit:
+        run_id = _commit(ix, "label-issues", sel["id"], {
+            "label_issue": ("DOUBLE", score.astype(float).tolist()),
+            "suggested_label": ("VARCHAR", [classes[c] for c in sugg])}, config)
+    return {**config, "run_id": run_id, "issues": rows, "probs": oof.probs, "ids": sel["id"], "labels": y}
+
+
+def find_outliers(ix, where: str | None = None, k: int = 10, commit: bool = True) -> dict:
+    """Items ranked by 1 − cosine to their k-th nearest other item among `where` (uniqueness). Stored as
+    `outlier`."""
+    sel, x = _load(ix, where, "outliers")
+    score = outlier_scores(x, k)
+    order = np.lexsort((sel["id"], -score))
+    rows = [{"rank": r + 1, "id": int(sel["id"][p]), "score": round(float(score[p]), 6), "label": sel["label"][p],
+             "split": sel["split"][p], "path": sel["path"][p]} for r, p in enumerate(order)]
+    config = {"where": where, "k": min(k, len(x) - 1), "n": len(x),
+              "how": "1 − cosine to the k-th nearest other item (exact float32 search)"}
+    run_id = None
+    if commit:
+        run_id = _commit(ix, "outliers", sel["id"], {"outlier": ("DOUBLE", score.astype(float).tolist())}, config)
+    return {**config, "run_id": run_id, "outliers": rows}

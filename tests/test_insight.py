@@ -1,0 +1,264 @@
+"""Dataset insight: planted near-duplicates and leaks, flipped labels, planted outliers; stored catalog columns."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance
+
+from embedsearch.build import BuildConfig, build_index
+from embedsearch.evaluate import insight as I
+from embedsearch.reader import Index
+from embedsearch.sources.datasets import open_source
+
+# The backbone stand-in: a colour thumbnail with each channel's mean removed (an average-hash-like descriptor), a
+# user model loaded through `py:` like any other. Like a pretrained backbone, and unlike raw pixels, it scores two
+# unrelated images low and an image and its small edits high.
+STANDIN = '''
+import torch.nn.functional as F
+from torch import nn
+
+
+class Thumb(nn.Module):
+    def forward(self, x):
+        t = F.adaptive_avg_pool2d(x, 8)
+        return (t - t.mean(dim=(2, 3), keepdim=True)).flatten(1)
+
+
+def make():
+    return Thumb()
+'''
+
+KINDS = ("copy", "jpeg", "crop", "shift", "jitter", "resize")
+
+
+def _blobs(rng, size=64) -> Image.Image:
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = np.ones((size, size, 3)) * rng.uniform(0, 1, 3)
+    for _ in range(rng.integers(3, 7)):
+        cx, cy, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.08, 0.3)
+        w = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))[..., None]
+        img = img * (1 - w) + w * rng.uniform(0, 1, 3)
+    return Image.fromarray((img * 255).astype(np.uint8))
+
+
+def _variant(img: Image.Image, kind: str) -> Image.Image:
+    w, h = img.size
+    if kind == "crop":  # 5 % off each side, resized back
+        return img.crop((3, 3, w - 3, h - 3)).resize((w, h), Image.BILINEAR)
+    if kind == "shift":
+        return Image.fromarray(np.roll(np.asarray(img), (2, 1), (0, 1)))
+    if kind == "jitter":
+        return ImageEnhance.Contrast(ImageEnhance.Brightness(img).enhance(1.1)).enhance(0.9)
+    if kind == "resize":
+        return img.resize((w * 3 // 2, h * 3 // 2), Image.BICUBIC)
+    raise ValueError(kind)
+
+
+def planted_set(root: Path, seed: int, n_base: int = 240, n_planted: int = 60):
+    """root/{train,test}/{a,b,c}/*.png: distinct images, plus `n_planted` near-duplicates of known kinds, half in the
+    same split as their original, half in the other; two noise images as outliers. Returns the planted pairs as
+    (original path, copy path, kind) and the outliers' paths."""
+    rng = np.random.default_rng(seed)
+    paths, planted = [], []
+    for b in range(n_base):
+        split = "train" if b % 4 else "test"
+        p = root / split / "abc"[b % 3] / f"base{b:04d}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        _blobs(rng).save(p)
+        paths.append(p)
+    for n in range(n_planted):
+        src = paths[n * (n_base // n_planted)]
+        kind = KINDS[n % len(KINDS)]
+        split = src.parts[-3] if n % 2 == 0 else ("test" if src.parts[-3] == "train" else "train")
+        dst = root / split / src.parts[-2] / f"dup{n:03d}_{kind}.{'jpg' if kind == 'jpeg' else 'png'}"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if kind == "copy":
+            dst.write_bytes(src.read_bytes())
+        elif kind == "jpeg":  # a re-encode: the file is a JPEG
+            Image.open(src).convert("RGB").save(dst, "JPEG", quality=70)
+        else:
+            _variant(Image.open(src).convert("RGB"), kind).save(dst)
+        planted.append((src.relative_to(root).as_posix(), dst.relative_to(root).as_posix(), kind))
+    noise = []
+    for n in range(2):
+        p = root / "train" / "abc"[n] / f"noise{n}.png"
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(p)
+        noise.append(p.relative_to(root).as_posix())
+    return planted, noise
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    base = tmp_path_factory.mktemp("insight")
+    (base / "standin.py").write_text(STANDIN)
+    pairs, noise = planted_set(base / "images", seed=7)
+    build_index(open_source(str(base / "images")), BuildConfig(
+        name="planted", root=str(base / "indexes"), backbone=f"py:{base / 'standin.py'}:make", image_size=64,
+        resize=64, mean="0,0,0", std="1,1,1", pretrained=False, dtype="float32", num_workers=0), progress=False)
+    ix = Index.open("planted", base / "indexes")
+    by_path = {r["path"]: r["id"] for r in ix.items_by_id(ix.select()["id"], "id, path").values()}
+    split = {r["id"]: r["split"] for r in ix.items_by_id(ix.select()["id"], "id, split").values()}
+    truth = [(by_path[a], by_path[b], kind) for a, b, kind in pairs]
+    ix.close()
+    return {"base": base, "root": base / "indexes", "truth": truth, "split": split,
+            "noise": [by_path[p] for p in noise]}
+
+
+def _pr(found: set, truth: set) -> tuple[float, float]:
+    return len(found & truth) / len(truth), len(found & truth) / max(1, len(found))
+
+
+def test_planted_duplicates_are_found_at_the_default_threshold(planted):
+    ix = Index.open("planted", planted["root"])
+    d = I.find_duplicates(ix)
+    assert d["threshold"] == I.DUP_THRESHOLD and d["threshold_how"] == "default"
+    found = {tuple(sorted((p["a"], p["b"]))) for p in d["pairs"]}
+    truth = {tuple(sorted((a, b))) for a, b, _ in planted["truth"]}
+    recall, precision = _pr(found, truth)
+    assert recall >= 0.95 and precision >= 0.9, (recall, precision)
+    # the byte copies exactly: each found, at cosine 1
+    sims = {tuple(sorted((p["a"], p["b"]))): p["similarity"] for p in d["pairs"]}
+    copies = {tuple(sorted((a, b))) for a, b, kind in planted["truth"] if kind == "copy"}
+    assert copies <= found and all(sims[c] >= 0.99999 for c in copies)
+    # groups: connected components, named by their smallest id, stored in the catalog
+    assert all(g["group"] == min(g["ids"]) for g in d["groups"])
+    ix.close()
+    ix = Index.open("planted", planted["root"])
+    _, rows = ix.sql("SELECT id, dup_group, dup_rank FROM items WHERE dup_group IS NOT NULL ORDER BY id")
+    in_groups = {i for g in d["groups"] for i in g["ids"]}
+    assert {r[0] for r in rows} == in_groups
+    assert sum(1 for r in rows if r[2] == 0) == len(d["groups"])
+    one_each = ix.select("coalesce(dup_rank, 0) = 0")["id"]
+    assert len(one_each) == len(ix.select()["id"]) - (len(in_groups) - len(d["groups"]))
+    ix.close()
+
+
+def test_planted_leaks_are_found_and_eval_reports_accuracy_without_them(planted):
+    ix = Index.open("planted", planted["root"])
+    d = I.find_leaks(ix)
+    split = planted["split"]
+    truth = set()
+    for a, b, _ in planted["truth"]:
+        if {split[a], split[b]} == {"train", "test"}:
+            truth.add(a if split[a] == "test" else b)
+    found = {r["test_id"] for r in d["leaks"]}
+    recall, precision = _pr(found, truth)
+    assert recall >= 0.95 and precision >= 0.9, (recall, precision)
+    for r in d["leaks"]:
+        assert split[r["test_id"]] == "test" and split[r["train_id"]] == "train"
+    ix.close()
+    ix = Index.open("planted", planted["root"])
+    _, rows = ix.sql("SELECT id, leak_of FROM items WHERE leak_of IS NOT NULL")
+    assert {r[0] for r in rows} == found
+    # eval: the same leaks, top-1 without them next to every accuracy
+    from embedsearch.evaluate import evaluate
+    from embedsearch.report.tables import markdown_run
+
+    run = evaluate(ix, methods=["prototypes", "knn"])
+    leaks = run.results[0].data["test"]["leaks"]
+    assert leaks["n"] == len(found) and leaks["threshold"] == I.DUP_THRESHOLD
+    for r in run.results:
+        wl = r.data["metrics"]["without_leaks"]
+        assert wl["removed"] == len(found) and wl["n"] == r.data["test"]["n"] - len(found)
+        p = r.data["predictions"]
+        keep = [t == q for i, t, q in zip(p["id"], p["true"], p["pred"], strict=True) if i not in found]
+        assert wl["top1"] == pytest.approx(np.mean(keep))
+    md = markdown_run(run, ix)
+    assert "w/o leaks" in md and f"leaks: {len(found)} of" in md and "check them with `embedsearch leaks`" in md
+    ix.close()
+
+
+def test_planted_noise_images_are_the_top_outliers(planted):
+    ix = Index.open("planted", planted["root"])
+    d = I.find_outliers(ix, k=5)
+    assert {r["id"] for r in d["outliers"][:2]} == set(planted["noise"])
+    assert [r["rank"] for r in d["outliers"][:3]] == [1, 2, 3]
+    ix.close()
+
+
+def test_similar_pairs_equal_a_brute_force_threshold_across_tiles(monkeypatch):
+    monkeypatch.setattr(I, "TILE_ROWS", 64)
+    monkeypatch.setattr(I, "TILE_COLS", 100)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 16)).astype(np.float32)
+    x[250:300] = x[:50] + 0.05 * rng.normal(size=(50, 16)).astype(np.float32)
+    i, j, s = I.similar_pairs(x, None, 0.9)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    S = xn @ xn.T
+    a, b = np.nonzero(np.triu(S >= 0.9, 1))
+    assert set(zip(i.tolist(), j.tolist(), strict=True)) == set(zip(a.tolist(), b.tolist(), strict=True))
+    assert np.allclose(s, S[i, j], atol=1e-6)
+    y = rng.normal(size=(77, 16)).astype(np.float32)
+    i, j, s = I.similar_pairs(y, x, 0.5)
+    yn = y / np.linalg.norm(y, axis=1, keepdims=True)
+    a, b = np.nonzero(yn @ xn.T >= 0.5)
+    assert set(zip(i.tolist(), j.tolist(), strict=True)) == set(zip(a.tolist(), b.tolist(), strict=True))
+
+
+def test_flipped_digits_labels_are_found_out_of_fold_next_to_cleanlab(tmp_path):
+    from cleanlab.filter import find_label_issues
+
+    build_index(open_source("digits"), BuildConfig(name="d", root=str(tmp_path), backbone="pixels:8",
+                                                   num_workers=0), progress=False)
+    ix = Index.open("d", tmp_path)
+    sel = ix.select()
+    x, y = ix.vectors(sel["id"]), sel["class_index"].copy()
+    rng = np.random.default_rng(0)
+    flip = rng.choice(len(y), int(0.05 * len(y)), replace=False)
+    y[flip] = (y[flip] + rng.integers(1, 10, len(flip))) % 10  # always another class
+    oof = I.out_of_fold(x, y, 10, methods=("knn",), seed=0)
+    score, sugg = I.label_issue_scores(oof.probs, y)
+    top = set(np.argsort(-score, kind="stable")[:len(flip)].tolist())
+    ours = len(top & set(flip.tolist())) / len(flip)
+    assert ours >= 0.7, ours
+    # cleanlab's confident learning on the very same out-of-fold probabilities
+    cl = set(np.flatnonzero(find_label_issues(y, oof.probs)).tolist())
+    cl_recall, cl_precision = len(cl & set(flip.tolist())) / len(flip), len(cl & set(flip.tolist())) / max(1, len(cl))
+    print(f"top-N: recall = precision = {ours:.3f}; cleanlab find_label_issues: recall {cl_recall:.3f}, "
+          f"precision {cl_precision:.3f} ({len(cl)} flagged)")
+    assert cl_recall > 0.5  # the comparison ran on meaningful probabilities
+    # no item's own label scored it: every fold's probabilities are the same when that fold's labels change
+    y2 = y.copy()
+    f0 = np.flatnonzero(oof.folds == 0)
+    y2[f0] = (y2[f0] + 1) % 10
+    oof2 = I.out_of_fold(x, y2, 10, methods=("knn",), folds=oof.folds)
+    assert np.array_equal(oof2.probs[f0], oof.probs[f0])
+    assert not np.array_equal(oof2.probs[oof.folds == 1], oof.probs[oof.folds == 1])  # other folds did see them
+    assert np.bincount(oof.folds).min() >= len(y) // 5 - 10  # stratified folds of equal size
+    ix.close()
+
+
+def test_cli_commands_store_columns_and_print_rows(planted, tmp_path):
+    env = {**os.environ, "EMBEDSEARCH_HOME": str(planted["root"])}
+
+    def run(*args):
+        p = subprocess.run([sys.executable, "-m", "embedsearch", *args], capture_output=True, text=True, env=env,
+                           timeout=600)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return p
+
+    p = run("duplicates", "planted", "--json", "--html", str(tmp_path / "d.html"))
+    pairs = json.loads(p.stdout)
+    assert pairs and all(r["similarity"] >= I.DUP_THRESHOLD for r in pairs)
+    assert "nearest-neighbour similarity" in p.stderr and (tmp_path / "d.html").read_text().count("<img") >= 10
+    p = run("leaks", "planted", "--json", "--html", str(tmp_path / "l.html"))
+    assert all(r["similarity"] >= I.DUP_THRESHOLD for r in json.loads(p.stdout))
+    p = run("label-issues", "planted", "--methods", "knn", "-n", "5", "--json")
+    rows = json.loads(p.stdout)
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5] and rows[0]["score"] >= rows[-1]["score"]
+    p = run("outliers", "planted", "-n", "2", "--json")
+    assert {r["id"] for r in json.loads(p.stdout)} == set(planted["noise"])
+    p = run("sql", "planted", "SELECT count(label_issue), count(outlier), count(suggested_label) FROM items",
+            "--json")
+    counts = json.loads(p.stdout)[0]
+    assert set(counts.values()) == {len(planted["split"])}
+    p = run("search", "planted", "--id", str(planted["noise"][0]), "--where", "outlier < 0.5", "--json")
+    assert all(r["id"] not in planted["noise"] for r in json.loads(p.stdout))
+    bad = subprocess.run([sys.executable, "-m", "embedsearch", "label-issues", "planted", "--methods", "svm"],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "unknown method 'svm'" in bad.stderr
