@@ -878,6 +878,50 @@ def outliers(name, where, k, top, html_file, root, fmt):
                               for r in rows])
 
 
+@cli.command(name="map")
+@click.argument("name")
+@click.option("--method", type=click.Choice(["umap", "pca", "tsne"]), default="umap", show_default=True)
+@click.option("--color", "color", type=click.Choice(["label", "split", "prediction", "leak", "label-issue",
+                                                     "outlier"]), default="label", show_default=True)
+@click.option("--where", help="Items to map (default: all).")
+@click.option("--sample", type=click.IntRange(3), default=20_000, show_default=True,
+              help="Items the projection is fitted on (seeded); the rest are transformed.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--fresh", is_flag=True, help="Recompute the projection even if one is stored for this setting.")
+@click.option("-o", "--html", "html_file", type=click.Path(dir_okay=False), callback=_output_file,
+              help="Where to write the page (default: reports/map-METHOD-COLOR.html in the index).")
+@root_option
+@_handle_errors
+def map_cmd(name, method, color, where, sample, seed, fresh, html_file, root):
+    """A 2-D map of the embeddings: stored with the index, drawn as a self-contained interactive page.
+
+    Hover a point for its thumbnail and metadata, click it for its nearest neighbours. The projection is reused
+    while the index snapshot, selection, method, sample and seed are unchanged.
+
+    \b
+    Example:
+        embedsearch map digits-pixels --method umap --color label
+    """
+    from pathlib import Path
+
+    from embedsearch.core.files import atomic_write_bytes
+    from embedsearch.reader import Index
+    from embedsearch.report.map import map_page, projection
+
+    ix = Index.open(name, root)
+    proj = projection(ix, where=where, method=method, sample=sample, seed=seed, reuse=not fresh)
+    if proj["reused_from"]:
+        click.echo(f"map: reused the projection of run {proj['reused_from']}", err=True)
+    page = map_page(ix, proj, color=color, seed=seed)
+    if html_file:
+        out = Path(html_file)
+    else:
+        ix.layout.reports.mkdir(exist_ok=True)
+        out = ix.layout.reports / f"map-{method}-{color}.html"
+    atomic_write_bytes(out, page.encode())
+    click.echo(f"map: {out}", err=True)
+
+
 @cli.command()
 @click.argument("names", nargs=-1)
 @click.option("--host", default="127.0.0.1", show_default=True,

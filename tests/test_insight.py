@@ -262,3 +262,59 @@ def test_cli_commands_store_columns_and_print_rows(planted, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "embedsearch", "label-issues", "planted", "--methods", "svm"],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "unknown method 'svm'" in bad.stderr
+
+
+CHROMIUM = __import__("shutil").which("chromium") or __import__("shutil").which("chromium-browser")
+
+
+def test_map_is_stored_reused_and_its_page_works_in_headless_chromium(planted, tmp_path):
+    from embedsearch.report.map import map_page, projection
+
+    ix = Index.open("planted", planted["root"])
+    first = projection(ix, method="pca")
+    assert first["reused_from"] is None and first["xy"].shape == (len(planted["split"]), 2)
+    ix.close()
+    ix = Index.open("planted", planted["root"])
+    again = projection(ix, method="pca")
+    assert again["reused_from"] == first["run_id"] and np.array_equal(again["xy"], first["xy"])
+    other = projection(ix, method="pca", seed=1, sample=50)  # another setting: computed, fitted on 50 items
+    assert other["reused_from"] is None and other["info"]["fitted_on"] == 50
+    umap_xy = projection(ix, method="umap", sample=120, seed=0)  # fit on a sample, the rest transformed
+    assert umap_xy["info"]["fitted_on"] == 120 and np.isfinite(umap_xy["xy"]).all()
+    tsne = projection(ix, method="tsne", sample=100, seed=0)
+    assert np.isfinite(tsne["xy"]).all() and "weighted mean" in tsne["info"]["how"]
+    ix.close()
+    ix = Index.open("planted", planted["root"])
+    page = tmp_path / "map.html"
+    page.write_text(map_page(ix, projection(ix, method="pca"), color="split"))
+    ix.close()
+    if CHROMIUM is None:
+        pytest.skip("needs Debian's chromium (installed by .ci/run)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync"])
+        try:
+            pg = browser.new_page(viewport={"width": 1400, "height": 900})
+            errors: list[str] = []
+            pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            pg.on("pageerror", lambda e: errors.append(str(e)))
+            pg.goto(page.as_uri())
+            pg.wait_for_selector(".scatterlayer .point", timeout=30_000)
+            points = pg.locator(".scatterlayer .point")
+            assert points.count() == len(planted["split"])
+            box = points.nth(5).bounding_box()
+            pg.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            pg.wait_for_function("document.getElementById('panel').dataset.state.startsWith('hover')")
+            pg.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            pg.wait_for_function("document.getElementById('panel').dataset.state.startsWith('neighbours')")
+            shown = pg.evaluate("document.getElementById('panel').dataset.state").split()[1]
+            assert pg.locator("#panel img").count() >= 2  # the item and its neighbours, with thumbnails
+            assert shown in {str(i) for i in planted["split"]}
+            pg.screenshot(path=str(tmp_path / "map.png"))
+            assert (tmp_path / "map.png").read_bytes()[:4] == b"\x89PNG"
+            assert errors == []
+        finally:
+            browser.close()
