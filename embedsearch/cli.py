@@ -459,6 +459,8 @@ def search(name, images, ids, texts, vector_file, k, where, html_file, root, fmt
 @click.option("--svc", "svc_policy", type=click.Choice(["auto", "exact", "nystroem"]), default="auto",
               show_default=True, help="RBF SVC: exact when its estimate fits 10 min (auto), always exact, or always "
               "the Nyström approximation (named so in the results).")
+@click.option("--leak-threshold", type=click.FloatRange(-1, 1), help="Cosine at or above which a test item counts "
+              "as a near-duplicate of a train item (default 0.95, as `leaks`); top-1 without them is reported too.")
 @click.option("--fresh", is_flag=True, help="Recompute every method, even those already committed for the same "
               "index snapshot, selections, seed and parameters (by default they are reused).")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), callback=_output_file,
@@ -466,7 +468,8 @@ def search(name, images, ids, texts, vector_file, k, where, html_file, root, fmt
 @root_option
 @output_options
 @_handle_errors
-def eval_cmd(name, train_where, test_where, methods, prompts, seed, svc_policy, fresh, html_file, root, fmt):
+def eval_cmd(name, train_where, test_where, methods, prompts, seed, svc_policy, leak_threshold, fresh, html_file,
+             root, fmt):
     """Evaluate an index's embeddings: prototypes, kNN, probes, zero-shot, few-shot.
 
     Hyper-parameters are chosen on a seeded, stratified 10 % of the train selection and never on test. Each
@@ -490,7 +493,7 @@ def eval_cmd(name, train_where, test_where, methods, prompts, seed, svc_policy, 
     def go():
         return evaluate_and_report(ix, html_file, run=run, train=train_where, test=test_where,
                                    methods=methods.split(",") if methods else None, seed=seed, prompts=prompts,
-                                   svc=svc_policy, reuse=not fresh)
+                                   svc=svc_policy, reuse=not fresh, leak_threshold=leak_threshold)
 
     def kept() -> str:
         what = ", ".join(r.data["variant"] for r in run.results if r.data["run_id"] == run.run_id)

@@ -123,7 +123,8 @@ def load_selection(ix, where: str, what: str) -> tuple[np.ndarray, np.ndarray, n
 
 def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, methods: list[str] | None = None,
              seed: int = 0, prompts: str | None = None, knn_ks=KNN_KS, knn_t: float = KNN_T, svc: str = "auto",
-             reuse: bool = True, on_result=None, run: EvalRun | None = None) -> EvalRun:
+             reuse: bool = True, on_result=None, run: EvalRun | None = None,
+             leak_threshold: float | None = None) -> EvalRun:
     """Run each method (evaluate/methods, one module per family) on the train/test selections of an opened index.
 
     A method that cannot run on these selections (nothing can be held out to choose its hyper-parameters) is
@@ -157,7 +158,7 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
     if len(overlap):
         raise EvalError(f"train and test selections share {len(overlap)} items (e.g. id {overlap[0]}): "
                         "make --train and --test disjoint")
-    leaked, leaks = _leaks(tr_ids, xtr, te_ids, xte)
+    leaked, leaks = _leaks(tr_ids, xtr, te_ids, xte, leak_threshold)
     in_train = np.bincount(ytr, minlength=C) > 0
     unseen = np.bincount(yte[~in_train[yte]], minlength=C)
     if unseen.any():
@@ -166,7 +167,7 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
                     classes[int(np.flatnonzero(unseen)[0])])
     run = run or EvalRun(uuid.uuid4().hex[:12], ix.name)
     ctx = Context(ix=ix, prompts=prompts, knn_ks=tuple(knn_ks), knn_t=knn_t, n_test=len(yte), svc=svc)
-    setting = _setting(ix, tr_ids, ytr, te_ids, yte, seed, ctx)
+    setting = {**_setting(ix, tr_ids, ytr, te_ids, yte, seed, ctx), "leak_threshold": leaks["threshold"]}
     order = [m for m in METHODS if m in methods]
     keys = {m: setting_key(setting, m) for m in order}
     done = _committed(ix, keys) if reuse else {}
@@ -251,20 +252,23 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
 LEAK_WARN_FRACTION = 0.01
 
 
-def _leaks(tr_ids, xtr, te_ids, xte) -> tuple[np.ndarray, dict]:
-    """Test items with a near-duplicate in train (cosine ≥ the duplicates default, exact float32 search): a mask
-    over test and the record every result carries. Accuracy without them is reported next to every accuracy."""
+def _leaks(tr_ids, xtr, te_ids, xte, threshold: float | None = None) -> tuple[np.ndarray, dict]:
+    """Test items with a near-duplicate in train (cosine ≥ threshold, by default the duplicates default; exact
+    float32 search): a mask over test and the record every result carries. Accuracy without them is reported next
+    to every accuracy."""
     from embedsearch.evaluate.insight import DUP_THRESHOLD, nearest_in
 
-    i, j, s = nearest_in(xte, xtr, DUP_THRESHOLD, desc="eval: train/test leaks")
+    threshold = DUP_THRESHOLD if threshold is None else threshold
+    i, j, s = nearest_in(xte, xtr, threshold, desc="eval: train/test leaks")
     leaked = np.zeros(len(te_ids), bool)
     leaked[i] = True
     frac = float(leaked.mean()) if len(leaked) else 0.0
     if frac > LEAK_WARN_FRACTION:
         log.warning("%d of %d test items (%.1f %%) have a near-duplicate in train (cosine ≥ %g, e.g. test id %d ~ "
-                    "train id %d): accuracies are also reported without them; `embedsearch leaks` lists them",
-                    int(leaked.sum()), len(leaked), 100 * frac, DUP_THRESHOLD, int(te_ids[i[0]]), int(tr_ids[j[0]]))
-    return leaked, {"threshold": DUP_THRESHOLD, "n": int(leaked.sum()), "fraction": round(frac, 6),
+                    "train id %d): accuracies are also reported without them; `embedsearch leaks` lists them, and "
+                    "`embedsearch duplicates` shows whether this space separates copies at all (--leak-threshold)",
+                    int(leaked.sum()), len(leaked), 100 * frac, threshold, int(te_ids[i[0]]), int(tr_ids[j[0]]))
+    return leaked, {"threshold": threshold, "n": int(leaked.sum()), "fraction": round(frac, 6),
                     "how": "test items whose most similar train item has cosine ≥ threshold (exact float32 search "
                            "of L2-normalized vectors)",
                     "examples": [[int(te_ids[a]), int(tr_ids[b]), round(float(c), 6)]

@@ -143,8 +143,8 @@ def stratified_folds(y: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
 def out_of_fold(x: np.ndarray, y: np.ndarray, n_classes: int, methods=("knn", "linear"), n_folds: int = 5,
                 seed: int = 0, k: int = 20, T: float = 0.07, folds: np.ndarray | None = None) -> OutOfFold:
     """Out-of-fold class probabilities: for each fold, kNN (weighted vote over the other folds' items) and/or the
-    linear probe (fitted on the other folds, C chosen on a held-out part of them), averaged. An item's own label is
-    never used to score it. `folds`: a fold number per item instead of the seeded stratified ones."""
+    linear probe (fitted on the other folds, C chosen by log-loss on a held-out part of them), averaged. An item's
+    own label is never used to score it. `folds`: a fold number per item instead of the seeded stratified ones."""
     from embedsearch.evaluate.methods.knn import Bank, faiss_topk, knn_scores
     from embedsearch.evaluate.methods.linear import linear_probe
 
@@ -161,7 +161,7 @@ def out_of_fold(x: np.ndarray, y: np.ndarray, n_classes: int, methods=("knn", "l
                 out["knn"][te] = knn_scores(s, y[tr][i], min(k, len(tr)), n_classes, T)
                 bar.update()
             if "linear" in methods:
-                predict, params, _ = linear_probe(x[tr], y[tr], n_classes, seed=seed)
+                predict, params, _ = linear_probe(x[tr], y[tr], n_classes, seed=seed, criterion="log_loss")
                 z = predict(x[te])
                 z = np.exp(z - z.max(axis=1, keepdims=True))
                 out["linear"][te] = z / z.sum(axis=1, keepdims=True)
@@ -170,7 +170,7 @@ def out_of_fold(x: np.ndarray, y: np.ndarray, n_classes: int, methods=("knn", "l
     probs = sum(out.values()) / len(out)
     params = {"methods": list(methods), "folds": n_folds, "stratified": True, "seed": seed,
               "knn": {"k": k, "T": T} if "knn" in methods else None,
-              "linear_C_per_fold": Cs or None,
+              "linear_C_per_fold": Cs or None, "linear_C_criterion": "held-out log-loss" if Cs else None,
               "combination": "mean of the methods' probabilities" if len(out) > 1 else "one method"}
     return OutOfFold(probs=probs, folds=folds, params=params)
 

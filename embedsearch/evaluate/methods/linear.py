@@ -125,9 +125,14 @@ class _Preconditioned:
             self.X[a:a + rows] = (c @ self.Q) / self.sd_t
 
 
-def linear_probe(xtr, ytr, n_classes: int, seed: int = 0, grid=LINEAR_C_GRID, device: str | None = None):
+def linear_probe(xtr, ytr, n_classes: int, seed: int = 0, grid=LINEAR_C_GRID, device: str | None = None,
+                 criterion: str = "accuracy"):
     """C chosen on the held-out 10 % of train over a coarse pass of `grid` refined around the best, then refit on
-    all of train. Returns (predict_scores_fn, params, (W, b)) with W, b acting on raw features."""
+    all of train. Returns (predict_scores_fn, params, (W, b)) with W, b acting on raw features.
+
+    criterion: what the held-out part maximizes — "accuracy" (the evaluation protocol) or "log_loss" (its negative:
+    for callers that use the probabilities, such as label-issue scoring; accuracy is blind to the logits' scale,
+    and its ties go to the strongest regularization, whose probabilities are nearly uniform)."""
     import torch
 
     from embedsearch.core.vectors import to_float32
@@ -150,7 +155,11 @@ def linear_probe(xtr, ytr, n_classes: int, seed: int = 0, grid=LINEAR_C_GRID, de
 
     def score(i, init=None):
         W, b, iters[i] = _fit_logreg(pre, Y[fit], n_classes, float(grid[i]), init)
-        tried[i] = float(((x_held @ W + b).argmax(1) == y_held).double().mean())
+        z = x_held @ W + b
+        if criterion == "log_loss":
+            tried[i] = -float(torch.nn.functional.cross_entropy(z.double(), y_held))
+        else:
+            tried[i] = float((z.argmax(1) == y_held).double().mean())
         bar.update()
         bar.set_postfix_str(f"C={grid[i]:.3g} held-out {tried[i]:.4f} ({iters[i]} it)")
         return W, b
@@ -180,6 +189,7 @@ def linear_probe(xtr, ytr, n_classes: int, seed: int = 0, grid=LINEAR_C_GRID, de
     params = {"C": C, "C_grid": "10^linspace(-6, 5, 45): every 4th value (stopping after 3 steps of falling held-out "
                                 "accuracy), then ±2 grid steps around the best",
               "C_tried": {f"{grid[i]:.3g}": round(a, 5) for i, a in sorted(tried.items())},
+              "C_criterion": "held-out accuracy" if criterion == "accuracy" else "held-out log-loss (negated)",
               **split,
               "iterations": {f"{grid[i]:.3g}": n for i, n in sorted(iters.items())} | {"refit": refit_iters},
               "features": "raw (unnormalized); solved in the covariance's eigenbasis, each direction scaled "
