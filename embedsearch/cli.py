@@ -230,13 +230,26 @@ def _interruptible(run, name: str, message=None):
     143 (SIGTERM), as shells expect, after `message()` says what was kept."""
     import signal
 
+    got: list[int] = []  # the signal, recorded before anything can turn its exception into another one
+
     def on_term(signum, frame):
+        got.append(signum)
         raise _Terminated
 
+    def on_int(signum, frame):
+        got.append(signum)
+        raise KeyboardInterrupt
+
     previous = signal.signal(signal.SIGTERM, on_term)
+    previous_int = signal.signal(signal.SIGINT, on_int)
     try:
         return run()
-    except (KeyboardInterrupt, _Terminated) as e:
+    except BaseException:
+        # A signal may land inside an import: scipy's C extension turns the KeyboardInterrupt into "ImportError:
+        # initialization failed" (exit 1 with a traceback, 1 run in ~6). Whatever was raised, a recorded signal
+        # means this is the interruption.
+        if not got:
+            raise
         # a second signal while saying what was kept must not turn the clean exit into a traceback or a death by
         # signal (seen once in CI: exit -2 after the message)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -247,9 +260,10 @@ def _interruptible(run, name: str, message=None):
         sys.stderr.flush()
         # every write is atomic and already committed: exit at once, so nothing in interpreter shutdown can turn
         # the exit into death by signal (-2 in about 1 of 6 runs with sys.exit)
-        os._exit(143 if isinstance(e, _Terminated) else 130)
+        os._exit(143 if got[0] == signal.SIGTERM else 130)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def _default_name(source: str, backbone: str) -> str:
@@ -609,7 +623,8 @@ def classify(args, probe, head, backbone, weights, random_init, k, root, fmt):
 
 @cli.command()
 @click.argument("source")
-@click.option("--method", type=click.Choice(["mae", "infonce", "mae+infonce"]), default="mae+infonce",
+@click.option("--method", type=click.Choice(["mae", "infonce", "mae+infonce", "video-mae", "supervised"]),
+              default="mae+infonce",
               show_default=True)
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint path: writes OUT.safetensors, OUT.json, OUT.state.pt and OUT.loss.png.")
@@ -629,28 +644,59 @@ def classify(args, probe, head, backbone, weights, random_init, k, root, fmt):
 @click.option("--mae-weight", type=_Finite(min=0), default=1.0, show_default=True)
 @click.option("--infonce-weight", type=_Finite(min=0), default=1.0, show_default=True)
 @click.option("--augment", default="crop,affine", show_default=True, help="InfoNCE views: crop,affine,flip,color.")
+@click.option("--frames", type=click.IntRange(min=1), default=3, show_default=True,
+              help="--method video-mae: each image repeated as this many frames.")
+@click.option("--tubelet", type=click.IntRange(min=1), default=1, show_default=True,
+              help="--method video-mae: frames per token.")
+@click.option("--arch", type=click.Choice(["cnn-small", "cnn-bn", "cnn-deep", "vit"]), default="cnn-deep",
+              show_default=True, help="--method supervised: the network (the homework's CNNs, or the small ViT).")
+@click.option("--patience", type=click.IntRange(min=1), default=5, show_default=True,
+              help="--method supervised: stop after this many epochs without a better held-out accuracy.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the last saved epoch of OUT.")
 @output_options
 @_handle_errors
 def pretrain(source, method, out, where, epochs, batch_size, lr, image_size, patch_size, depth, width, heads,
-             mask_ratio, decoder_depth, temperature, mae_weight, infonce_weight, augment, seed, device, resume, fmt):
-    """Self-supervised pretraining of a small ViT (MAE, InfoNCE, or both) on SOURCE's images.
+             mask_ratio, decoder_depth, temperature, mae_weight, infonce_weight, augment, frames, tubelet, arch,
+             patience, seed, device, resume, fmt):
+    """Train a backbone on SOURCE's images: a small ViT self-supervised (MAE, InfoNCE, both, or the "video" MAE on
+    images repeated as frames), or a supervised baseline on the labels (--method supervised --arch
+    cnn-small|cnn-bn|cnn-deep|vit).
 
-    The checkpoint is a backbone: `embedsearch index SOURCE --backbone ckpt:OUT`.
+    The checkpoint is a backbone: `embedsearch index SOURCE --backbone ckpt:OUT`. Supervised training uses only
+    the labelled --where selection; its epochs are chosen by early stopping on a seeded held-out 10 % of it (never
+    on test), and the checkpoint keeps the best held-out epoch; `ckpt:` embeds its penultimate features.
 
     \b
     Example:
         embedsearch pretrain digits --method mae+infonce -o ckpts/digits-vit --epochs 60
         embedsearch index digits --backbone ckpt:ckpts/digits-vit --name digits-vit
+        embedsearch pretrain cifar10:~/data --method supervised --arch cnn-deep --augment crop,flip -o ckpts/cifar-cnn
     """
     from embedsearch.sources.datasets import open_source
     from embedsearch.train.pretrain import PretrainConfig
     from embedsearch.train.pretrain import pretrain as run_pretrain
 
+    if method == "supervised":
+        from embedsearch.train.supervised import SupervisedConfig, train_supervised
+
+        scfg = SupervisedConfig(arch=arch, epochs=epochs, patience=patience, batch_size=batch_size, lr=lr,
+                                augment=tuple(a for a in augment.split(",") if a), image_size=image_size,
+                                patch_size=patch_size, depth=depth, width=width, heads=heads, seed=seed,
+                                where=where or None)
+        res = train_supervised(open_source(source), scfg, out, resume=resume, device=device, progress=_progress())
+        d = res.to_dict()
+        d["final_loss"] = d["losses"][-1] if d["losses"] else None
+        d["best_heldout_accuracy"] = max(d["heldout_accuracy"]) if d["heldout_accuracy"] else None
+        d.pop("losses")
+        d.pop("heldout_accuracy")
+        emit(d, fmt)
+        return
+
     cfg = PretrainConfig(method=method, image_size=image_size, patch_size=patch_size, depth=depth, width=width,
-                         heads=heads, mask_ratio=mask_ratio, decoder_depth=decoder_depth, temperature=temperature,
+                         heads=heads, mask_ratio=mask_ratio, frames=frames, tubelet=tubelet,
+                         decoder_depth=decoder_depth, temperature=temperature,
                          mae_weight=mae_weight, infonce_weight=infonce_weight,
                          augment=tuple(a for a in augment.split(",") if a), epochs=epochs, batch_size=batch_size,
                          lr=lr, seed=seed, where=where or None)

@@ -107,3 +107,62 @@ def test_a_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, small_
     assert res.losses == ref.losses
     a, b = load_file(str(tmp_path / "ref.safetensors")), load_file(str(tmp_path / "ck.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_video_mae_loss_is_l1_on_masked_tubelets_only(small_digits):
+    """The gradient of the loss with respect to the reconstruction targets is zero at every unmasked token and
+    ±1/(count) (L1) at the masked ones: the visible tubelets never enter the loss as targets."""
+    from embedsearch.models.video_vit import tubelets
+
+    cfg = _cfg("video-mae", frames=3, tubelet=1).resolved(8)
+    torch.manual_seed(0)
+    model = pt.make_vit(cfg)
+    dec = pt._build_mae_parts(cfg, model)
+    x = torch.rand(4, 3, 8, 8)
+    target = tubelets(model.video(x), cfg.tubelet, cfg.patch_size).clone().requires_grad_()
+    loss, mask = pt.video_mae_loss(model, dec, x, cfg, torch.Generator().manual_seed(1), target=target,
+                                   return_mask=True)
+    loss.backward()
+    g = target.grad.abs().sum(-1)
+    assert model.n_tokens == 3 * 16 and mask.shape == (4, 48) and 0 < mask.mean() < 1
+    assert torch.all(g[mask == 0] == 0) and torch.all(g[mask == 1] > 0)
+    per_value = 1.0 / (mask.sum() * target.shape[-1])  # d|p − t| / dt = ±1, averaged over the hidden values
+    assert torch.allclose(target.grad.abs()[mask == 1], per_value.expand_as(target.grad[mask == 1]), rtol=1e-5)
+    # the same loss without a given target uses the frames' own tubelets
+    again = pt.video_mae_loss(model, dec, x, cfg, torch.Generator().manual_seed(1))
+    assert torch.allclose(again, loss.detach())
+
+
+def test_video_mae_trains_resumes_and_indexes_through_ckpt(tmp_path, small_digits, monkeypatch):
+    from safetensors.numpy import load_file
+
+    from embedsearch.build import BuildConfig, build_index
+    from embedsearch.reader import Index
+
+    cfg = _cfg("video-mae", epochs=3, frames=3, tubelet=3)
+    ref = pt.pretrain(small_digits, cfg, tmp_path / "ref", device="cpu", progress=False)
+    assert ref.losses[-1] < ref.losses[0]
+    real, calls = pt._save, {"n": 0}
+
+    def then_die(*a, **kw):
+        calls["n"] += 1
+        real(*a, **kw)
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pt, "_save", then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pt.pretrain(small_digits, cfg, tmp_path / "ck", device="cpu", progress=False)
+    monkeypatch.setattr(pt, "_save", real)
+    res = pt.pretrain(small_digits, cfg, tmp_path / "ck", resume=True, device="cpu", progress=False)
+    assert res.losses == ref.losses
+    a, b = load_file(str(tmp_path / "ref.safetensors")), load_file(str(tmp_path / "ck.safetensors"))
+    assert all((a[k] == b[k]).all() for k in a)
+    model, meta = load_checkpoint(tmp_path / "ref")
+    assert meta["video"]["frames"] == 3 and model.n_tokens == 16  # tubelet 3: one token per 3-frame cube
+    build_index(small_digits, BuildConfig(name="v", root=str(tmp_path / "ix"), backbone=f"ckpt:{tmp_path / 'ref'}",
+                                          num_workers=0), progress=False)
+    ix = Index.open("v", tmp_path / "ix")
+    assert ix.dim == 32 and "video ViT" in ix.manifest.backbone["model"]
+    with pytest.raises(EmbedsearchError, match="--tubelet 2 must divide --frames 3"):
+        _cfg("video-mae", frames=3, tubelet=2)

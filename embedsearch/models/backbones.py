@@ -307,6 +307,15 @@ def _ckpt(spec: BackboneSpec, weights, pretrained, image_size, pool, seed, pre=N
     if image_size and image_size != size:
         raise SpecError(f"{spec.raw} was trained at {size} px; --image-size {image_size} would change its space")
     transform = base_transform(size, pre["mean"], pre["std"])
+    train = {k: meta["pretrain"].get(k) for k in ("method", "epochs", "seed", "where")}
+    if "cnn" in meta:  # penultimate features: the pooled vector the classifier reads
+        if pool not in ("default", "avg"):
+            raise SpecError(f"{spec.raw} is a CNN: its features are average-pooled (drop --pool {pool})")
+        info = {"model": f"{meta['cnn']['arch']} (supervised, {meta['cnn']['n_classes']} classes)",
+                "weights": str(ckpt_paths(spec.name)["weights"]), "pool": "avg (penultimate features)",
+                "preprocess": pre, "pretrain": {**train, "arch": meta["cnn"]["arch"]},
+                "epochs_done": meta["epochs_done"], "best_epoch": meta.get("best_epoch")}
+        return Backbone(spec, vit, transform, lambda m, x: m.features(x), info)
     npt = vit.num_prefix_tokens
 
     def forward(m, x):
@@ -317,10 +326,10 @@ def _ckpt(spec: BackboneSpec, weights, pretrained, image_size, pool, seed, pre=N
             return tokens.flatten(1)
         return tokens[:, 0]
 
-    info = {"model": f"ViT {meta['vit']}", "weights": str(ckpt_paths(spec.name)["weights"]),
+    model = f"video ViT {meta['video']}" if "video" in meta else f"ViT {meta['vit']}"
+    info = {"model": model, "weights": str(ckpt_paths(spec.name)["weights"]),
             "pool": "cls" if pool == "default" else pool, "preprocess": pre,
-            "pretrain": {k: meta["pretrain"][k] for k in ("method", "epochs", "seed", "where")},
-            "epochs_done": meta["epochs_done"]}
+            "pretrain": train, "epochs_done": meta["epochs_done"]}
     return Backbone(spec, vit, transform, forward, info)
 
 

@@ -122,8 +122,17 @@ def load_checkpoint(path: str | Path):
     meta = json.loads(p["json"].read_text())
     if meta.get("format") != CKPT_FORMAT:
         raise BackboneError(f"checkpoint {p['json']} is not an embedsearch checkpoint ({meta.get('format')})")
-    from timm.models.vision_transformer import VisionTransformer
+    if "cnn" in meta:  # a supervised small CNN (`pretrain --method supervised --arch cnn-*`)
+        from embedsearch.models.cnn import make_cnn
 
-    vit = VisionTransformer(**meta["vit"])
-    apply_state_dict(vit, load_state_dict(p["weights"]), str(p["weights"]))
-    return vit, meta
+        model = make_cnn(meta["cnn"]["arch"], meta["cnn"]["n_classes"])
+    elif "video" in meta:  # the video MAE's tubelet ViT (`pretrain --method video-mae`)
+        from embedsearch.models.video_vit import make_video_vit
+
+        model = make_video_vit(**meta["video"])
+    else:
+        from timm.models.vision_transformer import VisionTransformer
+
+        model = VisionTransformer(**meta["vit"])
+    apply_state_dict(model, load_state_dict(p["weights"]), str(p["weights"]))
+    return model, meta

@@ -14,7 +14,7 @@ from embedsearch.models.checkpoint import ckpt_paths, save_checkpoint
 
 log = logging.getLogger(__name__)
 
-METHODS = ("mae", "infonce", "mae+infonce")
+METHODS = ("mae", "infonce", "mae+infonce", "video-mae")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class PretrainConfig:
     width: int = 0               # 0: 64 for images ≤ 16 px, else 128
     heads: int = 4
     mask_ratio: float = 0.5
+    frames: int = 3              # video-mae: each image repeated as this many frames
+    tubelet: int = 1             # video-mae: frames per token (a tubelet is tubelet × patch × patch)
     decoder_depth: int = 2
     decoder_width: int = 64
     temperature: float = 0.1
@@ -60,6 +62,8 @@ class PretrainConfig:
         for name, ok, want in checks:
             if not ok:
                 raise EmbedsearchError(f"--{name.replace('_', '-')} must be {want} (got {getattr(self, name)})")
+        if self.method == "video-mae" and (self.frames < 1 or self.tubelet < 1 or self.frames % self.tubelet):
+            raise EmbedsearchError(f"--tubelet {self.tubelet} must divide --frames {self.frames} (both at least 1)")
         if "infonce" in self.method and self.batch_size < 2:
             raise EmbedsearchError("InfoNCE needs --batch-size of at least 2 (each image's negatives are the "
                                    "other images of its batch)")
@@ -84,7 +88,16 @@ def vit_kwargs(cfg: PretrainConfig) -> dict:
             "num_heads": cfg.heads, "num_classes": 0, "global_pool": "token", "class_token": True}
 
 
+def video_kwargs(cfg: PretrainConfig) -> dict:
+    return {"img_size": cfg.image_size, "patch_size": cfg.patch_size, "frames": cfg.frames, "tubelet": cfg.tubelet,
+            "embed_dim": cfg.width, "depth": cfg.depth, "num_heads": cfg.heads}
+
+
 def make_vit(cfg: PretrainConfig):
+    if cfg.method == "video-mae":
+        from embedsearch.models.video_vit import make_video_vit
+
+        return make_video_vit(**video_kwargs(cfg))
     from timm.models.vision_transformer import VisionTransformer
 
     return VisionTransformer(**vit_kwargs(cfg))
@@ -142,13 +155,15 @@ def _build_mae_parts(cfg: PretrainConfig, vit):
     import torch
     from timm.models.vision_transformer import Block
 
-    n = (cfg.image_size // cfg.patch_size) ** 2
+    video = cfg.method == "video-mae"
+    n = vit.n_tokens if video else (cfg.image_size // cfg.patch_size) ** 2
+    out = cfg.patch_size ** 2 * 3 * (cfg.tubelet if video else 1)
     dec = torch.nn.ModuleDict({
         "embed": torch.nn.Linear(cfg.width, cfg.decoder_width),
         "blocks": torch.nn.Sequential(*[Block(cfg.decoder_width, max(1, cfg.decoder_width // 32))
                                         for _ in range(cfg.decoder_depth)]),
         "norm": torch.nn.LayerNorm(cfg.decoder_width),
-        "pred": torch.nn.Linear(cfg.decoder_width, cfg.patch_size ** 2 * 3),
+        "pred": torch.nn.Linear(cfg.decoder_width, out),
     })
     dec.mask_token = torch.nn.Parameter(torch.zeros(1, 1, cfg.decoder_width))
     dec.pos = torch.nn.Parameter(torch.randn(1, n + 1, cfg.decoder_width) * 0.02)
@@ -188,6 +203,36 @@ def mae_loss(vit, dec, imgs, cfg: PretrainConfig, gen):
     mask = torch.gather(mask, 1, restore)
     per_patch = ((pred - patchify(imgs, cfg.patch_size)) ** 2).mean(-1)
     return (per_patch * mask).sum() / mask.sum()
+
+
+def video_mae_loss(model, dec, imgs, cfg: PretrainConfig, gen, target=None, return_mask: bool = False):
+    """The study's video MAE: the image repeated as `frames` frames, one token per tubelet, a random `mask_ratio`
+    of the tokens hidden; the encoder sees the visible ones, the decoder predicts every tubelet, and the loss is the
+    mean absolute error (L1) on the hidden tubelets only. `target` (default: the tubelets of the frames) can be
+    given to check what the loss depends on."""
+    import torch
+
+    from embedsearch.models.video_vit import tubelets
+
+    x = model.tokens(imgs)
+    B, N, D = x.shape
+    keep_n = max(1, int(round(N * (1 - cfg.mask_ratio))))
+    shuffle = torch.rand(B, N, generator=gen, device=imgs.device).argsort(dim=1)
+    restore = shuffle.argsort(dim=1)
+    x = model.encode(torch.gather(x, 1, shuffle[:, :keep_n, None].expand(-1, -1, D)))
+    y = dec["embed"](x)
+    Dd = y.shape[-1]
+    y_ = torch.cat([y[:, 1:], dec.mask_token.expand(B, N - keep_n, -1)], dim=1)
+    y_ = torch.gather(y_, 1, restore[..., None].expand(-1, -1, Dd))
+    pred = dec["pred"](dec["norm"](dec["blocks"](torch.cat([y[:, :1], y_], dim=1) + dec.pos)))[:, 1:]
+    mask = torch.ones(B, N, device=imgs.device)
+    mask[:, :keep_n] = 0
+    mask = torch.gather(mask, 1, restore)  # 1 = hidden
+    if target is None:
+        target = tubelets(model.video(imgs), cfg.tubelet, cfg.patch_size)
+    per_token = (pred - target).abs().mean(-1)
+    loss = (per_token * mask).sum() / mask.sum()
+    return (loss, mask) if return_mask else loss
 
 
 def infonce_loss(vit, v1, v2, temperature: float):
@@ -330,7 +375,9 @@ def pretrain(source, cfg: PretrainConfig, out: str | Path, *, resume: bool = Fal
                 group["lr"] = lr_at(epoch * steps_per_epoch + i)
             x = images[order[i * bs:(i + 1) * bs]].float() / 255.0
             loss = 0.0
-            if "mae" in cfg.method:
+            if cfg.method == "video-mae":
+                loss = video_mae_loss(vit, dec, normalize(x, cfg), cfg, mask_gen)
+            elif "mae" in cfg.method:
                 loss = loss + cfg.mae_weight * mae_loss(vit, dec, normalize(x, cfg), cfg, mask_gen)
             if two:
                 v1 = normalize(random_views(x, cfg, aug_gen), cfg)
@@ -376,7 +423,9 @@ def _save(out, vit, dec, opt, cfg, epochs_done, losses, n_images, gens):
 
 
 def _export(out, vit, cfg, epochs_done, losses, n_images):
-    meta = {"arch": "timm VisionTransformer", "vit": vit_kwargs(cfg),
+    arch = ({"arch": "video ViT (tubelets)", "video": video_kwargs(cfg)} if cfg.method == "video-mae"
+            else {"arch": "timm VisionTransformer", "vit": vit_kwargs(cfg)})
+    meta = {**arch,
             "preprocess": {"input_size": [3, cfg.image_size, cfg.image_size], "interpolation": "bilinear (antialias)",
                            "mean": list(cfg.mean), "std": list(cfg.std)},
             "pretrain": _config_record(cfg), "epochs_done": epochs_done, "losses": losses, "n_images": n_images}
