@@ -170,6 +170,8 @@ def test_planted_leaks_are_found_and_eval_reports_accuracy_without_them(planted)
         assert wl["top1"] == pytest.approx(np.mean(keep))
     md = markdown_run(run, ix)
     assert "w/o leaks" in md and f"leaks: {len(found)} of" in md and "check them with `embedsearch leaks`" in md
+    share = len(found) / run.results[0].data["test"]["n"]
+    assert ("unrelated items are likely this similar" in md) == (share > 0.1)
     ix.close()
 
 

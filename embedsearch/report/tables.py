@@ -41,7 +41,10 @@ def markdown_run(run, ix) -> str:
         lines.append(f"- leaks: {lk['n']} of {r0['test']['n']} test items ({100 * lk['fraction']:.2f} %) have a "
                      f"near-duplicate in train (cosine ≥ {lk['threshold']:g}, exact search); \"w/o leaks\" is top-1 "
                      "on the other test items" + (" — over 1 %: check them with `embedsearch leaks`"
-                                                   if lk["fraction"] > 0.01 else "") + ".")
+                                                   if lk["fraction"] > 0.01 else "")
+                     + ("; at this share, unrelated items are likely this similar in this embedding space (raw "
+                        "pixels are): `embedsearch duplicates` prints the similarity profile, and "
+                        "`--leak-threshold` sets another threshold" if lk["fraction"] > 0.1 else "") + ".")
     lines += [f"- top-k: {TOPK_RULE}.", "",
               "| method | variant | top-1 % [95 % CI] | top-1 % w/o leaks | top-5 % | balanced acc. % | macro F1 % "
               "| parameters |",
