@@ -150,7 +150,9 @@ class _Fields:
         return v
 
     def sub(self, key: str, default=...) -> _Fields | None:
-        v = self.get(key, (dict, type(None)), default)
+        """A nested object; null is allowed only for an optional one (a required `space: null` is one line, not an
+        AttributeError later)."""
+        v = self.get(key, (dict,) if default is ... else (dict, type(None)), default)
         return None if v is None else _Fields(v, self._name(key), self.source)
 
 
