@@ -754,6 +754,10 @@ def verify(name, repair, root, fmt):
         sys.exit(1)
 
 
+def _sheet_option(help_text: str):
+    return click.option("--html", "html_file", type=click.Path(dir_okay=False), callback=_output_file, help=help_text)
+
+
 def _sheet(ix, html_file, title, how, rows) -> None:
     if html_file:
         from pathlib import Path
@@ -776,8 +780,7 @@ def _cap(*parts) -> str:
 @click.option("--threshold", type=click.FloatRange(-1, 1), help="Cosine at or above which two items are duplicates "
               "(default 0.95; see the printed similarity profile).")
 @click.option("--auto", is_flag=True, help="Threshold at the widest gap of the nearest-neighbour similarity profile.")
-@click.option("--html", "html_file", type=click.Path(dir_okay=False), callback=_output_file,
-              help="Also write a contact sheet of the groups.")
+@_sheet_option("Also write a contact sheet of the groups.")
 @root_option
 @output_options
 @_handle_errors
@@ -822,8 +825,7 @@ def duplicates(name, where, threshold, auto, html_file, root, fmt):
 @click.option("--test", "test_where", default="split = 'test'", show_default=True)
 @click.option("--threshold", type=click.FloatRange(-1, 1), help="Cosine at or above which a test item leaks "
               "(default 0.95, as `eval` uses).")
-@click.option("--html", "html_file", type=click.Path(dir_okay=False), callback=_output_file,
-              help="Also write the pairs side by side.")
+@_sheet_option("Also write the pairs side by side.")
 @root_option
 @output_options
 @_handle_errors
@@ -861,8 +863,7 @@ def leaks(name, train_where, test_where, threshold, html_file, root, fmt):
 @click.option("--folds", type=click.IntRange(2), default=5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-n", "top", type=click.IntRange(1), default=50, show_default=True, help="Rows to print.")
-@click.option("--html", "html_file", type=click.Path(dir_okay=False), callback=_output_file,
-              help="Also write a contact sheet of the top rows.")
+@_sheet_option("Also write a contact sheet of the top rows.")
 @root_option
 @output_options
 @_handle_errors
@@ -903,8 +904,7 @@ def label_issues(name, where, methods, folds, seed, top, html_file, root, fmt):
 @click.option("--where", help="Items to rank (default: all); neighbours are searched among them.")
 @click.option("-k", type=click.IntRange(1), default=10, show_default=True, help="Which neighbour's distance.")
 @click.option("-n", "top", type=click.IntRange(1), default=50, show_default=True, help="Rows to print.")
-@click.option("--html", "html_file", type=click.Path(dir_okay=False), callback=_output_file,
-              help="Also write a contact sheet of the top rows.")
+@_sheet_option("Also write a contact sheet of the top rows.")
 @root_option
 @output_options
 @_handle_errors

@@ -1,5 +1,7 @@
+import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -49,3 +51,41 @@ def tiny_clip_config(tmp_path) -> Path:
     p = tmp_path / "es-tiny-clip.json"
     p.write_text(json.dumps(cfg))
     return p
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@contextlib.contextmanager
+def chromium_page(viewport=(1200, 800)):
+    """A page in headless Debian chromium driven by Playwright (no browser download), and the list that collects
+    its console errors and uncaught exceptions."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            yield page, errors
+        finally:
+            browser.close()
+
+
+def kill_after_saves(monkeypatch, module, n: int = 2, name: str = "_save"):
+    """Make `module.<name>` (a training loop's per-epoch commit) raise KeyboardInterrupt right after its n-th call,
+    as a kill between epochs would; returns a function that puts the real one back."""
+    real, calls = getattr(module, name), {"n": 0}
+
+    def then_die(*a, **kw):
+        calls["n"] += 1
+        real(*a, **kw)
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, name, then_die)
+    return lambda: monkeypatch.setattr(module, name, real)

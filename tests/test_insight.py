@@ -14,6 +14,7 @@ from embedsearch.build import BuildConfig, build_index
 from embedsearch.evaluate import insight as I
 from embedsearch.reader import Index
 from embedsearch.sources.datasets import open_source
+from tests.conftest import CHROMIUM, chromium_page
 
 # The backbone stand-in: a colour thumbnail with each channel's mean removed (an average-hash-like descriptor), a
 # user model loaded through `py:` like any other. Like a pretrained backbone, and unlike raw pixels, it scores two
@@ -266,9 +267,6 @@ def test_cli_commands_store_columns_and_print_rows(planted, tmp_path):
     assert bad.returncode == 2 and "unknown method 'svm'" in bad.stderr
 
 
-CHROMIUM = __import__("shutil").which("chromium") or __import__("shutil").which("chromium-browser")
-
-
 def test_map_is_stored_reused_and_its_page_works_in_headless_chromium(planted, tmp_path):
     from embedsearch.report.map import map_page, projection
 
@@ -292,31 +290,20 @@ def test_map_is_stored_reused_and_its_page_works_in_headless_chromium(planted, t
     ix.close()
     if CHROMIUM is None:
         pytest.skip("needs Debian's chromium (installed by .ci/run)")
-    from playwright.sync_api import sync_playwright
+    with chromium_page((1400, 900)) as (pg, errors):
+        pg.goto(page.as_uri())
+        pg.wait_for_selector(".scatterlayer .point", timeout=30_000)
+        points = pg.locator(".scatterlayer .point")
+        assert points.count() == len(planted["split"])
+        box = points.nth(5).bounding_box()
+        pg.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        pg.wait_for_function("document.getElementById('panel').dataset.state.startsWith('hover')")
+        pg.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        pg.wait_for_function("document.getElementById('panel').dataset.state.startsWith('neighbours')")
+        shown = pg.evaluate("document.getElementById('panel').dataset.state").split()[1]
+        assert pg.locator("#panel img").count() >= 2  # the item and its neighbours, with thumbnails
+        assert shown in {str(i) for i in planted["split"]}
+        pg.screenshot(path=str(tmp_path / "map.png"))
+        assert (tmp_path / "map.png").read_bytes()[:4] == b"\x89PNG"
+        assert errors == []
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync"])
-        try:
-            pg = browser.new_page(viewport={"width": 1400, "height": 900})
-            errors: list[str] = []
-            pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            pg.on("pageerror", lambda e: errors.append(str(e)))
-            pg.goto(page.as_uri())
-            pg.wait_for_selector(".scatterlayer .point", timeout=30_000)
-            points = pg.locator(".scatterlayer .point")
-            assert points.count() == len(planted["split"])
-            box = points.nth(5).bounding_box()
-            pg.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-            pg.wait_for_function("document.getElementById('panel').dataset.state.startsWith('hover')")
-            pg.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-            pg.wait_for_function("document.getElementById('panel').dataset.state.startsWith('neighbours')")
-            shown = pg.evaluate("document.getElementById('panel').dataset.state").split()[1]
-            assert pg.locator("#panel img").count() >= 2  # the item and its neighbours, with thumbnails
-            assert shown in {str(i) for i in planted["split"]}
-            pg.screenshot(path=str(tmp_path / "map.png"))
-            assert (tmp_path / "map.png").read_bytes()[:4] == b"\x89PNG"
-            assert errors == []
-        finally:
-            browser.close()

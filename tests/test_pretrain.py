@@ -8,6 +8,7 @@ from embedsearch.models.backbones import create_backbone
 from embedsearch.models.checkpoint import load_checkpoint
 from embedsearch.sources.datasets import open_source
 from embedsearch.train import pretrain as pt
+from tests.conftest import kill_after_saves
 
 
 @pytest.fixture(scope="module")
@@ -142,18 +143,10 @@ def test_video_mae_trains_resumes_and_indexes_through_ckpt(tmp_path, small_digit
     cfg = _cfg("video-mae", epochs=3, frames=3, tubelet=3)
     ref = pt.pretrain(small_digits, cfg, tmp_path / "ref", device="cpu", progress=False)
     assert ref.losses[-1] < ref.losses[0]
-    real, calls = pt._save, {"n": 0}
-
-    def then_die(*a, **kw):
-        calls["n"] += 1
-        real(*a, **kw)
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(pt, "_save", then_die)
+    restore = kill_after_saves(monkeypatch, pt)
     with pytest.raises(KeyboardInterrupt):
         pt.pretrain(small_digits, cfg, tmp_path / "ck", device="cpu", progress=False)
-    monkeypatch.setattr(pt, "_save", real)
+    restore()
     res = pt.pretrain(small_digits, cfg, tmp_path / "ck", resume=True, device="cpu", progress=False)
     assert res.losses == ref.losses
     a, b = load_file(str(tmp_path / "ref.safetensors")), load_file(str(tmp_path / "ck.safetensors"))

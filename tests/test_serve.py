@@ -4,7 +4,6 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,9 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import COLORS, make_image
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from tests.conftest import CHROMIUM, COLORS, chromium_page, make_image
 
 
 def _cli(*args, env, check=True) -> subprocess.CompletedProcess:
@@ -374,50 +371,39 @@ def test_text_query_on_a_tiny_open_clip_index(tmp_path, tiny_clip_config):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")
 def test_page_in_headless_chromium_searches_from_the_url_and_clicks_more_like_this(served, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     url = served["url"]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync"])
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 800})
-            errors: list[str] = []
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            three = served["ids"][3]
-            page.goto(f"{url}/?index=colors&id={three}&where=split%20%3D%20%27train%27")
-            page.wait_for_function("document.body.dataset.state !== 'loading'", timeout=30_000)
-            assert page.evaluate("document.body.dataset.state") == "ready"
-            cards = page.locator(".card")
-            api = httpx.get(f"{url}/v1/indexes/colors/search",
-                            params={"id": three, "k": 24, "where": "split = 'train'"}).json()
-            assert [int(cards.nth(i).get_attribute("data-id")) for i in range(cards.count())] == \
-                [h["id"] for h in api["results"][0]["hits"]]
-            assert page.evaluate("[...document.querySelectorAll('.card img')].every(i => i.naturalWidth > 0)")
-            target = int(cards.nth(2).get_attribute("data-id"))
-            cards.nth(2).click()
-            page.wait_for_function(f"location.search.includes('id={target}') && "
-                                   "document.body.dataset.state === 'ready'", timeout=30_000)
-            assert page.locator("#title").inner_text() == f"More like item {target}"
-            first = int(page.locator(".card").first.get_attribute("data-id"))
-            again = httpx.get(f"{url}/v1/indexes/colors/search",
-                              params={"id": target, "k": 1, "where": "split = 'train'"}).json()
-            assert first == again["results"][0]["hits"][0]["id"]
-            # an uploaded image (choose a file): its hits, the same as the API's for the same bytes
-            src = next((served["folder"] / "test" / "blue").iterdir())
-            page.set_input_files("#file", str(src))
-            page.wait_for_function("document.getElementById('title').textContent.startsWith('Like') && "
-                                   "document.body.dataset.state === 'ready'", timeout=30_000)
-            api = httpx.post(f"{url}/v1/indexes/colors/search/image", files={"image": (src.name, src.read_bytes())},
-                             data={"k": "24", "where": "split = 'train'"}).json()
-            cards = page.locator(".card")
-            assert [int(cards.nth(i).get_attribute("data-id")) for i in range(cards.count())] == \
-                [h["id"] for h in api["results"][0]["hits"]]
-            shot = tmp_path / "serve-page.png"
-            page.screenshot(path=str(shot))
-            assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-            assert errors == []
-        finally:
-            browser.close()
+    with chromium_page((1100, 800)) as (page, errors):
+        three = served["ids"][3]
+        page.goto(f"{url}/?index=colors&id={three}&where=split%20%3D%20%27train%27")
+        page.wait_for_function("document.body.dataset.state !== 'loading'", timeout=30_000)
+        assert page.evaluate("document.body.dataset.state") == "ready"
+        cards = page.locator(".card")
+        api = httpx.get(f"{url}/v1/indexes/colors/search",
+                        params={"id": three, "k": 24, "where": "split = 'train'"}).json()
+        assert [int(cards.nth(i).get_attribute("data-id")) for i in range(cards.count())] == \
+            [h["id"] for h in api["results"][0]["hits"]]
+        assert page.evaluate("[...document.querySelectorAll('.card img')].every(i => i.naturalWidth > 0)")
+        target = int(cards.nth(2).get_attribute("data-id"))
+        cards.nth(2).click()
+        page.wait_for_function(f"location.search.includes('id={target}') && "
+                               "document.body.dataset.state === 'ready'", timeout=30_000)
+        assert page.locator("#title").inner_text() == f"More like item {target}"
+        first = int(page.locator(".card").first.get_attribute("data-id"))
+        again = httpx.get(f"{url}/v1/indexes/colors/search",
+                          params={"id": target, "k": 1, "where": "split = 'train'"}).json()
+        assert first == again["results"][0]["hits"][0]["id"]
+        # an uploaded image (choose a file): its hits, the same as the API's for the same bytes
+        src = next((served["folder"] / "test" / "blue").iterdir())
+        page.set_input_files("#file", str(src))
+        page.wait_for_function("document.getElementById('title').textContent.startsWith('Like') && "
+                               "document.body.dataset.state === 'ready'", timeout=30_000)
+        api = httpx.post(f"{url}/v1/indexes/colors/search/image", files={"image": (src.name, src.read_bytes())},
+                         data={"k": "24", "where": "split = 'train'"}).json()
+        cards = page.locator(".card")
+        assert [int(cards.nth(i).get_attribute("data-id")) for i in range(cards.count())] == \
+            [h["id"] for h in api["results"][0]["hits"]]
+        shot = tmp_path / "serve-page.png"
+        page.screenshot(path=str(shot))
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert errors == []
+

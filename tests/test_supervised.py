@@ -13,6 +13,7 @@ from embedsearch.reader import Index
 from embedsearch.sources.datasets import open_source
 from embedsearch.train import supervised as sv
 from embedsearch.train.pretrain import select_records
+from tests.conftest import kill_after_saves
 
 
 @pytest.fixture(scope="module")
@@ -82,18 +83,10 @@ def test_early_stopping_ends_before_the_epoch_cap(tmp_path, small_digits):
 def test_a_killed_run_resumes_bit_identical(tmp_path, small_digits, monkeypatch):
     cfg = _cfg(epochs=4)
     ref = sv.train_supervised(small_digits, cfg, tmp_path / "ref", device="cpu", progress=False)
-    real, calls = sv._save, {"n": 0}
-
-    def then_die(*a, **kw):
-        calls["n"] += 1
-        real(*a, **kw)
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(sv, "_save", then_die)
+    restore = kill_after_saves(monkeypatch, sv)
     with pytest.raises(KeyboardInterrupt):
         sv.train_supervised(small_digits, cfg, tmp_path / "ck", device="cpu", progress=False)
-    monkeypatch.setattr(sv, "_save", real)
+    restore()
     res = sv.train_supervised(small_digits, cfg, tmp_path / "ck", resume=True, device="cpu", progress=False)
     assert res.losses == ref.losses and res.heldout_accuracy == ref.heldout_accuracy
     a, b = _weights(ref.checkpoint), _weights(res.checkpoint)

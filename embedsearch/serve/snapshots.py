@@ -140,6 +140,6 @@ class Registry:
         return self._load(name)
 
     def check(self) -> None:
-        """At start-up: at least one index, and every named one opens."""
+        """At start-up: at least one index (every named one was opened by __init__, or raised)."""
         if not self.names():
             raise IndexStateError(f"no index under {self.root}: build one with `embedsearch index`, or pass --root")
