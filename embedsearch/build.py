@@ -36,6 +36,8 @@ from embedsearch.store.manifest import (
 
 log = logging.getLogger(__name__)
 
+DEFAULT_BATCH_SIZE = 64
+
 
 @dataclass(frozen=True)
 class BuildConfig:
@@ -52,7 +54,7 @@ class BuildConfig:
     max_memory: int | None = None  # bytes the FAISS index may take (auto)
     target_recall: float = 0.95  # 10-recall@10 the auto index must reach on held-out queries
     max_latency_ms: float | None = None  # mean one-query latency the auto index must stay under
-    batch_size: int = 64
+    batch_size: int | None = None  # None: the index's recorded batch size, else DEFAULT_BATCH_SIZE
     num_workers: int | None = None
     device: str = "auto"
     precision: str = "auto"
@@ -67,9 +69,19 @@ class BuildConfig:
     mean: str | None = None
     std: str | None = None
     interpolation: str | None = None
+    threads: int | None = None  # torch threads per forward (None: torch's default locally, --cpus-per-actor on Ray)
+    # how, not what: the engine is not part of the embedding space, so an index resumes or grows with either
+    engine: str = "local"  # local | ray
+    ray_address: str | None = None
+    actors: int | None = None
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
 
     def __post_init__(self):
-        for name, least in (("part_size", 1), ("batch_size", 1), ("num_workers", 0), ("image_size", 1), ("resize", 1)):
+        if self.engine not in ("local", "ray"):
+            raise SourceError(f"unknown --engine {self.engine!r}: expected local or ray")
+        for name, least in (("part_size", 1), ("batch_size", 1), ("num_workers", 0), ("image_size", 1), ("resize", 1),
+                            ("threads", 1), ("actors", 1)):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
                 raise SourceError(f"--{name.replace('_', '-').replace('num-', '')} must be a whole number of at "
@@ -103,7 +115,9 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True, only
         layout.reports.mkdir(exist_ok=True)
         _remove_stray_temporaries(layout)
 
-        device = resolve_device(cfg.device)
+        # on Ray the actors run the model on `device`: the driver keeps its copy on the CPU, to describe and ship it
+        device = ("cuda" if cfg.gpus_per_actor > 0 else "cpu") if cfg.engine == "ray" else resolve_device(cfg.device)
+        model_device = "cpu" if cfg.engine == "ray" else device
         if cfg.vectors:
             backbone, external = None, load_external_vectors(Path(cfg.vectors), source)
             desc = {"spec": "external", "kind": "external", "model": None, "file": cfg.vectors,
@@ -111,20 +125,29 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True, only
                     "dim": int(next(iter(external.values())).shape[0])}
         else:
             if backbone is None:
-                backbone = cfg.backbone_config().create(device)
+                backbone = cfg.backbone_config().create(model_device)
             else:  # passed from Python: the model and transform as given, on this run's device
-                backbone.model.to(device)
+                backbone.model.to(model_device)
                 backbone.config = cfg.backbone_config()
             external, desc = None, backbone.describe()
         manifest = Manifest.load(layout) if layout.manifest.exists() else None
         # the autocast precision changes the vectors (bf16 vs fp32: cosine ≈ 0.999 on real models), so it is part
         # of the space; `auto` continues an index at its recorded precision, whatever this machine would pick; a
         # backbone without a network (pixels, imported vectors) has none
-        precision = None
+        # the batch size too: batching changes a network's float results, so a resume or `--add` keeps the recorded one
+        precision, batch_size, space_batch = None, cfg.batch_size or DEFAULT_BATCH_SIZE, None
         if backbone is not None and backbone.model is not None:
-            recorded = manifest.space.precision if manifest is not None else None
-            precision = recorded if cfg.precision == "auto" and recorded else resolve_precision(cfg.precision, device)
-        space = Space.of(desc, cfg.dtype, precision)
+            recorded = manifest.space if manifest is not None else None
+            if recorded and recorded.precision and cfg.precision == "auto":
+                precision = recorded.precision
+            elif cfg.precision == "auto" and device != model_device:
+                raise SourceError("--engine ray --gpus-per-actor: pass --precision bf16|fp16|fp32 (this driver "
+                                  "runs no model, so it cannot pick one for the workers' GPUs)")
+            else:
+                precision = resolve_precision(cfg.precision, device)
+            batch_size = cfg.batch_size or (recorded and recorded.batch_size) or DEFAULT_BATCH_SIZE
+            space_batch = batch_size
+        space = Space.of(desc, cfg.dtype, precision, space_batch)
         bcfg = None if backbone is None else backbone.config.resolved(
             precision=precision or "fp32", weights_sha256=desc.get("weights_sha256"))
 
@@ -176,13 +199,8 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True, only
             manifest.parts = tuple(committed[p] for p in sorted(committed))
             manifest.save(layout)
 
-        if external is not None:
-            timings = _commit_external(todo, external, commit)
-        else:
-            timings = run_embedding(backbone, todo, source.root, commit, batch_size=cfg.batch_size,
-                                    num_workers=cfg.num_workers, device=device,
-                                    precision=precision,
-                                    channels_last=cfg.channels_last, progress=progress)
+        timings, engine_info = _embed(cfg, backbone, external, todo, source.root, commit, device=device,
+                                      precision=precision, batch_size=batch_size, progress=progress)
 
         counts = _counts(layout)
         t0 = time.perf_counter()
@@ -200,11 +218,37 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True, only
             "dtype": cfg.dtype, "parts_embedded": len(todo), "parts_total": len(manifest.parts),
             "items": counts["items"], "embedded": counts["embedded"], "failed": counts["failed"],
             "failures_this_run": {f"{s}/{k}": n for (s, k), n in failures.items()},
-            "device": device, "precision": precision, "not_indexed": not_indexed,
+            "device": device, "precision": precision, "batch_size": batch_size, **engine_info,
+            "not_indexed": not_indexed,
             "timings_s": {**timings.to_dict(), "faiss": round(t_faiss, 4)},
         }
         catalog.add_run(summary["run_id"], "index", started, time.time(), "complete", cfg.to_dict(), summary)
         return summary
+
+
+def _embed(cfg: BuildConfig, backbone, external, todo, root, commit, *, device, precision, batch_size,
+           progress) -> tuple[Timings, dict]:
+    """Run the parts `todo` through the chosen engine; each finished part goes to `commit`, in this process."""
+    if external is not None:
+        return _commit_external(todo, external, commit), {"engine": "external"}
+    if cfg.engine == "ray":
+        from embedsearch.models.ray_engine import RayOptions, run_embedding_ray
+
+        opts = RayOptions(address=cfg.ray_address, actors=cfg.actors, cpus_per_actor=cfg.cpus_per_actor,
+                          gpus_per_actor=cfg.gpus_per_actor)
+        threads = cfg.threads or max(1, int(cfg.cpus_per_actor))
+        pins = {"precision": precision or "fp32", "batch_size": batch_size, "threads": threads, "device": device,
+                "num_workers": cfg.num_workers or 0, "channels_last": cfg.channels_last,
+                "versions": library_versions()}
+        timings, info = run_embedding_ray(backbone, todo, root, commit, options=opts, pins=pins, progress=progress)
+        return timings, {"engine": "ray", "threads": threads, **info}
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    timings = run_embedding(backbone, todo, root, commit, batch_size=batch_size, num_workers=cfg.num_workers,
+                            device=device, precision=precision, channels_last=cfg.channels_last, progress=progress)
+    return timings, {"engine": "local", "threads": torch.get_num_threads()}
 
 
 def _remove_stray_temporaries(layout: Layout) -> None:

@@ -131,6 +131,34 @@ root_option = click.option("--root", type=click.Path(file_okay=False), default=N
                            help="Directory holding indexes (default ./indexes, or $EMBEDSEARCH_HOME).")
 
 
+def engine_options(f):
+    """--engine and its Ray settings (index, verify --repair): how parts are embedded, never what they hold."""
+    for opt in reversed((
+        click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="Embed here, or one part per task on Ray actors (pip install 'embedsearch[ray]'); the "
+                     "output is the same, and an index resumes or grows with either."),
+        click.option("--address", "ray_address", help="With --engine ray: local (a private cluster, the default), "
+                     "auto (the running one), HOST:PORT or ray://HOST:PORT."),
+        click.option("--actors", type=click.IntRange(min=1), help="With --engine ray: backbone actors (default: as "
+                     "many as the cluster's CPUs or GPUs allow)."),
+        click.option("--cpus-per-actor", type=click.FloatRange(min=0, min_open=True), default=1.0,
+                     show_default=True, help="With --engine ray: CPUs each actor reserves (and its torch threads)."),
+        click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="With --engine ray: GPUs each actor reserves (> 0: the actors run on CUDA)."),
+        click.option("--threads", type=click.IntRange(min=1), help="torch threads per forward (default: torch's "
+                     "own locally, --cpus-per-actor on Ray); pin it to compare engines bit for bit."),
+    )):
+        f = opt(f)
+    return f
+
+
+def _engine(engine, ray_address, actors, cpus_per_actor, gpus_per_actor, threads) -> dict:
+    if engine != "ray" and (ray_address or actors):
+        raise click.UsageError("--address and --actors apply to --engine ray")
+    return {"engine": engine, "ray_address": ray_address, "actors": actors, "cpus_per_actor": cpus_per_actor,
+            "gpus_per_actor": gpus_per_actor, "threads": threads}
+
+
 @cli.command()
 @click.argument("source")
 @click.option("-b", "--backbone", default="pixels", show_default=True,
@@ -161,7 +189,8 @@ root_option = click.option("--root", type=click.Path(file_okay=False), default=N
 @click.option("--target-recall", type=click.FloatRange(0, 1), default=0.95, show_default=True,
               help="With --index auto: 10-recall@10 to reach on held-out queries.")
 @click.option("--max-latency-ms", type=float, help="With --index auto: mean one-query latency to stay under.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per forward (default 64; a resume or --add "
+              "keeps the index's own: batching changes a network's float results).")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Decode/preprocess workers (default: cores − 1).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
@@ -177,12 +206,13 @@ root_option = click.option("--root", type=click.Path(file_okay=False), default=N
               "instead of running a backbone.")
 @click.option("--add", is_flag=True, help="Embed only the items a grown source gained.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, random init, FAISS training.")
+@engine_options
 @output_options
 @_handle_errors
 def index(source, backbone, name, root, weights, random_init, image_size, pool, layer, resize, mean, std,
           interpolation, dtype, index_factory, max_memory,
           target_recall, max_latency_ms, batch_size, workers, device, precision, channels_last, part_size, label_regex, data_root, split_arg, min_per_class,
-          vectors, add, seed, fmt):
+          vectors, add, seed, fmt, **engine):
     """Embed SOURCE with a backbone into Parquet parts, a FAISS index and a DuckDB catalog.
 
     SOURCE: digits | mnist:DIR | cifar10:DIR | cifar100:DIR | an image folder | a CSV/Parquet manifest.
@@ -210,7 +240,7 @@ def index(source, backbone, name, root, weights, random_init, image_size, pool, 
                       max_latency_ms=max_latency_ms, batch_size=batch_size, num_workers=workers,
                       device=device, precision=precision, channels_last=channels_last, part_size=part_size, seed=seed,
                       add=add, vectors=vectors, root=root, layer=layer, resize=resize, mean=mean, std=std,
-                      interpolation=interpolation)
+                      interpolation=interpolation, **_engine(**engine))
     summary = _interruptible(lambda: build_index(src, cfg, progress=_progress()), name)
     if summary["failed"]:
         click.echo(f"{summary['failed']} items could not be embedded; see "
@@ -729,9 +759,10 @@ def quickstart(root, epochs, method):
 @click.argument("name")
 @click.option("--repair", is_flag=True, help="Re-embed damaged parts and rebuild the FAISS index and catalog.")
 @root_option
+@engine_options
 @output_options
 @_handle_errors
-def verify(name, repair, root, fmt):
+def verify(name, repair, root, fmt, **engine):
     """Check an index's parts, FAISS file and catalog against its manifest; exit 1 if anything is wrong.
 
     \b
@@ -741,7 +772,8 @@ def verify(name, repair, root, fmt):
     from embedsearch.verify import repair as run_repair
     from embedsearch.verify import verify as run_verify
 
-    rep = run_repair(name, root, progress=_progress()) if repair else run_verify(name, root)
+    rep = (run_repair(name, root, progress=_progress(), engine=_engine(**engine)) if repair
+           else run_verify(name, root))
     if fmt == "table":
         for r in rep.repaired:
             click.echo(f"repaired: {r}", err=True)

@@ -4,7 +4,7 @@ from the Parquet parts (the source of truth) and re-embeds only the parts that a
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -132,13 +132,14 @@ def verify(name: str, root=None) -> Report:
     return rep
 
 
-def repair(name: str, root=None, progress: bool = True) -> Report:
+def repair(name: str, root=None, progress: bool = True, engine: dict | None = None) -> Report:
     """Fix what `verify` found: drop damaged parts and re-embed exactly those; rebuild the catalog from the source
     and the parts, and the FAISS index from the parts.
 
     Destructive steps come last: under the writer lock, repair verifies, decides everything it will do and checks it
     can (the build record parses, the source opens, the backbone config is whole) before it deletes anything. It only
-    ever deletes part files that `verify` found in the index's own parts/ folder, by their validated names."""
+    ever deletes part files that `verify` found in the index's own parts/ folder, by their validated names.
+    `engine`: BuildConfig's engine fields for the re-embedding (default: the local engine, whatever built it)."""
     from embedsearch.build import _build_faiss, build_index
 
     layout = resolve(name, root)
@@ -167,7 +168,8 @@ def repair(name: str, root=None, progress: bool = True) -> Report:
         manifest.faiss, manifest.state, manifest.snapshot = None, "repairing", None
         manifest.save(layout)
     if _pending(layout):
-        summary = build_index(plan.source, cfg, progress=progress, only_indexed=True)
+        summary = build_index(plan.source, replace(cfg, **(engine or {"engine": "local"})), progress=progress,
+                              only_indexed=True)
         before.repaired.append("re-embedded the items without a sound vector and rebuilt the FAISS index")
         if summary.get("not_indexed"):
             before.repaired.append(f"left {summary['not_indexed']} items the source gained since the build "

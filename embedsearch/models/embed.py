@@ -135,8 +135,10 @@ def run_embedding(
     precision: str = "fp32",
     channels_last: bool = False,
     progress: bool = True,
+    mp_context: str | None = None,
 ) -> Timings:
-    """Embed the records of each (part number, records) pair in order; call `on_part` as each part completes."""
+    """Embed the records of each (part number, records) pair in order; call `on_part` as each part completes.
+    `mp_context`: the decode workers' start method (a Ray actor uses forkserver: forking its threads can deadlock)."""
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -150,7 +152,8 @@ def run_embedding(
     dataset = _Items(records, root, backbone.preprocess)
     loader = DataLoader(dataset, batch_sampler=list(_part_batches([len(r) for _, r in parts], batch_size)),
                         num_workers=num_workers, collate_fn=_collate, pin_memory=device.startswith("cuda"),
-                        prefetch_factor=4 if num_workers else None, persistent_workers=False)
+                        prefetch_factor=4 if num_workers else None, persistent_workers=False,
+                        multiprocessing_context=mp_context if num_workers else None)
     model = backbone.model
     if channels_last and model is not None:
         model.to(memory_format=torch.channels_last)

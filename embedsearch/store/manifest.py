@@ -25,6 +25,7 @@ def default_root() -> Path:
 
 # fields of the backbone description that define the embedding space (a resume must match them all)
 SPACE_FIELDS = ("spec", "kind", "model", "weights_sha256", "preprocess", "pool", "dim")
+LATER_SPACE_FIELDS = ("precision", "batch_size")  # space fields added after indexes existed
 
 
 @dataclass(frozen=True)
@@ -233,19 +234,20 @@ class Space:
     weights_sha256: str | None = None
     preprocess: dict | None = None
     pool: str | None = None
-    precision: str | None = None
-    has_precision: bool = True  # indexes built before the precision was recorded lack it (and write none back)
+    precision: str | None = None  # the autocast precision of a network's forward (None: no network)
+    batch_size: int | None = None  # the forward's batch size: batching changes a network's float results (None: none)
+    # the fields above that this manifest records: indexes built before one was recorded lack it, and are neither
+    # checked against it nor given one
+    recorded: tuple[str, ...] = LATER_SPACE_FIELDS
 
     def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in SPACE_FIELDS} | {"dtype": self.dtype}
-        if self.has_precision:
-            d["precision"] = self.precision
-        return d
+        return ({k: getattr(self, k) for k in SPACE_FIELDS} | {"dtype": self.dtype}
+                | {k: getattr(self, k) for k in self.recorded})
 
     @classmethod
-    def of(cls, backbone_desc: dict, dtype: str, precision: str | None = None) -> Space:
+    def of(cls, backbone_desc: dict, dtype: str, precision: str | None = None, batch_size: int | None = None) -> Space:
         return cls.read(_Fields({**{k: backbone_desc.get(k) for k in SPACE_FIELDS}, "dtype": dtype,
-                                 "precision": precision}, "space", "(new)"))
+                                 "precision": precision, "batch_size": batch_size}, "space", "(new)"))
 
     @classmethod
     def read(cls, f: _Fields) -> Space:
@@ -256,7 +258,9 @@ class Space:
                    model=f.get("model", (str, type(None)), None),
                    weights_sha256=f.get("weights_sha256", (str, type(None)), None),
                    preprocess=f.get("preprocess", (dict, type(None)), None), pool=f.get("pool", (str, type(None)), None),
-                   precision=f.get("precision", (str, type(None)), None), has_precision="precision" in f.obj)
+                   precision=f.get("precision", (str, type(None)), None),
+                   batch_size=f.get("batch_size", (int, type(None)), None, check=lambda v: None if v >= 1 else f"must be ≥ 1 (got {v})"),
+                   recorded=tuple(k for k in LATER_SPACE_FIELDS if k in f.obj))
 
 
 @dataclass(frozen=True)
@@ -395,9 +399,7 @@ class Manifest:
 def check_space(layout: Layout, manifest: Manifest, wanted: Space) -> None:
     """Refuse to extend an index with vectors from a different embedding space (never a mixed index)."""
     have, want = manifest.space.to_dict(), wanted.to_dict()
-    for k in (*SPACE_FIELDS, "dtype", "precision"):
-        if k == "precision" and not manifest.space.has_precision:  # indexes built before it was recorded
-            continue
+    for k in (*SPACE_FIELDS, "dtype", *manifest.space.recorded):
         if have.get(k) != want.get(k):
             raise IndexStateError(
                 f"index {layout.dir.name} was built with {k}={json.dumps(have.get(k))}, this run has "
