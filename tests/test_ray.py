@@ -257,3 +257,15 @@ def test_batch_size_is_part_of_the_space(tmp_path, folder):
     assert p.returncode == 1 and "was built with batch_size=4, this run has batch_size=8" in p.stderr
     p = _index(tmp_path, src, *MODEL, "--add")
     assert json.loads(p.stdout)["batch_size"] == 4
+
+
+def test_webdataset_shards_on_ray_equal_local(cluster, tmp_path):
+    """Shards listed by the driver, members read by the actors with the recorded offsets: the same index."""
+    from tests.test_webdataset import write_shards
+
+    d = write_shards(tmp_path / "shards")
+    spec = str(d / "{00000..00002}.tar")
+    _index(tmp_path / "a", spec, *NEURAL)
+    p = _index(tmp_path / "b", spec, *NEURAL, engine="ray", address=cluster)
+    assert json.loads(p.stdout)["failed"] == 1  # the member that is not an image, on both
+    _same(tmp_path / "a", tmp_path / "b")

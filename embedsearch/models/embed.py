@@ -99,7 +99,8 @@ class _Items:
             if r.array is not None:
                 img = array_to_image(r.array)
             else:
-                img = load_image(self.root / r.path if self.root else Path(r.path), self.root)
+                at = (r.meta["tar_offset"], r.meta["tar_size"]) if "tar_offset" in r.meta else None
+                img = load_image(self.root / r.path if self.root else Path(r.path), self.root, at)
         except ImageLoadError as e:
             return i, None, (e.stage, e.kind, str(e)), None, (time.perf_counter() - t0, 0.0)
         t1 = time.perf_counter()

@@ -130,8 +130,14 @@ class Embedder:
         if root is not None:
             if not os.access(root, os.R_OK | os.X_OK) or not Path(root).is_dir():
                 problems.append(f"the dataset root {root} is not readable")
-            elif sample is not None and not os.access(Path(root) / sample, os.R_OK):
-                problems.append(f"{Path(root) / sample} is not readable")
+            elif sample is not None:
+                from embedsearch.sources.webdataset import member_split
+
+                f = Path(root) / sample
+                inside = None if f.exists() else member_split(f)  # a shard member: the shard must be readable
+                f = inside[0] if inside else f
+                if not os.access(f, os.R_OK):
+                    problems.append(f"{f} is not readable")
         return {"node": node_name(), "problems": problems}
 
     def embed(self, part: int, records: list) -> tuple[PartResult, dict]:

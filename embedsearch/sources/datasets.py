@@ -390,5 +390,13 @@ def _manifest(s: SourceSpec, *, root=None, label_regex=None, require_paths=True,
     return Source(s.raw, "manifest", base, recs, classes)
 
 
+def _webdataset(s: SourceSpec, **_) -> Source:
+    from embedsearch.sources.webdataset import read_shards
+
+    root, recs, classes, notes = read_shards(s.location)
+    _check_unique_ids(recs, f"shards {s.location}")
+    return Source(s.raw, "webdataset", root, recs, classes, notes=notes)
+
+
 _READERS = {"digits": _digits, "mnist": _mnist, "cifar10": _cifar, "cifar100": _cifar,
-            "folder": _folder, "manifest": _manifest}
+            "folder": _folder, "manifest": _manifest, "webdataset": _webdataset}

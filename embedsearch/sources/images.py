@@ -75,11 +75,24 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | os.PathLike, root: Path | None = None) -> Image.Image:
-    """Open `path` as RGB with EXIF orientation applied; raise ImageLoadError with a reason otherwise."""
+def load_image(path: str | os.PathLike, root: Path | None = None, member: tuple[int, int] | None = None
+               ) -> Image.Image:
+    """Open `path` as RGB with EXIF orientation applied; raise ImageLoadError with a reason otherwise. A path below a
+    regular `.tar` file (`SHARD.tar/KEY.jpg`) is that shard's member; `member` = (data offset, size) reads it with
+    one seek instead of scanning the shard's headers."""
+    import io
+
+    from embedsearch.sources.webdataset import member_split, read_member
+
     p = Path(path)
-    check_path(p, root)
-    return decode_image(p, str(p))
+    inside = None if p.exists() else member_split(p)
+    if inside is None:
+        check_path(p, root)
+        return decode_image(p, str(p))
+    shard, name = inside
+    check_path(shard, root)
+    data = read_member(shard, name, *(member or (None, None)))
+    return decode_image(io.BytesIO(data), str(p))
 
 
 def decode_image(src, name: str, max_pixels: int | None = None) -> Image.Image:

@@ -15,6 +15,8 @@ SOURCE_KINDS = {
     "cifar100": "cifar100:DIR           CIFAR-100 python batches (fine labels) with the official split",
     "folder": "DIR                    ImageFolder layout (class subfolders, optionally under train/ val/ test/)",
     "manifest": "FILE.csv|FILE.parquet  a manifest with a `path` column (+ optional id, label, split, metadata)",
+    "webdataset": "SHARDS.tar             webdataset shards: a.tar,b.tar or a brace pattern, e.g. "
+                  "'shards/{00000..00127}.tar' (KEY.jpg + KEY.txt/.json/.cls)",
 }
 
 
@@ -33,10 +35,14 @@ def _valid(kinds: dict[str, str]) -> str:
 
 
 def parse_source(spec: str) -> SourceSpec:
-    """Parse `digits`, `mnist:DIR`, `cifar10:DIR`, `cifar100:DIR`, a folder or a manifest file."""
+    """Parse `digits`, `mnist:DIR`, `cifar10:DIR`, `cifar100:DIR`, a folder, a manifest file or .tar shards."""
     spec = spec.strip()
     if spec == "digits":
         return SourceSpec("digits", None, raw=spec)
+    from embedsearch.sources.webdataset import looks_like_shards
+
+    if looks_like_shards(spec):
+        return SourceSpec("webdataset", spec, raw=spec)
     kind, sep, rest = spec.partition(":")
     if sep and kind in ("mnist", "cifar10", "cifar100"):
         if not rest:
