@@ -215,7 +215,8 @@ def index(source, backbone, name, root, weights, random_init, image_size, pool, 
           vectors, add, seed, fmt, **engine):
     """Embed SOURCE with a backbone into Parquet parts, a FAISS index and a DuckDB catalog.
 
-    SOURCE: digits | mnist:DIR | cifar10:DIR | cifar100:DIR | an image folder | a CSV/Parquet manifest.
+    SOURCE: digits | mnist:DIR | cifar10:DIR | cifar100:DIR | an image folder | a CSV/Parquet manifest |
+    webdataset shards ('shards/{00000..00127}.tar' or a.tar,b.tar).
     Re-running the same command after an interruption resumes from the committed parts.
 
     \b

@@ -234,6 +234,7 @@ def _run(backbone, parts, root, on_part, options: RayOptions, pins: dict, progre
             return actor, report["node"]
 
         slots = [start_actor() for _ in range(n_actors)]
+        startup = time.perf_counter() - t_start  # connecting, shipping the backbone, starting and checking actors
         nodes = Counter(node for _, node in slots)
         queue = deque(parts)
         load = [0] * n_actors
@@ -299,7 +300,7 @@ def _run(backbone, parts, root, on_part, options: RayOptions, pins: dict, progre
         bar.close()
         timings.wall = time.perf_counter() - t_start
         info = {"actors": n_actors, "nodes": dict(nodes), "retried_parts": sum(1 for v in attempts.values() if v),
-                "actors_replaced": replaced,
+                "actors_replaced": replaced, "startup_s": round(startup, 3),
                 "address": options.address or "local"}
         if failed:
             part, why = min(failed.items())
