@@ -539,6 +539,9 @@ def serve(registry: Registry, *, host: str = "127.0.0.1", port: int = 8000, toke
         sock.bind((host, port))
     except OSError as e:
         raise IndexStateError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    # listen before the URL is printed: a client that connects as soon as it reads the line waits in the backlog
+    # while uvicorn starts, instead of being refused (asyncio's create_server listens again, which is harmless)
+    sock.listen(2048)
     bound = sock.getsockname()[1]
     app = create_app(registry, token=token, cors=cors, originals=originals, limits=limits)
     shown = f"[{host}]" if ":" in host else host
