@@ -19,6 +19,7 @@ from embedsearch.models.embed import PartResult, Timings, resolve_device, resolv
 from embedsearch.sources.datasets import Source
 from embedsearch.store import catalog as cat
 from embedsearch.store import faiss_index as vindex
+from embedsearch.store import ondisk
 from embedsearch.store import parts as store
 from embedsearch.store.manifest import (
     FaissRecord,
@@ -35,6 +36,7 @@ from embedsearch.store.manifest import (
 )
 
 log = logging.getLogger(__name__)
+DRIFT_QUERIES = 200  # leave-one-out queries an on-disk index keeps to measure its recall drift
 
 DEFAULT_BATCH_SIZE = 64
 
@@ -51,7 +53,9 @@ class BuildConfig:
     pool: str = "default"
     dtype: str = "float16"
     index: str = vindex.DEFAULT_FACTORY  # a FAISS factory string, or "auto" (see ann.auto_index)
-    max_memory: int | None = None  # bytes the FAISS index may take (auto)
+    max_memory: int | None = None  # bytes the FAISS index may take (auto; on disk: the build's memory budget)
+    on_disk: bool = False  # IVF lists in a file beside index.faiss, built in shards (store/ondisk.py)
+    retrain: bool = False  # an on-disk index trains its quantizer again instead of keeping it (--add)
     target_recall: float = 0.95  # 10-recall@10 the auto index must reach on held-out queries
     max_latency_ms: float | None = None  # mean one-query latency the auto index must stay under
     batch_size: int | None = None  # None: the index's recorded batch size, else DEFAULT_BATCH_SIZE
@@ -212,7 +216,11 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True, only
         manifest.counts = counts
         manifest.state = "complete"
         manifest.snapshot = None
+        # what the index is, for a repair that rebuilds it: the choice it keeps, not this run's defaults
+        manifest.build = {**manifest.build, "index": manifest.faiss.requested or manifest.build["index"],
+                          "on_disk": manifest.faiss.lists_file is not None, "retrain": False}
         manifest.save(layout)
+        ondisk.finish(layout.dir, keep=manifest.faiss.lists_file)
         summary = {
             "index": str(layout.dir), "run_id": uuid.uuid4().hex[:12], "backbone": desc["spec"], "dim": desc["dim"],
             "dtype": cfg.dtype, "parts_embedded": len(todo), "parts_total": len(manifest.parts),
@@ -319,6 +327,14 @@ def _build_faiss(layout: Layout, manifest: Manifest, cfg: BuildConfig) -> FaissR
     requested = old.get("requested") or old.get("factory") or cfg.index  # an index keeps its choice (--add, repair)
     t0 = time.perf_counter()
     auto = None
+    on_disk = (old.get("storage") or {}).get("kind") == "ondisk" if old else cfg.on_disk
+    if requested == "auto" and not old:
+        from embedsearch.query.ann import candidates
+
+        budget = cfg.max_memory
+        on_disk = on_disk or candidates(n, dim, budget, allow_on_disk=True)[0].on_disk
+    if on_disk:
+        return _build_ondisk(layout, manifest, cfg, old, requested, t0)
     if requested == "auto":
         from embedsearch.query.ann import auto_index
 
@@ -339,6 +355,98 @@ def _build_faiss(layout: Layout, manifest: Manifest, cfg: BuildConfig) -> FaissR
             "bytes": written["bytes"], "sha256": written["sha256"], "trained_on": sample_n,
             "seed": cfg.seed, "gpu": vindex.gpu_count() > 0, "build_s": round(time.perf_counter() - t0, 3),
             "auto": auto})
+
+
+def _build_ondisk(layout: Layout, manifest: Manifest, cfg: BuildConfig, old: dict, requested: str,
+                  t0: float) -> FaissRecord:
+    """An IVF index with its lists on disk (store/ondisk.py): train once (or keep the quantizer of the lists it
+    extends), add the parts into shards of bounded size, merge them with those lists into the next lists file."""
+    from embedsearch.query import ann
+
+    dim, n = manifest.space.dim, manifest.rows
+    paths = {p.number: layout.parts / p.file for p in manifest.parts}
+    store_old = old.get("storage") or {}
+    auto = None
+    if requested == "auto":
+        factory = old.get("factory") or ann.candidates(n, dim, cfg.max_memory, allow_on_disk=True)[0].factory
+    else:
+        factory = requested
+    row_bytes = ondisk.code_bytes(factory, dim)
+    budget = cfg.max_memory or store_old.get("max_memory")
+    shard_bytes = max(budget // 4, 2**20) if budget else ondisk.DEFAULT_SHARD_BYTES
+    # the lists file this build extends: its parts must all still be there, unchanged (else every part is re-added)
+    base = None
+    if store_old and not cfg.retrain:
+        kept = {int(k): v for k, v in store_old.get("parts", {}).items()}
+        now = {p.number: p.sha256 for p in manifest.parts}
+        if all(now.get(k) == v for k, v in kept.items()) and (layout.dir / store_old["lists_file"]).is_file():
+            base = store_old["lists_file"]
+        else:
+            kept = {}
+    new_parts = [p for p in manifest.parts if base is None or p.number not in kept]
+    version = max([ondisk.lists_version(store_old["lists_file"])] if store_old else [0]) + 1
+    shards = ondisk.plan_shards([(p.number, p.rows) for p in new_parts], row_bytes, shard_bytes)
+    keep_quantizer = bool(store_old) and not cfg.retrain
+    plan = {"version": version, "factory": factory, "base": base, "keep_quantizer": keep_quantizer,
+            "parts": {str(p.number): p.sha256 for p in manifest.parts}, "shards": shards, "seed": cfg.seed}
+    wd = ondisk.start_work(layout.dir, plan)
+    trained = wd / "trained.faiss"
+    if keep_quantizer and not (wd / "base.faiss").exists():
+        # a copy of the extended index's metadata: index.faiss itself is replaced before the manifest naming it
+        from embedsearch.core.files import atomic_write_bytes
+
+        atomic_write_bytes(wd / "base.faiss", layout.faiss.read_bytes())
+    trained_info = store_old.get("trained") if keep_quantizer else None
+    if not trained.exists():
+        if keep_quantizer:
+            ondisk.trained_copy(wd / "base.faiss", trained)
+        else:
+            chunks = lambda: store.iter_parts([paths[k] for k in sorted(paths)])  # noqa: E731
+            index, sample_n = ann.trained_empty(chunks, n, dim, factory, cfg.seed)
+            vindex.save_index(index, trained)
+            del index
+    if trained_info is None:
+        trained_info = {"sample": min(n, vindex.train_sample_size(factory, n)), "seed": cfg.seed, "vectors": n}
+    calls = [(trained, [paths[k] for k in group], wd / ondisk.shard_name(group)) for group in shards
+             if not (wd / ondisk.shard_name(group)).exists()]
+    log.info("on-disk IVF: %d shards of ≤ %d MiB (%d to build), merging into %s", len(shards), shard_bytes >> 20,
+             len(calls), ondisk.lists_name(version))
+    if calls and cfg.engine == "ray":
+        from embedsearch.models.ray_engine import run_tasks_ray
+
+        run_tasks_ray(ondisk.build_shard, calls, address=cfg.ray_address, on_done=lambda i, r: None)
+    else:
+        for args in calls:
+            ondisk.build_shard(*args)
+    sources = ([ondisk.ListsFileSource(wd / "base.faiss", layout.dir)] if base else []) + \
+              [ondisk.ShardSource(wd / ondisk.shard_name(g)) for g in shards]
+    lists = ondisk.lists_name(version)
+    written = ondisk.merge(trained, sources, layout.dir / lists, layout.faiss)
+    params = old.get("params") or {}
+    if requested == "auto" and not params:
+        params, auto = ann.tune_on_disk(layout.faiss, lambda: store.iter_parts([paths[k] for k in sorted(paths)]),
+                                        n, dim, factory, target_recall=cfg.target_recall, seed=cfg.seed,
+                                        max_memory=cfg.max_memory)
+    elif requested == "auto":
+        auto = old.get("auto")
+    if "recall" not in trained_info:
+        # the recall of the freshly trained quantizer, on queries kept by id: `index-quality` measures the same
+        # queries again after `--add`s and reports the drift (lists grow unevenly as the data moves)
+        idx = vindex.load_index(layout.faiss, params=params, on_disk=True)
+        chunks = lambda: store.iter_parts([paths[k] for k in sorted(paths)])  # noqa: E731
+        q_ids, q, gt = ann.leave_one_out(chunks, n, n_queries=DRIFT_QUERIES, seed=cfg.seed + 2)
+        trained_info = {**trained_info, "params": params, "recall": ann.loo_recalls(idx, q_ids, q, gt),
+                        "query_ids": q_ids.tolist()}
+        del idx
+    return FaissRecord.of({
+        "file": layout.faiss.name, "requested": requested, "factory": factory, "params": params,
+        "metric": "inner_product on L2-normalized vectors (cosine)", "ntotal": written["ntotal"],
+        "bytes": written["bytes"], "sha256": written["sha256"], "trained_on": trained_info["sample"],
+        "seed": cfg.seed, "gpu": False, "build_s": round(time.perf_counter() - t0, 3), "auto": auto,
+        "storage": {"kind": "ondisk", "lists_file": lists, "lists_bytes": written["lists_bytes"],
+                    "lists_sha256": written["lists_sha256"], "version": version, "max_memory": budget,
+                    "shard_bytes": shard_bytes, "shards": len(shards), "extended": base,
+                    "parts": {str(p.number): p.sha256 for p in manifest.parts}, "trained": trained_info}})
 
 
 def _faiss_stale(layout: Layout, manifest: Manifest) -> bool:

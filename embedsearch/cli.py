@@ -185,7 +185,13 @@ def _engine(engine, ray_address, actors, cpus_per_actor, gpus_per_actor, threads
 @click.option("--index", "index_factory", default="Flat", show_default=True,
               help="FAISS factory string, e.g. Flat, HNSW32, IVF1024,PQ32 (cosine on normalized vectors), or `auto`: "
               "choose and tune one for --max-memory and --target-recall.")
-@click.option("--max-memory", type=_Size(), help="With --index auto: the most the FAISS index may take, e.g. 2GB, 512MiB.")
+@click.option("--max-memory", type=_Size(), help="With --index auto: the most the FAISS index may take, e.g. 2GB, "
+              "512MiB (when no in-memory index fits, IVF-Flat with its lists on disk); with --on-disk: the build's "
+              "memory budget (shards of a quarter of it).")
+@click.option("--on-disk", is_flag=True, help="Keep an IVF index's lists in a file beside index.faiss (mapped, for "
+              "indexes larger than memory); built in shards, merged on disk; the index keeps this on --add.")
+@click.option("--retrain", is_flag=True, help="With --add on an on-disk index: train the quantizer again on a new "
+              "sample instead of keeping it (see the drift in `index-quality`).")
 @click.option("--target-recall", type=click.FloatRange(0, 1), default=0.95, show_default=True,
               help="With --index auto: 10-recall@10 to reach on held-out queries.")
 @click.option("--max-latency-ms", type=float, help="With --index auto: mean one-query latency to stay under.")
@@ -210,7 +216,7 @@ def _engine(engine, ray_address, actors, cpus_per_actor, gpus_per_actor, threads
 @output_options
 @_handle_errors
 def index(source, backbone, name, root, weights, random_init, image_size, pool, layer, resize, mean, std,
-          interpolation, dtype, index_factory, max_memory,
+          interpolation, dtype, index_factory, max_memory, on_disk, retrain,
           target_recall, max_latency_ms, batch_size, workers, device, precision, channels_last, part_size, label_regex, data_root, split_arg, min_per_class,
           vectors, add, seed, fmt, **engine):
     """Embed SOURCE with a backbone into Parquet parts, a FAISS index and a DuckDB catalog.
@@ -229,8 +235,12 @@ def index(source, backbone, name, root, weights, random_init, image_size, pool, 
     from embedsearch.core.units import parse_size
     from embedsearch.sources.datasets import open_source
 
-    if index_factory != "auto" and (max_memory or max_latency_ms):
-        raise click.UsageError("--max-memory and --max-latency-ms apply to --index auto")
+    if index_factory != "auto" and max_latency_ms:
+        raise click.UsageError("--max-latency-ms applies to --index auto")
+    if index_factory != "auto" and max_memory and not on_disk:
+        raise click.UsageError("--max-memory applies to --index auto or --on-disk")
+    if on_disk and "IVF" not in index_factory:
+        raise click.UsageError(f"--on-disk needs an IVF index (e.g. --index IVF4096,Flat), not {index_factory!r}")
 
     src = open_source(source, root=data_root, label_regex=label_regex, split=split_arg, seed=seed,
                       min_per_class=min_per_class, require_paths=vectors is None)
@@ -238,7 +248,7 @@ def index(source, backbone, name, root, weights, random_init, image_size, pool, 
     cfg = BuildConfig(name=name, backbone=backbone, weights=weights, pretrained=not random_init, image_size=image_size,
                       pool=pool, dtype=dtype, index=index_factory,
                       max_memory=parse_size(max_memory) if max_memory else None, target_recall=target_recall,
-                      max_latency_ms=max_latency_ms, batch_size=batch_size, num_workers=workers,
+                      max_latency_ms=max_latency_ms, on_disk=on_disk, retrain=retrain, batch_size=batch_size, num_workers=workers,
                       device=device, precision=precision, channels_last=channels_last, part_size=part_size, seed=seed,
                       add=add, vectors=vectors, root=root, layer=layer, resize=resize, mean=mean, std=std,
                       interpolation=interpolation, **_engine(**engine))

@@ -253,7 +253,7 @@ class Index:
         from embedsearch.store.faiss_index import load_index
 
         fa = self.manifest.faiss  # Index.open checked that one is recorded
-        index = load_index(self.layout.faiss, mmap=True, params=fa.params)
+        index = load_index(self.layout.faiss, mmap=True, params=fa.params, on_disk=fa.lists_file is not None)
         if index.ntotal != fa.ntotal:
             raise IndexStateError(f"{self.layout.faiss} was replaced after {self.name} was opened ({index.ntotal} "
                                   f"vectors, {fa.ntotal} when opened): open the index again")

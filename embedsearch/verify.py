@@ -12,6 +12,7 @@ from embedsearch.core.errors import EmbedsearchError, IndexStateError
 from embedsearch.core.files import file_sha256
 from embedsearch.core.schema import from_record
 from embedsearch.store import catalog as cat
+from embedsearch.store import ondisk
 from embedsearch.store import parts as store
 from embedsearch.store.manifest import (
     PART_FILE,
@@ -97,11 +98,15 @@ def verify(name: str, root=None) -> Report:
     elif fa.ntotal != manifest.rows:
         rep.add("faiss stale", layout.manifest.name, f"the manifest records {fa.ntotal} FAISS vectors and "
                 f"{manifest.rows} part rows")
+    elif fa.lists_file and not _lists_sound(layout, fa):
+        lf = layout.dir / fa.lists_file
+        rep.add("faiss lists changed" if lf.is_file() and not lf.is_symlink() else "faiss lists missing",
+                fa.lists_file, "the inverted-lists file's sha256/size differ from the manifest, or it is not there")
     else:
         from embedsearch.store.faiss_index import load_index
 
         try:
-            ix = load_index(layout.faiss)
+            ix = load_index(layout.faiss, on_disk=fa.lists_file is not None)
             if ix.ntotal != len(all_ids) and len(part_ids) == len(listed):
                 rep.add("faiss stale", layout.faiss.name, f"{ix.ntotal} vectors, the parts hold {len(all_ids)}")
             else:
@@ -179,6 +184,7 @@ def repair(name: str, root=None, progress: bool = True, engine: dict | None = No
             manifest.faiss = _build_faiss(layout, manifest, cfg)
             manifest.state = "complete"
             manifest.save(layout)
+            ondisk.finish(layout.dir, keep=manifest.faiss.lists_file)
         before.repaired.append("rebuilt the FAISS index from the parts")
     after = verify(name, root)
     after.repaired = before.repaired
@@ -271,3 +277,10 @@ def _rebuild_catalog(layout: Layout, manifest: Manifest, src) -> None:
     c.add_items(src.records, [where.get(r.id, new_part.get(r.id)) for r in src.records], src.classes)
     c.update_items([{"id": r.id, "status": "ok", "stage": None, "error_type": None, "error": None, "width": None,
                      "height": None} for r in src.records if r.id in where])
+
+
+def _lists_sound(layout: Layout, fa) -> bool:
+    lf = layout.dir / fa.lists_file
+    st = fa.extra["storage"]
+    return (lf.is_file() and not lf.is_symlink() and lf.stat().st_size == st["lists_bytes"]
+            and file_sha256(lf) == st.get("lists_sha256"))

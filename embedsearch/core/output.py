@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
@@ -86,3 +87,34 @@ def emit_rows(rows, fmt: str, columns: list[str]) -> None:
         click.echo(buf.getvalue(), nl=False)
     else:
         emit(list(rows), fmt, columns)
+
+
+@contextlib.contextmanager
+def c_stdout_to_stderr(discard: bool = False):
+    """Send what C/C++ code prints to stdout (FAISS's printf) to stderr meanwhile (or nowhere, `discard`: for a
+    message known to be noise), so that stdout carries only the command's output (`--json` stays one document).
+    Python's own writes to sys.stdout are not affected."""
+    import ctypes
+    import os
+    import sys
+
+    sys.stdout.flush()
+    try:
+        out = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stdout (captured in a test, a notebook): nothing to do
+        yield
+        return
+    libc = ctypes.CDLL(None)
+    saved = os.dup(out)
+    try:
+        if discard:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, out)
+            os.close(null)
+        else:
+            os.dup2(2, out)
+        yield
+    finally:
+        libc.fflush(None)  # C's buffered stdout goes out now, to stderr, not later to the real stdout
+        os.dup2(saved, out)
+        os.close(saved)

@@ -8,9 +8,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from embedsearch.core.errors import QueryError
-from embedsearch.core.vectors import drop_self, l2_normalize
 from embedsearch.evaluate.methods.knn import KNN_T, knn_scores
-from embedsearch.query.ann import RECALL_R, latency, recalls, sample_rows
+from embedsearch.query.ann import RECALL_R, latency, leave_one_out, loo_recalls
 from embedsearch.store import faiss_index as vindex
 from embedsearch.store.parts import iter_parts
 
@@ -28,17 +27,18 @@ def quality(ix, *, n_queries: int = 1000, seed: int = 1234, k_knn: int = 20, tra
     if n < 2:
         raise QueryError(f"index {ix.name} has {n} vectors: nothing to measure")
     rmax = max(RECALL_R)
-    q_ids, q = sample_rows(chunks(), n, min(n_queries, n), seed)
-    gt_s, gt_i = vindex.exact_topk(chunks(), q, rmax + 1)
-    gt, _ = drop_self(gt_i, gt_s, q_ids, rmax)
-    s, ids = index.search(l2_normalize(q), rmax + 1)
-    got, _ = drop_self(ids, s, q_ids, rmax)
+    q_ids, q, gt = leave_one_out(chunks, n, n_queries=n_queries, seed=seed)
     fa = ix.manifest.faiss.to_dict()
     out = {"index": ix.name, "factory": fa.get("factory"), "params": fa.get("params") or {}, "n": n, "dim": d,
            "queries": {"n": len(q_ids), "seed": seed, "sampled_from": "the index's own vectors; each query's own id "
                        "left out of exact and approximate results"},
-           "recall": recalls(got, gt), "latency_ms": latency(index, q, rmax),
+           "recall": loo_recalls(index, q_ids, q, gt), "latency_ms": latency(index, q, rmax),
            "bytes": ix.layout.faiss.stat().st_size}
+    lists = ix.manifest.faiss.lists_file
+    if lists:
+        out["bytes"] += (ix.layout.dir / lists).stat().st_size
+        out["storage"] = f"on disk: {lists} (IVF lists, mapped) + index.faiss (quantizer)"
+        out["drift"] = _drift(index, chunks, n, fa["storage"])
     out["bytes_per_vector"] = round(out["bytes"] / n, 2)
     tr, te = ix.select(train), ix.select(test)
     if (tr["class_index"] >= 0).any() and len(te["id"]):
@@ -67,3 +67,18 @@ def quality(ix, *, n_queries: int = 1000, seed: int = 1234, k_knn: int = 20, tra
                       "delta_points": round(acc["approximate"] - acc["exact"], 3),
                       "same_prediction_pct": round(agree, 3)}
     return out
+
+
+def _drift(index, chunks, n: int, storage: dict) -> dict | None:
+    """Recall now against recall when the quantizer was trained, on the same leave-one-out queries (those still
+    indexed): how far `--add`s have moved the data away from the trained centroids; `--retrain` resets it."""
+    tr = storage.get("trained") or {}
+    if not tr.get("query_ids"):
+        return None
+    q_ids, q, gt = leave_one_out(chunks, n, q_ids=np.asarray(tr["query_ids"], np.int64))
+    now = loo_recalls(index, q_ids, q, gt)
+    return {"queries": len(q_ids), "vectors_at_training": tr.get("vectors"), "vectors_now": n,
+            "recall_at_training": tr["recall"], "recall_now": now,
+            "delta_10-recall@10": round(now["10-recall@10"] - tr["recall"]["10-recall@10"], 4),
+            "how": "the same leave-one-out queries (ids kept at training, seed = build seed + 2), same nprobe; "
+                   "`embedsearch index NAME --add --retrain` trains the quantizer again"}

@@ -326,3 +326,37 @@ def _retry(part, recs, reason, attempts, retries, queue, failed) -> None:
 def _first_line(e) -> str:
     text = str(e).strip().splitlines()
     return (text[0] if text else type(e).__name__)[:200]
+
+
+def run_tasks_ray(fn: Callable, calls: list[tuple], *, address: str | None, on_done: Callable[[int, object], None],
+                  cpus: float = 1.0, retries: int = 2) -> dict:
+    """`fn(*args)` for each args tuple of `calls`, one Ray task each (at most one in flight per CPU of the cluster),
+    `on_done(i, result)` in the driver as each finishes. A task whose worker dies is retried `retries` times by Ray;
+    one that raises fails the run with its first line. The FAISS shard build uses this: `fn` reads and writes only
+    paths under the index folder, which every node mounts at the same place."""
+    import ray
+
+    with contextlib.redirect_stdout(sys.stderr):
+        started = connect(address)
+        try:
+            t0 = time.perf_counter()
+            task = ray.remote(num_cpus=cpus, max_retries=retries)(fn)
+            limit = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
+            pending: dict = {}
+            todo = list(enumerate(calls))
+            while todo or pending:
+                while todo and len(pending) < limit:
+                    i, args = todo.pop(0)
+                    pending[task.remote(*args)] = i
+                done, _ = ray.wait(list(pending), num_returns=1)
+                i = pending.pop(done[0])
+                try:
+                    result = ray.get(done[0])
+                except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError) as e:
+                    why = _first_line(getattr(e, "cause", None) or e)
+                    raise EmbedsearchError(f"Ray task {i} of {fn.__name__} failed: {why}") from None
+                on_done(i, result)
+            return {"engine": "ray", "tasks": len(calls), "wall_s": round(time.perf_counter() - t0, 3)}
+        finally:
+            if started:
+                ray.shutdown()

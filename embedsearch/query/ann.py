@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from embedsearch.core.errors import QueryError
-from embedsearch.core.vectors import l2_normalize
+from embedsearch.core.vectors import drop_self, l2_normalize
 from embedsearch.store import faiss_index as vindex
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class Candidate:
     param: str | None  # the search-time knob tuned to the target: "nprobe", "efSearch" or None (exact)
     bytes_estimate: int
     values: tuple[int, ...] = ()
+    on_disk: bool = False  # lists in a file beside index.faiss (store/ondisk.py); bytes_estimate is then RAM only
 
     @property
     def kind(self) -> str:
@@ -93,8 +94,11 @@ def pq_m(d: int, budget_bytes: float) -> int:
     return best
 
 
-def candidates(n: int, d: int, max_memory: int | None = None, exact_up_to: int = EXACT_UP_TO) -> list[Candidate]:
-    """Index types worth trying for n vectors of dim d, fastest-at-equal-recall first, within `max_memory` bytes."""
+def candidates(n: int, d: int, max_memory: int | None = None, exact_up_to: int = EXACT_UP_TO,
+               allow_on_disk: bool = False) -> list[Candidate]:
+    """Index types worth trying for n vectors of dim d, fastest-at-equal-recall first, within `max_memory` bytes.
+    `allow_on_disk`: when no in-memory type fits, IVF-Flat with its lists on disk (what stays in memory is the
+    quantizer; the build holds one shard of a quarter of the budget)."""
     budget = max_memory if max_memory is not None else float("inf")
     flat = n * (4 * d + 48)  # IDMap2 keeps an id and a hash entry per vector
     if n <= exact_up_to and flat <= budget:
@@ -110,6 +114,8 @@ def candidates(n: int, d: int, max_memory: int | None = None, exact_up_to: int =
     m = pq_m(d, (budget - centroids) / max(n, 1) - 8 if budget != float("inf") else d)
     out.append(Candidate(f"IVF{k},PQ{m}x4fs", "nprobe", n * (m // 2 + 8) + centroids, probes))
     fits = [c for c in out if c.bytes_estimate <= budget]
+    if not fits and allow_on_disk and centroids <= budget / 2:
+        return [Candidate(f"IVF{k},Flat", "nprobe", centroids, probes, on_disk=True)]
     if not fits:
         need = min(c.bytes_estimate for c in out)
         raise QueryError(f"no index type fits --max-memory {budget / 2**20:.0f} MiB for {n} × {d}-d vectors "
@@ -143,6 +149,12 @@ def build_trained(chunks: Chunks, n: int, d: int, factory: str, seed: int):
     if not vindex.make_index(d, factory).is_trained:
         _, sample = sample_rows(chunks(), n, vindex.train_sample_size(factory, n), seed)
     return vindex.build_index(chunks(), d, factory, train_sample=sample), None if sample is None else len(sample)
+
+
+def trained_empty(chunks: Chunks, n: int, d: int, factory: str, seed: int):
+    """The same training as `build_trained` (the same seeded sample), without adding: (empty index, sample rows)."""
+    _, sample = sample_rows(chunks(), n, vindex.train_sample_size(factory, n), seed)
+    return vindex.build_index((), d, factory, train_sample=sample), len(sample)
 
 
 def recalls(approx: np.ndarray, exact: np.ndarray, rs=RECALL_R) -> dict:
@@ -250,3 +262,62 @@ def auto_index(chunks: Chunks, n: int, d: int, *, max_memory: int | None = None,
     if not t.met:
         log.warning("auto index: no candidate met the target; using %s (%s)", t.factory, t.why)
     return index, record
+
+
+def leave_one_out(chunks: Chunks, n: int, q_ids: np.ndarray | None = None, n_queries: int = TUNE_QUERIES,
+                  seed: int = 0):
+    """Indexed items as queries, each one's own id left out of the exact and the approximate results (for IVF the
+    lists a query scans do not depend on whether it is indexed, so this equals held-out recall): (query ids,
+    queries, exact top ids). `q_ids` repeats a recorded set of queries (the ones still indexed)."""
+    rmax = max(RECALL_R)
+    if q_ids is None:
+        q_ids, q = sample_rows(chunks(), n, min(n_queries, n), seed)
+    else:
+        got_ids, got = [], []
+        want = np.asarray(q_ids, np.int64)
+        for ids, v in chunks():
+            m = np.isin(ids, want)
+            got_ids.append(np.asarray(ids)[m])
+            got.append(np.asarray(v, np.float32)[m])
+        q_ids, q = np.concatenate(got_ids), np.concatenate(got)
+    gt_s, gt_i = vindex.exact_topk(chunks(), q, rmax + 1)
+    gt, _ = drop_self(gt_i, gt_s, q_ids, rmax)
+    return q_ids, q, gt
+
+
+def loo_recalls(index, q_ids: np.ndarray, q: np.ndarray, gt: np.ndarray) -> dict:
+    rmax = max(RECALL_R)
+    s, ids = index.search(l2_normalize(q), rmax + 1)
+    got, _ = drop_self(ids, s, q_ids, rmax)
+    return recalls(got, gt)
+
+
+def tune_on_disk(index_file, chunks: Chunks, n: int, d: int, factory: str, *, target_recall: float, seed: int,
+                 max_memory: int | None, n_queries: int = TUNE_QUERIES) -> tuple[dict, dict]:
+    """`--index auto` chose IVF-Flat on disk (nothing fits `max_memory` in memory): the smallest nprobe whose
+    leave-one-out 10-recall@10 reaches the target. Returns (params, the auto record)."""
+    index = vindex.load_index(index_file, on_disk=True)
+    cand = next(c for c in candidates(n, d, max_memory, allow_on_disk=True) if c.on_disk)
+    q_ids, q, gt = leave_one_out(chunks, n, n_queries=min(n_queries, max(n // 10, 1)), seed=seed + 1)
+    sweep, params, rec = [], {}, {}
+    for v in cand.values:
+        params = {"nprobe": v}
+        vindex.set_params(index, params)
+        rec = loo_recalls(index, q_ids, q, gt)
+        sweep.append({**params, **rec})
+        if rec["10-recall@10"] >= target_recall:
+            break
+    met = rec["10-recall@10"] >= target_recall
+    lat = latency(index, q, 10)
+    record = {"mode": "auto", "target": {"10-recall@10": target_recall, "max_latency_ms": None},
+              "max_memory": max_memory, "n": n, "dim": d, "seed": seed, "chosen": factory, "params": params,
+              "on_disk": True, "recall": rec, "latency_ms": lat, "sweep": sweep, "met": met,
+              "tuning_queries": {"n": len(q_ids), "sampled_from": f"the indexed vectors, seed {seed + 1}, each "
+                                 "query's own id left out (for IVF the same as held out)"},
+              "why": f"no in-memory index fits --max-memory {max_memory}: IVF-Flat with its lists on disk"
+                     + ("" if met else f"; 10-recall@10 {rec['10-recall@10']} < {target_recall} at the largest "
+                        "nprobe")}
+    if not met:
+        log.warning("auto index: on-disk %s reached 10-recall@10 %s < %s", factory, rec["10-recall@10"],
+                    target_recall)
+    return params, record

@@ -110,17 +110,25 @@ def save_index(index, path: Path) -> dict:
     return atomic_write(path, lambda f: faiss.write_index(index, faiss.PyCallbackIOWriter(f.write)))
 
 
-def load_index(path: Path, mmap: bool = False, params: dict | None = None):
+def load_index(path: Path, mmap: bool = False, params: dict | None = None, on_disk: bool = False):
     """Read a FAISS file; `mmap` maps flat codes and IVF lists from the file instead of reading them into memory
     (pages come from the OS cache on demand, and the old file stays valid for readers when a rebuild replaces it).
-    `params` are the recorded search-time settings (nprobe, efSearch)."""
+    `params` are the recorded search-time settings (nprobe, efSearch). `on_disk`: an IVF index whose lists file
+    sits beside it (store/ondisk.py), opened read-only from this folder wherever it was built; its lists are
+    always mapped."""
     import faiss
+
+    from embedsearch.core.output import c_stdout_to_stderr
 
     if not path.is_file():
         raise IndexStateError(f"FAISS file {path} is missing; run `embedsearch verify --repair`")
-    flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    if on_disk:
+        flags = faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY
+    else:
+        flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0
     try:
-        index = faiss.read_index(str(path), flags)
+        with c_stdout_to_stderr(discard=True):  # FAISS says where it found the lists file, on every open
+            index = faiss.read_index(str(path), flags)
     except RuntimeError as e:
         raise IndexStateError(f"FAISS file {path} is unreadable: {str(e).strip().splitlines()[-1][:120]}") from None
     set_params(index, params)

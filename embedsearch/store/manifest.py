@@ -207,9 +207,24 @@ class FaissRecord:
                 **{k: v for k, v in self.extra.items() if k not in ("ntotal", "bytes", "sha256")},
                 "ntotal": self.ntotal, "bytes": self.bytes, "sha256": self.sha256}
 
+    @property
+    def lists_file(self) -> str | None:
+        """The inverted-lists file beside index.faiss of an on-disk IVF index (store/ondisk.py), else None."""
+        st = self.extra.get("storage") or {}
+        return st.get("lists_file") if st.get("kind") == "ondisk" else None
+
     @classmethod
     def read(cls, f: _Fields) -> FaissRecord:
         f.get("file", (str,), "index.faiss", check=lambda v: None if v == "index.faiss" else "must be index.faiss")
+        st = f.get("storage", (dict, type(None)), None)
+        if st and st.get("kind") == "ondisk":
+            from embedsearch.store.ondisk import LISTS_RE
+
+            name = st.get("lists_file")
+            if not isinstance(name, str) or not LISTS_RE.match(name):
+                raise f.bad("storage", f"lists_file {name!r} is not a lists file name (lists.NNNN.ivfdata)")
+            if not isinstance(st.get("lists_bytes"), int) or st["lists_bytes"] < 0:
+                raise f.bad("storage", "lists_bytes must be a byte count")
         known = ("file", "requested", "factory", "params", "ntotal", "bytes", "sha256")
         return cls(ntotal=f.get("ntotal", (int,), check=_nonneg), bytes=f.get("bytes", (int,), check=_nonneg),
                    sha256=f.get("sha256", (str,), check=_sha), factory=f.get("factory", (str,)),
@@ -425,6 +440,13 @@ def check_consistent(layout: Layout, manifest: Manifest) -> None:
     if layout.faiss.stat().st_size != fa.bytes or fa.ntotal != manifest.rows:
         raise IndexStateError(f"FAISS file {layout.faiss} does not match the manifest ({fa.ntotal} vectors "
                               f"recorded, {manifest.rows} in the parts); run `embedsearch verify --repair`")
+    if fa.lists_file:
+        lf = layout.dir / fa.lists_file
+        if lf.is_symlink() or not lf.is_file():
+            raise IndexStateError(f"inverted-lists file {lf} is missing (or a link); run `embedsearch verify --repair`")
+        if lf.stat().st_size != fa.extra["storage"]["lists_bytes"]:
+            raise IndexStateError(f"inverted-lists file {lf} has {lf.stat().st_size} bytes, the manifest says "
+                                  f"{fa.extra['storage']['lists_bytes']}; run `embedsearch verify --repair`")
 
 
 @contextmanager
