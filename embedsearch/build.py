@@ -373,7 +373,7 @@ def _build_ondisk(layout: Layout, manifest: Manifest, cfg: BuildConfig, old: dic
         factory = requested
     row_bytes = ondisk.code_bytes(factory, dim)
     budget = cfg.max_memory or store_old.get("max_memory")
-    shard_bytes = max(budget // 4, 2**20) if budget else ondisk.DEFAULT_SHARD_BYTES
+    shard_bytes = max(budget // 4, ondisk.MIN_SHARD_BYTES) if budget else ondisk.DEFAULT_SHARD_BYTES
     # the lists file this build extends: its parts must all still be there, unchanged (else every part is re-added)
     base = None
     if store_old and not cfg.retrain:

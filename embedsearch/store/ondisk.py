@@ -40,7 +40,8 @@ from embedsearch.core.vectors import l2_normalize
 
 LISTS_RE = re.compile(r"^lists\.(\d{4,9})\.ivfdata$")
 WORK_DIR = "ivf-build"
-DEFAULT_SHARD_BYTES = 256 * 2**20
+DEFAULT_SHARD_BYTES = 256 * 2**20  # without --max-memory
+MIN_SHARD_BYTES = 64 * 2**10  # a tight budget still gets shards worth a task
 ID_BYTES = 8
 
 
@@ -259,7 +260,9 @@ def trained_copy(index_file: Path, out: Path) -> None:
     with c_stdout_to_stderr():
         idx = faiss.read_index(str(index_file), faiss.IO_FLAG_SKIP_IVF_DATA)
     ivf = faiss.extract_index_ivf(idx)
-    ivf.replace_invlists(faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size), True)
+    empty = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    ivf.replace_invlists(empty, True)
+    empty.this.disown()  # the index owns and frees it
     ivf.ntotal = idx.ntotal = 0
     save_index(idx, out)
 
