@@ -229,3 +229,30 @@ def test_kill_9_during_add_resumes_to_the_uninterrupted_add(tmp_path):
     _cli(b, str(images), *FOLDER, "--add")
     assert _fingerprint(a, "f") == _fingerprint(b, "f")
     assert [f.name for f in (b / "f").glob("lists.*")] == ["lists.0002.ivfdata"]
+
+
+def test_auto_goes_on_disk_when_no_in_memory_index_fits_and_meets_the_target(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from embedsearch.build import BuildConfig, build_index
+    from embedsearch.evaluate.quality import quality
+    from embedsearch.sources.datasets import open_source
+    from tests.test_ann import clustered
+
+    n, d = 20_000, 32
+    np.save(tmp_path / "v.npy", clustered(n, d))
+    pq.write_table(pa.table({"label": [f"c{i % 10}" for i in range(n)]}), tmp_path / "m.parquet")
+    src = open_source(str(tmp_path / "m.parquet"), require_paths=False)
+    # 150 kB: less than the smallest in-memory candidate (4-bit PQ: ≥ 9 bytes a vector + the centroids = 245 kB)
+    build_index(src, BuildConfig(name="a", root=str(tmp_path / "ix"), vectors=str(tmp_path / "v.npy"),
+                                 dtype="float32", index="auto", max_memory=150_000, target_recall=0.9),
+                progress=False)
+    ix = Index.open("a", tmp_path / "ix")
+    fa = ix.manifest.faiss
+    assert fa.lists_file and fa.factory == "IVF512,Flat" and fa.extra["auto"]["on_disk"]
+    assert fa.extra["auto"]["met"] and ix.faiss.nprobe == fa.params["nprobe"] > 1
+    assert (tmp_path / "ix" / "a" / "index.faiss").stat().st_size <= 150_000  # what stays in memory
+    q = quality(ix, n_queries=300)  # other queries than the tuning ones (another seed)
+    assert q["recall"]["10-recall@10"] >= 0.87
+    ix.close()

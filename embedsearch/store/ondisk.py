@@ -239,7 +239,8 @@ def merge(trained: Path, sources: list[_Source], lists_path: Path, index_path: P
             if progress:
                 progress(k + 1, len(sources))
     od = faiss.OnDiskInvertedLists(nlist, cs, lists_path.name)
-    od.set_all_lists_sizes(faiss.swig_ptr(np.ascontiguousarray(sizes.astype(np.uint64))))
+    sizes_u64 = np.ascontiguousarray(sizes, dtype=np.uint64)  # held: swig_ptr keeps no reference to it
+    od.set_all_lists_sizes(faiss.swig_ptr(sizes_u64))
     for j in range(nlist):  # the offsets FAISS computes are the ones written above; checked, not assumed
         if int(od.lists.at(j).offset) != int(lay.offsets[j]):
             raise IndexStateError(f"FAISS lays out list {j} at {od.lists.at(j).offset}, expected {lay.offsets[j]}")
