@@ -411,7 +411,8 @@ def _build_ondisk(layout: Layout, manifest: Manifest, cfg: BuildConfig, old: dic
              if not (wd / ondisk.shard_name(group)).exists()]
     log.info("on-disk IVF: %d shards of ≤ %d MiB (%d to build), merging into %s", len(shards), shard_bytes >> 20,
              len(calls), ondisk.lists_name(version))
-    if calls and cfg.engine == "ray":
+    shard_engine = "ray" if calls and cfg.engine == "ray" else "local"
+    if shard_engine == "ray":
         from embedsearch.models.ray_engine import run_tasks_ray
 
         run_tasks_ray(ondisk.build_shard, calls, address=cfg.ray_address, on_done=lambda i, r: None)
@@ -445,7 +446,8 @@ def _build_ondisk(layout: Layout, manifest: Manifest, cfg: BuildConfig, old: dic
         "seed": cfg.seed, "gpu": False, "build_s": round(time.perf_counter() - t0, 3), "auto": auto,
         "storage": {"kind": "ondisk", "lists_file": lists, "lists_bytes": written["lists_bytes"],
                     "lists_sha256": written["lists_sha256"], "version": version, "max_memory": budget,
-                    "shard_bytes": shard_bytes, "shards": len(shards), "extended": base,
+                    "shard_bytes": shard_bytes, "shards": len(shards), "shards_built": len(calls),
+                    "shard_engine": shard_engine, "extended": base,
                     "parts": {str(p.number): p.sha256 for p in manifest.parts}, "trained": trained_info}})
 
 

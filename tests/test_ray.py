@@ -269,3 +269,18 @@ def test_webdataset_shards_on_ray_equal_local(cluster, tmp_path):
     p = _index(tmp_path / "b", spec, *NEURAL, engine="ray", address=cluster)
     assert json.loads(p.stdout)["failed"] == 1  # the member that is not an image, on both
     _same(tmp_path / "a", tmp_path / "b")
+
+
+def test_on_disk_ivf_shards_as_ray_tasks_equal_the_local_build(tmp_path, cluster):
+    """One Ray task per shard (each reads its parts and writes its shard under the index folder), merged by the
+    driver: the same index.faiss and lists file as shards built in-process."""
+    args = ["--part-size", "150", "--index", "IVF16,Flat", "--on-disk", "--max-memory", "1MB", "-b", "pixels:8"]
+    local, ray_root = tmp_path / "local", tmp_path / "ray"
+    _index(local, "digits", *args)
+    _index(ray_root, "digits", *args, engine="ray", address=cluster)
+    _same(local, ray_root)
+    lists = [f.name for f in (ray_root / "k").glob("lists.*.ivfdata")]
+    assert lists == ["lists.0001.ivfdata"]
+    assert (local / "k" / lists[0]).read_bytes() == (ray_root / "k" / lists[0]).read_bytes()
+    st = json.loads((ray_root / "k" / "manifest.json").read_text())["faiss"]["storage"]
+    assert (st["shard_engine"], st["shards_built"], st["shards"]) == ("ray", 6, 6)
