@@ -14,6 +14,7 @@ import numpy as np
 
 from embedsearch.core.errors import IndexStateError, SourceError
 from embedsearch.core.files import file_sha256
+from embedsearch.core.progress import bar as progress_bar
 from embedsearch.models.config import BackboneConfig
 from embedsearch.models.embed import PartResult, Timings, resolve_device, resolve_precision, run_embedding
 from embedsearch.sources.datasets import Source
@@ -412,17 +413,21 @@ def _build_ondisk(layout: Layout, manifest: Manifest, cfg: BuildConfig, old: dic
     log.info("on-disk IVF: %d shards of ≤ %d MiB (%d to build), merging into %s", len(shards), shard_bytes >> 20,
              len(calls), ondisk.lists_name(version))
     shard_engine = "ray" if calls and cfg.engine == "ray" else "local"
-    if shard_engine == "ray":
-        from embedsearch.models.ray_engine import run_tasks_ray
+    rows_of = {p.number: p.rows for p in manifest.parts}
+    with progress_bar(sum(rows_of[k] for _, ps, _ in calls for k in _numbers(ps)), "on-disk IVF: shards",
+                      unit="vec") as bar:
+        if shard_engine == "ray":
+            from embedsearch.models.ray_engine import run_tasks_ray
 
-        run_tasks_ray(ondisk.build_shard, calls, address=cfg.ray_address, on_done=lambda i, r: None)
-    else:
-        for args in calls:
-            ondisk.build_shard(*args)
+            run_tasks_ray(ondisk.build_shard, calls, address=cfg.ray_address, on_done=lambda i, r: bar.update(r["rows"]))
+        else:
+            for args in calls:
+                bar.update(ondisk.build_shard(*args)["rows"])
     sources = ([ondisk.ListsFileSource(wd / "base.faiss", layout.dir)] if base else []) + \
               [ondisk.ShardSource(wd / ondisk.shard_name(g)) for g in shards]
     lists = ondisk.lists_name(version)
-    written = ondisk.merge(trained, sources, layout.dir / lists, layout.faiss)
+    with progress_bar(n, f"on-disk IVF: merging into {lists}", unit="vec") as bar:
+        written = ondisk.merge(trained, sources, layout.dir / lists, layout.faiss, progress=bar.update)
     params = old.get("params") or {}
     if requested == "auto" and not params:
         params, auto = ann.tune_on_disk(layout.faiss, lambda: store.iter_parts([paths[k] for k in sorted(paths)]),
@@ -449,6 +454,10 @@ def _build_ondisk(layout: Layout, manifest: Manifest, cfg: BuildConfig, old: dic
                     "shard_bytes": shard_bytes, "shards": len(shards), "shards_built": len(calls),
                     "shard_engine": shard_engine, "extended": base,
                     "parts": {str(p.number): p.sha256 for p in manifest.parts}, "trained": trained_info}})
+
+
+def _numbers(paths: list[Path]) -> list[int]:
+    return [store.part_number(p.name) for p in paths]
 
 
 def _faiss_stale(layout: Layout, manifest: Manifest) -> bool:

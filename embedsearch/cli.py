@@ -366,7 +366,14 @@ def index_quality(name, root, n_queries, seed, k_knn, train, test, fmt):
     rows += [{"metric": "latency mean (ms)", "value": lat["mean"], "how": f"{lat['single_queries']} single queries"},
              {"metric": "latency p99 (ms)", "value": lat["p99"], "how": f"{lat['single_queries']} single queries"},
              {"metric": "batch queries/s", "value": lat["batch_qps"], "how": f"one batch of {lat['batch_queries']}"},
-             {"metric": "bytes per vector", "value": q["bytes_per_vector"], "how": "FAISS file size / vectors"}]
+             {"metric": "bytes per vector", "value": q["bytes_per_vector"], "how": "FAISS file size / vectors"
+              + (" (index.faiss + lists file)" if q.get("storage") else "")}]
+    if q.get("drift"):
+        dr = q["drift"]
+        rows.append({"metric": "10-recall@10 drift", "value": dr["delta_10-recall@10"],
+                     "how": f"{dr['recall_now']['10-recall@10']} now ({dr['vectors_now']} vectors) vs "
+                            f"{dr['recall_at_training']['10-recall@10']} when trained ({dr['vectors_at_training']}); "
+                            f"{dr['queries']} kept queries; --add --retrain resets"})
     if "knn" in q:
         kn = q["knn"]
         how = f"{kn['method']}; train {kn['n_train']} ({kn['train']}), test {kn['n_test']} ({kn['test']})"

@@ -205,8 +205,9 @@ class ListsFileSource(_Source):
 
 
 def merge(trained: Path, sources: list[_Source], lists_path: Path, index_path: Path,
-          progress: Callable[[int, int], None] | None = None) -> dict:
-    """Write the lists file (atomically) from the sources in order, then index.faiss naming it (atomically)."""
+          progress: Callable[[int], None] | None = None) -> dict:
+    """Write the lists file (atomically) from the sources in order, then index.faiss naming it (atomically);
+    `progress(rows)` after each source."""
     import faiss
 
     from embedsearch.store.faiss_index import save_index
@@ -225,7 +226,7 @@ def merge(trained: Path, sources: list[_Source], lists_path: Path, index_path: P
         fd = f.fileno()
         os.ftruncate(fd, lay.total)
         filled = np.zeros(nlist, np.int64)
-        for k, src in enumerate(sources):
+        for src in sources:
             src.open()
             try:
                 for j in np.flatnonzero(src.sizes):
@@ -237,7 +238,7 @@ def merge(trained: Path, sources: list[_Source], lists_path: Path, index_path: P
                 src.close()
             crash_point(f"mid-write:{lists_path.name}")
             if progress:
-                progress(k + 1, len(sources))
+                progress(int(src.sizes.sum()))
     od = faiss.OnDiskInvertedLists(nlist, cs, lists_path.name)
     sizes_u64 = np.ascontiguousarray(sizes, dtype=np.uint64)  # held: swig_ptr keeps no reference to it
     od.set_all_lists_sizes(faiss.swig_ptr(sizes_u64))
@@ -306,7 +307,3 @@ def finish(index_dir: Path, keep: str | None) -> None:
     for f in index_dir.glob("lists.*.ivfdata"):
         if LISTS_RE.match(f.name) and f.name != keep and not f.is_symlink():
             f.unlink(missing_ok=True)
-
-
-def lists_sha256(index_dir: Path, name: str) -> str:
-    return file_sha256(index_dir / name)
