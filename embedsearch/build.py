@@ -366,6 +366,11 @@ def _build_ondisk(layout: Layout, manifest: Manifest, cfg: BuildConfig, old: dic
 
     dim, n = manifest.space.dim, manifest.rows
     paths = {p.number: layout.parts / p.file for p in manifest.parts}
+    rows_of = {p.number: p.rows for p in manifest.parts}
+
+    def chunks():  # every part, in part order: the order the lists hold them in
+        return store.iter_parts([paths[k] for k in sorted(paths)])
+
     store_old = old.get("storage") or {}
     auto = None
     if requested == "auto":
@@ -402,24 +407,22 @@ def _build_ondisk(layout: Layout, manifest: Manifest, cfg: BuildConfig, old: dic
         if keep_quantizer:
             ondisk.trained_copy(wd / "base.faiss", trained)
         else:
-            chunks = lambda: store.iter_parts([paths[k] for k in sorted(paths)])  # noqa: E731
-            index, sample_n = ann.trained_empty(chunks, n, dim, factory, cfg.seed)
+            index, _ = ann.trained_empty(chunks, n, dim, factory, cfg.seed)
             vindex.save_index(index, trained)
             del index
     if trained_info is None:
         trained_info = {"sample": min(n, vindex.train_sample_size(factory, n)), "seed": cfg.seed, "vectors": n}
-    calls = [(trained, [paths[k] for k in group], wd / ondisk.shard_name(group)) for group in shards
-             if not (wd / ondisk.shard_name(group)).exists()]
+    todo = [g for g in shards if not (wd / ondisk.shard_name(g)).exists()]  # a resume reuses finished shards
+    calls = [(trained, [paths[k] for k in g], wd / ondisk.shard_name(g)) for g in todo]
     log.info("on-disk IVF: %d shards of ≤ %d MiB (%d to build), merging into %s", len(shards), shard_bytes >> 20,
              len(calls), ondisk.lists_name(version))
     shard_engine = "ray" if calls and cfg.engine == "ray" else "local"
-    rows_of = {p.number: p.rows for p in manifest.parts}
-    with progress_bar(sum(rows_of[k] for _, ps, _ in calls for k in _numbers(ps)), "on-disk IVF: shards",
-                      unit="vec") as bar:
+    with progress_bar(sum(rows_of[k] for g in todo for k in g), "on-disk IVF: shards", unit="vec") as bar:
         if shard_engine == "ray":
             from embedsearch.models.ray_engine import run_tasks_ray
 
-            run_tasks_ray(ondisk.build_shard, calls, address=cfg.ray_address, on_done=lambda i, r: bar.update(r["rows"]))
+            run_tasks_ray(ondisk.build_shard, calls, address=cfg.ray_address,
+                          on_done=lambda _i, r: bar.update(r["rows"]))
         else:
             for args in calls:
                 bar.update(ondisk.build_shard(*args)["rows"])
@@ -430,16 +433,14 @@ def _build_ondisk(layout: Layout, manifest: Manifest, cfg: BuildConfig, old: dic
         written = ondisk.merge(trained, sources, layout.dir / lists, layout.faiss, progress=bar.update)
     params = old.get("params") or {}
     if requested == "auto" and not params:
-        params, auto = ann.tune_on_disk(layout.faiss, lambda: store.iter_parts([paths[k] for k in sorted(paths)]),
-                                        n, dim, factory, target_recall=cfg.target_recall, seed=cfg.seed,
-                                        max_memory=cfg.max_memory)
+        params, auto = ann.tune_on_disk(layout.faiss, chunks, n, dim, factory, target_recall=cfg.target_recall,
+                                        seed=cfg.seed, max_memory=cfg.max_memory)
     elif requested == "auto":
         auto = old.get("auto")
     if "recall" not in trained_info:
         # the recall of the freshly trained quantizer, on queries kept by id: `index-quality` measures the same
         # queries again after `--add`s and reports the drift (lists grow unevenly as the data moves)
         idx = vindex.load_index(layout.faiss, params=params, on_disk=True)
-        chunks = lambda: store.iter_parts([paths[k] for k in sorted(paths)])  # noqa: E731
         q_ids, q, gt = ann.leave_one_out(chunks, n, n_queries=DRIFT_QUERIES, seed=cfg.seed + 2)
         trained_info = {**trained_info, "params": params, "recall": ann.loo_recalls(idx, q_ids, q, gt),
                         "query_ids": q_ids.tolist()}
@@ -454,10 +455,6 @@ def _build_ondisk(layout: Layout, manifest: Manifest, cfg: BuildConfig, old: dic
                     "shard_bytes": shard_bytes, "shards": len(shards), "shards_built": len(calls),
                     "shard_engine": shard_engine, "extended": base,
                     "parts": {str(p.number): p.sha256 for p in manifest.parts}, "trained": trained_info}})
-
-
-def _numbers(paths: list[Path]) -> list[int]:
-    return [store.part_number(p.name) for p in paths]
 
 
 def _faiss_stale(layout: Layout, manifest: Manifest) -> bool:

@@ -18,6 +18,7 @@ from embedsearch.store.manifest import Layout, Manifest, check_consistent, resol
 _OPEN_WAIT_S = 5.0  # how long a reader waits for a writer to publish a manifest naming the new FAISS file
 SQL_TIMEOUT_S = 60.0  # `sql`: a query that runs longer is interrupted (override with --timeout)
 SQL_MEMORY_LIMIT = "4GB"  # DuckDB's memory for one reader's catalog snapshot and queries (--memory-limit)
+CATALOG_LOOKUP_MAX = 100_000  # up to this many ids, `vectors` asks the catalog which parts hold them
 
 
 def _serving_view(layout: Layout, manifest: Manifest) -> Manifest:
@@ -172,6 +173,16 @@ class Index:
         """Each part's ids (8 bytes an item: the id column alone is read)."""
         return [store.read_part(p, with_vectors=False)[0] for p in self.part_paths]
 
+    def _candidate_parts(self, ids, want: np.ndarray):
+        """(path, ids or None) of the parts that may hold `want`. A few ids (a search by id, a small selection) are
+        looked up in the catalog, so only the parts holding them are read, however large the index; otherwise
+        (or once known) every part's id column is used."""
+        if ids is None or "_part_ids" in self.__dict__ or len(want) > CATALOG_LOOKUP_MAX:
+            return list(zip(self.part_paths, self._part_ids, strict=True))
+        parts = {r[0] for r in self.con.execute("SELECT DISTINCT part FROM items WHERE id IN (SELECT unnest(?)) "
+                                                "AND status = 'ok'", [want.tolist()]).fetchall()}
+        return [(self.layout.parts / p.file, None) for p in self.manifest.parts if p.number in parts]
+
     def vectors(self, ids: np.ndarray | None = None, dtype=np.float32) -> np.ndarray:
         """Raw vectors for `ids` (all, in id order, when None), as `dtype` (None: the stored float16/float32).
 
@@ -184,7 +195,9 @@ class Index:
         found = np.zeros(len(want), bool)
         order = np.argsort(want, kind="stable")
         sorted_want = want[order]
-        for path, pids in zip(self.part_paths, self._part_ids, strict=True):
+        for path, pids in self._candidate_parts(ids, want):
+            if pids is None:  # a part the catalog says holds some of the ids: its id column tells which rows
+                pids = store.read_part(path, with_vectors=False)[0]
             if not len(pids):
                 continue
             lo, hi = np.searchsorted(sorted_want, pids.min()), np.searchsorted(sorted_want, pids.max(), side="right")

@@ -139,7 +139,7 @@ def test_cli_auto_and_index_quality(index_root):
     res = r.invoke(cli, ["index-quality", "a", "--queries", "200"])
     assert "10-recall@10" in res.output and "how" in res.output
     res = r.invoke(cli, ["index", "digits", "-b", "pixels:8", "-n", "b", "--max-memory", "1GB"])
-    assert res.exit_code == 2 and "apply to --index auto" in res.output
+    assert res.exit_code == 2 and "--max-memory applies to --index auto or --on-disk" in res.output
     res = r.invoke(cli, ["index", "digits", "-b", "pixels:8", "-n", "b", "--index", "auto", "--max-memory", "lots"])
     assert res.exit_code == 2 and "--max-memory 'lots' is not a size" in res.output  # a usage error, before any work
 

@@ -256,3 +256,23 @@ def test_auto_goes_on_disk_when_no_in_memory_index_fits_and_meets_the_target(tmp
     q = quality(ix, n_queries=300)  # other queries than the tuning ones (another seed)
     assert q["recall"]["10-recall@10"] >= 0.87
     ix.close()
+
+
+def test_vectors_by_id_read_only_the_parts_that_hold_them(tmp_path, monkeypatch):
+    from embedsearch import reader
+    from embedsearch.query.search import search
+
+    root = tmp_path / "ix"
+    _cli(root, *DIGITS, "-n", "d", "--on-disk", "--max-memory", "1MB")
+    ix = Index.open("d", root)
+    read = []
+    real = reader.store.read_part
+    monkeypatch.setattr(reader.store, "read_part", lambda p, **kw: read.append(p.name) or real(p, **kw))
+    one = int(ix.con.execute("SELECT id FROM items WHERE part = 7 LIMIT 1").fetchone()[0])
+    hits = search(ix, ids=[one], k=5)
+    assert len(hits) == 5 and set(read) == {"part-00007.parquet"}  # 1 of 12 parts, never the lists file
+    read.clear()
+    two = ix.con.execute("SELECT id FROM items WHERE part IN (2, 9) AND id % 7 = 0").fetchall()
+    v = ix.vectors(np.asarray([r[0] for r in two]))
+    assert len(v) == len(two) and set(read) == {"part-00002.parquet", "part-00009.parquet"}
+    ix.close()
