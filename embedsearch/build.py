@@ -329,13 +329,14 @@ def _build_faiss(layout: Layout, manifest: Manifest, cfg: BuildConfig) -> FaissR
     t0 = time.perf_counter()
     auto = None
     on_disk = (old.get("storage") or {}).get("kind") == "ondisk" if old else cfg.on_disk
+    factory = old.get("factory") if requested == "auto" else requested
     if requested == "auto" and not old:
         from embedsearch.query.ann import candidates
 
-        budget = cfg.max_memory
-        on_disk = on_disk or candidates(n, dim, budget, allow_on_disk=True)[0].on_disk
+        first = candidates(n, dim, cfg.max_memory, allow_on_disk=True)[0]
+        on_disk, factory = on_disk or first.on_disk, first.factory
     if on_disk:
-        return _build_ondisk(layout, manifest, cfg, old, requested, t0)
+        return _build_ondisk(layout, manifest, cfg, old, requested, factory, t0)
     if requested == "auto":
         from embedsearch.query.ann import auto_index
 
@@ -358,7 +359,7 @@ def _build_faiss(layout: Layout, manifest: Manifest, cfg: BuildConfig) -> FaissR
             "auto": auto})
 
 
-def _build_ondisk(layout: Layout, manifest: Manifest, cfg: BuildConfig, old: dict, requested: str,
+def _build_ondisk(layout: Layout, manifest: Manifest, cfg: BuildConfig, old: dict, requested: str, factory: str,
                   t0: float) -> FaissRecord:
     """An IVF index with its lists on disk (store/ondisk.py): train once (or keep the quantizer of the lists it
     extends), add the parts into shards of bounded size, merge them with those lists into the next lists file."""
@@ -373,10 +374,6 @@ def _build_ondisk(layout: Layout, manifest: Manifest, cfg: BuildConfig, old: dic
 
     store_old = old.get("storage") or {}
     auto = None
-    if requested == "auto":
-        factory = old.get("factory") or ann.candidates(n, dim, cfg.max_memory, allow_on_disk=True)[0].factory
-    else:
-        factory = requested
     row_bytes = ondisk.code_bytes(factory, dim)
     budget = cfg.max_memory or store_old.get("max_memory")
     shard_bytes = max(budget // 4, ondisk.MIN_SHARD_BYTES) if budget else ondisk.DEFAULT_SHARD_BYTES

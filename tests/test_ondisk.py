@@ -157,9 +157,10 @@ def test_on_disk_refusals_are_one_line(tmp_path):
     p = subprocess.run([sys.executable, "-m", "embedsearch", "index", "digits", "-b", "pixels:8", "-n", "x",
                         "--on-disk"], env={**os.environ, "EMBEDSEARCH_HOME": str(root)}, capture_output=True, text=True)
     assert p.returncode == 2 and "--on-disk needs an IVF index" in p.stderr
+    from embedsearch.core.errors import IndexStateError
     from embedsearch.store.manifest import FaissRecord
 
-    with pytest.raises(Exception, match="lists_file '../x' is not a lists file name"):
+    with pytest.raises(IndexStateError, match="lists_file '../x' is not a lists file name"):
         FaissRecord.of({"ntotal": 1, "bytes": 1, "sha256": "0" * 64, "factory": "IVF1,Flat",
                         "storage": {"kind": "ondisk", "lists_file": "../x", "lists_bytes": 1}})
 

@@ -7,7 +7,8 @@ The layout, beside the manifest:
     ivf-build/             work in progress, removed once the manifest naming the new version is published:
         trained.faiss      the trained, empty index (kept across a resume, so a resumed build is identical)
         shard-PPPPP-QQQQQ.faiss  parts PPPPP..QQQQQ added to a copy of it (the shard's lists, in memory when read)
-        plan.json          what the shards are for (the lists it extends, the parts, the quantizer's sha256)
+        plan.json          what the shards are for (version, factory, the lists it extends, parts and their
+                           sha256, the shard groups, the seed): a resume with another plan starts the folder over
 
 A build trains once (on the seeded sample), adds the parts into shards of at most `shard_bytes` of codes each (one
 Ray task per shard with `--engine ray`), then merges: the new lists file is sized up front from the shards' list
