@@ -16,32 +16,33 @@ from embedsearch.core.output import emit, emit_rows, output_options
 def _handle_errors(f):
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
+        from embedsearch.core.progress import INTERRUPTS
+
         try:
             return f(*args, **kwargs)
-        except EmbedsearchError as e:
-            if click.get_current_context().find_root().params.get("debug"):
-                raise
-            click.echo(f"error: {e}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            import os
-
-            click.echo("interrupted", err=True)
-            sys.stdout.flush()
-            # at once: DuckDB's own threads may still be unwinding the interrupted query, and tearing the
-            # interpreter down under them aborts the process (exit -6 instead of 130); nothing is left unwritten
-            os._exit(130)
-        except BrokenPipeError:  # `embedsearch sql ... --nl | head`: the reader has what it wanted
-            import os
-
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(0)
-        except OSError as e:  # a file we did not expect to fail (the library names the ones it writes itself)
-            if click.get_current_context().find_root().params.get("debug"):
-                raise
-            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-            click.echo(f"error: {where}{e.strerror or e}", err=True)
-            sys.exit(1)
+        except SystemExit:
+            raise
+        except BaseException as e:
+            if INTERRUPTS or isinstance(e, (KeyboardInterrupt, _Terminated)):
+                # whatever a recorded signal became on its way up (an ImportError, inside an import) it is the stop
+                click.echo("interrupted", err=True)
+                sys.stdout.flush()
+                # at once: DuckDB's own threads may still be unwinding the interrupted query, and tearing the
+                # interpreter down under them aborts the process (exit -6 instead of 130); nothing is left unwritten
+                term = isinstance(e, _Terminated) or (INTERRUPTS[:1] == [15])
+                os._exit(143 if term else 130)
+            debug = click.get_current_context().find_root().params.get("debug")
+            if isinstance(e, EmbedsearchError) and not debug:
+                click.echo(f"error: {e}", err=True)
+                sys.exit(1)
+            if isinstance(e, BrokenPipeError):  # `embedsearch sql ... --nl | head`: the reader has what it wanted
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                sys.exit(0)
+            if isinstance(e, OSError) and not debug:  # a file we did not expect to fail (the library names its own)
+                where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+                click.echo(f"error: {where}{e.strerror or e}", err=True)
+                sys.exit(1)
+            raise
 
     return wrapper
 
@@ -271,7 +272,7 @@ def _interruptible(run, name: str, message=None):
     143 (SIGTERM), as shells expect, after `message()` says what was kept."""
     import signal
 
-    got: list[int] = []  # the signal, recorded before anything can turn its exception into another one
+    from embedsearch.core.progress import INTERRUPTS as got  # recorded before anything can turn the exception
 
     def on_term(signum, frame):
         got.append(signum)
@@ -1064,7 +1065,23 @@ def serve(names, host, port, token, cors, originals, max_upload, max_pixels, roo
     run_server(registry, host=host, port=port, token=token, cors=cors, originals=originals, limits=limits)
 
 
+def _record_signals() -> None:
+    """From the first line on, SIGINT/SIGTERM are recorded (core.progress.INTERRUPTS) as well as raised, so one
+    that lands in the first seconds, inside an import that swallows it, still stops the run at its next step."""
+    import signal
+
+    from embedsearch.core.progress import INTERRUPTS
+
+    def on_signal(signum, frame):
+        INTERRUPTS.append(signum)
+        raise _Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
 def main() -> None:
+    _record_signals()
     cli(prog_name="embedsearch")
 
 

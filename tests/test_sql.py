@@ -158,6 +158,26 @@ def test_eval_and_pretrain_exit_130_on_ctrl_c(root, tmp_path, cmd):
     assert p.returncode == 130 and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_the_imports_still_stops_the_run(tmp_path, sig, code):
+    """A signal in the first second lands in the heavy imports, where a C extension can turn the KeyboardInterrupt
+    into an ImportError that an optional-import guard swallows; the run went on (500 epochs). The CLI records it
+    and stops at the next step."""
+    p = subprocess.Popen([sys.executable, "-m", "embedsearch", "-q", "pretrain", "digits", "-o", str(tmp_path / "ck"),
+                          "--epochs", "500", "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and p.poll() is None:  # past the interpreter's start, into the imports
+        fields = open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()
+        if (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") > 0.3:
+            break
+        time.sleep(0.02)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == code and "Traceback" not in err, err
+    assert not (tmp_path / "ck.safetensors").exists()  # stopped long before its 500 epochs
+
+
 def test_a_stopped_eval_keeps_every_finished_result(root):
     """SIGTERM during a later method: the results finished before it are already committed (JSON, catalog row,
     probe), and the exit says so. Before, nothing had been written until the whole run ended."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embedsearch.core.progress import check_interrupt
 from embedsearch.sources.images import ImageLoadError, array_to_image, load_image
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,7 @@ def run_embedding(
     t_start = time.perf_counter()
     bar = tqdm(total=len(records), unit="img", desc="embed", disable=not progress, file=None, smoothing=0.1)
     for batch in loader:
+        check_interrupt()  # a Ctrl-C swallowed during the imports
         good = [b for b in batch if b[1] is not None]
         for *_, (t_read, t_pre) in batch:
             timings.read += t_read

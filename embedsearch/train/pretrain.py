@@ -10,6 +10,7 @@ from pathlib import Path
 
 from embedsearch.core.errors import EmbedsearchError
 from embedsearch.core.files import atomic_path, crash_point
+from embedsearch.core.progress import check_interrupt
 from embedsearch.models.checkpoint import ckpt_paths, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -368,6 +369,7 @@ def pretrain(source, cfg: PretrainConfig, out: str | Path, *, resume: bool = Fal
                initial=start, total=cfg.epochs)
     vit.train()
     for epoch in bar:
+        check_interrupt()  # a Ctrl-C swallowed during the imports
         run_loss, seen = 0.0, 0
         order = torch.randperm(n, generator=g).to(dev)
         for i in range(steps_per_epoch):

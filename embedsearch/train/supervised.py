@@ -19,6 +19,7 @@ import numpy as np
 
 from embedsearch.core.errors import EmbedsearchError
 from embedsearch.core.files import atomic_path, crash_point
+from embedsearch.core.progress import check_interrupt
 from embedsearch.models.checkpoint import ckpt_paths, save_checkpoint
 from embedsearch.models.cnn import ARCHS
 
@@ -164,6 +165,7 @@ def train_supervised(source, cfg: SupervisedConfig, out: str | Path, *, resume: 
                initial=start, total=cfg.epochs)
     model.train()
     for epoch in bar:
+        check_interrupt()  # a Ctrl-C swallowed during the imports
         if hist["bad"] >= cfg.patience:
             break
         order = fit_t[torch.randperm(len(fit_t), generator=gens["order"]).to(dev)]
