@@ -51,18 +51,27 @@ def sklearn_knn(xtr, ytr, xte, k, T):
     return clf.predict(l2_normalize(xte))
 
 
-def sklearn_linear_selection(xtr, ytr, seed, grid):
-    """The same selection procedure as embedsearch's probe (coarse grid, early stop, refine, refit), with sklearn."""
+class Unfinished(Exception):
+    """scikit-learn's selection passed --selection-cap-s: its time so far is a lower bound."""
+
+
+def sklearn_linear_selection(xtr, ytr, seed, grid, cap_s=None):
+    """The same selection procedure as embedsearch's probe (coarse grid, early stop, refine, refit), with sklearn.
+    With `cap_s`, raises Unfinished(seconds, fits done) once a fit ends past the cap."""
     from sklearn.linear_model import LogisticRegression
 
     from embedsearch.evaluate.methods.base import holdout_split
 
     fit, held = holdout_split(ytr, seed=seed)
     tried = {}
+    t0 = time.perf_counter()
 
     def score(i):
         m = LogisticRegression(C=float(grid[i]), max_iter=1000).fit(xtr[fit], ytr[fit])
         tried[i] = float((m.predict(xtr[held]) == ytr[held]).mean())
+        print(f"  sklearn C={grid[i]:.3g}: held-out {tried[i]:.4f}, {time.perf_counter() - t0:.0f} s so far", flush=True)
+        if cap_s is not None and time.perf_counter() - t0 > cap_s:
+            raise Unfinished(time.perf_counter() - t0, len(tried))
 
     coarse = list(range(0, len(grid), 4)) + [len(grid) - 1]
     worse = 0
@@ -90,8 +99,10 @@ def main():
     ap.add_argument("--from-csv", action="store_true", help="only re-render bench_eval.md from bench_eval.csv")
     ap.add_argument("--merge", action="store_true",
                     help="replace only the rows of the measured class counts in bench_eval.csv, keep the others")
-    ap.add_argument("--only", choices=["all", "knn"], default="all",
-                    help="knn: measure only the kNN rows (with --merge, replace only those rows)")
+    ap.add_argument("--only", choices=["all", "knn", "linear"], default="all",
+                    help="knn / linear: measure only those rows (with --merge, replace only those rows)")
+    ap.add_argument("--selection-cap-s", type=float, default=None,
+                    help="stop scikit-learn's C selection once it has run this long (its time is then a lower bound)")
     ap.add_argument("--selection-classes", type=int, nargs="*", default=[10],
                     help="class counts for which scikit-learn also runs the whole C selection (slow on raw features)")
     args = ap.parse_args()
@@ -114,7 +125,7 @@ def main():
     rows = []
 
     def add(C, method, ours_s, ours_acc, ref, ref_s, ref_acc, note=""):
-        rows.append({"classes": C, "method": method, "embedsearch_s": round(ours_s, 3), "embedsearch_top1": ours_acc,
+        rows.append({"dim": args.dim, "classes": C, "method": method, "embedsearch_s": round(ours_s, 3), "embedsearch_top1": ours_acc,
                      "sklearn": ref, "sklearn_s": None if ref_s is None else round(ref_s, 3), "sklearn_top1": ref_acc,
                      "speedup": None if ref_s is None else round(ref_s / ours_s, 2), "note": note})
         print(rows[-1], flush=True)
@@ -123,6 +134,9 @@ def main():
         (xtr, ytr), (xte, yte) = make_data(args.n_train, args.n_test, args.dim, C, args.seed)
         acc = lambda pred: float((np.asarray(pred) == yte).mean())  # noqa: E731
 
+        if args.only == "linear":
+            linear_rows(args, C, xtr, ytr, xte, acc, add)
+            continue
         (protos, has), t = timed(lambda: M_proto.prototypes(xtr, ytr, C))
         s, t2 = timed(lambda: M_proto.prototype_scores(protos, has, xte))
         add(C, "prototypes", t + t2, acc(s.argmax(1)), "(none)", None, None)
@@ -192,15 +206,50 @@ def main():
     if args.merge and (HERE / "bench_eval.csv").exists():
         with open(HERE / "bench_eval.csv") as f:
             old = [{k: _parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
-        replaced = lambda r: r["classes"] in args.classes and (args.only == "all" or r["method"].startswith("kNN"))  # noqa: E731
+        for r in old:
+            r["dim"] = r.get("dim") or 384  # rows written before the column existed
+        family = {"all": "", "knn": "kNN", "linear": "linear"}[args.only]
+        replaced = lambda r: (r["dim"] == args.dim and r["classes"] in args.classes  # noqa: E731
+                              and r["method"].startswith(family))
         order = {r["method"]: i for i, r in enumerate(old)}
         rows = [r for r in old if not replaced(r)] + [r for r in rows if replaced(r)]
-        rows.sort(key=lambda r: (r["classes"], order.get(r["method"], len(order))))
+        rows.sort(key=lambda r: (r["dim"], r["classes"], order.get(r["method"], len(order))))
     with open(HERE / "bench_eval.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     render(rows, args, torch)
+
+
+def linear_rows(args, C, xtr, ytr, xte, acc, add) -> None:
+    """The linear probe's whole selection against scikit-learn's same procedure (capped), then one fit of each at
+    the probe's C (top-1 at equal C: the 'equal accuracy' check when the capped selection did not finish)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from embedsearch.evaluate.methods import linear as M_linear
+
+    (predict, params, _), t_ours = timed(lambda: M_linear.linear_probe(xtr, ytr, C, seed=args.seed))
+    ours_acc = acc(predict(xte).argmax(1))
+    try:
+        (ref_m, ref_C), t_ref = timed(lambda: sklearn_linear_selection(xtr, ytr, args.seed, M_linear.LINEAR_C_GRID,
+                                                                       args.selection_cap_s))
+        add(C, "linear probe, C selection + refit", t_ours, ours_acc, "LogisticRegression(lbfgs), same procedure",
+            t_ref, acc(ref_m.predict(xte)), f"C: embedsearch {params['C']:.3g}, sklearn {ref_C:.3g}")
+    except Unfinished as e:
+        t_ref, fits = e.args
+        add(C, "linear probe, C selection + refit", t_ours, ours_acc,
+            f"LogisticRegression(lbfgs), same procedure: stopped after {fits} of its fits", t_ref, None,
+            f"C: embedsearch {params['C']:.3g} ({len(params['C_tried'])} C tried); sklearn unfinished at the cap, "
+            f"so the speed-up is a lower bound")
+    import torch
+
+    dtype = getattr(torch, params["dtype"])
+    (W, b0, it), t_one = timed(lambda: M_linear._fit_logreg(M_linear._Preconditioned(xtr, "cpu", dtype),
+                                                            torch.from_numpy(ytr), C, params["C"]))
+    one, t_ref1 = timed(lambda: LogisticRegression(C=params["C"], max_iter=1000).fit(xtr, ytr))
+    add(C, f"linear, one fit at C={params['C']:.3g} ({params['dtype']}, the probe's refit)", t_one,
+        acc((xte @ W.double().numpy() + b0.double().numpy()).argmax(1)), "LogisticRegression(lbfgs)", t_ref1,
+        acc(one.predict(xte)), f"iterations: embedsearch {it}, sklearn {int(one.n_iter_[0])}")
 
 
 def _parse(v: str):
@@ -212,6 +261,10 @@ def _parse(v: str):
         except ValueError:
             pass
     return v
+
+
+def bound(r) -> str:
+    return "≥ " if "lower bound" in str(r["note"]) else ""
 
 
 def render(rows, args, torch) -> None:
@@ -226,12 +279,12 @@ def render(rows, args, torch) -> None:
              "time search + vote)",
              f"- data: {args.n_train} × {args.dim} train / {args.n_test} test clustered synthetic vectors (seed {args.seed})",
              "- seconds are wall time of fit + predict; top-1 in %", "",
-             "| classes | method | embedsearch s | top-1 | scikit-learn | sklearn s | top-1 | speed-up | note |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| d | classes | method | embedsearch s | top-1 | scikit-learn | sklearn s | top-1 | speed-up | note |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['classes']} | {r['method']} | {r['embedsearch_s']} | {fmt(r['embedsearch_top1'])} | "
-                     f"{r['sklearn']} | {fmt(r['sklearn_s'])} | {fmt(r['sklearn_top1'])} | "
-                     f"{'' if r['speedup'] is None else str(r['speedup']) + '×'} | {r['note']} |")
+        lines.append(f"| {r.get('dim') or 384} | {r['classes']} | {r['method']} | {r['embedsearch_s']} | {fmt(r['embedsearch_top1'])} | "
+                     f"{r['sklearn']} | {'' if r['sklearn_s'] is None else r['sklearn_s']} | {fmt(r['sklearn_top1'])} | "
+                     f"{'' if r['speedup'] is None else bound(r) + str(r['speedup']) + '×'} | {r['note']} |")
     lines += ["", "Reading:",
               "- kNN at one k is bound by the same matrix product in both (10,000 × 50,000 × 384 similarities =",
               "  3.84e11 FLOP, about 2 s at this machine's float32 peak; scripts/bench_knn_bound.md). embedsearch",
