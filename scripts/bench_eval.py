@@ -123,6 +123,11 @@ def main():
     from embedsearch.evaluate.methods import svc as M_svc
 
     rows = []
+    from embedsearch.evaluate.methods.base import measure_rates
+
+    rates = measure_rates()  # this machine's float32 GEMM rate and streaming bandwidth, in the same run
+    flop_share = lambda t: f"{2 * args.n_test * args.n_train * args.dim / t / rates.flops:.0%} of the float32 " \
+        f"FLOP limit ({rates.flops / 1e9:.0f} GFLOP/s)"  # noqa: E731
 
     def add(C, method, ours_s, ours_acc, ref, ref_s, ref_acc, note=""):
         rows.append({"dim": args.dim, "classes": C, "method": method, "embedsearch_s": round(ours_s, 3), "embedsearch_top1": ours_acc,
@@ -139,7 +144,9 @@ def main():
             continue
         (protos, has), t = timed(lambda: M_proto.prototypes(xtr, ytr, C))
         s, t2 = timed(lambda: M_proto.prototype_scores(protos, has, xte))
-        add(C, "prototypes", t + t2, acc(s.argmax(1)), "(none)", None, None)
+        add(C, "prototypes", t + t2, acc(s.argmax(1)), "(none)", None, None,
+            f"{xtr.nbytes / t / rates.bandwidth:.0%} of the streaming bandwidth ({rates.bandwidth / 1e9:.0f} GB/s, "
+            "float32 in memory)")
 
         def knn_one(k):  # search + vote, as `eval` runs them
             sims, idx = M_knn.knn_neighbours(xtr, xte, k)
@@ -148,7 +155,7 @@ def main():
         ours20, t_ours20 = timed(lambda: knn_one(20))
         ref20, t_ref = timed(lambda: sklearn_knn(xtr, ytr, xte, 20, M_knn.KNN_T))
         add(C, "kNN weighted k=20, T=0.07 (one k)", t_ours20, acc(ours20), "KNeighborsClassifier(20, exp(cos/T))",
-            t_ref, acc(ref20), f"identical predictions: {np.mean(ours20 == ref20):.4%}")
+            t_ref, acc(ref20), f"identical predictions: {np.mean(ours20 == ref20):.4%}; {flop_share(t_ours20)}")
         # the protocol's sweep: k ∈ {10, 20, 100, 200} × {weighted, majority} from one exact search
         (sims, idx), t_sweep_ours = timed(lambda: M_knn.knn_neighbours(xtr, xte, 200, ks=M_knn.KNN_KS))
         exact, t_ex = timed(lambda: M_knn.ExactSims(xtr, xte, idx))
@@ -163,7 +170,8 @@ def main():
                 t_sweep_ref += tr
                 same.append(np.mean(ours == ref))
         add(C, "kNN protocol sweep (k ∈ {10,20,100,200} × weighted/majority)", t_sweep_ours, None,
-            "8 × KNeighborsClassifier", t_sweep_ref, None, f"identical predictions: min {min(same):.4%} over the 8")
+            "8 × KNeighborsClassifier", t_sweep_ref, None, f"identical predictions: min {min(same):.4%} over the 8; "
+            f"{flop_share(t_sweep_ours)}")
         if args.only == "knn":
             continue
 
@@ -208,7 +216,7 @@ def main():
             old = [{k: _parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
         for r in old:
             r["dim"] = r.get("dim") or 384  # rows written before the column existed
-        family = {"all": "", "knn": "kNN", "linear": "linear"}[args.only]
+        family = {"all": "", "knn": ("kNN", "prototypes"), "linear": "linear"}[args.only]
         replaced = lambda r: (r["dim"] == args.dim and r["classes"] in args.classes  # noqa: E731
                               and r["method"].startswith(family))
         order = {r["method"]: i for i, r in enumerate(old)}

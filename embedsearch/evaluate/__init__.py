@@ -63,26 +63,32 @@ class EvalRun:
     # one row per method run or reused: {method, seconds, estimate_s, variants, reused_from (a run id or None)}
     timings: list[dict] = field(default_factory=list)
     machine: dict = field(default_factory=dict)  # the rates the plan's estimates were divided by
+    # the steps before the methods, same row shape: reading the selections, the train/test leak search
+    preamble: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"run_id": self.run_id, "index": self.index, "results": [r.to_dict() for r in self.results],
-                "skipped": self.skipped, "timings": self.timings, "machine": self.machine}
+                "skipped": self.skipped, "timings": self.timings, "preamble": self.preamble, "machine": self.machine}
 
     def summary(self) -> dict:
         """The run without its results' bodies: which result files it holds, what was skipped, the time table."""
         return {"schema": RESULT_SCHEMA, "run_id": self.run_id, "index": self.index,
                 "results": [{"method": r.method, "variant": r.data.get("variant"), "run_id": r.data["run_id"]}
                             for r in self.results],
-                "skipped": self.skipped, "timings": self.timings, "machine": self.machine}
+                "skipped": self.skipped, "timings": self.timings, "preamble": self.preamble,
+                "machine": self.machine}
 
     def timing_table(self) -> str:
-        """Method, estimated and measured seconds, and where a reused result came from: one line each."""
+        """The steps before the methods, then method, estimated and measured seconds, and where a reused result
+        came from: one line each."""
         lines = [f"{'method':<11} {'estimate':>9} {'took':>9}  note"]
-        for t in self.timings:
+        for t in self.preamble + self.timings:
             est = "" if t.get("estimate_s") is None else _dur(t["estimate_s"])
-            note = f"reused from run {t['reused_from']}" if t.get("reused_from") else f"{t['variants']} variant(s)"
+            note = (t["note"] if "note" in t else f"reused from run {t['reused_from']}" if t.get("reused_from")
+                    else f"{t['variants']} variant(s)")
             lines.append(f"{t['method']:<11} {est:>9} {_dur(t['seconds']):>9}  {note}")
-        lines.append(f"{'total':<11} {'':>9} {_dur(sum(t['seconds'] for t in self.timings)):>9}")
+        total = sum(t["seconds"] for t in self.preamble + self.timings)
+        lines.append(f"{'total':<11} {'':>9} {_dur(total):>9}")
         return "\n".join(lines)
 
     def table(self):
@@ -152,26 +158,38 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
     C = len(classes)
     if C < 2:
         raise EvalError(f"index {ix.name} has {C} classes; evaluation needs labels with at least 2 classes")
+    t_read = time.perf_counter()
     tr_ids, ytr, xtr = load_selection(ix, train, "train")
     te_ids, yte, xte = load_selection(ix, test, "test")
+    t_read = time.perf_counter() - t_read
     overlap = np.intersect1d(tr_ids, te_ids)
     if len(overlap):
         raise EvalError(f"train and test selections share {len(overlap)} items (e.g. id {overlap[0]}): "
                         "make --train and --test disjoint")
+    rates = measure_rates()
+    # the leak search is an exact (test × train) similarity product: announced with its estimate before it runs
+    leak_est = 2 * len(yte) * len(ytr) * xtr.shape[1] / rates.flops
+    log.info("read %d train + %d test vectors in %s; train/test leak search ~%s", len(ytr), len(yte), _dur(t_read),
+             _dur(leak_est))
+    t_leak = time.perf_counter()
     leaked, leaks = _leaks(tr_ids, xtr, te_ids, xte, leak_threshold)
+    t_leak = time.perf_counter() - t_leak
+    run = run or EvalRun(uuid.uuid4().hex[:12], ix.name)
+    run.preamble = [{"method": "read", "seconds": round(t_read, 3), "estimate_s": None,
+                     "note": f"{len(ytr)} train + {len(yte)} test vectors from the parts"},
+                    {"method": "leaks", "seconds": round(t_leak, 3), "estimate_s": float(f"{leak_est:.3g}"),
+                     "note": f"exact train/test search, cosine ≥ {leaks['threshold']}: {leaks['n']} found"}]
     in_train = np.bincount(ytr, minlength=C) > 0
     unseen = np.bincount(yte[~in_train[yte]], minlength=C)
     if unseen.any():
         log.warning("test selection: %d items of %d classes have no train item; methods trained on train count "
                     "them as errors (e.g. %s)", int(unseen.sum()), int((unseen > 0).sum()),
                     classes[int(np.flatnonzero(unseen)[0])])
-    run = run or EvalRun(uuid.uuid4().hex[:12], ix.name)
     ctx = Context(ix=ix, prompts=prompts, knn_ks=tuple(knn_ks), knn_t=knn_t, n_test=len(yte), svc=svc)
     setting = {**_setting(ix, tr_ids, ytr, te_ids, yte, seed, ctx), "leak_threshold": leaks["threshold"]}
     order = [m for m in METHODS if m in methods]
     keys = {m: setting_key(setting, m) for m in order}
     done = _committed(ix, keys) if reuse else {}
-    rates = measure_rates()
     run.machine = rates.to_dict()
     shape = Shape(len(ytr), len(yte), xtr.shape[1], C, xtr.dtype.itemsize)
     estimates = {m: REGISTRY[m].estimate(shape, rates, ctx) for m in order}
