@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=10_000)
     ap.add_argument("--dim", type=int, default=2048)
     ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--spectrum", choices=["flat", "power"], default="power",
+                    help="bench_eval.make_data's features: power = correlated, eigenvalues ∝ 1/i, like a backbone's")
     a = ap.parse_args()
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -40,7 +42,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         env = {**os.environ, "EMBEDSEARCH_HOME": str(tmp / "ix")}
-        (xtr, ytr), (xte, yte) = make_data(a.n_train, a.n_test, a.dim, a.classes)
+        (xtr, ytr), (xte, yte) = make_data(a.n_train, a.n_test, a.dim, a.classes, spectrum=a.spectrum)
         np.save(tmp / "v.npy", np.concatenate([xtr, xte]))
         y = np.concatenate([ytr, yte])
         pq.write_table(pa.table({"label": [f"c{c}" for c in y],
@@ -60,14 +62,14 @@ def main() -> None:
     log = "\n".join(line.split("\r")[-1] for line in p.stderr.splitlines() if line.split("\r")[-1].strip())
     (HERE / "bench_eval_cli.log").write_text(log + "\n")
     command = f"python scripts/bench_eval_cli.py --n-train {a.n_train} --n-test {a.n_test} --dim {a.dim} " \
-              f"--classes {a.classes}"
+              f"--classes {a.classes} --spectrum {a.spectrum}"
     out = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                        **summary["machine"]},
            "command": command, "eval_wall_s": round(wall, 1), "preamble": summary.get("preamble", []),
            "timings": summary["timings"], "skipped": summary["skipped"], "stdout": p.stdout}
     (HERE / "bench_eval_cli.json").write_text(json.dumps(out, indent=1) + "\n")
     md = [f"# `embedsearch eval` with the default methods, {a.n_train:,} train × {a.n_test:,} test × {a.dim}-d, "
-          f"{a.classes} classes", "",
+          f"{a.classes} classes ({a.spectrum} spectrum)", "",
           f"`{command}` on {os.cpu_count()} cores ({summary['machine'].get('float32_gemm_gflops')} GFLOP/s, "
           f"{summary['machine'].get('memory_gbytes_per_s')} GB/s measured by the run itself). The vectors are "
           "imported into a real index (float16 parts), then `embedsearch eval bench` runs in a subprocess as a user "
