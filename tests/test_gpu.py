@@ -70,3 +70,22 @@ def test_knn_on_cuda_gives_the_cpu_neighbour_sets(monkeypatch):
     cpu = M_knn.knn_neighbours(x[:3000], x[3000:], 20, ks=(10, 20))
     for k in (10, 20):
         assert all(set(a[:k]) == set(b[:k]) for a, b in zip(gpu[1], cpu[1], strict=True))
+
+
+def test_knn_on_cuda_streams_a_bank_too_large_to_hold_normalized(monkeypatch):
+    """A bank over BANK_BYTES is normalized a chunk at a time on the host and uploaded whole to the GPU (an
+    ImageNet-sized one is 3.9 GB as float32); the neighbour sets are the CPU's streamed search's."""
+    from embedsearch.evaluate.methods import knn as M_knn
+
+    x, _ = _clustered(6000, 96)
+    monkeypatch.setattr(M_knn, "BANK_BYTES", 1 << 16)
+    monkeypatch.setattr(M_knn, "BANK_CHUNK", 1000)
+    monkeypatch.setattr(M_knn, "GPU_SCORE_BYTES", 1 << 20)  # several products per query block
+    bank = M_knn.Bank(x[:5000].astype(np.float16))
+    assert bank.whole is None
+    gpu = M_knn.knn_neighbours(bank, x[5000:], 20, ks=(10, 20))
+    assert bank.gpu is not None and bank.gpu.is_cuda
+    monkeypatch.setattr(M_knn, "_gpu_bank", lambda bank: None)
+    cpu = M_knn.knn_neighbours(M_knn.Bank(x[:5000].astype(np.float16)), x[5000:], 20, ks=(10, 20))
+    for k in (10, 20):
+        assert all(set(a[:k]) == set(b[:k]) for a, b in zip(gpu[1], cpu[1], strict=True))

@@ -47,6 +47,7 @@ class Bank:
         return got.reshape(*np.shape(pos), self.d)
 
 
+GPU_SCORE_BYTES = 2 ** 31  # the (queries × bank) float32 similarity block one GPU product may hold
 QUERY_BLOCK = 2048  # queries per FAISS call: enough for BLAS speed, small enough for a progress bar to move
 
 
@@ -83,13 +84,22 @@ def faiss_topk(bank: Bank, q: np.ndarray, k: int, desc: str = "knn: search") -> 
 
 
 def _gpu_bank(bank: Bank):
-    """The GPU seam: the normalized bank on a CUDA device when torch sees one and the bank is held whole; None
+    """The GPU seam: the normalized float32 bank on a CUDA device when torch sees one and it takes at most half
+    of the device's free memory (a bank too large for host RAM as float32 is uploaded a chunk at a time); None
     (FAISS on the CPU) otherwise."""
     import torch
 
-    if bank.whole is None or not torch.cuda.is_available():
+    if getattr(bank, "gpu", None) is not None:  # uploaded by an earlier search of this bank
+        return bank.gpu
+    if not torch.cuda.is_available() or bank.n * bank.d * 4 > torch.cuda.mem_get_info()[0] // 2:
         return None
-    return torch.from_numpy(bank.whole).cuda()
+    if bank.whole is not None:
+        bank.gpu = torch.from_numpy(bank.whole).cuda()
+    else:
+        bank.gpu = torch.empty((bank.n, bank.d), dtype=torch.float32, device="cuda")
+        for a, b in bank.chunks():
+            bank.gpu[a:a + len(b)] = torch.from_numpy(b).cuda()
+    return bank.gpu
 
 
 def _gpu_topk(bank_t, qb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -99,9 +109,12 @@ def _gpu_topk(bank_t, qb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
     prev = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
+    rows = max(1, GPU_SCORE_BYTES // (4 * len(bank_t)))  # queries per product: the score block stays bounded
     try:
         with torch.no_grad():
-            s, i = torch.topk(torch.from_numpy(np.ascontiguousarray(qb)).cuda() @ bank_t.T, k, dim=1)
+            q = torch.from_numpy(np.ascontiguousarray(qb)).cuda()
+            got = [torch.topk(q[a:a + rows] @ bank_t.T, k, dim=1) for a in range(0, len(q), rows)]
+            s, i = torch.cat([g[0] for g in got]), torch.cat([g[1] for g in got])
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev
     s, i = s.cpu().numpy(), i.cpu().numpy().astype(np.int64)
