@@ -31,6 +31,7 @@ class Bank:
         self.raw = x
         self.n, self.d = x.shape
         self.whole = l2_normalize(x) if self.n * self.d * 4 <= BANK_BYTES else None
+        self.gpu = None  # its normalized copy on a CUDA device, once `_gpu_bank` uploaded it
 
     def chunks(self):
         """(first row, normalized rows) over the whole bank."""
@@ -89,7 +90,7 @@ def _gpu_bank(bank: Bank):
     (FAISS on the CPU) otherwise."""
     import torch
 
-    if getattr(bank, "gpu", None) is not None:  # uploaded by an earlier search of this bank
+    if bank.gpu is not None:  # uploaded by an earlier search of this bank
         return bank.gpu
     if not torch.cuda.is_available() or bank.n * bank.d * 4 > torch.cuda.mem_get_info()[0] // 2:
         return None
