@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
 
 import click
@@ -29,7 +30,7 @@ def _handle_errors(f):
                 sys.stdout.flush()
                 # at once: DuckDB's own threads may still be unwinding the interrupted query, and tearing the
                 # interpreter down under them aborts the process (exit -6 instead of 130); nothing is left unwritten
-                term = isinstance(e, _Terminated) or (INTERRUPTS[:1] == [15])
+                term = isinstance(e, _Terminated) or INTERRUPTS[:1] == [signal.SIGTERM]
                 os._exit(143 if term else 130)
             debug = click.get_current_context().find_root().params.get("debug")
             if isinstance(e, EmbedsearchError) and not debug:
@@ -270,20 +271,11 @@ def _interruptible(run, name: str, message=None):
     """SIGINT/SIGTERM stop the run between atomic writes: what was committed stays (`index`: the parts, and re-running
     the same command resumes; `eval`: each finished result), the step in progress is abandoned. Exit 130 (SIGINT) or
     143 (SIGTERM), as shells expect, after `message()` says what was kept."""
-    import signal
-
     from embedsearch.core.progress import INTERRUPTS as got  # recorded before anything can turn the exception
 
-    def on_term(signum, frame):
-        got.append(signum)
-        raise _Terminated
-
-    def on_int(signum, frame):
-        got.append(signum)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    previous_int = signal.signal(signal.SIGINT, on_int)
+    # the handlers `main` installs, again: the Python API (click's test runner) reaches here without `main`
+    previous = signal.signal(signal.SIGTERM, _on_signal)
+    previous_int = signal.signal(signal.SIGINT, _on_signal)
     try:
         return run()
     except BaseException:
@@ -1065,19 +1057,19 @@ def serve(names, host, port, token, cors, originals, max_upload, max_pixels, roo
     run_server(registry, host=host, port=port, token=token, cors=cors, originals=originals, limits=limits)
 
 
-def _record_signals() -> None:
-    """From the first line on, SIGINT/SIGTERM are recorded (core.progress.INTERRUPTS) as well as raised, so one
-    that lands in the first seconds, inside an import that swallows it, still stops the run at its next step."""
-    import signal
-
+def _on_signal(signum, frame):
+    """SIGINT/SIGTERM: recorded (core.progress.INTERRUPTS), then raised as KeyboardInterrupt / _Terminated."""
     from embedsearch.core.progress import INTERRUPTS
 
-    def on_signal(signum, frame):
-        INTERRUPTS.append(signum)
-        raise _Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+    INTERRUPTS.append(signum)
+    raise _Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+
+def _record_signals() -> None:
+    """From the first line on, SIGINT/SIGTERM are recorded as well as raised, so one that lands in the first
+    seconds, inside an import that swallows it, still stops the run at its next step."""
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
 
 
 def main() -> None:

@@ -15,17 +15,10 @@ import argparse
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
-from bench_eval import make_data  # noqa: E402 — the same synthetic data as the other eval benchmarks
-
-
-def timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
+from bench_eval import make_data, timed  # noqa: E402 — the same synthetic data as the other eval benchmarks
 
 
 def main() -> None:

@@ -138,6 +138,16 @@ def test_two_evals_on_one_index_both_land(root):
     assert runs() == before + 2
 
 
+def _wait_for_cpu_time(p, seconds: float, timeout: float, poll: float = 0.2) -> None:
+    """Until process p has used `seconds` of CPU time (user + system, from /proc), exited, or `timeout` passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and p.poll() is None:
+        fields = open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()
+        if (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") > seconds:
+            return
+        time.sleep(poll)
+
+
 @pytest.mark.parametrize("cmd", [["pretrain", "digits", "-o", "{tmp}/ck", "--epochs", "500", "--device", "cpu"],
                                  ["eval", "d", "--root", "{root}", "--methods", "svc,mlp,linear,fewshot"]])
 def test_eval_and_pretrain_exit_130_on_ctrl_c(root, tmp_path, cmd):
@@ -146,12 +156,7 @@ def test_eval_and_pretrain_exit_130_on_ctrl_c(root, tmp_path, cmd):
                          stderr=subprocess.PIPE, text=True)
     # imported and working: wait for 3 s of its own CPU time (a fixed 4 s sleep on a loaded CI machine landed the
     # signal inside the imports, where a library's bare `except:` can swallow it; see the issue note)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and p.poll() is None:
-        fields = open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()
-        if (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") > 3:
-            break
-        time.sleep(0.2)
+    _wait_for_cpu_time(p, 3, timeout=60)
     assert p.poll() is None
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
@@ -166,12 +171,7 @@ def test_a_signal_during_the_imports_still_stops_the_run(tmp_path, sig, code):
     p = subprocess.Popen([sys.executable, "-m", "embedsearch", "-q", "pretrain", "digits", "-o", str(tmp_path / "ck"),
                           "--epochs", "500", "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and p.poll() is None:  # past the interpreter's start, into the imports
-        fields = open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()
-        if (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") > 0.3:
-            break
-        time.sleep(0.02)
+    _wait_for_cpu_time(p, 0.3, timeout=30, poll=0.02)  # past the interpreter's start, into the imports
     p.send_signal(sig)
     _, err = p.communicate(timeout=60)
     assert p.returncode == code and "Traceback" not in err, err

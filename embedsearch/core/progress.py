@@ -26,12 +26,23 @@ def check_interrupt() -> None:
 
 def bar(total: float | None, desc: str, unit: str = "it", **kw):
     """A tqdm bar on stderr (disabled when ENABLED is False): `update(n)`, `set_postfix_str(s)`, a context manager."""
-    from tqdm import tqdm
+    return _bar_class()(total=total, desc=desc, unit=unit, disable=not ENABLED, file=sys.stderr, mininterval=0.5,
+                        smoothing=0.1, dynamic_ncols=True, leave=False, **kw)
 
-    class Bar(tqdm):
-        def update(self, n=1):
-            check_interrupt()
-            return super().update(n)
 
-    return Bar(total=total, desc=desc, unit=unit, disable=not ENABLED, file=sys.stderr, mininterval=0.5,
-               smoothing=0.1, dynamic_ncols=True, leave=False, **kw)
+def _bar_class():
+    """tqdm whose `update` first calls `check_interrupt` (made once, on first use: tqdm loads lazily)."""
+    global _BAR
+    if _BAR is None:
+        from tqdm import tqdm
+
+        class Bar(tqdm):
+            def update(self, n=1):
+                check_interrupt()
+                return super().update(n)
+
+        _BAR = Bar
+    return _BAR
+
+
+_BAR = None
