@@ -89,3 +89,14 @@ def test_knn_on_cuda_streams_a_bank_too_large_to_hold_normalized(monkeypatch):
     cpu = M_knn.knn_neighbours(M_knn.Bank(x[:5000].astype(np.float16)), x[5000:], 20, ks=(10, 20))
     for k in (10, 20):
         assert all(set(a[:k]) == set(b[:k]) for a, b in zip(gpu[1], cpu[1], strict=True))
+
+
+def test_fewshot_curve_on_cuda_equals_the_cpu_curve(monkeypatch):
+    """The few-shot similarities and top-k on the GPU (TF32 off): the same curve as on the CPU."""
+    from embedsearch.evaluate.methods import fewshot as M_fs
+
+    x, y = _clustered(6000, 96)
+    gpu = M_fs.fewshot_curve(x[:5000], y[:5000], x[5000:], y[5000:], int(y.max()) + 1, 0, 0.07)
+    monkeypatch.setattr(M_fs, "gpu_bank", lambda bank: None)
+    cpu = M_fs.fewshot_curve(x[:5000], y[:5000], x[5000:], y[5000:], int(y.max()) + 1, 0, 0.07)
+    assert gpu == cpu

@@ -333,3 +333,57 @@ def test_nystroem_svc_is_named_as_an_approximation_and_close_to_the_exact_one(ix
     assert p["C"] in [float(c) for c in np.logspace(-4, 1, 6)] and "held-out" in p["selection"]
     # digits (1,437 train items): the Nyström map has every train item as a landmark, so it is close to exact
     assert abs(approx["metrics"]["top1"] - exact["metrics"]["top1"]) <= 0.03
+
+
+def _fewshot_reference(xtr, ytr, xte, yte, C, seed, T, n_seeds, k):
+    """Each n-shot sample drawn as documented (per seed one random order of each class, its first n) and searched
+    on its own: float64 top-k (ties to the lower position) and a float64 weighted vote; prototypes of the sample."""
+    from embedsearch.evaluate.methods.fewshot import prototype_scores, prototypes
+
+    counts = np.bincount(ytr, minlength=C)
+    largest = counts.max()
+    out = {}
+    for n in [n for n in (2 ** i for i in range(20)) if n < largest] + [largest]:
+        for s in range(n_seeds if n < largest else 1):
+            key = np.random.default_rng(seed + s).random(len(ytr))
+            pick = np.sort(np.concatenate([np.flatnonzero(ytr == c)[np.argsort(key[ytr == c], kind="stable")[:n]]
+                                           for c in range(C)]))
+            xb, yb = xtr[pick], ytr[pick]
+            kk = min(k, len(yb))
+            # each pair's float64 dot on its own (a BLAS product may round identical columns differently)
+            s64 = (l2_normalize(xte).astype(np.float64)[:, None] * l2_normalize(xb).astype(np.float64)).sum(-1)
+            idx = np.lexsort((np.broadcast_to(np.arange(len(yb)), s64.shape), -s64), axis=1)[:, :kk]
+            s64 = np.take_along_axis(s64, idx, 1)
+            knn = (M_knn.knn_scores(s64, yb[idx], kk, C, T).argmax(1) == yte).mean()
+            protos, has = prototypes(xb, yb, C)
+            proto = (prototype_scores(protos, has, xte).argmax(1) == yte).mean()
+            out.setdefault(n, []).append((proto, knn))
+    return out
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_fewshot_curve_equals_searching_each_sample_on_its_own(monkeypatch, streamed):
+    """One similarity block per test block, every sample a top-k over a prefix of its seed's columns: the same
+    hits as a float64 search of each sample, on near-duplicates, exact copies (ties) and unequal classes."""
+    from embedsearch.evaluate.methods import fewshot as M_fs
+
+    rng = np.random.default_rng(7)
+    base = _near_tied_bank(rng, n=60, d=24)  # 300 rows: 60 points and 4 near-copies of each
+    xtr = np.concatenate([base, np.repeat(base[:3], 40, axis=0)])  # and 41 exact copies of three
+    ytr = rng.integers(0, 5, len(xtr))
+    ytr[(ytr == 4) & (rng.random(len(ytr)) < 0.8)] = 3  # a small class
+    xte = np.concatenate([rng.normal(size=(150, 24)), base[:50] + 1e-6]).astype(np.float32)
+    yte = rng.integers(0, 5, len(xte))
+    if streamed:  # the bank normalized a chunk at a time, several test blocks, lists widened at exact ties
+        monkeypatch.setattr(M_knn, "BANK_BYTES", 1)
+        monkeypatch.setattr(M_knn, "BANK_CHUNK", 71)
+        monkeypatch.setattr(M_fs, "SCORE_BYTES", 4 * len(xtr) * 37)
+        monkeypatch.setattr(M_fs, "MIN_ROWS", 1)
+    curve = M_fs.fewshot_curve(xtr, ytr, xte, yte, 5, seed=3, knn_t=0.07, n_seeds=3, k=20)
+    ref = _fewshot_reference(xtr, ytr, xte, yte, 5, 3, 0.07, 3, 20)
+    assert [r["shots"] for r in curve][:-1] == list(ref)[:-1] and curve[-1]["shots"] == "all"
+    for row, (n, got) in zip(curve, ref.items(), strict=True):
+        assert row["seeds"] == len(got), n
+        assert row["prototypes_mean"] == pytest.approx(np.mean([p for p, _ in got]), abs=1e-12), n
+        assert row["knn_mean"] == pytest.approx(np.mean([q for _, q in got]), abs=1e-12), n
+        assert row["knn_std"] == pytest.approx(np.std([q for _, q in got]), abs=1e-12), n

@@ -151,7 +151,7 @@ def knn_neighbours(bank, q: np.ndarray, kmax: int, bank_ids=None, q_ids=None, ks
     qq = l2_normalize(q)
     self_pos = _self_positions(bank_ids, q_ids, len(qq))
     ks = tuple(ks or (kmax,))
-    K = int(min(kmax + KNN_MARGIN + kmax // 8, bank.n - int((self_pos >= 0).any())))
+    K = int(min(candidate_count(kmax), bank.n - int((self_pos >= 0).any())))
     sims, idx = _candidates(bank, qq, self_pos, K)
     sims, idx, widen = certify_cutoffs(bank, qq, sims.astype(np.float64), idx, ks, self_pos)
     while len(widen):  # bands that reach the list's end: a longer list for those rows only
@@ -182,6 +182,11 @@ def _widen(bank, qq, self_pos, K):
 KNN_MARGIN = 8  # candidates beyond kmax (plus kmax/8), so an uncertain band at kmax rarely reaches the list's end
 
 
+def candidate_count(kmax: int) -> int:
+    """How many float32 candidates a top-kmax search keeps for certification."""
+    return kmax + KNN_MARGIN + kmax // 8
+
+
 def float32_dot_error(d: int) -> float:
     """Bound on |float32 dot − exact dot| for two unit vectors of dimension d, any summation order, FMA or not
     (Higham's γ_d = d·u/(1 − d·u) times Σ|q_j x_j| ≤ ‖q‖·‖x‖, which is ≤ 1 + 1e-5 for float32-normalized vectors)."""
@@ -189,8 +194,10 @@ def float32_dot_error(d: int) -> float:
     return (d * u / (1 - d * u)) * (1 + 1e-5)
 
 
-def certify_cutoffs(bank, q, sims, idx, ks, self_pos=None):
+def certify_cutoffs(bank, q, sims, idx, ks, self_pos=None, size: int | None = None):
     """Make the top-k set exact (float64) at each cut-off k in `ks` of float32 candidate lists sorted best first.
+    `size`: how many bank items the candidates were drawn from (default: all of them; few-shot draws them from a
+    sample, `fewshot.py`).
 
     With |float32 − exact| ≤ EPS, a candidate more than 2·EPS above the similarity just below cut-off k is surely
     in the top k, one more than 2·EPS below the k-th is surely out; only the band between (none when the gap at k
@@ -206,7 +213,7 @@ def certify_cutoffs(bank, q, sims, idx, ks, self_pos=None):
     if n == 0 or K == 0:
         return sims, idx, no_widen
     own = (self_pos >= 0) if self_pos is not None else np.zeros(n, bool)
-    complete = K >= bank.n - own  # per row: every bank item (its own aside) is a candidate
+    complete = K >= (bank.n if size is None else size) - own  # per row: every item (its own aside) is a candidate
     mark = np.zeros((n, K), bool)
     beyond = np.zeros(n, bool)
     for k in sorted(set(ks)):

@@ -10,17 +10,19 @@ from embedsearch.core.vectors import l2_normalize
 from embedsearch.evaluate.methods.base import Fitted, Method, register
 
 
-def prototypes(x: np.ndarray, y: np.ndarray, n_classes: int, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+def prototypes(x: np.ndarray, y: np.ndarray, n_classes: int, chunk: int = 8192,
+               normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """prototype_c = normalize(mean of normalize(e_i) over train items of class c); (C, d) and a has-prototype mask.
 
     One pass over the rows in class order, `chunk` rows at a time (normalized in float32, each class's run summed
-    in float64): memory bandwidth, not a scatter per element, whatever the dtype stored."""
+    in float64): memory bandwidth, not a scatter per element, whatever the dtype stored. `normalized`: the rows
+    are already `l2_normalize`d (as a `knn.Bank` holds them), so the same sums are taken without that step."""
     y = np.asarray(y, np.int64)
     sums = np.zeros((n_classes, x.shape[1]), np.float64)
     order = np.argsort(y, kind="stable")
     for a in range(0, len(order), chunk):
         pos = order[a:a + chunk]
-        yc, xn = y[pos], l2_normalize(x[pos])
+        yc, xn = y[pos], (x[pos] if normalized else l2_normalize(x[pos]))
         edges = np.r_[np.flatnonzero(np.r_[True, yc[1:] != yc[:-1]]), len(yc)]
         for s, e in zip(edges[:-1], edges[1:], strict=True):  # one run per class in this chunk
             sums[yc[s]] += xn[s:e].sum(axis=0, dtype=np.float64)
@@ -29,8 +31,9 @@ def prototypes(x: np.ndarray, y: np.ndarray, n_classes: int, chunk: int = 8192) 
     return protos, counts > 0
 
 
-def prototype_scores(protos: np.ndarray, has: np.ndarray, q: np.ndarray) -> np.ndarray:
-    s = l2_normalize(q) @ protos.T
+def prototype_scores(protos: np.ndarray, has: np.ndarray, q: np.ndarray, normalized: bool = False) -> np.ndarray:
+    """Cosine of each query to each prototype; `normalized`: `q` is already `l2_normalize`d."""
+    s = (q if normalized else l2_normalize(q)) @ protos.T
     s[:, ~has] = -np.inf  # a class with no train item cannot be predicted
     return s
 
