@@ -15,6 +15,7 @@ import numpy as np
 from embedsearch.core.errors import IndexStateError, SourceError
 from embedsearch.core.files import file_sha256
 from embedsearch.core.progress import bar as progress_bar
+from embedsearch.core.versions import library_versions
 from embedsearch.models.config import BackboneConfig
 from embedsearch.models.embed import PartResult, Timings, resolve_device, resolve_precision, run_embedding
 from embedsearch.sources.datasets import Source
@@ -31,7 +32,6 @@ from embedsearch.store.manifest import (
     Space,
     check_consistent,
     check_space,
-    library_versions,
     resolve,
     writer_lock,
 )

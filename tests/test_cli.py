@@ -138,3 +138,16 @@ def test_index_names_cannot_escape_the_root_and_an_explicit_root_wins(tmp_path, 
     assert r.exit_code == 0 and json.loads(r.stdout) == [{"n": 200}]
     r = CliRunner().invoke(cli, ["sql", "a", "SELECT count(*) AS n FROM items", "--json"])  # no root: the folder here
     assert r.exit_code == 0 and json.loads(r.stdout) == [{"n": 100}]
+
+
+@pytest.mark.parametrize("kw, named", [({"actors": 0}, "--actors must be ≥ 1 (got 0)"),
+                                       ({"cpus_per_actor": 0}, "--cpus-per-actor must be > 0 (got 0)"),
+                                       ({"gpus_per_actor": -1}, "--gpus-per-actor must be ≥ 0 (got -1)"),
+                                       ({"in_flight": 0}, "in_flight must be ≥ 1 (got 0)")])
+def test_bad_ray_options_from_python_name_the_option_and_value(kw, named):
+    """The CLI's ranges reject these first; the Python API gets the same rule with the value."""
+    from embedsearch.core.errors import EmbedsearchError
+    from embedsearch.models.ray_engine import RayOptions
+
+    with pytest.raises(EmbedsearchError, match="^" + named.replace("(", r"\(").replace(")", r"\)") + "$"):
+        RayOptions(**kw)

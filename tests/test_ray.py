@@ -198,9 +198,9 @@ def test_grow_with_the_other_engine_and_repair_on_ray(cluster, tmp_path, folder,
 def test_preflight_refusals(cluster, tmp_path, folder):
     """Each thing the driver pins is checked on the actor, and a refusal is one line naming the node."""
     from embedsearch.core.errors import EmbedsearchError
+    from embedsearch.core.versions import library_versions
     from embedsearch.models.backbones import create_backbone
     from embedsearch.models.ray_engine import Embedder, connect
-    from embedsearch.store.manifest import library_versions
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
     try:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from embedsearch.core.errors import EmbedsearchError
+from embedsearch.core.versions import library_versions
 from embedsearch.models.embed import PartResult, Timings, run_embedding
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,13 @@ class RayOptions:
     in_flight: int = 2  # parts queued per actor
 
     def __post_init__(self):
-        if self.cpus_per_actor <= 0 or self.gpus_per_actor < 0 or self.retries < 0 or self.in_flight < 1:
-            raise EmbedsearchError("--cpus-per-actor must be > 0 and --gpus-per-actor ≥ 0")
-        if self.actors is not None and self.actors < 1:
-            raise EmbedsearchError(f"--actors must be at least 1 (got {self.actors})")
+        for name, value, ok, rule in (("--cpus-per-actor", self.cpus_per_actor, self.cpus_per_actor > 0, "> 0"),
+                                      ("--gpus-per-actor", self.gpus_per_actor, self.gpus_per_actor >= 0, "≥ 0"),
+                                      ("--actors", self.actors, self.actors is None or self.actors >= 1, "≥ 1"),
+                                      ("retries", self.retries, self.retries >= 0, "≥ 0"),
+                                      ("in_flight", self.in_flight, self.in_flight >= 1, "≥ 1")):
+            if not ok:
+                raise EmbedsearchError(f"{name} must be {rule} (got {value})")
 
 
 def connect(address: str | None) -> bool:
@@ -114,7 +118,7 @@ class Embedder:
         from embedsearch.models.embed import resolve_device
 
         p, problems = self.pins, []
-        have = library_versions_here(p["versions"])
+        have = library_versions(p["versions"])
         for lib, want in p["versions"].items():
             if have.get(lib) != want:
                 problems.append(f"{lib} {have.get(lib) or 'missing'} (driver: {want})")
@@ -166,22 +170,6 @@ class Embedder:
                 except FileExistsError:
                     return
                 os._exit(1)
-
-
-def library_versions_here(wanted: dict) -> dict:
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for lib in wanted:
-        if lib == "python":
-            out[lib] = platform.python_version()
-            continue
-        try:
-            out[lib] = version(lib)
-        except PackageNotFoundError:
-            pass
-    return out
 
 
 def run_embedding_ray(backbone, parts: list[tuple[int, list]], root: Path | None,

@@ -6,7 +6,6 @@ import errno
 import fcntl
 import json
 import os
-import platform
 import re
 import time
 from contextlib import contextmanager
@@ -98,19 +97,6 @@ def resolve(name_or_path: str | os.PathLike, root: Path | None = None) -> Layout
     if Path(s).is_dir() and (Path(s) / "manifest.json").exists():
         return Layout(Path(s))
     return Layout(default_root() / s)
-
-
-def library_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("embedsearch", "torch", "timm", "open_clip_torch", "faiss-cpu", "faiss-gpu", "duckdb", "pyarrow",
-                "numpy", "pillow"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
 
 
 # --------------------------------------------------------------------------------------------- the manifest
