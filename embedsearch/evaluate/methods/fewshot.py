@@ -156,13 +156,15 @@ class Fewshot(Method):
 
     def estimate(self, shape, rates, ctx):
         # one (m × d)·(d × n) similarity product, then per seed a gather of the n columns and top-k over prefixes
-        # of ~1.6 n: ~80 bytes' worth of streaming bandwidth per (test, train) pair and seed with the prototypes'
-        # sums (29 s measured at 10,000 × 50,000 × 2,048 on 2 cores, 16 s of it the product)
-        return 2 * shape.n * shape.m * shape.d / rates.flops + FEWSHOT_SEEDS * shape.n * shape.m * 80 / rates.bandwidth
+        # of ~1.6 n: ~160 bytes' worth of streaming bandwidth per (test, train) pair and seed with the prototypes'
+        # sums (29–33 s measured at 10,000 × 50,000 × 2,048 on 2 cores, 10–16 s of it the product)
+        return 2 * shape.n * shape.m * shape.d / rates.flops + FEWSHOT_SEEDS * shape.n * shape.m * 160 / rates.bandwidth
 
     def curve(self, train, xte, yte, ctx) -> tuple[dict, list[dict]]:
         """(params, curve)."""
         params = {"seeds": FEWSHOT_SEEDS, "knn_k": FEWSHOT_K, "knn_T": ctx.knn_t,
                   "shots": "1, 2, 4, … per class, then all",
-                  "sampling": "per seed one random order of each class, the first n taken (nested samples)"}
+                  "sampling": "per seed one random order of each class, the first n taken (nested samples)",
+                  "knn_search": "exact within each sample (float32 similarities, near-ties settled in float64)",
+                  "prototype": "normalize(mean of L2-normalized sample vectors)"}
         return params, fewshot_curve(train.x, train.y, xte, yte, train.n_classes, train.seed, ctx.knn_t)
