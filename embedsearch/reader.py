@@ -187,20 +187,24 @@ class Index:
 
     # ----------------------------------------------------------------------------------- vectors
 
-    @cached_property
-    def _part_ids(self) -> list[np.ndarray]:
-        """Each part's ids (8 bytes an item: the id column alone is read)."""
-        return [store.read_part(p, with_vectors=False)[0] for p in self.part_paths]
+    def _ids_of(self, path: Path) -> np.ndarray:
+        """A part's ids (8 bytes an item: the id column alone is read), kept for the next selection."""
+        cache = self.__dict__.setdefault("_ids_cache", {})
+        if path not in cache:
+            cache[path] = store.read_part(path, with_vectors=False)[0]
+        return cache[path]
 
     def _candidate_parts(self, ids, want: np.ndarray):
-        """(path, ids or None) of the parts that may hold `want`. A few ids (a search by id, a small selection) are
-        looked up in the catalog, so only the parts holding them are read, however large the index; otherwise
-        (or once known) every part's id column is used."""
-        if ids is None or "_part_ids" in self.__dict__ or len(want) > CATALOG_LOOKUP_MAX:
-            return list(zip(self.part_paths, self._part_ids, strict=True))
+        """(path, ids) of the parts that may hold `want`. A few ids (a search by id, a small selection) are looked
+        up in the catalog, so only the parts holding them are read, however large the index; otherwise (or once
+        every part's ids are known) every part's id column is used."""
+        known = self.__dict__.get("_ids_cache", {})
+        if ids is None or len(known) == len(self.part_paths) or len(want) > CATALOG_LOOKUP_MAX:
+            return [(p, self._ids_of(p)) for p in self.part_paths]
         parts = {r[0] for r in self.con.execute("SELECT DISTINCT part FROM items WHERE id IN (SELECT unnest(?)) "
                                                 "AND status = 'ok'", [want.tolist()]).fetchall()}
-        return [(self.layout.parts / p.file, None) for p in self.manifest.parts if p.number in parts]
+        paths = [self.layout.parts / p.file for p in self.manifest.parts if p.number in parts]
+        return [(p, self._ids_of(p)) for p in paths]
 
     def vectors(self, ids: np.ndarray | None = None, dtype=np.float32) -> np.ndarray:
         """Raw vectors for `ids` (all, in id order, when None), as `dtype` (None: the stored float16/float32).
@@ -209,15 +213,14 @@ class Index:
         converted, so memory is the result plus a few parts, whatever the index's size. Decoding a part's list
         column is CPU-bound (about 0.35 GB/s per core, scripts/bench_read.md), so up to READ_THREADS parts are
         read at once. Unknown ids raise QueryError."""
-        want = np.asarray(np.concatenate(self._part_ids) if ids is None else ids, np.int64)
+        want = np.asarray(np.concatenate([self._ids_of(p) for p in self.part_paths]) if ids is None else ids,
+                          np.int64)
         if ids is None:
             want = np.sort(want)
         order = np.argsort(want, kind="stable")
         sorted_want = want[order]
         plan = []  # (part path, its rows to keep, where they go in the result)
         for path, pids in self._candidate_parts(ids, want):
-            if pids is None:  # a part the catalog says holds some of the ids: its id column tells which rows
-                pids = store.read_part(path, with_vectors=False)[0]
             if not len(pids):
                 continue
             lo, hi = np.searchsorted(sorted_want, pids.min()), np.searchsorted(sorted_want, pids.max(), side="right")

@@ -75,15 +75,22 @@ def write_part(path: Path, ids: np.ndarray, vectors: np.ndarray, dtype: str, met
 
 
 def read_part(path: Path, with_vectors: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read one part as numpy (ids, vectors in their stored dtype); a damaged file raises IndexStateError."""
+    """Read one part as numpy (ids, vectors in their stored dtype); a damaged file raises IndexStateError.
+
+    The vectors come straight from the embedding column's data pages when the part is laid out as `write_part`
+    writes it (`pages.read_vectors`: each page's CRC checked, about 10× pyarrow's list decoding); any other layout,
+    and any page that does not read cleanly, goes through pyarrow, which reports damage."""
     import pyarrow.parquet as pq
 
     try:
-        t = pq.read_table(path, columns=["id", "embedding"] if with_vectors else ["id"],
-                          page_checksum_verification=True)
+        if with_vectors:
+            fast = _read_pages(path)
+            if fast is not None:
+                return fast
+        t = pq.ParquetFile(path, page_checksum_verification=True).read(
+            columns=["id", "embedding"] if with_vectors else ["id"])
     except Exception as e:  # noqa: BLE001 — pyarrow raises several types for damaged files
-        raise IndexStateError(f"part {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                              "run `embedsearch verify --repair`") from None
+        raise _unreadable(path, e) from None
     ids = t.column("id").to_numpy()
     if not with_vectors:
         return ids, None
@@ -92,6 +99,38 @@ def read_part(path: Path, with_vectors: bool = True) -> tuple[np.ndarray, np.nda
     vecs = col.values.to_numpy(zero_copy_only=False).reshape(-1, d) if len(col) else np.zeros((0, d), np.float32)
     return ids, vecs
 
+
+def _unreadable(path: Path, e: Exception) -> IndexStateError:
+    return IndexStateError(f"part {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                           "run `embedsearch verify --repair`")
+
+
+_PHYSICAL = {"halffloat": ("FIXED_LEN_BYTE_ARRAY", np.float16), "float": ("FLOAT", np.float32)}
+
+
+def _read_pages(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(ids, vectors) by `pages.read_vectors`, or None when the part is laid out otherwise or a page does not read
+    cleanly (the caller's pyarrow read then decodes it, or names the damage)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from embedsearch.store.pages import PageError, chunk_layout, read_vectors
+
+    pf = pq.ParquetFile(path, page_checksum_verification=True)
+    field = pf.schema_arrow.field("embedding") if "embedding" in pf.schema_arrow.names else None
+    if field is None or not pa.types.is_fixed_size_list(field.type) or str(field.type.value_type) not in _PHYSICAL:
+        return None
+    physical, dtype = _PHYSICAL[str(field.type.value_type)]
+    md, col = pf.metadata, pf.schema_arrow.get_field_index("embedding")
+    chunks = [chunk_layout(md.row_group(g).column(col), physical) for g in range(md.num_row_groups)]
+    if any(c is None for c in chunks):
+        return None
+    try:
+        vecs = read_vectors(path, chunks, md.num_rows, field.type.list_size, dtype)
+    except PageError:
+        return None
+    ids = pf.read(columns=["id"]).column("id").to_numpy()
+    return ids, vecs
 
 def part_metadata(path: Path) -> dict:
     import pyarrow.parquet as pq

@@ -289,16 +289,25 @@ def test_knn_streamed_bank_gives_the_same_neighbours_as_the_whole_bank(monkeypat
     assert np.allclose(streamed[0], whole[0], atol=M_knn.float32_dot_error(32))
 
 
-def test_prototypes_equal_a_float64_scatter_of_the_normalized_vectors():
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_prototypes_equal_a_float64_scatter_of_the_normalized_vectors(monkeypatch, dtype):
+    # blocks of 333 rows, float32 partial sums flushed every 999: both boundaries fall inside the data
+    monkeypatch.setattr(M_proto, "BLOCK_BYTES", 333 * 4 * 48)
+    monkeypatch.setattr(M_proto, "FLUSH_ROWS", 999)
     rng = np.random.default_rng(6)
-    x = (rng.normal(size=(5000, 48)) + 1).astype(np.float16)
+    x = (rng.normal(size=(5000, 48)) + 1).astype(dtype)
+    if dtype == np.float32:  # rows whose squared norm float32 cannot hold take l2_normalize's careful path
+        x[1000] *= 1e25
+        x[4000] *= 1e-22
     y = rng.integers(0, 7, 5000)
-    protos, has = M_proto.prototypes(x, y, 9, chunk=333)
+    protos, has = M_proto.prototypes(x, y, 9)
     s = np.zeros((9, 48))
     np.add.at(s, y, l2_normalize(x).astype(np.float64))
     ref = l2_normalize(s / np.maximum(np.bincount(y, minlength=9), 1)[:, None])
     assert has.tolist() == [True] * 7 + [False] * 2
     assert np.abs(protos - ref).max() < 1e-6
+    again, _ = M_proto.prototypes(l2_normalize(x), y, 9, normalized=True)
+    assert np.abs(again - ref).max() < 1e-6
 
 
 def test_linear_svm_matches_sklearn_linearsvc_at_its_chosen_c(ix, data):
