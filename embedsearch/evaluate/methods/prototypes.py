@@ -9,7 +9,6 @@ import numpy as np
 from embedsearch.core.vectors import BLOCK_BYTES, SQ_SAFE, l2_normalize, to_float32
 from embedsearch.evaluate.methods.base import Fitted, Method, register
 
-
 FLUSH_ROWS = 8192  # rows summed in float32 before the partial sums are added into the float64 totals
 
 
