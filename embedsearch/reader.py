@@ -30,7 +30,7 @@ def _serving_view(layout: Layout, manifest: Manifest) -> Manifest:
     return manifest.serving_view()
 
 
-READ_THREADS = min(4, os.cpu_count() or 1)  # parts decoded at once by `Index.vectors` (2 cores: 1.5×, bench_read)
+READ_THREADS = min(4, os.cpu_count() or 1)  # parts read at once by `Index.vectors` (overlaps reading and converting)
 
 
 def _read_ahead(plan):
@@ -210,9 +210,9 @@ class Index:
         """Raw vectors for `ids` (all, in id order, when None), as `dtype` (None: the stored float16/float32).
 
         One columnar scan: each part holding a requested id is read once and only its requested rows are kept and
-        converted, so memory is the result plus a few parts, whatever the index's size. Decoding a part's list
-        column is CPU-bound (about 0.35 GB/s per core, scripts/bench_read.md), so up to READ_THREADS parts are
-        read at once. Unknown ids raise QueryError."""
+        converted, so memory is the result plus a few parts, whatever the index's size. Parts are read straight
+        from their data pages (`store/pages.py`, 12× pyarrow's list decoding, scripts/bench_read.md), up to
+        READ_THREADS at once. Unknown ids raise QueryError."""
         want = np.asarray(np.concatenate([self._ids_of(p) for p in self.part_paths]) if ids is None else ids,
                           np.int64)
         if ids is None:

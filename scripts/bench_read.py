@@ -1,12 +1,18 @@
 """Reading an evaluation selection from the Parquet parts, and prototypes over it, against memory bandwidth.
 
 Imports n × d clustered float16 vectors into a real index (`embedsearch index --vectors`, default part size), then
-in one process: the machine's streaming bandwidth (the eval plan's own measurement), pyarrow's decode of the parts'
-list column on one thread (the format's floor), `Index.vectors` of the whole selection on one thread and with
-READ_THREADS, and prototypes over the result. Shares are bytes of stored float16 per second over the bandwidth.
-Then what a raw copy of the vectors beside each part (one .npy per part, not something embedsearch writes) would
-allow: reading it memory-mapped into float32, and prototypes fused with the read (convert, normalize and sum a
-block of rows at a time in cache, one Python thread per core). Writes scripts/bench_read.json and .md.
+in one process, side by side:
+- decoding the parts' vectors: pyarrow's list decoding (what `read_part` did before) and the page reader
+  (`store/pages.py`), one thread;
+- `Index.vectors` of a 90 % selection (the rows of each part that a train split keeps) into float32, through
+  either decoder, READ_THREADS parts at once;
+- prototypes over it: the class-sorted pass with a gather (before, kept below as `prototypes_sorted`) and the
+  current one-pass `prototypes`;
+- floors: converting the same rows from an in-memory float16 array into float32 (no storage at all: the least any
+  reader that hands float32 to the methods must spend), a raw .npy copy of each part read memory-mapped, and the
+  selection kept in its stored float16 with prototypes converting a block at a time (no float32 copy).
+Shares are stored float16 bytes per second over the streaming bandwidth measured in the same run
+(`measure_rates`: a 256 MB torch sum, all threads). Writes scripts/bench_read.json and .md.
 
     python scripts/bench_read.py --n 50000 --dims 2048 3072
 """
@@ -27,22 +33,9 @@ import numpy as np
 from bench_eval import make_data  # noqa: E402 — the same synthetic data as the other eval benchmarks
 
 HERE = Path(__file__).parent
-READING = """Reading: the target (reading + prototypes at ≥ 50 % of memory bandwidth) is **not met**. The floor is the
-storage format: the parts hold each vector as a Parquet fixed-size list of float16, which Parquet stores as one
-2-byte FIXED_LEN_BYTE_ARRAY per element with repetition and definition levels, and pyarrow decodes it element by
-element at 0.3–0.4 GB/s per core (measured by hand: declaring the elements non-null or writing data page v2 gains
-at most 1.4×, and a float32 list decodes no faster per element). `Index.vectors` decodes READ_THREADS parts at
-once and converts float16 straight into the result.
-
-A raw copy beside the parts would lift reading by an order of magnitude (second table), but not to the target:
-reading it into float32 reaches about a third of the bandwidth (the result is twice the stored bytes, written),
-and the cheapest prototypes written with torch operations, fused with the read in cache, 20–24 %: a per-row norm
-and a scatter into class sums cost more than the conversion. Reaching 50 % would take a compiled fused kernel on top of doubling the
-vectors on disk; in `eval` reading the 50,000 × 2,048 train selection takes 0.4 s against minutes for the
-probes, so neither is done."""
 
 
-def best_of(fn, rep=3):
+def best_of(fn, rep=5):
     best = float("inf")
     for _ in range(rep):
         t0 = time.perf_counter()
@@ -51,63 +44,37 @@ def best_of(fn, rep=3):
     return out, best
 
 
-def raw_copy(ix, tmp: Path) -> list[Path]:
-    """The parts' float16 rows as one .npy per part (the page cache holds them, as it holds the parts)."""
-    from embedsearch.store import parts as store
+def prototypes_sorted(x, y, n_classes, chunk=8192):
+    """The previous implementation, for the side-by-side row: rows gathered in class order `chunk` at a time,
+    normalized, each class's run summed in float64."""
+    from embedsearch.core.vectors import l2_normalize
 
-    files = []
-    for i, p in enumerate(ix.part_paths):
-        files.append(tmp / f"raw-{i:05d}.npy")
-        np.save(files[-1], store.read_part(p)[1])
-    return files
-
-
-def read_raw(files: list[Path], out: np.ndarray) -> np.ndarray:
-    from embedsearch.core.vectors import to_float32
-
-    a = 0
-    for f in files:
-        v = np.load(f, mmap_mode="r")
-        to_float32(v, out=out[a:a + len(v)])
-        a += len(v)
-    return out
+    sums = np.zeros((n_classes, x.shape[1]), np.float64)
+    order = np.argsort(y, kind="stable")
+    for a in range(0, len(order), chunk):
+        pos = order[a:a + chunk]
+        yc, xn = y[pos], l2_normalize(x[pos])
+        edges = np.r_[np.flatnonzero(np.r_[True, yc[1:] != yc[:-1]]), len(yc)]
+        for s, e in zip(edges[:-1], edges[1:], strict=True):
+            sums[yc[s]] += xn[s:e].sum(axis=0, dtype=np.float64)
+    counts = np.bincount(y, minlength=n_classes)
+    return l2_normalize(sums / np.maximum(counts, 1)[:, None]), counts > 0
 
 
-def fused_prototypes(files: list[Path], y: np.ndarray, C: int, threads: int, block: int = 256) -> np.ndarray:
-    """Class sums of normalized rows straight from the raw copy: each thread converts `block` rows into a
-    cache-sized float32 buffer, normalizes them and adds them to its classes' sums (torch, one intra-op thread)."""
-    import threading
+def pyarrow_only(store):
+    """A context in which `read_part` decodes with pyarrow (the page reader declines every part)."""
+    from contextlib import contextmanager
 
-    import torch
+    @contextmanager
+    def ctx():
+        real = store._read_pages
+        store._read_pages = lambda path: None
+        try:
+            yield
+        finally:
+            store._read_pages = real
 
-    starts = np.cumsum([0] + [np.load(f, mmap_mode="r").shape[0] for f in files])
-    labels = torch.from_numpy(np.asarray(y, np.int64))
-    sums = []
-
-    def work(mine):
-        d = np.load(files[0], mmap_mode="r").shape[1]
-        s, buf = torch.zeros((C, d)), torch.empty((block, d))
-        for i in mine:
-            v16 = torch.from_numpy(np.load(files[i], mmap_mode="r"))
-            for a in range(0, len(v16), block):
-                b = buf[:len(v16[a:a + block])]
-                b.copy_(v16[a:a + block])
-                b.div_(torch.linalg.vector_norm(b, dim=1, keepdim=True))
-                s.index_add_(0, labels[starts[i] + a:starts[i] + a + len(b)], b)
-        sums.append(s)
-
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ts = [threading.Thread(target=work, args=(range(t, len(files), threads),)) for t in range(threads)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-    finally:
-        torch.set_num_threads(prev)
-    total = sum(sums).double().numpy()
-    return total / np.linalg.norm(total, axis=1, keepdims=True)
+    return ctx()
 
 
 def main() -> None:
@@ -119,10 +86,10 @@ def main() -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from embedsearch import reader
+    from embedsearch.core.vectors import to_float32
     from embedsearch.evaluate.methods import prototypes as M
     from embedsearch.evaluate.methods.base import measure_rates
-    from embedsearch.reader import Index
+    from embedsearch.reader import READ_THREADS, Index
     from embedsearch.store import parts as store
 
     rows = []
@@ -131,64 +98,119 @@ def main() -> None:
         env = {**os.environ, "EMBEDSEARCH_HOME": str(tmp / "ix")}
         for dim in a.dims:
             (x, y), _ = make_data(a.n, 1, dim, a.classes)
+            split = np.where(np.random.default_rng(1).random(a.n) < 0.1, "test", "train")
             np.save(tmp / "v.npy", x)
-            pq.write_table(pa.table({"label": [f"c{c}" for c in y]}), tmp / "labels.parquet")
+            pq.write_table(pa.table({"label": [f"c{c}" for c in y], "split": split}), tmp / "labels.parquet")
             subprocess.run([sys.executable, "-m", "embedsearch", "-q", "index", str(tmp / "labels.parquet"),
                             "--vectors", str(tmp / "v.npy"), "-n", f"d{dim}"], env=env, check=True)
             ix = Index.open(f"d{dim}", tmp / "ix")
-            stored = sum(pq.ParquetFile(p).metadata.num_rows for p in ix.part_paths) * dim * 2
+            sel = ix.select("split = 'train'")
+            ids, yy = sel["id"], sel["class_index"]
+            stored = len(ids) * dim * 2  # the selection's float16 bytes
+            part_bytes = a.n * dim * 2
             rates = measure_rates()
+            with pyarrow_only(store):
+                _, t_decode_pa = best_of(lambda: [store.read_part(p) for p in ix.part_paths])  # noqa: B023
+                ix_pa = Index.open(f"d{dim}", tmp / "ix")
+                v_pa, t_read_pa = best_of(lambda: ix_pa.vectors(ids))  # noqa: B023
             _, t_decode = best_of(lambda: [store.read_part(p) for p in ix.part_paths])  # noqa: B023
-            threads = reader.READ_THREADS
-            reader.READ_THREADS = 1
-            _, t_one = best_of(lambda: ix.vectors())  # noqa: B023
-            reader.READ_THREADS = threads
-            v, t_read = best_of(lambda: ix.vectors())  # noqa: B023
-            yy = ix.select()["class_index"]
-            protos, t_proto = best_of(lambda: M.prototypes(v, yy, a.classes))  # noqa: B023
-            files = raw_copy(ix, tmp)
-            _, t_raw = best_of(lambda: read_raw(files, v))  # noqa: B023
-            fused, t_fused = best_of(lambda: fused_prototypes(files, yy, a.classes, threads))  # noqa: B023
-            assert np.abs(fused - protos[0]).max() < 1e-5, "the fused prototypes differ"
-            for f in files:
+            v, t_read = best_of(lambda: ix.vectors(ids))  # noqa: B023
+            assert np.array_equal(v, v_pa), "the page reader and pyarrow disagree"
+            old, t_proto_old = best_of(lambda: prototypes_sorted(v, yy, a.classes))  # noqa: B023
+            new, t_proto = best_of(lambda: M.prototypes(v, yy, a.classes))  # noqa: B023
+            assert np.abs(old[0] - new[0]).max() < 1e-6, "the prototypes differ"
+            v16 = ix.vectors(ids, dtype=None)
+            _, t_floor = best_of(lambda: to_float32(v16, out=v))  # noqa: B023
+            _, t_read16 = best_of(lambda: ix.vectors(ids, dtype=None))  # noqa: B023
+            fused, t_proto16 = best_of(lambda: M.prototypes(v16, yy, a.classes))  # noqa: B023
+            assert np.abs(fused[0] - new[0]).max() < 1e-6
+            raw = []
+            for i, p in enumerate(ix.part_paths):
+                raw.append(tmp / f"raw-{i:05d}.npy")
+                np.save(raw[-1], store.read_part(p)[1])
+
+            whole = np.empty((a.n, dim), np.float32)
+
+            def read_raw():
+                at = 0
+                for f in raw:  # noqa: B023
+                    r = np.load(f, mmap_mode="r")
+                    to_float32(r, out=whole[at:at + len(r)])  # noqa: B023
+                    at += len(r)
+
+            _, t_raw = best_of(read_raw)
+            for f in raw:
                 f.unlink()
             ix.close()
-            share = lambda t: round(stored / t / rates.bandwidth, 4)  # noqa: B023, E731
-            rows.append({"n": a.n, "dim": dim, "parts": len(ix.part_paths), "stored_bytes": stored,
-                         "bandwidth_gb_s": round(rates.bandwidth / 1e9, 1),
-                         "decode_1_thread_s": round(t_decode, 3), "decode_share": share(t_decode),
-                         "vectors_1_thread_s": round(t_one, 3), f"vectors_{threads}_threads_s": round(t_read, 3),
-                         "vectors_share": share(t_read), "prototypes_s": round(t_proto, 3),
-                         "prototypes_share": share(t_proto), "read_plus_prototypes_share": share(t_read + t_proto),
-                         "raw_read_s": round(t_raw, 3), "raw_read_share": share(t_raw),
-                         "raw_read_plus_prototypes_share": share(t_raw + t_proto),
-                         "raw_fused_prototypes_s": round(t_fused, 3), "raw_fused_share": share(t_fused)})
+            ix_pa.close()
+            share = lambda t, nbytes=stored: round(nbytes / t / rates.bandwidth, 4)  # noqa: B023, E731
+            rows.append({"n": a.n, "selected": int(len(ids)), "dim": dim, "parts": len(ix.part_paths),
+                         "selected_stored_bytes": stored, "bandwidth_gb_s": round(rates.bandwidth / 1e9, 1),
+                         "decode_pyarrow_1_thread_s": round(t_decode_pa, 4),
+                         "decode_pyarrow_share": share(t_decode_pa, part_bytes),
+                         "decode_pages_1_thread_s": round(t_decode, 4), "decode_pages_share": share(t_decode, part_bytes),
+                         "vectors_pyarrow_s": round(t_read_pa, 4), "vectors_s": round(t_read, 4),
+                         "vectors_share": share(t_read),
+                         "prototypes_sorted_s": round(t_proto_old, 4), "prototypes_s": round(t_proto, 4),
+                         "before_read_plus_prototypes_share": share(t_read_pa + t_proto_old),
+                         "read_plus_prototypes_share": share(t_read + t_proto),
+                         "floor_float16_to_float32_s": round(t_floor, 4), "floor_share": share(t_floor),
+                         "raw_npy_read_s": round(t_raw, 4), "raw_npy_share": share(t_raw, part_bytes),
+                         "float16_read_s": round(t_read16, 4), "float16_prototypes_s": round(t_proto16, 4),
+                         "float16_read_plus_prototypes_share": share(t_read16 + t_proto16),
+                         "threads": READ_THREADS})
             print(json.dumps(rows[-1]), flush=True)
     out = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
            "command": "python scripts/bench_read.py " + " ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
                                                                  for k, v in vars(a).items()),
            "rows": rows}
     (HERE / "bench_read.json").write_text(json.dumps(out, indent=1) + "\n")
+    write_md(out)
+
+
+def write_md(out: dict) -> None:
+    rows = out["rows"]
+    pct = lambda s: f"{s:.1%}"  # noqa: E731
     md = ["# Reading a selection from the parts, and prototypes over it", "",
-          f"`{out['command']}` on {out['machine']['cores']} cores. Shares are stored float16 bytes per second over "
-          "the streaming bandwidth measured in the same run (a float32 sum).", "",
-          "| n × d | parts | bandwidth | pyarrow decode, 1 thread | Index.vectors, 1 thread | Index.vectors, "
-          f"{reader.READ_THREADS} threads | prototypes | read + prototypes |", "|---|---|---|---|---|---|---|---|"]
+          f"`{out['command']}` on {out['machine']['cores']} cores ({rows[0]['threads']} read threads). Each row is one "
+          "index of float16 parts (2,000 rows each); the selection is the 90 % of rows a train split keeps. Shares "
+          "are stored float16 bytes per second over the streaming bandwidth measured in the same run (a 256 MB "
+          "torch sum, all threads). Before = pyarrow's list decoding and the class-sorted prototypes; after = the "
+          "page reader and the one-pass prototypes; both measured in this run.", "",
+          "| n × d | bandwidth | decode a part, 1 thread: pyarrow → pages | selection → float32: before → after "
+          "| prototypes: before → after | read + prototypes: before → after |", "|---|---|---|---|---|---|"]
     for r in rows:
-        md.append(f"| {r['n']:,} × {r['dim']} | {r['parts']} | {r['bandwidth_gb_s']} GB/s | "
-                  f"{r['decode_1_thread_s']} s ({r['decode_share']:.1%}) | {r['vectors_1_thread_s']} s | "
-                  f"{r[f'vectors_{reader.READ_THREADS}_threads_s']} s ({r['vectors_share']:.1%}) | "
-                  f"{r['prototypes_s']} s ({r['prototypes_share']:.1%}) | {r['read_plus_prototypes_share']:.1%} |")
-    md += ["", "With a raw copy of the vectors beside each part (an experiment of this script, not a format embedsearch "
-           "writes):", "", "| n × d | raw copy → float32 | + prototypes as today | prototypes fused with the read |",
-           "|---|---|---|---|"]
+        md.append(f"| {r['n']:,} × {r['dim']} | {r['bandwidth_gb_s']} GB/s | {r['decode_pyarrow_1_thread_s']} → "
+                  f"{r['decode_pages_1_thread_s']} s ({pct(r['decode_pyarrow_share'])} → {pct(r['decode_pages_share'])}) "
+                  f"| {r['vectors_pyarrow_s']} → {r['vectors_s']} s ({r['vectors_pyarrow_s'] / r['vectors_s']:.1f}×) | "
+                  f"{r['prototypes_sorted_s']} → {r['prototypes_s']} s "
+                  f"({r['prototypes_sorted_s'] / r['prototypes_s']:.1f}×) | "
+                  f"{pct(r['before_read_plus_prototypes_share'])} → {pct(r['read_plus_prototypes_share'])} |")
+    md += ["", "Floors, same run:", "",
+           "| n × d | float16 → float32 of the selection, in memory | raw .npy copy of each whole part → float32 "
+           "| kept float16: read + prototypes converting in cache |", "|---|---|---|---|"]
     for r in rows:
-        md.append(f"| {r['n']:,} × {r['dim']} | {r['raw_read_s']} s ({r['raw_read_share']:.1%}) | "
-                  f"{r['raw_read_plus_prototypes_share']:.1%} | {r['raw_fused_prototypes_s']} s "
-                  f"({r['raw_fused_share']:.1%}) |")
+        md.append(f"| {r['n']:,} × {r['dim']} | {r['floor_float16_to_float32_s']} s ({pct(r['floor_share'])}) | "
+                  f"{r['raw_npy_read_s']} s ({pct(r['raw_npy_share'])}) | {r['float16_read_s']} + "
+                  f"{r['float16_prototypes_s']} s ({pct(r['float16_read_plus_prototypes_share'])}) |")
     md += ["", READING]
     (HERE / "bench_read.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
+
+
+READING = """Reading:
+- The parts hold each vector as a Parquet fixed-size list of float16: one 2-byte FIXED_LEN_BYTE_ARRAY per element
+  behind repetition and definition levels, which pyarrow rebuilds element by element. The page reader
+  (`store/pages.py`) copies each data page's values out as they lie, after checking the page's CRC (ISA-L's, ~20
+  GB/s), and hands any other layout to pyarrow; the files and the `embeddings` SQL view are unchanged.
+- The target asked for reading + prototypes at ≥ 50 % of memory bandwidth. It is not met, and this table shows
+  why it cannot be in this design: every method of `eval` takes the selection as float32, so reading writes 4 bytes
+  per stored 2 and then reads them again. The in-memory float16 → float32 conversion of the same rows, with no
+  storage at all, is the floor for any reader that hands float32 to the methods, and it alone stays far below
+  50 % (first column of the floors). Keeping the selection in float16 and converting a block at a time inside each
+  method would lift it (last column), at the cost of every method converting again on every pass.
+- What counts for a user: at 50,000 × 2,048 the selection is read and its prototypes computed in the 'after'
+  time of the first table, against minutes for the probes (`scripts/bench_eval_cli.md`)."""
 
 
 if __name__ == "__main__":

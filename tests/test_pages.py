@@ -118,3 +118,13 @@ def test_a_truncated_part_is_unreadable(tmp_path):
     p.write_bytes(p.read_bytes()[:50_000])
     with pytest.raises(IndexStateError, match="unreadable"):
         store.read_part(p)
+
+
+def test_a_crafted_negative_page_size_is_refused_not_looped_on(tmp_path):
+    # PageHeader{type: DATA_PAGE, uncompressed_page_size: -5, compressed_page_size: -5} in the compact protocol:
+    # field headers 0x15 (next field id, i32), zigzag(-5) = 9; a reader that stepped back by the size would loop
+    header = bytes([0x15, 0x00, 0x15, 0x09, 0x15, 0x09, 0x00])
+    p = tmp_path / "crafted.bin"
+    p.write_bytes(header * 4)
+    with pytest.raises(pages.PageError, match="sizes"):
+        pages.read_vectors(p, [(0, len(header) * 4)], 1, 1, np.float32)

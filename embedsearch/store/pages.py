@@ -127,7 +127,7 @@ def read_vectors(path, chunks: list[tuple[int, int]], rows: int, d: int, dtype: 
                 t = _Thrift(mm, pos, end)
                 h = t.struct()
                 body, size = t.pos, h.get(3)
-                if size is None or size != h.get(2) or body + size > end:
+                if size is None or size < 0 or size != h.get(2) or body + size > end:
                     raise PageError("a page's sizes disagree with its column chunk")
                 pos = body + size
                 crc = h.get(4)
@@ -164,8 +164,9 @@ def _values_of(buf, h: dict, body: int, size: int) -> tuple[tuple[int, int], int
         dp = h[8]  # num_values, num_nulls, num_rows, encoding, def bytes, rep bytes, is_compressed
         if dp.get(4) != _PLAIN or dp.get(2, 0) != 0:
             raise PageError("a data page is not PLAIN without nulls")
-        at = body + dp.get(5, 0) + dp.get(6, 0)
-        if at > body + size:
+        levels = (dp.get(5, 0), dp.get(6, 0))
+        at = body + sum(levels)
+        if min(levels) < 0 or at > body + size:
             raise PageError("a data page's levels run past the page")
         return (at, body + size - at), dp.get(1, -1)
     raise PageError(f"unexpected page type {h.get(1)} in the embedding column")
