@@ -207,8 +207,10 @@ READING = """Reading:
   why it cannot be in this design: every method of `eval` takes the selection as float32, so reading writes 4 bytes
   per stored 2 and then reads them again. The in-memory float16 → float32 conversion of the same rows, with no
   storage at all, is the floor for any reader that hands float32 to the methods, and it alone stays far below
-  50 % (first column of the floors). Keeping the selection in float16 and converting a block at a time inside each
-  method would lift it (last column), at the cost of every method converting again on every pass.
+  50 % (first column of the floors). Keeping the selection in float16 and converting a block at a time inside
+  the method (last column) gains little with numpy / torch block operations, whose per-block costs dominate: it
+  would take a compiled kernel that converts, normalizes and sums in one pass, and every other method converting
+  again on each of its passes.
 - What counts for a user: at 50,000 × 2,048 the selection is read and its prototypes computed in the 'after'
   time of the first table, against minutes for the probes (`scripts/bench_eval_cli.md`)."""
 

@@ -128,3 +128,15 @@ def test_a_crafted_negative_page_size_is_refused_not_looped_on(tmp_path):
     p.write_bytes(header * 4)
     with pytest.raises(pages.PageError, match="sizes"):
         pages.read_vectors(p, [(0, len(header) * 4)], 1, 1, np.float32)
+
+
+def test_the_embedding_leaf_is_found_whatever_the_column_order(tmp_path, spy):
+    v = np.random.default_rng(4).normal(size=(30, 8)).astype(np.float32)
+    p = tmp_path / "p.parquet"
+    arr = pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), 8)
+    pq.write_table(pa.table({"label": pa.array(["a"] * 30), "embedding": arr, "id": pa.array(np.arange(30))}), p,
+                   compression="none", use_dictionary=False, write_page_checksum=True)
+    ids, got = store.read_part(p)
+    assert spy == [p]
+    np.testing.assert_array_equal(got, v)
+    assert ids.tolist() == list(range(30))

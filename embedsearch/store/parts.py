@@ -78,7 +78,7 @@ def read_part(path: Path, with_vectors: bool = True) -> tuple[np.ndarray, np.nda
     """Read one part as numpy (ids, vectors in their stored dtype); a damaged file raises IndexStateError.
 
     The vectors come straight from the embedding column's data pages when the part is laid out as `write_part`
-    writes it (`pages.read_vectors`: each page's CRC checked, about 10× pyarrow's list decoding); any other layout,
+    writes it (`pages.read_vectors`: each page's CRC checked, about 12× pyarrow's list decoding); any other layout,
     and any page that does not read cleanly, goes through pyarrow, which reports damage."""
     import pyarrow.parquet as pq
 
@@ -121,8 +121,11 @@ def _read_pages(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
     if field is None or not pa.types.is_fixed_size_list(field.type) or str(field.type.value_type) not in _PHYSICAL:
         return None
     physical, dtype = _PHYSICAL[str(field.type.value_type)]
-    md, col = pf.metadata, pf.schema_arrow.get_field_index("embedding")
-    chunks = [chunk_layout(md.row_group(g).column(col), physical) for g in range(md.num_row_groups)]
+    md = pf.metadata
+    leaves = [i for i in range(md.num_columns) if md.schema.column(i).path.split(".")[0] == "embedding"]
+    if len(leaves) != 1:
+        return None
+    chunks = [chunk_layout(md.row_group(g).column(leaves[0]), physical) for g in range(md.num_row_groups)]
     if any(c is None for c in chunks):
         return None
     try:
@@ -131,6 +134,7 @@ def _read_pages(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     ids = pf.read(columns=["id"]).column("id").to_numpy()
     return ids, vecs
+
 
 def part_metadata(path: Path) -> dict:
     import pyarrow.parquet as pq
