@@ -35,10 +35,15 @@ def make_data(n_train, n_test, d, n_classes, seed=0, spectrum="flat"):
         scales = np.sqrt(d / np.arange(1, d + 1) / np.log(d))  # eigenvalues ∝ 1/i, mean variance ≈ 1
         mix = np.linalg.qr(rng.normal(size=(d, d)))[0].astype(np.float32)
 
-    def draw(n):
+    def draw(n, block=65536):
+        # a block of rows at a time (the same numbers as one draw of all n: the generator fills them in order), so
+        # an ImageNet-sized draw never holds a float64 copy of every row
         y = rng.integers(0, n_classes, n)
-        z = ((centers[y] + rng.normal(size=(n, d))) * scales).astype(np.float32)
-        return ((z if mix is None else z @ mix) + 2.0).astype(np.float32), y
+        x = np.empty((n, d), np.float32)
+        for a in range(0, n, block):
+            z = ((centers[y[a:a + block]] + rng.normal(size=(len(y[a:a + block]), d))) * scales).astype(np.float32)
+            x[a:a + block] = (z if mix is None else z @ mix) + 2.0
+        return x, y
 
     return draw(n_train), draw(n_test)
 

@@ -1,14 +1,12 @@
-"""kNN, prototypes and the few-shot curve on an ImageNet-sized float16 train bank (1,000,000 or 1,281,167 × 768,
-1,000 classes), in bounded memory.
+"""kNN and prototypes on an ImageNet-sized float16 train bank: 1,000,000 × 768, 1,000 classes, in bounded memory.
 
 The bank is generated as float16 (2 bytes a value, as `--dtype float16` indexes store it: 1.4 GiB). Its normalized
 float32 copy would be 2.9 GiB, above knn.BANK_BYTES, so the search normalizes and searches it a chunk of 65,536
 rows at a time. It is timed against the machine's float32 GEMM rate measured in the same run. Prototypes are one
-pass over the bank. `--fewshot` adds the few-shot curve (prototypes and kNN, 1, 2, 4, … per class and all,
-5 seeds) on the same queries, as `eval` runs it. Peak RSS is the process's ru_maxrss, after the bank is made. Writes
+pass in class order. Peak RSS is the process's ru_maxrss, after the bank is made. Writes
 scripts/bench_eval_million.json and .md.
 
-    python scripts/bench_eval_million.py [--n 1000000] [--queries 10000] [--fewshot]
+    python scripts/bench_eval_million.py [--n 1000000] [--queries 10000]
 """
 
 from __future__ import annotations
@@ -36,7 +34,6 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=10_000)
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--classes", type=int, default=1000)
-    ap.add_argument("--fewshot", action="store_true")
     args = ap.parse_args()
 
     from embedsearch.core import progress
@@ -66,15 +63,6 @@ def main() -> None:
     sims, idx = M_knn.knn_neighbours(M_knn.Bank(bank), q, 20, ks=(10, 20))
     t_knn = time.perf_counter() - t0
     votes = np.array([np.bincount(y[i], minlength=args.classes).argmax() for i in idx])
-    rss_knn = rss_gib()
-    fewshot = None
-    if args.fewshot:
-        from embedsearch.evaluate.methods.fewshot import fewshot_curve
-
-        t0 = time.perf_counter()
-        curve = fewshot_curve(bank, y, q, yq, args.classes, 0, 0.07)
-        fewshot = {"s": round(time.perf_counter() - t0, 1), "samples": sum(len(c.get("seeds", [0])) for c in curve),
-                   "curve": curve, "peak_rss_gib": round(rss_gib(), 2)}
     flops = 2 * args.n * args.queries * args.dim
     out = {"config": vars(args), "machine": {"cpu": platform.processor() or platform.machine(),
                                              "cores": os.cpu_count(), **rates.to_dict()},
@@ -84,8 +72,7 @@ def main() -> None:
            "prototypes_gb_per_s": round(bank.nbytes / t_proto / 1e9, 2),
            "knn_s": round(t_knn, 1), "knn_majority20_top1": round(float((votes == yq).mean()), 4),
            "knn_fraction_of_gemm_rate": round(flops / t_knn / rates.flops, 3),
-           "peak_rss_gib_after_data": round(rss_data, 2), "peak_rss_gib_after_knn": round(rss_knn, 2),
-           "peak_rss_gib": round(rss_gib(), 2), "fewshot": fewshot}
+           "peak_rss_gib_after_data": round(rss_data, 2), "peak_rss_gib": round(rss_gib(), 2)}
     (HERE / "bench_eval_million.json").write_text(json.dumps(out, indent=1) + "\n")
     (HERE / "bench_eval_million.md").write_text(f"""# kNN and prototypes on a 1,000,000 × 768 float16 bank
 
