@@ -80,13 +80,20 @@ def _float64_topk(bank, q, k, drop_self=False, own=None):
     return np.lexsort((np.broadcast_to(np.arange(s.shape[1]), s.shape), -s), axis=1)[:, :k]
 
 
+@pytest.fixture(params=["faiss", "torch"])
+def backend(request, monkeypatch):
+    """Each exactness test runs on both CPU top-k backends (`cpu_backend` picks one by speed on each machine)."""
+    monkeypatch.setattr(M_knn, "cpu_backend", lambda d: request.param)
+    return request.param
+
+
 def _near_tied_bank(rng, n=300, d=64):
     base = rng.normal(size=(n, d)).astype(np.float32)
     return np.concatenate([base] + [base + rng.normal(size=base.shape).astype(np.float32) * s
                                     for s in (1e-6, 3e-6, 1e-5, 1e-4)])
 
 
-def test_knn_neighbour_sets_equal_float64_search_at_every_cutoff():
+def test_knn_neighbour_sets_equal_float64_search_at_every_cutoff(backend):
     import faiss
 
     rng = np.random.default_rng(1)
@@ -105,7 +112,7 @@ def test_knn_neighbour_sets_equal_float64_search_at_every_cutoff():
     assert np.abs(sims - s64).max() <= M_knn.float32_dot_error(64)
 
 
-def test_knn_ties_that_reach_the_candidate_list_end_widen_the_list_for_those_rows(monkeypatch):
+def test_knn_ties_that_reach_the_candidate_list_end_widen_the_list_for_those_rows(monkeypatch, backend):
     rows = []
     wide = M_knn._widen
     monkeypatch.setattr(M_knn, "_widen", lambda b, q, *a, **kw: rows.append(len(q)) or wide(b, q, *a, **kw))
@@ -137,14 +144,19 @@ def test_knn_sets_equal_float64_on_any_small_bank(data):
     q_ids = np.concatenate([np.array(in_bank, np.int64), np.full(len(extra), -1)])
     kmax = data.draw(st.integers(1, max(n - 1, 1)))
     ks = sorted(set(data.draw(st.lists(st.integers(1, kmax), max_size=3))) | {kmax})
-    _, idx = M_knn.knn_neighbours(bank, q, kmax, bank_ids=np.arange(n), q_ids=q_ids, ks=ks)
     ref = _float64_topk(bank, q, n, own=q_ids)
-    for k in ks:
-        kk = min(k, idx.shape[1])
-        assert [set(r) for r in idx[:, :kk]] == [set(r) for r in ref[:, :kk]], k
+    for backend in ("faiss", "torch"):  # both CPU top-k backends
+        M_knn._CPU_BACKEND[d] = backend
+        try:
+            _, idx = M_knn.knn_neighbours(bank, q, kmax, bank_ids=np.arange(n), q_ids=q_ids, ks=ks)
+        finally:
+            M_knn._CPU_BACKEND.pop(d)
+        for k in ks:
+            kk = min(k, idx.shape[1])
+            assert [set(r) for r in idx[:, :kk]] == [set(r) for r in ref[:, :kk]], (backend, k)
 
 
-def test_weighted_knn_vote_equals_float64_vote_on_near_tied_neighbours():
+def test_weighted_knn_vote_equals_float64_vote_on_near_tied_neighbours(backend):
     rng = np.random.default_rng(4)
     bank, q = _near_tied_bank(rng, n=400, d=48), rng.normal(size=(2000, 48)).astype(np.float32)
     labels = rng.integers(0, 7, len(bank))  # near-identical copies carry different labels
@@ -160,13 +172,42 @@ def test_weighted_knn_vote_equals_float64_vote_on_near_tied_neighbours():
     assert (plain != ref).any()  # float32 similarities alone do flip some of these votes
 
 
-def test_float32_dot_error_bounds_faiss_inner_products():
+def test_cpu_backend_is_measured_once_and_is_one_of_the_two():
+    M_knn._CPU_BACKEND.pop(24, None)
+    first = M_knn.cpu_backend(24)
+    assert first in ("faiss", "torch") and M_knn._CPU_BACKEND[24] == first
+    assert M_knn.cpu_backend(24) == first
+
+
+def test_torch_top_k_keeps_full_float32_products_when_precision_was_lowered(monkeypatch):
+    """A user's `set_float32_matmul_precision("medium")` would let CPU products run in bfloat16, beyond the error
+    bound the certification relies on: the torch backend restores full float32 for its products, and after."""
+    import torch
+
+    monkeypatch.setattr(M_knn, "cpu_backend", lambda d: "torch")
+    rng = np.random.default_rng(1)
+    bank, q = _near_tied_bank(rng), rng.normal(size=(200, 64)).astype(np.float32)
+    prev = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        _, idx = M_knn.knn_neighbours(bank, q, 10, ks=(1, 10))
+        assert torch.get_float32_matmul_precision() == "medium"  # the user's setting is left as it was
+    finally:
+        torch.set_float32_matmul_precision(prev)
+    ref = _float64_topk(bank, q, 10)
+    for k in (1, 10):
+        assert [set(r) for r in idx[:, :k]] == [set(r) for r in ref[:, :k]], k
+
+
+@pytest.mark.parametrize("how", ["faiss", "torch"])
+def test_float32_dot_error_bounds_faiss_inner_products(how):
     import faiss
 
     rng = np.random.default_rng(3)
     for d in (8, 384, 1536):
         b, q = l2_normalize(rng.normal(size=(2000, d)) + 1.0), l2_normalize(rng.normal(size=(64, d)) + 1.0)
-        s32, i = faiss.knn(q, b, 100, metric=faiss.METRIC_INNER_PRODUCT)
+        s32, i = (faiss.knn(q, b, 100, metric=faiss.METRIC_INNER_PRODUCT) if how == "faiss"
+                  else M_knn._torch_topk(b, q, 100))
         s64 = np.take_along_axis(q.astype(np.float64) @ b.astype(np.float64).T, i, 1)
         assert 0 < np.abs(s32 - s64).max() <= M_knn.float32_dot_error(d)
 
@@ -272,7 +313,7 @@ def test_topk_by_rank_counting_equals_a_stable_sort():
             assert topk_correct(scores, y, k).tolist() == ref.tolist()
 
 
-def test_knn_streamed_bank_gives_the_same_neighbours_as_the_whole_bank(monkeypatch):
+def test_knn_streamed_bank_gives_the_same_neighbours_as_the_whole_bank(monkeypatch, backend):
     """A bank above BANK_BYTES is normalized and searched a chunk at a time (bounded memory): same sets, same sims."""
     rng = np.random.default_rng(5)
     bank, q = _near_tied_bank(rng, n=200, d=32), rng.normal(size=(300, 32)).astype(np.float32)

@@ -1,18 +1,22 @@
 """Weighted k-nearest-neighbour vote (DINOv2's protocol) over the whole train bank, exact and certified.
 
-The neighbour search is FAISS's exact k-NN in float32; where float32 error could change the neighbour set at a
-cut-off, or the vote's top classes, the near-tied candidates are settled in float64 (`certify_cutoffs`,
-`ExactSims`), so the votes equal a float64 computation's whatever the BLAS, blocking or thread count.
+The neighbour search is an exact k-NN in float32 (FAISS's or torch's, whichever is faster on this CPU; torch's on
+a GPU); where float32 error could change the neighbour set at a cut-off, or the vote's top classes, the near-tied
+candidates are settled in float64 (`certify_cutoffs`, `ExactSims`), so the votes equal a float64 computation's
+whatever the BLAS, blocking or thread count.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from embedsearch.core.vectors import l2_normalize
 from embedsearch.evaluate.methods.base import Fitted, Method, register
+
+log = logging.getLogger(__name__)
 
 KNN_KS = (10, 20, 100, 200)
 KNN_T = 0.07
@@ -52,9 +56,44 @@ GPU_SCORE_BYTES = 2 ** 31  # the (queries × bank) float32 similarity block one 
 QUERY_BLOCK = 2048  # queries per FAISS call: enough for BLAS speed, small enough for a progress bar to move
 
 
+CPU_SCORE_BYTES = 2 ** 27  # the (queries × chunk) float32 similarity block one CPU product may hold (torch backend)
+_CPU_BACKEND: dict[int, str] = {}  # dimension → "faiss" or "torch", measured once per process (`cpu_backend`)
+
+
+def cpu_backend(d: int) -> str:
+    """The faster exact float32 top-k on this CPU for d-dimensional vectors: "faiss" (its blocked BLAS with a fused
+    heap) or "torch" (a matrix product, then `torch.topk`), timed once per process and dimension on a 1,024 ×
+    16,384 block (a few hundredths of a second to a few tenths). faiss-cpu's wheels bundle their own OpenBLAS, which
+    on CPUs newer than it knows runs a generic kernel: on the 2-core dev machine's Xeon (AVX-512, AMX) it ran at 55
+    GFLOP/s where torch's MKL product runs at 230, while on a CPU it knows FAISS's fused heap is ~20 % ahead. Both
+    give float32 similarities that `certify_cutoffs` settles exactly, so the choice changes speed, never results."""
+    if d not in _CPU_BACKEND:
+        import time
+
+        import faiss
+
+        rng = np.random.default_rng(0)
+        q, b = (l2_normalize(rng.standard_normal((n, d), dtype=np.float32)) for n in (1024, 16384))
+        took = {}
+        for name, run in (("faiss", lambda: faiss.knn(q, b, 32, metric=faiss.METRIC_INNER_PRODUCT)),
+                          ("torch", lambda: _torch_topk(b, q, 32))):
+            best = float("inf")
+            for _ in range(2):
+                t0 = time.perf_counter()
+                run()
+                best = min(best, time.perf_counter() - t0)
+            took[name] = best
+        _CPU_BACKEND[d] = min(took, key=took.get)
+        log.info("exact top-k at %d-d on this CPU: %s (faiss %.0f ms, torch %.0f ms for 1,024 × 16,384)", d,
+                 _CPU_BACKEND[d], 1e3 * took["faiss"], 1e3 * took["torch"])
+    return _CPU_BACKEND[d]
+
+
 def faiss_topk(bank: Bank, q: np.ndarray, k: int, desc: str = "knn: search") -> tuple[np.ndarray, np.ndarray]:
-    """float32 exact inner-product top-k of normalized queries over the bank (FAISS's blocked BLAS with a fused
-    top-k heap per chunk, chunks merged), best first; progress per block of queries on stderr."""
+    """float32 exact inner-product top-k of normalized queries over the bank, a chunk of the bank at a time with
+    the chunks merged, best first, equal similarities by lower bank position; progress per block of queries on
+    stderr. On the CPU, FAISS's blocked BLAS with a fused top-k heap or torch's product + topk, whichever
+    `cpu_backend` measured faster here; on a GPU, torch's (the `_gpu_bank` seam)."""
     import faiss
 
     from embedsearch.core import progress
@@ -64,15 +103,17 @@ def faiss_topk(bank: Bank, q: np.ndarray, k: int, desc: str = "knn: search") -> 
     k = int(min(k, bank.n))
     out_s, out_i = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
     gpu = _gpu_bank(bank)
+    backend = "gpu" if gpu is not None else cpu_backend(bank.d) if len(q) else "faiss"
     with progress.bar(len(q), desc, unit="query") as bar:
         for a0 in range(0, len(q), QUERY_BLOCK):
             qb = q[a0:a0 + QUERY_BLOCK]
             best_s = best_i = None
-            for a, b in bank.chunks() if gpu is None else [(0, None)]:
-                if gpu is not None:
-                    s, i = _gpu_topk(gpu, qb, k)
+            for a, b in bank.chunks() if gpu is None else [(0, gpu)]:
+                kb = int(min(k, len(b)))
+                if backend == "faiss":
+                    s, i = faiss.knn(qb, b, kb, metric=faiss.METRIC_INNER_PRODUCT)
                 else:
-                    s, i = faiss.knn(qb, b, int(min(k, len(b))), metric=faiss.METRIC_INNER_PRODUCT)
+                    s, i = _torch_topk(b, qb, kb)
                 i = i + a
                 if best_s is not None:  # merge with the chunks before: similarity, then lower bank position
                     s, i = np.concatenate([best_s, s], 1), np.concatenate([best_i, i], 1)
@@ -103,21 +144,27 @@ def _gpu_bank(bank: Bank):
     return bank.gpu
 
 
-def _gpu_topk(bank_t, qb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """float32 top-k on the GPU with TF32 off, so the float32 error bound `certify_cutoffs` relies on holds; ties
-    ordered by lower bank position, as FAISS's are."""
+def _torch_topk(bank, qb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 top-k of `qb` against a bank (a numpy array, or a torch tensor on a CUDA device) with torch: a block
+    of queries at a time, so the similarity block stays bounded; full float32 products (TF32 and reduced-precision
+    CPU products off), so the error bound `certify_cutoffs` relies on holds; ties ordered by lower bank position,
+    as FAISS's are."""
     import torch
 
-    prev = torch.backends.cuda.matmul.allow_tf32
+    bank_t = torch.from_numpy(bank) if isinstance(bank, np.ndarray) else bank
+    cuda = bank_t.is_cuda
+    prev = torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision()
     torch.backends.cuda.matmul.allow_tf32 = False
-    rows = max(1, GPU_SCORE_BYTES // (4 * len(bank_t)))  # queries per product: the score block stays bounded
+    torch.set_float32_matmul_precision("highest")
+    rows = max(1, (GPU_SCORE_BYTES if cuda else CPU_SCORE_BYTES) // (4 * len(bank_t)))
     try:
         with torch.no_grad():
-            q = torch.from_numpy(np.ascontiguousarray(qb)).cuda()
+            q = torch.from_numpy(np.ascontiguousarray(qb, np.float32)).to(bank_t.device)
             got = [torch.topk(q[a:a + rows] @ bank_t.T, k, dim=1) for a in range(0, len(q), rows)]
             s, i = torch.cat([g[0] for g in got]), torch.cat([g[1] for g in got])
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = prev
+        torch.backends.cuda.matmul.allow_tf32 = prev[0]
+        torch.set_float32_matmul_precision(prev[1])
     s, i = s.cpu().numpy(), i.cpu().numpy().astype(np.int64)
     o = np.lexsort((i, -s), axis=1)
     return np.take_along_axis(s, o, 1), np.take_along_axis(i, o, 1)
