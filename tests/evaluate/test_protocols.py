@@ -83,7 +83,7 @@ def _float64_topk(bank, q, k, drop_self=False, own=None):
 @pytest.fixture(params=["faiss", "torch"])
 def backend(request, monkeypatch):
     """Each exactness test runs on both CPU top-k backends (`cpu_backend` picks one by speed on each machine)."""
-    monkeypatch.setattr(M_knn, "cpu_backend", lambda d: request.param)
+    monkeypatch.setattr(M_knn, "cpu_backend", lambda d, work=None: request.param)
     return request.param
 
 
@@ -174,9 +174,10 @@ def test_weighted_knn_vote_equals_float64_vote_on_near_tied_neighbours(backend):
 
 def test_cpu_backend_is_measured_once_and_is_one_of_the_two():
     M_knn._CPU_BACKEND.pop(24, None)
+    assert M_knn.cpu_backend(24, work=1000) == "faiss" and 24 not in M_knn._CPU_BACKEND  # too small to time
     first = M_knn.cpu_backend(24)
     assert first in ("faiss", "torch") and M_knn._CPU_BACKEND[24] == first
-    assert M_knn.cpu_backend(24) == first
+    assert M_knn.cpu_backend(24, work=1000) == first
 
 
 def test_torch_top_k_keeps_full_float32_products_when_precision_was_lowered(monkeypatch):
@@ -184,7 +185,7 @@ def test_torch_top_k_keeps_full_float32_products_when_precision_was_lowered(monk
     bound the certification relies on: the torch backend restores full float32 for its products, and after."""
     import torch
 
-    monkeypatch.setattr(M_knn, "cpu_backend", lambda d: "torch")
+    monkeypatch.setattr(M_knn, "cpu_backend", lambda d, work=None: "torch")
     rng = np.random.default_rng(1)
     bank, q = _near_tied_bank(rng), rng.normal(size=(200, 64)).astype(np.float32)
     prev = torch.get_float32_matmul_precision()

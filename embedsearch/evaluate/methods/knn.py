@@ -60,32 +60,40 @@ CPU_SCORE_BYTES = 2 ** 27  # the (queries × chunk) float32 similarity block one
 _CPU_BACKEND: dict[int, str] = {}  # dimension → "faiss" or "torch", measured once per process (`cpu_backend`)
 
 
-def cpu_backend(d: int) -> str:
+PROBE = (256, 8192)  # queries × bank rows `cpu_backend` times each backend on
+PROBE_MIN_RATIO = 20  # a search with less than this many times the probe's work is not worth timing: FAISS runs it
+
+
+def cpu_backend(d: int, work: float | None = None) -> str:
     """The faster exact float32 top-k on this CPU for d-dimensional vectors: "faiss" (its blocked BLAS with a fused
-    heap) or "torch" (a matrix product, then `torch.topk`), timed once per process and dimension on a 1,024 ×
-    16,384 block (a few hundredths of a second to a few tenths). faiss-cpu's wheels bundle their own OpenBLAS, which
-    on CPUs newer than it knows runs a generic kernel: on the 2-core dev machine's Xeon (AVX-512, AMX) it ran at 55
-    GFLOP/s where torch's MKL product runs at 230, while on a CPU it knows FAISS's fused heap is ~20 % ahead. Both
-    give float32 similarities that `certify_cutoffs` settles exactly, so the choice changes speed, never results."""
-    if d not in _CPU_BACKEND:
-        import time
+    heap) or "torch" (a matrix product, then `torch.topk`), timed once per process and dimension on a PROBE block
+    (0.1–0.5 s). faiss-cpu's wheels bundle their own OpenBLAS, which on CPUs newer than it knows runs a generic
+    kernel: on the 2-core dev machine's Xeon (AVX-512, AMX) FAISS's search ran at a quarter of torch's MKL
+    (scripts/bench_knn_backend.md), while on a CPU it knows its fused heap is a little ahead. Both give float32
+    similarities that `certify_cutoffs` settles exactly, so the choice changes speed, never results. `work`: the
+    search's multiply-adds; below PROBE_MIN_RATIO × the probe's, FAISS without timing."""
+    if d in _CPU_BACKEND:
+        return _CPU_BACKEND[d]
+    if work is not None and work < PROBE_MIN_RATIO * PROBE[0] * PROBE[1] * d:
+        return "faiss"
+    import time
 
-        import faiss
+    import faiss
 
-        rng = np.random.default_rng(0)
-        q, b = (l2_normalize(rng.standard_normal((n, d), dtype=np.float32)) for n in (1024, 16384))
-        took = {}
-        for name, run in (("faiss", lambda: faiss.knn(q, b, 32, metric=faiss.METRIC_INNER_PRODUCT)),
-                          ("torch", lambda: _torch_topk(b, q, 32))):
-            best = float("inf")
-            for _ in range(2):
-                t0 = time.perf_counter()
-                run()
-                best = min(best, time.perf_counter() - t0)
-            took[name] = best
-        _CPU_BACKEND[d] = min(took, key=took.get)
-        log.info("exact top-k at %d-d on this CPU: %s (faiss %.0f ms, torch %.0f ms for 1,024 × 16,384)", d,
-                 _CPU_BACKEND[d], 1e3 * took["faiss"], 1e3 * took["torch"])
+    rng = np.random.default_rng(0)
+    q, b = (l2_normalize(rng.standard_normal((n, d), dtype=np.float32)) for n in PROBE)
+    took = {}
+    for name, run in (("faiss", lambda: faiss.knn(q, b, 32, metric=faiss.METRIC_INNER_PRODUCT)),
+                      ("torch", lambda: _torch_topk(b, q, 32))):
+        best = float("inf")
+        for _ in range(2):
+            t0 = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - t0)
+        took[name] = best
+    _CPU_BACKEND[d] = min(took, key=took.get)
+    log.info("exact top-k at %d-d on this CPU: %s (faiss %.0f ms, torch %.0f ms for %d × %d)", d,
+             _CPU_BACKEND[d], 1e3 * took["faiss"], 1e3 * took["torch"], *PROBE)
     return _CPU_BACKEND[d]
 
 
@@ -103,7 +111,7 @@ def faiss_topk(bank: Bank, q: np.ndarray, k: int, desc: str = "knn: search") -> 
     k = int(min(k, bank.n))
     out_s, out_i = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
     gpu = _gpu_bank(bank)
-    backend = "gpu" if gpu is not None else cpu_backend(bank.d) if len(q) else "faiss"
+    backend = "gpu" if gpu is not None else cpu_backend(bank.d, len(q) * bank.n * bank.d)
     with progress.bar(len(q), desc, unit="query") as bar:
         for a0 in range(0, len(q), QUERY_BLOCK):
             qb = q[a0:a0 + QUERY_BLOCK]
