@@ -67,7 +67,7 @@ PROBE_MIN_RATIO = 20  # a search with less than this many times the probe's work
 def cpu_backend(d: int, work: float | None = None) -> str:
     """The faster exact float32 top-k on this CPU for d-dimensional vectors: "faiss" (its blocked BLAS with a fused
     heap) or "torch" (a matrix product, then `torch.topk`), timed once per process and dimension on a PROBE block
-    (0.1–0.5 s). faiss-cpu's wheels bundle their own OpenBLAS, which on CPUs newer than it knows runs a generic
+    (0.3–0.9 s measured). faiss-cpu's wheels bundle their own OpenBLAS, which on CPUs newer than it knows runs a generic
     kernel: on the 2-core dev machine's Xeon (AVX-512, AMX) FAISS's search ran at a quarter of torch's MKL
     (scripts/bench_knn_backend.md), while on a CPU it knows its fused heap is a little ahead. Both give float32
     similarities that `certify_cutoffs` settles exactly, so the choice changes speed, never results. `work`: the
