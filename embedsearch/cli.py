@@ -1074,6 +1074,9 @@ def _record_signals() -> None:
 
 def main() -> None:
     _record_signals()
+    from embedsearch.core.openmp import short_openmp_waits
+
+    short_openmp_waits()  # before anything loads torch
     cli(prog_name="embedsearch")
 
 

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -6,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from embedsearch.cli import cli
+from embedsearch.core.openmp import GOMP_SPINCOUNT, short_openmp_waits
 
 
 def _commands(group, prefix=()):
@@ -151,3 +153,30 @@ def test_bad_ray_options_from_python_name_the_option_and_value(kw, named):
 
     with pytest.raises(EmbedsearchError, match="^" + named.replace("(", r"\(").replace(")", r"\)") + "$"):
         RayOptions(**kw)
+
+
+def test_openmp_waits_are_shortened_unless_the_user_set_them():
+    env: dict[str, str] = {}
+    short_openmp_waits(env)
+    assert env == {"GOMP_SPINCOUNT": str(GOMP_SPINCOUNT)}
+    env = {"GOMP_SPINCOUNT": "300000"}
+    short_openmp_waits(env)
+    assert env == {"GOMP_SPINCOUNT": "300000"}
+
+
+@pytest.mark.parametrize("user", [None, "77"])
+def test_the_cli_sets_the_spin_count_before_openmp_loads(user):
+    """libgomp reads GOMP_SPINCOUNT once, when it loads: main() must set it while no OpenMP library is in the
+    process, and the value must reach the environment the libraries read (scripts/bench_threads.md for why)."""
+    code = ("import os, sys\n"
+            "import embedsearch.cli as c\n"
+            "maps = open('/proc/self/maps').read()\n"
+            "assert 'libgomp' not in maps and 'libiomp' not in maps and 'torch' not in sys.modules, 'OpenMP loaded'\n"
+            "c.cli = lambda **kw: print(os.environ.get('GOMP_SPINCOUNT'))\n"
+            "c.main()\n"
+            "import torch\n"
+            "assert 'libgomp' in open('/proc/self/maps').read()\n")
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"} | ({"GOMP_SPINCOUNT": user} if user else {})
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == (user or str(GOMP_SPINCOUNT))

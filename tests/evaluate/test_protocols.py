@@ -220,6 +220,31 @@ def test_linear_probe_within_half_a_point_of_sklearn(ix, data):
     assert abs(r["metrics"]["top1"] - (ref.predict(xte) == yte).mean()) <= 0.005
 
 
+@pytest.mark.parametrize("loss", ["softmax", "hinge"])
+def test_the_blocked_cpu_pass_solves_the_same_problem(monkeypatch, loss):
+    """fit_l2's CPU pass over blocks of rows (W padded to 16 columns, a last block shorter than the others) gives
+    the loss and gradients of the two whole products it replaces: L-BFGS takes the same iterates (to rounding)."""
+    import torch
+
+    from embedsearch.evaluate.methods import linear as M_lin
+
+    rng = np.random.default_rng(0)
+    n, d, k = 2500, 40, 5
+    x = (rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) + rng.normal(size=(k, d))[np.arange(n) % k]).astype(np.float32)
+    y = torch.from_numpy(np.arange(n) % k)
+    pre = M_lin._Preconditioned(x, "cpu")
+    targets = 2 * torch.nn.functional.one_hot(y, k).double() - 1
+    lg = (M_lin.softmax_ce(torch.nn.functional.one_hot(y, k).double()) if loss == "softmax"
+          else M_lin.squared_hinge(targets))
+    fits = {}
+    for rows in (700, n + 1):  # 700: four blocks, the last of 400 rows; n + 1: one product over all rows
+        monkeypatch.setattr(M_lin, "FUSED_ROWS", rows)
+        fits[rows] = M_lin.fit_l2(pre, lg, k, 10.0, 0.2, max_iter=30, tol=0)
+    (W1, b1, i1), (W2, b2, i2) = fits.values()
+    assert i1 == i2 == 30 and W1.abs().max() > 0.1
+    assert torch.allclose(W1, W2, atol=1e-9, rtol=1e-8) and torch.allclose(b1, b2, atol=1e-9, rtol=1e-8)
+
+
 def test_svc_probes_within_half_a_point_of_sklearn(ix, data):
     (_, ytr, xtr), (_, yte, xte) = data
     run = evaluate(ix, methods=["svc"])
