@@ -16,12 +16,13 @@ the submodules `build`, `search`, `evaluate` so that importing those never shado
 __version__ = "0.1.0"
 
 
-def open_index(name_or_path, root=None, *, model=None, transform=None):
+def open_index(name_or_path, root=None, *, model=None, transform=None, trust_code: bool = False):
     """Open an index by name (under ./indexes or $EMBEDSEARCH_HOME) or path; see `embedsearch.reader.Index`. An index
-    built from a Python module takes the same `model` and `transform` again to query images."""
+    built from a Python module takes the same `model` and `transform` again to query images. `trust_code`: run the
+    `py:`/`hub:` code the index names for query images (code you built with yourself needs no flag)."""
     from embedsearch.reader import Index
 
-    ix = Index.open(name_or_path, root)
+    ix = Index.open(name_or_path, root, trust_code=trust_code)
     if model is not None:
         ix.attach_module(model, transform)
     return ix

@@ -15,6 +15,7 @@ import numpy as np
 from embedsearch.core.errors import IndexStateError, SourceError
 from embedsearch.core.files import file_sha256
 from embedsearch.core.progress import bar as progress_bar
+from embedsearch.core.trust import trust_root
 from embedsearch.core.versions import library_versions
 from embedsearch.models.config import BackboneConfig
 from embedsearch.models.embed import PartResult, Timings, resolve_device, resolve_precision, run_embedding
@@ -105,10 +106,12 @@ class BuildConfig:
 
 
 def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True, only_indexed: bool = False,
-                backbone=None) -> dict:
+                backbone=None, reattach: dict | None = None) -> dict:
     """Build (or resume, or extend with `add`) the index `cfg.name` from `source`; returns the run summary.
     `only_indexed` (repair): embed what the catalog already lists, leave items the source gained since unindexed.
-    `backbone`: a ready one (`models.backbones.module_backbone`, cfg.backbone `module:NAME`) instead of creating it."""
+    `backbone`: a ready one (`models.backbones.module_backbone`, cfg.backbone `module:NAME`) instead of creating it.
+    `reattach` (repair): `BackboneConfig.create`'s index/recorded/trust_code: the backbone is the index's own, not
+    one the person named, so it goes through the code gate (models/code.py)."""
     if cfg.dtype not in store.DTYPES:
         raise SourceError(f"unknown --dtype {cfg.dtype!r}: expected float16 or float32")
     if not source.records:
@@ -130,7 +133,7 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True, only
                     "dim": int(next(iter(external.values())).shape[0])}
         else:
             if backbone is None:
-                backbone = cfg.backbone_config().create(model_device)
+                backbone = cfg.backbone_config().create(model_device, **(reattach or {}))
             else:  # passed from Python: the model and transform as given, on this run's device
                 backbone.model.to(model_device)
                 backbone.config = cfg.backbone_config()
@@ -158,6 +161,7 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True, only
 
         if manifest is not None:
             check_space(layout, manifest, space)
+            check_code(layout, manifest, desc)
         else:
             manifest = Manifest(name=layout.dir.name, space=space, backbone=desc,
                                 created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -166,6 +170,8 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True, only
         manifest.source, manifest.build, manifest.versions = source.describe(), cfg.to_dict(), library_versions()
         manifest.catalog = {"file": layout.catalog.name, "schema_version": cat.SCHEMA_VERSION}
 
+        if reattach is None and source.root:
+            trust_root(source.root)  # the person indexed from here: thumbnails may be served from it
         catalog = cat.Catalog(layout.catalog)
         catalog.init()
         not_indexed = _plan_new_items(catalog, source, cfg, only_indexed)
@@ -233,6 +239,16 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True, only
         }
         catalog.add_run(summary["run_id"], "index", started, time.time(), "complete", cfg.to_dict(), summary)
         return summary
+
+
+def check_code(layout: Layout, manifest: Manifest, desc: dict) -> None:
+    """A resume, `--add` or repair runs the same code the index was built with: the weights hash cannot see an edited
+    forward (a `py:` file, a hub repository), and its vectors would land, silently, in another space."""
+    have, now = manifest.backbone.get("code_sha256"), desc.get("code_sha256")
+    if have and now and have != now:
+        raise IndexStateError(f"the code of {desc['spec']} changed since index {layout.dir.name} was built (sha256 "
+                              f"{now[:12]}, recorded {have[:12]}): its vectors would land in another space; restore "
+                              "the code or use a new --name")
 
 
 def _embed(cfg: BuildConfig, backbone, external, todo, root, commit, *, device, precision, batch_size,

@@ -133,6 +133,12 @@ root_option = click.option("--root", type=click.Path(file_okay=False), default=N
                            help="Directory holding indexes (default ./indexes, or $EMBEDSEARCH_HOME).")
 
 
+trust_code_option = click.option(
+    "--trust-code", is_flag=True,
+    help="Run the code this index's py:/hub: backbone names (after you have read it): recorded on this machine, so "
+    "later commands need not repeat it. The code must still hash as the index recorded it.")
+
+
 def engine_options(f):
     """--engine and its Ray settings (index, verify --repair): how parts are embedded, never what they hold."""
     for opt in reversed((
@@ -471,10 +477,11 @@ def layers(spec, weights, random_init, image_size, mean, std, fmt):
 @click.option("-k", type=click.IntRange(1), default=10, show_default=True, help="Hits per query.")
 @click.option("--where", help="SQL predicate over catalog columns, e.g. \"split = 'train' AND label = 'cat'\".")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), callback=_output_file, help="Also write a contact sheet with thumbnails.")
+@trust_code_option
 @root_option
 @output_options
 @_handle_errors
-def search(name, images, ids, texts, vector_file, k, where, html_file, root, fmt):
+def search(name, images, ids, texts, vector_file, k, where, html_file, trust_code, root, fmt):
     """Nearest neighbours (cosine) of images, ids, texts or vectors in an index.
 
     \b
@@ -484,7 +491,7 @@ def search(name, images, ids, texts, vector_file, k, where, html_file, root, fmt
     from embedsearch.query.search import iter_search, query_vectors
     from embedsearch.reader import Index
 
-    ix = Index.open(name, root)
+    ix = Index.open(name, root, trust_code=trust_code)
     descs, q = query_vectors(ix, images=images, ids=ids, texts=texts, vector_file=vector_file)
     rows = iter_search(ix, descs, q, k=k, where=where)  # --nl / --csv stream it, one batch of queries at a time
     if html_file:
@@ -623,10 +630,11 @@ def compare(names, root, per_class, fmt):
 @click.option("--weights", type=click.Path(dir_okay=False), help="With --backbone: local weights.")
 @click.option("--random-init", is_flag=True, help="With --backbone: random weights (tests only).")
 @click.option("-k", type=click.IntRange(1), default=3, show_default=True, help="Classes per image.")
+@trust_code_option
 @root_option
 @output_options
 @_handle_errors
-def classify(args, probe, head, backbone, weights, random_init, k, root, fmt):
+def classify(args, probe, head, backbone, weights, random_init, k, trust_code, root, fmt):
     """Classify images from anywhere: with a probe trained by `embedsearch eval` on index NAME, or with --head the
     backbone's own classifier (its labels and probabilities: what the model itself says).
 
@@ -649,8 +657,12 @@ def classify(args, probe, head, backbone, weights, random_init, k, root, fmt):
 
             if len(args) < 2:
                 raise click.UsageError("give an index NAME and images, or --backbone SPEC and images")
+            from embedsearch.models.backbones import no_fetch
+
             bc = Index.open(args[0], root).backbone_config
-            h = create_head(bc.spec, weights=bc.weights, pretrained=bc.pretrained, device=resolve_device(bc.device))
+            with no_fetch():  # the index named this model, not the person: nothing is downloaded for it
+                h = create_head(bc.spec, weights=bc.weights, pretrained=bc.pretrained,
+                                device=resolve_device(bc.device))
             images = args[1:]
         emit(head_topk(h, images, k=k), fmt)
         return
@@ -659,7 +671,7 @@ def classify(args, probe, head, backbone, weights, random_init, k, root, fmt):
 
     if len(args) < 2:
         raise click.UsageError("give an index NAME and at least one image")
-    emit(run_classify(Index.open(args[0], root), probe, args[1:], k=k), fmt)
+    emit(run_classify(Index.open(args[0], root, trust_code=trust_code), probe, args[1:], k=k), fmt)
 
 
 @cli.command()
@@ -769,11 +781,12 @@ def quickstart(root, epochs, method):
 @cli.command()
 @click.argument("name")
 @click.option("--repair", is_flag=True, help="Re-embed damaged parts and rebuild the FAISS index and catalog.")
+@trust_code_option
 @root_option
 @engine_options
 @output_options
 @_handle_errors
-def verify(name, repair, root, fmt, **engine):
+def verify(name, repair, trust_code, root, fmt, **engine):
     """Check an index's parts, FAISS file and catalog against its manifest; exit 1 if anything is wrong.
 
     \b
@@ -783,8 +796,12 @@ def verify(name, repair, root, fmt, **engine):
     from embedsearch.verify import repair as run_repair
     from embedsearch.verify import verify as run_verify
 
-    rep = (run_repair(name, root, progress=_progress(), engine=_engine(**engine)) if repair
+    if trust_code and not repair:
+        raise click.UsageError("--trust-code applies with --repair (verify itself runs no backbone)")
+    rep = (run_repair(name, root, progress=_progress(), engine=_engine(**engine), trust_code=trust_code) if repair
            else run_verify(name, root))
+    for w in rep.warnings:
+        click.echo(f"warning: {w}", err=True)
     if fmt == "table":
         for r in rep.repaired:
             click.echo(f"repaired: {r}", err=True)

@@ -56,12 +56,17 @@ class Index:
     >>> ix.sql("SELECT label, count(*) FROM items GROUP BY label")  # doctest: +SKIP
     """
 
-    def __init__(self, layout: Layout, manifest: Manifest):
+    def __init__(self, layout: Layout, manifest: Manifest, trust_code: bool = False):
         self.layout, self.manifest = layout, manifest
         self.memory_limit = SQL_MEMORY_LIMIT  # read when the catalog connection opens
+        # the person trusts the code this index names (--trust-code): see models/code.py
+        self.trust_code = trust_code
 
     @classmethod
-    def open(cls, name_or_path: str | os.PathLike, root: str | os.PathLike | None = None) -> Index:
+    def open(cls, name_or_path: str | os.PathLike, root: str | os.PathLike | None = None, *,
+             trust_code: bool = False) -> Index:
+        """Open an index for reading. `trust_code`: the person has read and trusts the code its backbone spec names
+        (`py:`, `hub:`), so a query image may run it (it must still hash as recorded)."""
         layout = resolve(name_or_path, Path(root) if root else None)
         deadline = time.monotonic() + _OPEN_WAIT_S
         while True:
@@ -69,9 +74,10 @@ class Index:
             manifest = _serving_view(layout, on_disk)
             try:
                 check_consistent(layout, manifest)
-                ix = cls(layout, manifest)
-                if manifest.serving:
-                    ix.faiss  # noqa: B018 — map the snapshot's FAISS file now, before the writer replaces it
+                ix = cls(layout, manifest, trust_code)
+                # map the FAISS file now, inside this retry loop: mapped later, `index --add` may have replaced it
+                # in between (a one-shot search failed "index.faiss was replaced" 3 times in 9)
+                ix.faiss  # noqa: B018
                 return ix
             except IndexStateError:
                 # A writer renames the new FAISS file into place right before it publishes the manifest naming it.
@@ -276,7 +282,8 @@ class Index:
             return self._module_backbone
         cache = self.__dict__.setdefault("_backbones", {})  # created once per opened index and device
         if device not in cache:
-            cache[device] = self.backbone_config.create(device)
+            cache[device] = self.backbone_config.create(device, index=self.name, recorded=self.manifest.backbone,
+                                                        trust_code=self.trust_code)
         return cache[device]
 
     def attach_module(self, model, transform) -> None:

@@ -31,6 +31,7 @@ class Report:
     problems: list[dict] = field(default_factory=list)
     checked: dict = field(default_factory=dict)
     repaired: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # sound data, but something the person must decide
 
     def add(self, what: str, file: str, detail: str) -> None:
         self.problems.append({"problem": what, "file": file, "detail": detail})
@@ -41,7 +42,7 @@ class Report:
 
     def to_dict(self) -> dict:
         return {"index": self.index, "sound": self.sound, "problems": self.problems, "checked": self.checked,
-                "repaired": self.repaired}
+                "repaired": self.repaired, "warnings": self.warnings}
 
 
 def verify(name: str, root=None) -> Report:
@@ -114,6 +115,7 @@ def verify(name: str, root=None) -> Report:
         except IndexStateError as e:
             rep.add("faiss unreadable", layout.faiss.name, str(e))
 
+    _check_code(layout, manifest, rep)
     try:
         if not layout.catalog.exists():
             rep.add("catalog missing", layout.catalog.name, "not on disk")
@@ -137,7 +139,27 @@ def verify(name: str, root=None) -> Report:
     return rep
 
 
-def repair(name: str, root=None, progress: bool = True, engine: dict | None = None) -> Report:
+def _check_code(layout: Layout, manifest: Manifest, rep: Report) -> None:
+    """The code a `py:`/`hub:` backbone would run for a query image: an edited file is a problem (queries would land in
+    another space); code this user has not chosen to run is a warning (queries by image refuse it until
+    --trust-code)."""
+    from embedsearch.core.errors import UntrustedError
+    from embedsearch.models.code import CODE_KINDS, check_reattach
+    from embedsearch.models.specs import parse_backbone
+
+    spec = (manifest.backbone_config or {}).get("spec") or manifest.space.spec
+    try:
+        if parse_backbone(spec).kind not in CODE_KINDS:
+            return
+        check_reattach(spec, manifest.backbone, layout.dir.name)
+        rep.checked["code"] = f"{spec}: hash as recorded, trusted on this machine"
+    except UntrustedError as e:
+        rep.warnings.append(str(e))
+    except EmbedsearchError as e:
+        rep.add("code changed" if "changed since" in str(e) else "code missing", spec, str(e))
+
+
+def repair(name: str, root=None, progress: bool = True, engine: dict | None = None, trust_code: bool = False) -> Report:
     """Fix what `verify` found: drop damaged parts and re-embed exactly those; rebuild the catalog from the source
     and the parts, and the FAISS index from the parts.
 
@@ -155,7 +177,7 @@ def repair(name: str, root=None, progress: bool = True, engine: dict | None = No
         before = verify(name, root)
         if before.sound:
             return before
-        plan = _plan_repair(layout, before)
+        plan = _plan_repair(layout, before, trust_code)
         manifest, cfg = plan.manifest, plan.cfg
         for f in sorted(plan.bad_parts):
             (layout.parts / f).unlink(missing_ok=True)
@@ -174,7 +196,8 @@ def repair(name: str, root=None, progress: bool = True, engine: dict | None = No
         manifest.save(layout)
     if _pending(layout):
         summary = build_index(plan.source, replace(cfg, **(engine or {"engine": "local"})), progress=progress,
-                              only_indexed=True)
+                              only_indexed=True, reattach={"index": layout.dir.name, "recorded": manifest.backbone,
+                                                           "trust_code": trust_code})
         before.repaired.append("re-embedded the items without a sound vector and rebuilt the FAISS index")
         if summary.get("not_indexed"):
             before.repaired.append(f"left {summary['not_indexed']} items the source gained since the build "
@@ -201,13 +224,17 @@ class _RepairPlan:
     source: object | None  # the source, opened, when items must be embedded or the catalog rebuilt
 
 
-def _plan_repair(layout: Layout, rep: Report) -> _RepairPlan:
+def _plan_repair(layout: Layout, rep: Report, trust_code: bool = False) -> _RepairPlan:
     """Everything repair will do, checked before it does any of it; a refusal changes nothing."""
     from embedsearch.build import BuildConfig
+    from embedsearch.models.code import check_reattach
     from embedsearch.models.config import BackboneConfig
     from embedsearch.sources.datasets import SourceOptions, open_source
 
     kinds = {p["problem"] for p in rep.problems}
+    if kinds & {"code changed", "code missing"}:
+        raise IndexStateError(f"cannot repair {layout.dir}: {next(p['detail'] for p in rep.problems if p['problem'].startswith('code'))} "
+                              "(nothing was changed)")
     if "manifest" in kinds:
         raise IndexStateError(f"{layout.manifest} is unusable; the manifest defines the embedding space, so this "
                               "index cannot be repaired — rebuild it (nothing was changed)")
@@ -237,7 +264,9 @@ def _plan_repair(layout: Layout, rep: Report) -> _RepairPlan:
                                   "es.build_index(..., model=...) (nothing was changed)")
         try:
             if manifest.space.kind != "external":
-                BackboneConfig.of_manifest(manifest)
+                # the code gate before anything is deleted: refused code or an edited file changes nothing
+                check_reattach(BackboneConfig.of_manifest(manifest).spec, manifest.backbone, layout.dir.name,
+                               trust=trust_code)
             opts = from_record(SourceOptions, manifest.source.get("options") or {},
                                f"manifest {layout.manifest}: source.options")
             source = open_source(spec, **asdict(opts))

@@ -21,6 +21,13 @@ def make_image(path: Path, color, size=(40, 30), seed=0, fmt=None):
     return path
 
 
+@pytest.fixture(autouse=True)
+def _own_trust_file(tmp_path_factory, monkeypatch):
+    """Each test starts with an empty trust file of its own (code run and roots indexed by this user, core/trust.py),
+    never the developer's ~/.config/embedsearch/trust.json."""
+    monkeypatch.setenv("EMBEDSEARCH_TRUST_FILE", str(tmp_path_factory.mktemp("trust") / "trust.json"))
+
+
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     """root/{train,test}/{red,green,blue}/*.png|jpg — 8 train + 3 test images per class, varied sizes."""

@@ -27,3 +27,7 @@ class QueryError(EmbedsearchError):
 
 class EvalError(EmbedsearchError):
     """An evaluation that cannot run on the selected items."""
+
+
+class UntrustedError(EmbedsearchError):
+    """An index asks for code to run or a file to be read that this user never chose (see core/trust.py)."""

@@ -83,6 +83,39 @@ def _answers(url: str, timeout: float) -> bool:
         return False
 
 
+_NO_FETCH = False
+
+
+@contextmanager
+def no_fetch() -> Iterator[None]:
+    """Re-creating an index's own backbone reads only what is already on this machine: the Hugging Face Hub client
+    in offline mode, no torch.hub or torchvision download (an index must not make this machine fetch anything)."""
+    global _NO_FETCH
+    from huggingface_hub import constants
+
+    before, env = (_NO_FETCH, constants.HF_HUB_OFFLINE), os.environ.get("HF_HUB_OFFLINE")
+    _NO_FETCH, constants.HF_HUB_OFFLINE = True, True
+    os.environ["HF_HUB_OFFLINE"] = "1"  # transformers reads the environment
+    try:
+        yield
+    finally:
+        _NO_FETCH, constants.HF_HUB_OFFLINE = before
+        if env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = env
+
+
+def refuse_download(spec: BackboneSpec, wenum) -> None:
+    """Under `no_fetch`: torchvision weights must already be in the torch.hub cache."""
+    import torch
+
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(wenum.url)
+    if _NO_FETCH and not cached.is_file():
+        raise BackboneError(f"no weights for {spec.raw} in the torch.hub cache ({cached}), and re-creating an "
+                            "index's backbone never downloads: fetch them yourself or pass --weights FILE")
+
+
 @contextmanager
 def hub_fail_fast(spec: BackboneSpec) -> Iterator[None]:
     """Download pretrained weights through the Hugging Face Hub client, but without its ~50 s of retries per file
@@ -248,8 +281,13 @@ def _hub(spec: BackboneSpec, weights, pretrained, image_size, pool, seed, pre=No
     try:
         if cached is not None:  # the local copy first: works offline, and is what torch.hub would use anyway
             model = torch.hub.load(str(cached), spec.entry, source="local", **load_kwargs)
+        elif _NO_FETCH:
+            raise BackboneError(f"{spec.raw} is not in the torch.hub cache ({hub_dir}), and re-creating an index's "
+                                "backbone never downloads code")
         else:
             model = torch.hub.load(spec.name, spec.entry, trust_repo=True, **load_kwargs)
+    except BackboneError:
+        raise
     except Exception as e:  # noqa: BLE001
         if cached is None or load_kwargs == {}:
             raise _offline_error(spec, e, f"populate the torch.hub cache ({hub_dir}) with {spec.name}") from None
@@ -271,7 +309,13 @@ def _hub(spec: BackboneSpec, weights, pretrained, image_size, pool, seed, pre=No
             return out.flatten(1) if pool == "tokens" else out[:, 1:].mean(1) if pool == "avg" else out[:, 0]
         return out
 
-    info = {"model": f"{spec.name}:{spec.entry}", "hub_dir": str(cached) if cached else None,
+    from embedsearch.models.code import code_ref
+
+    typed = parse_backbone(spec.raw) if spec.raw else spec  # as typed, also when re-attached by its path
+    ref = code_ref(typed)  # after a download: the copy torch.hub just made
+    info = {"model": f"{typed.name}:{spec.entry}", "hub_dir": str(cached) if cached else None,
+            "code_identity": ref.identity, "code_path": str(ref.path) if ref.path else None,
+            "code_sha256": ref.sha256,
             "weights": str(weights) if weights else ("pretrained" if load_kwargs == {} else "random-init"),
             "pool": pool, "preprocess": _json_cfg(cfg)}
     return Backbone(spec, model, transform, forward, info)
@@ -359,6 +403,8 @@ def _torchvision(spec: BackboneSpec, weights, pretrained, image_size, pool, seed
     wenum = enum[spec.entry] if spec.entry else enum.DEFAULT
     use_pretrained = pretrained and weights is None
     torch.manual_seed(seed)
+    if use_pretrained:
+        refuse_download(spec, wenum)
     try:
         model = tvm.get_model(spec.name, weights=wenum if use_pretrained else None)
     except Exception as e:  # noqa: BLE001 — download failures come in many types
@@ -501,14 +547,16 @@ def _py(spec: BackboneSpec, weights, pretrained, image_size, pool, seed, pre=Non
         path = Path(where).expanduser()
         if not path.is_file():
             raise SpecError(f"{spec.raw}: file {path} does not exist")
-        code = path.read_bytes()
+        path = path.absolute()
+        code = path.read_bytes()  # the bytes hashed are the bytes run
         mod_name = f"embedsearch_user_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
         mspec = importlib.util.spec_from_file_location(mod_name, path)
         module = importlib.util.module_from_spec(mspec)
         try:
-            mspec.loader.exec_module(module)
+            exec(compile(code, str(path), "exec"), module.__dict__)  # noqa: S102 — the file the user named
         except Exception as e:  # noqa: BLE001 — the user's code: any failure is one line naming it
             raise SpecError(f"{spec.raw}: importing {path} failed ({type(e).__name__}: {e})") from None
+        identity, code_path = f"py:{path}:{spec.entry}", str(path)
     else:
         try:
             module = importlib.import_module(where)
@@ -516,6 +564,7 @@ def _py(spec: BackboneSpec, weights, pretrained, image_size, pool, seed, pre=Non
             raise SpecError(f"{spec.raw}: cannot import {where} ({e})") from None
         f = getattr(module, "__file__", None)
         code = Path(f).read_bytes() if f else b""
+        identity, code_path = f"py:{where}:{spec.entry}", f
     factory = getattr(module, spec.entry, None)
     if not callable(factory):
         names = [n for n in dir(module) if callable(getattr(module, n)) and not n.startswith("_")]
@@ -539,7 +588,9 @@ def _py(spec: BackboneSpec, weights, pretrained, image_size, pool, seed, pre=Non
     def forward(m, x):
         return _pool_output(m(x), pool)
 
-    info = {"model": f"{where}:{spec.entry}", "code_sha256": hashlib.sha256(code).hexdigest(),
+    shown = parse_backbone(spec.raw).name if spec.raw else where  # as typed, also when re-attached by its path
+    info = {"model": f"{shown}:{spec.entry}", "code_sha256": hashlib.sha256(code).hexdigest(),
+            "code_identity": identity, "code_path": code_path,
             "weights": str(weights) if weights else "random-init", "pool": f"{pool} of the model output",
             "preprocess": pcfg}
     return Backbone(spec, model, transform, forward, info)

@@ -8,6 +8,7 @@ would carry the same weights hash and land, silently, in another space. The inde
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 
 from embedsearch.core.errors import IndexStateError, SpecError
@@ -91,16 +92,29 @@ class BackboneConfig:
     def resolved(self, **changes) -> BackboneConfig:
         return replace(self, **changes)
 
-    def create(self, device: str | None = None):
+    def create(self, device: str | None = None, *, index: str | None = None, recorded: dict | None = None,
+               trust_code: bool = False):
         """The backbone, in eval mode on `device` (default: this config's device policy); when the config records
-        a weights hash, the recreated weights must match it."""
-        from embedsearch.models.backbones import create_backbone
+        a weights hash, the recreated weights must match it.
+
+        Without `index`, the person named this config on their own command line (a build): code it runs is
+        remembered as theirs (core/trust.py). With `index` (and the manifest's backbone description `recorded`),
+        it is that index's backbone re-created for a query or a repair: code must hash as recorded and be code this
+        user chose to run (or `trust_code`), and nothing is downloaded (models/code.py)."""
+        from embedsearch.models.backbones import create_backbone, no_fetch
+        from embedsearch.models.code import check_reattach, record_user_choice
         from embedsearch.models.embed import resolve_device
 
-        bb = create_backbone(self.spec, weights=self.weights, pretrained=self.pretrained, image_size=self.image_size,
-                             pool=self.pool, seed=self.seed, device=resolve_device(device or self.device),
-                             layer=self.layer, preprocess={k: getattr(self, k) for k in
-                                                           ("resize", "mean", "std", "interpolation")})
+        spec = self.spec
+        if index is not None:
+            spec = check_reattach(self.spec, recorded or {}, index, trust=trust_code)
+        with no_fetch() if index is not None else nullcontext():
+            bb = create_backbone(spec, weights=self.weights, pretrained=self.pretrained,
+                                 image_size=self.image_size, pool=self.pool, seed=self.seed,
+                                 device=resolve_device(device or self.device), layer=self.layer,
+                                 preprocess={k: getattr(self, k) for k in ("resize", "mean", "std", "interpolation")})
+        if index is None:
+            record_user_choice(self.spec, bb.info)
         got = bb.info.get("weights_sha256")
         if self.weights_sha256 and got != self.weights_sha256:
             raise IndexStateError(f"the backbone recreated from {self.spec} has different weights than the index was "

@@ -49,10 +49,12 @@ def create_head(spec: str, *, weights: str | None = None, pretrained: bool = Tru
     elif s.kind == "torchvision":
         from torchvision import models as tvm
 
-        from embedsearch.models.backbones import _offline_error
+        from embedsearch.models.backbones import _offline_error, refuse_download
 
         enum = tvm.get_model_weights(s.name)
         wenum = enum[s.entry] if s.entry else enum.DEFAULT
+        if use_pretrained:
+            refuse_download(s, wenum)
         try:
             model = tvm.get_model(s.name, weights=wenum if use_pretrained else None)
         except Exception as e:  # noqa: BLE001
