@@ -308,7 +308,8 @@ class Index:
         from embedsearch.store.faiss_index import load_index
 
         fa = self.manifest.faiss  # Index.open checked that one is recorded
-        index = load_index(self.layout.faiss, mmap=True, params=fa.params, on_disk=fa.lists_file is not None)
+        index = load_index(self.layout.faiss, mmap=True, params=fa.params, on_disk=fa.lists_file is not None,
+                           lists_file=fa.lists_file)
         if index.ntotal != fa.ntotal:
             raise IndexStateError(f"{self.layout.faiss} was replaced after {self.name} was opened ({index.ntotal} "
                                   f"vectors, {fa.ntotal} when opened): open the index again")

@@ -107,7 +107,7 @@ def verify(name: str, root=None) -> Report:
         from embedsearch.store.faiss_index import load_index
 
         try:
-            ix = load_index(layout.faiss, on_disk=fa.lists_file is not None)
+            ix = load_index(layout.faiss, on_disk=fa.lists_file is not None, lists_file=fa.lists_file)
             if ix.ntotal != len(all_ids) and len(part_ids) == len(listed):
                 rep.add("faiss stale", layout.faiss.name, f"{ix.ntotal} vectors, the parts hold {len(all_ids)}")
             else:

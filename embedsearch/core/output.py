@@ -25,6 +25,22 @@ def output_options(f):
     return wrapper
 
 
+def _finite(v):
+    """JSON has no NaN or Infinity (`jq`, browsers and most parsers reject them): non-finite floats become null."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
+def dumps(data, indent: int | None = None) -> str:
+    """Strict JSON for every command's --json / --nl: non-finite floats as null, anything else unknown as str."""
+    return json.dumps(_finite(data), indent=indent, default=str, allow_nan=False)
+
+
 def _cell(v) -> str:
     if v is None:
         return ""
@@ -51,10 +67,10 @@ def emit(data, fmt: str, columns: list[str] | None = None) -> None:
     """Print rows (list of dicts) or one object (dict) to stdout in the chosen format."""
     rows = data if isinstance(data, list) else None
     if fmt == "json":
-        click.echo(json.dumps(data, indent=2, default=str))
+        click.echo(dumps(data, indent=2))
     elif fmt == "nl":
         for r in rows if rows is not None else [data]:
-            click.echo(json.dumps(r, default=str))
+            click.echo(dumps(r))
     elif fmt == "csv":
         buf = io.StringIO()
         rs = rows if rows is not None else [data]
@@ -74,7 +90,7 @@ def emit_rows(rows, fmt: str, columns: list[str]) -> None:
     """Rows from an iterator: --nl and --csv print each row as it arrives (streamed), other formats collect first."""
     if fmt == "nl":
         for r in rows:
-            click.echo(json.dumps(r, default=str))
+            click.echo(dumps(r))
     elif fmt == "csv":
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")

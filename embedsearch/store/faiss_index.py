@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
@@ -110,7 +111,8 @@ def save_index(index, path: Path) -> dict:
     return atomic_write(path, lambda f: faiss.write_index(index, faiss.PyCallbackIOWriter(f.write)))
 
 
-def load_index(path: Path, mmap: bool = False, params: dict | None = None, on_disk: bool = False):
+def load_index(path: Path, mmap: bool = False, params: dict | None = None, on_disk: bool = False,
+               lists_file: str | None = None):
     """Read a FAISS file; `mmap` maps flat codes and IVF lists from the file instead of reading them into memory
     (pages come from the OS cache on demand, and the old file stays valid for readers when a rebuild replaces it).
     `params` are the recorded search-time settings (nprobe, efSearch). `on_disk`: an IVF index whose lists file
@@ -122,17 +124,41 @@ def load_index(path: Path, mmap: bool = False, params: dict | None = None, on_di
 
     if not path.is_file():
         raise IndexStateError(f"FAISS file {path} is missing; run `embedsearch verify --repair`")
+    # The FAISS file names its own lists file, and FAISS maps whatever that name points at: another file of the
+    # folder, a link out of it, or (without SAME_DIR) any absolute path. So: no link anywhere beside it, SAME_DIR
+    # always (an in-memory index that claims on-disk lists is confined too), and the name checked after reading.
+    for f in path.parent.iterdir():
+        if f.is_symlink():
+            raise IndexStateError(f"{f} is a symbolic link (to {os.readlink(f)}); an index's files must live inside "
+                                  "its folder: replace the link with the file itself")
+    flags = faiss.IO_FLAG_ONDISK_SAME_DIR
     if on_disk:
-        flags = faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY
-    else:
-        flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        flags |= faiss.IO_FLAG_READ_ONLY
+    elif mmap:
+        flags |= faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
     try:
         with c_stdout_to_stderr(discard=True):  # FAISS says where it found the lists file, on every open
             index = faiss.read_index(str(path), flags)
     except RuntimeError as e:
         raise IndexStateError(f"FAISS file {path} is unreadable: {str(e).strip().splitlines()[-1][:120]}") from None
+    lists = ondisk_lists_name(index)
+    if lists is not None and (not on_disk or lists != (lists_file or lists)):
+        raise IndexStateError(f"FAISS file {path} names the lists file {lists!r}, not the one its manifest records "
+                              f"({lists_file or 'none'}): run `embedsearch verify --repair`")
     set_params(index, params)
     return index
+
+
+def ondisk_lists_name(index) -> str | None:
+    """The file name an IVF index's on-disk inverted lists were read from (None: the lists are in memory)."""
+    import faiss
+
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+    il = faiss.downcast_InvertedLists(ivf.invlists)
+    return Path(il.filename).name if isinstance(il, faiss.OnDiskInvertedLists) else None
 
 
 def set_params(index, params: dict | None) -> None:

@@ -67,7 +67,7 @@ class Layout:
     def check_confined(self) -> None:
         """An index from someone else is untrusted: none of its entries may be a symbolic link, and its folders
         must be folders, so that no write, rename or delete (repair, resume, eval) can reach a file outside it."""
-        for p in self.entries():
+        for p in (*self.entries(), *(self.dir.iterdir() if self.dir.is_dir() else ())):
             if p.is_symlink():
                 raise IndexStateError(f"{p} is a symbolic link (to {os.readlink(p)}); an index's files must live "
                                       "inside its folder: replace the link with the file or folder itself")
