@@ -113,7 +113,7 @@ def test_wrong_architecture_weights_name_missing_keys(tmp_path):
 
     sd = timm.create_model("test_resnet", pretrained=False).state_dict()
     save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "r.safetensors"))
-    with pytest.raises(BackboneError, match=r"r\.safetensors do not fit.*missing keys"):
+    with pytest.raises(BackboneError, match=r"r\.safetensors \(the file.s top level\) do not fit.*missing keys"):
         create_backbone("timm:test_vit", weights=str(tmp_path / "r.safetensors"))
     (tmp_path / "t.safetensors").write_bytes((tmp_path / "r.safetensors").read_bytes()[:100])
     with pytest.raises(BackboneError, match=r"cannot load weights .*t\.safetensors"):

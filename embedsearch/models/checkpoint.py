@@ -15,46 +15,144 @@ from embedsearch.core.files import atomic_path, atomic_write_bytes
 CKPT_FORMAT = "embedsearch-ckpt/1"
 
 
-def load_state_dict(path: str | os.PathLike) -> dict:
-    """Load a state dict from safetensors, or from a torch file with `weights_only=True` (never full unpickling)."""
+# where training scripts put the weights: the trained weights before an EMA copy (the weights hash in the manifest
+# identifies which were loaded); timm's train output, torchvision's reference scripts, Lightning, mmcv/OpenMMLab
+CONTAINER_KEYS = ("state_dict", "model", "module", "net", "network", "model_state_dict", "state_dict_ema",
+                  "model_ema", "ema", "params")
+# wrappers' prefixes, stripped when that makes the keys fit the model: DataParallel/DDP, torch.compile, Lightning's
+# `self.model` / `self.net`, and common backbone attributes
+WRAPPER_PREFIXES = ("model.", "net.", "network.", "backbone.", "encoder.", "module.")
+# benign classes training scripts pickle beside the weights (torchvision's reference scripts save their argparse
+# Namespace; numpy scalars for metrics): allowed by name in the weights_only unpickler, nothing else
+SAFE_GLOBALS = ("argparse.Namespace", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype",
+                "collections.OrderedDict", "pathlib.PosixPath", "pathlib.WindowsPath")
+
+
+class StateDict(dict):
+    """Tensors by name, and where in the file they were found (`container`: e.g. "state_dict", or "" for a bare
+    state dict), so a mismatch can say which part of the checkpoint was used."""
+
+    container: str = ""
+    source: str = ""
+
+
+def _safe_globals():
+    import importlib
+
+    out = []
+    for name in SAFE_GLOBALS:
+        mod, _, attr = name.rpartition(".")
+        try:
+            out.append(getattr(importlib.import_module(mod), attr))
+        except (ImportError, AttributeError):
+            continue
+    import numpy as np
+
+    out += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    return out
+
+
+def _hf_folder(p: Path) -> list[Path]:
+    """The weight files of a Hugging Face `save_pretrained` folder: one safetensors/bin file, or the shards its
+    index file lists."""
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (p / index).is_file():
+            try:
+                shards = sorted(set(json.loads((p / index).read_text())["weight_map"].values()))
+            except (ValueError, KeyError, TypeError) as e:
+                raise BackboneError(f"weights folder {p}: {index} is not a shard index ({e})") from None
+            return [p / s for s in shards]
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        if (p / single).is_file():
+            return [p / single]
+    raise BackboneError(f"weights folder {p} holds no model.safetensors, pytorch_model.bin or shard index "
+                        "(expected a Hugging Face save_pretrained folder)")
+
+
+def _read(p: Path):
+    import torch
+
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(p))
+    with torch.serialization.safe_globals(_safe_globals()):
+        return torch.load(p, map_location="cpu", weights_only=True)
+
+
+def load_state_dict(path: str | os.PathLike) -> StateDict:
+    """Load a state dict from safetensors, a torch file read with `weights_only=True` (zip or legacy format; never
+    full unpickling), or a Hugging Face `save_pretrained` folder (sharded too); the weights may sit bare or under a
+    training script's container key (see CONTAINER_KEYS), with `module.` / `_orig_mod.` prefixes removed."""
     import torch
 
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise BackboneError(f"weights file {p} does not exist")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(p))
+    files = _hf_folder(p) if p.is_dir() else [p]
+    sd: dict = {}
+    for f in files:
+        try:
+            part = _read(f)
+        except Exception as e:  # noqa: BLE001 — any failure here is "this file is not usable weights"
+            msg = str(e).strip().splitlines()[0][:200]
+            if "Unsupported global" in str(e):
+                g = next((ln.split("GLOBAL", 1)[1].split()[0] for ln in str(e).splitlines() if "GLOBAL " in ln), "?")
+                msg = (f"it pickles {g}, which weights_only loading refuses (only tensors and plain containers are "
+                       "read): save the state dict alone, e.g. torch.save(ckpt['state_dict'], 'weights.pt')")
+            raise BackboneError(f"cannot load weights {f}: {type(e).__name__}: {msg}") from None
+        if len(files) > 1 and isinstance(part, dict):
+            sd.update(part)
         else:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 — any failure here is "this file is not usable weights"
-        msg = str(e).splitlines()[0][:200]
-        raise BackboneError(f"cannot load weights {p}: {type(e).__name__}: {msg}") from None
-    # what training scripts save: the weights alone, or nested under one of these keys (the trained weights
-    # before an EMA copy; the weights hash in the manifest identifies which were loaded)
+            sd = part
+    container = []
     nested = True
     while nested and isinstance(sd, dict):
         nested = False
-        for key in ("state_dict", "model", "module", "net", "state_dict_ema", "model_ema", "ema"):
+        for key in CONTAINER_KEYS:
             if key in sd and isinstance(sd[key], dict) and sd[key]:
                 sd, nested = sd[key], True
+                container.append(key)
                 break
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise BackboneError(f"weights file {p} does not hold a state dict of tensors")
-    out = {}
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        keys = ", ".join(map(str, list(sd)[:8])) if isinstance(sd, dict) else type(sd).__name__
+        raise BackboneError(f"weights file {p} does not hold a state dict of tensors (top level: {keys}); "
+                            f"looked under {', '.join(CONTAINER_KEYS)}")
+    out = StateDict()
     for k, v in sd.items():
         while k.startswith(("module.", "_orig_mod.")):  # DataParallel / DDP and torch.compile prefixes
             k = k.removeprefix("module.").removeprefix("_orig_mod.")
         out[k] = v
+    out.container, out.source = ".".join(container), str(p)
     return out
 
 
+def _fit(own: dict, sd: dict) -> tuple[dict, str]:
+    """`sd` with the wrapper prefix removed that makes the most of its keys the model's own ("" if none helps)."""
+    best, best_n, how = sd, sum(k in own for k in sd), ""
+    for pre in WRAPPER_PREFIXES:
+        if any(k.startswith(pre) for k in sd):
+            cand = {k.removeprefix(pre): v for k, v in sd.items()}
+            n = sum(k in own for k in cand)
+            if n > best_n:
+                best, best_n, how = cand, n, pre
+    return best, how
+
+
 def apply_state_dict(model, sd: dict, source: str, ignore_prefixes: tuple[str, ...] = ()) -> None:
-    """Load `sd` into `model`; missing keys are an error naming the file, classifier-head extras are ignored."""
+    """Load `sd` into `model` as the model's own `load_state_dict` would, with one-line errors: a wrapper prefix
+    that makes the keys fit is removed, BatchNorm counters that checkpoints from before torch 0.4.1 never saved are
+    filled in (as torch does for them), classifier-head extras named by `ignore_prefixes` are ignored; anything else
+    missing, unexpected or misshapen is an error naming the file, the container used and the first keys."""
+    import torch
+
     own = model.state_dict()
+    container = getattr(sd, "container", "")
+    sd, stripped = _fit(own, dict(sd))
     sd = {k: v for k, v in sd.items() if not any(k.startswith(p) for p in ignore_prefixes) or k in own}
+    for k in own:  # legacy BatchNorm state: `num_batches_tracked` arrived in torch 0.4.1 (2018)
+        if k not in sd and k.endswith("num_batches_tracked") and k.rsplit(".", 1)[0] + ".running_mean" in sd:
+            sd[k] = torch.zeros_like(own[k])
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     shape_bad = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
@@ -67,7 +165,10 @@ def apply_state_dict(model, sd: dict, source: str, ignore_prefixes: tuple[str, .
         if shape_bad:
             k = shape_bad[0]
             parts.append(f"shape mismatch at {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}")
-        raise BackboneError(f"weights {source} do not fit the architecture: " + "; ".join(parts))
+        where = f"the file's {container!r} entry" if container else "the file's top level"
+        if stripped:
+            where += f", prefix {stripped!r} removed"
+        raise BackboneError(f"weights {source} ({where}) do not fit the architecture: " + "; ".join(parts))
     model.load_state_dict(sd, strict=True)
 
 
