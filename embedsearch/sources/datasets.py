@@ -341,18 +341,47 @@ def read_manifest_table(path: Path):
     return table
 
 
+MANIFEST_FIELDS = ("id", "path", "label", "split")
+
+
+def manifest_columns(cols: list[str], where: str) -> dict[str, str]:
+    """{field: the column that holds it} for the id/path/label/split fields, matched in any case (`Label` is the
+    label: the catalog's SQL does not tell `Label` from `label`, so a second column spelled so would be stored
+    renamed and the items unlabelled). Two columns that SQL cannot tell apart — `label` and `Label`, `score` and
+    `SCORE`, a column named like a catalog column (`Status`) — are refused with one line naming them."""
+    from embedsearch.store.catalog import BASE_COLUMNS
+
+    by_name: dict[str, list[str]] = {}
+    for c in cols:
+        by_name.setdefault(c.lower(), []).append(c)
+    for low, same in by_name.items():
+        if len(same) > 1 and low in MANIFEST_FIELDS:
+            raise SourceError(f"{where}: columns {same[0]!r} and {same[1]!r} both name the {low} field (column "
+                              "names are not case-sensitive); rename or drop one")
+        if len(same) > 1:
+            raise SourceError(f"{where}: columns {same[0]!r} and {same[1]!r} differ only in case, which the "
+                              "catalog's SQL cannot tell apart; rename one")
+        if low in BASE_COLUMNS and low not in MANIFEST_FIELDS:
+            raise SourceError(f"{where}: column {same[0]!r} has the name of the catalog column {low!r}; rename it")
+    return {f: by_name[f][0] for f in MANIFEST_FIELDS if f in by_name}
+
+
 def _manifest(s: SourceSpec, *, root=None, label_regex=None, require_paths=True, **_) -> Source:
     path = Path(s.location)
     table = read_manifest_table(path)
     if table.num_rows == 0:
         raise SourceError(f"manifest {path} has no rows: nothing to do")
     cols = table.column_names
-    if require_paths and "path" not in cols:
+    field_col = manifest_columns(cols, f"manifest {path}")
+    if require_paths and "path" not in field_col:
         raise SourceError(f"manifest {path} has no 'path' column (columns: {', '.join(cols)})")
     base = Path(root) if root else path.parent
     regex = _compile(label_regex)
+    # rows keyed by field name (a `Label` column is the label), the other columns as they are spelled
+    table = table.rename_columns([next((f for f, c in field_col.items() if c == name), name) for name in cols])
+    cols = table.column_names
     data = table.to_pylist()
-    extra = [c for c in cols if c not in ("id", "path", "label", "split")]
+    extra = [c for c in cols if c not in MANIFEST_FIELDS]
     recs: list[Record] = []
     seen_paths: dict[str, int] = {}
     first_line = 2 if path.suffix.lower() == ".csv" else 1  # CSV: line numbers after the header; Parquet: rows
@@ -361,7 +390,7 @@ def _manifest(s: SourceSpec, *, root=None, label_regex=None, require_paths=True,
         where = f"manifest {path} {'line' if path.suffix.lower() == '.csv' else 'row'} {line}"
         p = row.get("path")
         if require_paths and (p is None or str(p).strip() == ""):
-            raise SourceError(f"{where}: empty 'path'")
+            raise SourceError(f"{where}: empty {field_col['path']!r}")
         p = None if p is None else str(p).strip()
         if p is not None:
             if p in seen_paths:
@@ -373,7 +402,8 @@ def _manifest(s: SourceSpec, *, root=None, label_regex=None, require_paths=True,
                 if not 0 <= rid < 2**63:
                     raise ValueError
             except (TypeError, ValueError):
-                raise SourceError(f"{where}: column 'id' value {row['id']!r} is not a non-negative int64") from None
+                raise SourceError(f"{where}: column {field_col['id']!r} value {row['id']!r} is not a non-negative "
+                                  "int64") from None
         elif p is not None:
             rid = path_id(Path(p).as_posix())
         else:  # neither id nor path (vectors imported by row order): the row's 0-based position, never negative
@@ -385,7 +415,7 @@ def _manifest(s: SourceSpec, *, root=None, label_regex=None, require_paths=True,
         split = row.get("split")
         split = None if split is None or str(split) == "" else SPLIT_DIRS.get(str(split).lower(), str(split))
         recs.append(Record(id=rid, label=label, split=split, path=p, meta={c: row[c] for c in extra}))
-    _check_unique_ids(recs, f"manifest {path} column 'id'" if "id" in cols else f"manifest {path}")
+    _check_unique_ids(recs, f"manifest {path} column {field_col['id']!r}" if "id" in cols else f"manifest {path}")
     classes = sorted({r.label for r in recs if r.label is not None})
     return Source(s.raw, "manifest", base, recs, classes)
 

@@ -78,8 +78,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def load_image(path: str | os.PathLike, root: Path | None = None, member: tuple[int, int] | None = None
                ) -> Image.Image:
     """Open `path` as RGB with EXIF orientation applied; raise ImageLoadError with a reason otherwise. A path below a
-    regular `.tar` file (`SHARD.tar/KEY.jpg`) is that shard's member; `member` = (data offset, size) reads it with
-    one seek instead of scanning the shard's headers."""
+    regular `.tar` file (`SHARD.tar/KEY.jpg`) is that shard's member, the one its vector came from (the first of its
+    name); `member` = (data offset, size) reads it with one seek, else the shard's member index does (its headers
+    are read once per process, not once per image)."""
     import io
 
     from embedsearch.sources.webdataset import member_split, read_member
