@@ -22,10 +22,13 @@ def make_image(path: Path, color, size=(40, 30), seed=0, fmt=None):
 
 
 @pytest.fixture(autouse=True)
-def _own_trust_file(tmp_path_factory, monkeypatch):
+def _hermetic(tmp_path_factory, monkeypatch):
     """Each test starts with an empty trust file of its own (code run and roots indexed by this user, core/trust.py),
     never the developer's ~/.config/embedsearch/trust.json."""
     monkeypatch.setenv("EMBEDSEARCH_TRUST_FILE", str(tmp_path_factory.mktemp("trust") / "trust.json"))
+    # hermetic: a developer's EMBEDSEARCH_HOME (the README suggests setting it) must not reach the tests; the
+    # `index_root` fixture sets its own
+    monkeypatch.delenv("EMBEDSEARCH_HOME", raising=False)
 
 
 @pytest.fixture
