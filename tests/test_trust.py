@@ -218,3 +218,44 @@ def test_vectors_are_unchanged_by_the_gate(built, image_folder, index_root):
     stored = ix.vectors(np.asarray(hit["id"]))
     np.testing.assert_allclose(v[0] / np.linalg.norm(v[0]), stored[0] / np.linalg.norm(stored[0]), atol=1e-5)
     shutil.rmtree(Path(built) / "models" / "__pycache__", ignore_errors=True)
+
+
+def test_any_spec_a_manifest_can_hold_is_refused_or_checked_without_running_anything(tmp_path):
+    """Property: whatever spec and recorded fields a hostile manifest holds, the gate answers with one of the
+    package's errors (or lets through a kind that runs no code of the user's), and never imports or runs a thing."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from embedsearch.core.errors import EmbedsearchError
+    from embedsearch.models.code import CODE_KINDS, check_reattach
+
+    sentinel = tmp_path / "ran"
+    (tmp_path / "evil.py").write_text(EVIL.format(sentinel=str(sentinel)))
+    (tmp_path / "hubconf.py").write_text(EVIL.format(sentinel=str(sentinel)))
+    names = st.sampled_from([str(tmp_path / "evil.py"), "evil.py", "os", "subprocess", "shutil", "builtins",
+                             str(tmp_path), "owner/repo", "../evil.py", "~/x.py", "a.b.c", "", "/"])
+    kinds = st.sampled_from(["py", "hub", "timm", "open_clip", "torchvision", "hf", "ckpt", "module", "pixels", "x"])
+    entries = st.sampled_from(["make", "abort", "system", "rmtree", "exec", "", "a b"])
+    recorded = st.fixed_dictionaries({}, optional={"code_sha256": st.one_of(st.none(), st.text(max_size=64),
+                                                                              st.sampled_from(["0" * 64])),
+                                                   "code_path": st.one_of(st.none(), names)})
+    before = set(sys.modules)
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(kinds, names, entries, recorded)
+    def check(kind, name, entry, rec):
+        spec = f"{kind}:{name}:{entry}" if kind in ("py", "hub") else f"{kind}:{name}"
+        try:
+            s = check_reattach(spec, rec, "shared")
+            assert s.kind not in CODE_KINDS or rec.get("code_sha256")  # only verified code passes
+        except EmbedsearchError as e:
+            assert "\n" not in str(e)
+        assert not sentinel.exists()
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        check()
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert not sentinel.exists()
+    assert "evil" not in set(sys.modules) - before
