@@ -20,8 +20,8 @@ CKPT_FORMAT = "embedsearch-ckpt/1"
 CONTAINER_KEYS = ("state_dict", "model", "module", "net", "network", "model_state_dict", "state_dict_ema",
                   "model_ema", "ema", "params")
 # wrappers' prefixes, stripped when that makes the keys fit the model: DataParallel/DDP, torch.compile, Lightning's
-# `self.model` / `self.net`, and common backbone attributes
-WRAPPER_PREFIXES = ("model.", "net.", "network.", "backbone.", "encoder.", "module.")
+# `self.model` / `self.net`, common backbone attributes, Opacus's GradSampleModule (`_module.`)
+WRAPPER_PREFIXES = ("model.", "net.", "network.", "backbone.", "encoder.", "module.", "_module.")
 # benign classes training scripts pickle beside the weights (torchvision's reference scripts save their argparse
 # Namespace; numpy scalars for metrics): allowed by name in the weights_only unpickler, nothing else
 SAFE_GLOBALS = ("argparse.Namespace", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype",
@@ -49,6 +49,9 @@ def _safe_globals():
     import numpy as np
 
     out += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    core = getattr(np, "_core", None)
+    if core is not None:  # numpy 2 moved numpy.core: files pickled under numpy 1 name the old module
+        out.append((core.multiarray.scalar, "numpy.core.multiarray.scalar"))
     return out
 
 
