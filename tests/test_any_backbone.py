@@ -331,3 +331,13 @@ def test_hf_clip_style_model_gives_image_embeddings_and_a_text_tower(tmp_path, i
     assert np.abs(q - want).max() <= 1e-4
     run = evaluate(ix, methods=["zeroshot"])
     assert run.results[0].data["method"] == "zeroshot" and 0 <= run.results[0].data["metrics"]["top1"] <= 1
+
+
+def test_a_forward_that_raises_is_one_line_naming_the_spec(tmp_path):
+    """Seen with real checkpoints: a py: model whose forward does not take the input size was a traceback."""
+    f = tmp_path / "flat.py"
+    f.write_text("import torch\n\ndef make():\n    return torch.nn.Linear(10, 3)\n")
+    r = CliRunner().invoke(cli, ["layers", f"py:{f}:make", "--random-init", "--image-size", "8", "--mean", "0,0,0",
+                                 "--std", "1,1,1"])
+    assert r.exit_code == 1 and "the forward pass on a (1, 3, 8, 8) input failed" in r.output
+    assert "Traceback" not in r.output and r.output.count("\n") == 1

@@ -787,8 +787,15 @@ def _finish(bb: Backbone, device: str, seed: int) -> Backbone:
     from PIL import Image
 
     probe = bb.preprocess(Image.new("RGB", (32, 32))).unsqueeze(0).to(device)
-    with torch.inference_mode():
-        bb.dim = int(bb.embed(probe).shape[-1])
+    try:
+        with torch.inference_mode():
+            bb.dim = int(bb.embed(probe).shape[-1])
+    except (SpecError, BackboneError):
+        raise
+    except Exception as e:  # noqa: BLE001 — the model's own forward (often the user's code): one line naming it
+        msg = (str(e).strip().splitlines() or [""])[0][:200]
+        raise BackboneError(f"{s.raw}: the forward pass on a {tuple(probe.shape)} input failed ({type(e).__name__}: "
+                            f"{msg}); check --image-size and the model's expected input") from None
     if bb.dim > TOKEN_MAP_WARN_DIM:
         log.warning("%s gives %d-d embeddings (%.1f KiB each as float16): token maps are large, and distance-based "
                     "methods on them are dominated by noise; prefer --pool cls or avg", s.raw, bb.dim, bb.dim * 2 / 1024)
