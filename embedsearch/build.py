@@ -192,6 +192,7 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True, only
                               for p, ids in plan.items() if p not in committed for i in ids if i not in by_id])
         part_md = {"space": space.to_dict(), "index": layout.dir.name}
         failures: Counter = Counter()
+        embedded_now = [0]  # items this run embedded
 
         def commit(res: PartResult) -> None:
             ok = store.finite_rows(res.vectors, cfg.dtype) if len(res.ids) else np.zeros(0, bool)
@@ -202,6 +203,8 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True, only
                                error=f"embedding is NaN/Inf/zero after casting to {cfg.dtype}")
                 if row["status"] == "failed":
                     failures[(row["stage"], row["error_type"])] += 1
+                else:
+                    embedded_now[0] += 1
             # the catalog first, then the part: a crash in between leaves no part file, so the part is redone
             catalog.update_items(res.rows)
             info = store.write_part(layout.parts / store.part_name(res.part), res.ids[ok], res.vectors[ok],
@@ -214,6 +217,13 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True, only
                                       precision=precision, batch_size=batch_size, progress=progress)
 
         counts = _counts(layout)
+        if not counts["embedded"] and ("IVF" in cfg.index.upper() or cfg.index == "auto"):
+            # an IVF index cannot be trained on nothing: say why nothing was embedded, not "needs training vectors"
+            groups = failure_groups(layout)
+            why = "; ".join(f"{g['count']} {g['reason']} (e.g. {g['examples'][0]})" for g in groups[:3])
+            raise SourceError(f"nothing could be embedded into {layout.dir.name}: {why or 'no items'}; all of them: "
+                              f"embedsearch sql {layout.dir.name} \"SELECT path, stage, error FROM items WHERE "
+                              "status = 'failed'\"")
         t0 = time.perf_counter()
         if todo or _faiss_stale(layout, manifest):
             # the FAISS file is renamed into place right before the manifest that names it is published; a reader
@@ -233,6 +243,9 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True, only
             "dtype": cfg.dtype, "parts_embedded": len(todo), "parts_total": len(manifest.parts),
             "items": counts["items"], "embedded": counts["embedded"], "failed": counts["failed"],
             "failures_this_run": {f"{s}/{k}": n for (s, k), n in failures.items()},
+            # every failed item of the index by reason, with a few examples: what the user reads instead of a SQL
+            # query over thousands of rows (`index` prints it, and exits 1 when nothing could be embedded)
+            "embedded_this_run": embedded_now[0], "failures": failure_groups(layout),
             "device": device, "precision": precision, "batch_size": batch_size, **engine_info,
             "not_indexed": not_indexed,
             "timings_s": {**timings.to_dict(), "faiss": round(t_faiss, 4)},
@@ -480,6 +493,23 @@ def _faiss_stale(layout: Layout, manifest: Manifest) -> bool:
     except IndexStateError:
         return True
     return False
+
+
+FAILURE_EXAMPLES = 3
+
+
+def failure_groups(layout: Layout, examples: int = FAILURE_EXAMPLES) -> list[dict]:
+    """The index's failed items grouped by reason (stage and error type), largest group first: its count, the first
+    `examples` paths (ids where items have no path) and the first one's message."""
+    with cat.Catalog(layout.catalog).read() as con:
+        rows = con.execute(
+            "SELECT stage, error_type, count(*) AS n, "
+            f"min(coalesce(path, CAST(id AS VARCHAR)), {int(examples)}), "
+            "arg_min(error, coalesce(path, CAST(id AS VARCHAR))) "
+            "FROM items WHERE status = 'failed' GROUP BY stage, error_type ORDER BY n DESC, stage, error_type"
+        ).fetchall()
+    return [{"reason": f"{stage}/{kind}", "stage": stage, "error_type": kind, "count": int(n),
+             "examples": list(ex), "error": err} for stage, kind, n, ex, err in rows]
 
 
 def _counts(layout: Layout) -> dict:

@@ -213,7 +213,8 @@ def _engine(engine, ray_address, actors, cpus_per_actor, gpus_per_actor, threads
 @click.option("--channels-last", is_flag=True, help="channels_last memory format (helps CNNs).")
 @click.option("--part-size", type=click.IntRange(min=1), default=2048, show_default=True, help="Items per Parquet part (unit of resume).")
 @click.option("--label-regex", help="Take labels from file names, e.g. '^(.*)_\\d+\\.jpg$' for Oxford Pets.")
-@click.option("--data-root", type=click.Path(file_okay=False), help="Root for a manifest's relative paths.")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Root for a manifest's relative paths (default: "
+              "the manifest's folder); absolute paths and file:// URIs are read as they are.")
 @click.option("--split", "split_arg", help="Seeded stratified split for sources without one, e.g. test=0.1.")
 @click.option("--min-per-class", type=int, default=0, help="Drop (and report) classes with fewer items.")
 @click.option("--vectors", type=click.Path(dir_okay=False), help="Import precomputed vectors (.npy/.parquet/.json) "
@@ -230,7 +231,8 @@ def index(source, backbone, name, root, weights, random_init, image_size, pool, 
     """Embed SOURCE with a backbone into Parquet parts, a FAISS index and a DuckDB catalog.
 
     SOURCE: digits | mnist:DIR | cifar10:DIR | cifar100:DIR | an image folder | a CSV/Parquet manifest |
-    webdataset shards ('shards/{00000..00127}.tar' or a.tar,b.tar).
+    webdataset shards ('shards/{00000..00127}.tar' or a.tar,b.tar) | hf-dataset:DIR (a Hugging Face dataset:
+    save_to_disk, the Hub's Parquet layout, the datasets cache, or OWNER/NAME in the hub cache).
     Re-running the same command after an interruption resumes from the committed parts.
 
     \b
@@ -262,10 +264,38 @@ def index(source, backbone, name, root, weights, random_init, image_size, pool, 
                       interpolation=interpolation, **_engine(**engine))
     summary = _interruptible(lambda: build_index(src, cfg, progress=_progress()), name)
     if summary["failed"]:
-        click.echo(f"{summary['failed']} items could not be embedded; see "
-                   f"`embedsearch sql {name} \"SELECT path, stage, error FROM items WHERE status = 'failed'\"`",
-                   err=True)
+        click.echo(_failure_report(summary, name), err=True)
     emit(summary, fmt)
+    tried = summary["embedded_this_run"] + sum(summary["failures_this_run"].values())
+    if summary["items"] and not summary["embedded"]:
+        click.echo(f"error: nothing could be embedded: none of the {summary['items']} items of index {name} has a "
+                   "vector (the reasons are above)", err=True)
+        sys.exit(1)
+    if tried and not summary["embedded_this_run"]:
+        click.echo(f"error: none of the {tried} items this run tried could be embedded (the reasons are above)",
+                   err=True)
+        sys.exit(1)
+
+
+def _failure_report(summary: dict, name: str) -> str:
+    """The failed items grouped by reason (build.failure_groups): a count, the first message and three example
+    paths each, then the query that lists them all."""
+    groups = summary["failures"]
+    lines = [f"{summary['failed']} of {summary['items']} items could not be embedded"
+             + (f" ({len(groups)} reasons):" if len(groups) > 1 else ":")]
+    width = max(len(str(g["count"])) for g in groups) if groups else 1
+
+    def shown(text) -> str:  # one line each, whatever a path or message holds (a newline, a control character)
+        text = str(text)
+        return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+    for g in groups:
+        error = shown(" ".join(str(g["error"] or "").split()))
+        lines.append(f"  {g['count']:>{width}}  {g['reason']}: {error[:200] + ('…' if len(error) > 200 else '')}")
+        lines.append(f"  {'':>{width}}  e.g. {', '.join(map(shown, g['examples']))}")
+    lines.append(f"all of them: embedsearch sql {name} \"SELECT path, stage, error FROM items WHERE status = "
+                 "'failed'\"")
+    return "\n".join(lines)
 
 
 class _Terminated(BaseException):
@@ -514,7 +544,7 @@ def search(name, images, ids, texts, vector_file, k, where, html_file, trust_cod
               help="SQL predicate selecting the training items.")
 @click.option("--test", "test_where", default="split = 'test'", show_default=True,
               help="SQL predicate selecting the test items.")
-@click.option("-m", "--methods", help="Comma-separated: prototypes,knn,linear,svc,mlp,zeroshot,fewshot "
+@click.option("-m", "--methods", help="Comma-separated (spaces allowed): prototypes,knn,linear,svc,mlp,zeroshot,fewshot "
               "(default: all that apply).")
 @click.option("--prompts", type=click.Path(dir_okay=False), help="JSON of classnames/templates for zeroshot.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -847,8 +877,8 @@ def _cap(*parts) -> str:
 def duplicates(name, where, threshold, auto, html_file, root, fmt):
     """Near-duplicate items: every pair with cosine ≥ the threshold (exact search), grouped.
 
-    Stored in the catalog as dup_group (smallest id of the group) and dup_rank (0 for that item): search one item
-    per group with --where "coalesce(dup_rank, 0) = 0".
+    Stored in the catalog as insight_dup_group (smallest id of the group) and insight_dup_rank (0 for that item):
+    search one item per group with --where "coalesce(insight_dup_rank, 0) = 0".
 
     \b
     Example:
@@ -892,7 +922,7 @@ def duplicates(name, where, threshold, auto, html_file, root, fmt):
 def leaks(name, train_where, test_where, threshold, html_file, root, fmt):
     """Test items with a near-duplicate in train, each with its most similar train item.
 
-    Stored as leak_of / leak_sim on the test items: `eval --test "split = 'test' AND leak_of IS NULL"` evaluates
+    Stored as insight_leak_of / insight_leak_sim on the test items: `eval --test "split = 'test' AND insight_leak_of IS NULL"` evaluates
     without them (eval also reports top-1 without leaks next to every accuracy).
 
     \b
@@ -931,7 +961,8 @@ def label_issues(name, where, methods, folds, seed, top, html_file, root, fmt):
     """Likely label errors: items whose out-of-fold predictions disagree with their label, most likely first.
 
     Each item is scored by models that never saw its label (seeded stratified folds): score = 1 − p(given label).
-    Stored as label_issue and suggested_label for every scored item.
+    Stored as insight_label_issue and insight_suggested_label for every scored item; a class with fewer items than
+    --folds is warned about.
 
     \b
     Example:
@@ -969,7 +1000,7 @@ def label_issues(name, where, methods, folds, seed, top, html_file, root, fmt):
 @output_options
 @_handle_errors
 def outliers(name, where, k, top, html_file, root, fmt):
-    """Items far from everything: ranked by 1 − cosine to their k-th nearest neighbour. Stored as outlier.
+    """Items far from everything: ranked by 1 − cosine to their k-th nearest neighbour. Stored as insight_outlier.
 
     \b
     Example:
@@ -1031,37 +1062,68 @@ def map_cmd(name, method, color, where, sample, seed, fresh, html_file, root):
     click.echo(f"map: {out}", err=True)
 
 
+def _trust_served_code(registry) -> None:
+    """`serve --trust-code`: the code each index served now names is checked (it must hash as recorded) and trusted
+    on this machine, so uploads may run it; an index whose code changed is refused at start-up."""
+    from embedsearch.models.code import CODE_KINDS, check_reattach
+    from embedsearch.models.config import BackboneConfig
+    from embedsearch.models.specs import parse_backbone
+    from embedsearch.reader import Index
+
+    for name in registry.names():
+        ix = Index.open(registry.root / name)
+        if ix.manifest.space.kind in ("external", "module"):
+            continue
+        spec = BackboneConfig.of_manifest(ix.manifest).spec
+        if parse_backbone(spec).kind in CODE_KINDS:
+            check_reattach(spec, ix.manifest.backbone, name, trust=True)
+            click.echo(f"embedsearch serve: {name}: trusting {spec} (its recorded code hash matches)", err=True)
+        ix.close()
+
+
 @cli.command()
 @click.argument("names", nargs=-1)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; anything but loopback needs --token.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 picks a free port.")
-@click.option("--token", envvar="EMBEDSEARCH_TOKEN", help="Bearer token every request but /v1/health must carry "
-              "(also $EMBEDSEARCH_TOKEN).")
+@click.option("--token", envvar="EMBEDSEARCH_TOKEN",
+              help="Bearer token every request but /v1/health must carry (also $EMBEDSEARCH_TOKEN); printable ASCII.")
 @click.option("--cors", "cors", metavar="ORIGIN", help="Allow cross-origin requests from this one origin.")
+@click.option("--image-root", "image_roots", multiple=True, type=click.Path(file_okay=False), metavar="DIR",
+              help="A folder whose images may be served (repeatable), besides those you indexed from on this "
+              "machine; an index's own idea of where its images are is never enough.")
 @click.option("--originals", is_flag=True, help="Also serve original images (by item id; thumbnails always).")
 @click.option("--max-upload", type=_Size(), default="16MB", show_default=True, help="Largest request body.")
 @click.option("--max-pixels", type=click.IntRange(1), default=40_000_000, show_default=True,
               help="Largest uploaded image, in pixels (checked from its header before decoding).")
+@click.option("--trust-code", is_flag=True,
+              help="Let image uploads run the py:/hub: code of the indexes served now (after you have read it); "
+              "recorded on this machine. The code must still hash as each index recorded it.")
 @root_option
 @_handle_errors
-def serve(names, host, port, token, cors, originals, max_upload, max_pixels, root):
+def serve(names, host, port, token, cors, image_roots, originals, max_upload, max_pixels, trust_code, root):
     """An HTTP API (/v1/…, OpenAPI page at /docs) and a web page for searching and browsing indexes.
 
     NAMES: the indexes to serve (default: every index under the root). The server answers from each index's last
     complete snapshot while `index --add` or `verify --repair` runs, and switches when the new one is committed.
-    Needs `pip install "embedsearch[serve]"`.
+    Images are read only from folders you indexed from on this machine or name with --image-root. Needs
+    `pip install "embedsearch[serve]"`.
 
     \b
     Example:
         embedsearch serve digits-pixels --port 8000
         curl 'http://127.0.0.1:8000/v1/indexes/digits-pixels/search?id=0&k=5'
     """
+    import re
     from pathlib import Path
 
     from embedsearch.core.errors import SpecError
     from embedsearch.core.units import parse_size
     from embedsearch.store.manifest import default_root
+
+    if token is not None and not re.fullmatch(r"[\x21-\x7e]+", token):
+        # it travels in a header and a cookie: refused here, not a 500 on every request later
+        raise click.BadParameter("use printable ASCII characters only, no spaces", param_hint="--token")
 
     try:
         from embedsearch.serve.app import Limits
@@ -1069,7 +1131,9 @@ def serve(names, host, port, token, cors, originals, max_upload, max_pixels, roo
         from embedsearch.serve.snapshots import Registry
     except ImportError as e:
         raise SpecError(f"`embedsearch serve` needs {e.name}: pip install \"embedsearch[serve]\"") from None
-    registry = Registry(Path(root) if root else default_root(), list(names))
+    registry = Registry(Path(root) if root else default_root(), list(names), image_roots=image_roots)
+    if trust_code:
+        _trust_served_code(registry)
     limits = Limits(max_upload_bytes=parse_size(max_upload, "--max-upload"), max_pixels=max_pixels)
     run_server(registry, host=host, port=port, token=token, cors=cors, originals=originals, limits=limits)
 

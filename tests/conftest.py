@@ -2,6 +2,7 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,16 @@ def make_image(path: Path, color, size=(40, 30), seed=0, fmt=None):
     return path
 
 
+# One trust file for the whole run (code run and roots indexed by "this user", core/trust.py), never the developer's
+# ~/.config/embedsearch/trust.json; shared, because module-scoped fixtures build indexes that later tests query.
+# Tests of a second machine point EMBEDSEARCH_TRUST_FILE at a file of their own.
+os.environ["EMBEDSEARCH_TRUST_FILE"] = os.path.join(tempfile.mkdtemp(prefix="es-trust-"), "trust.json")
+
+
 @pytest.fixture(autouse=True)
-def _hermetic(tmp_path_factory, monkeypatch):
-    """Each test starts with an empty trust file of its own (code run and roots indexed by this user, core/trust.py),
-    never the developer's ~/.config/embedsearch/trust.json."""
-    monkeypatch.setenv("EMBEDSEARCH_TRUST_FILE", str(tmp_path_factory.mktemp("trust") / "trust.json"))
-    # hermetic: a developer's EMBEDSEARCH_HOME (the README suggests setting it) must not reach the tests; the
-    # `index_root` fixture sets its own
+def _hermetic(monkeypatch):
+    """A developer's EMBEDSEARCH_HOME (the README suggests setting it) must not reach the tests; the `index_root`
+    fixture sets its own."""
     monkeypatch.delenv("EMBEDSEARCH_HOME", raising=False)
 
 

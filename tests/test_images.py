@@ -99,9 +99,9 @@ def test_bad_paths_are_refused_with_a_reason(tmp_path):
     (root / "dir.jpg").mkdir()
     os.mkfifo(root / "fifo.jpg")  # must not block
     assert _stage(lambda: load_image(root / "missing.jpg", root)) == ("path", "FileNotFoundError")
-    assert _stage(lambda: load_image(root / "escape.png", root)) == ("path", "OutsideRoot")
+    assert load_image(root / "escape.png", root).size == (2, 2)  # links are followed: the folder is the user's (#29)
     assert _stage(lambda: load_image(root / ".." / "outside.png", root)) == ("path", "OutsideRoot")
-    assert _stage(lambda: load_image(root / "loop.png", root))[0] == "path"
+    assert _stage(lambda: load_image(root / "loop.png", root)) == ("path", "SymlinkLoop")
     assert _stage(lambda: load_image(root / "dir.jpg", root)) == ("path", "NotAFile")
     assert _stage(lambda: load_image(root / "fifo.jpg", root)) == ("path", "NotAFile")
 

@@ -130,11 +130,12 @@ def test_planted_duplicates_are_found_at_the_default_threshold(planted):
     assert all(g["group"] == min(g["ids"]) for g in d["groups"])
     ix.close()
     ix = Index.open("planted", planted["root"])
-    _, rows = ix.sql("SELECT id, dup_group, dup_rank FROM items WHERE dup_group IS NOT NULL ORDER BY id")
+    _, rows = ix.sql("SELECT id, insight_dup_group, insight_dup_rank FROM items WHERE insight_dup_group IS NOT NULL "
+                     "ORDER BY id")
     in_groups = {i for g in d["groups"] for i in g["ids"]}
     assert {r[0] for r in rows} == in_groups
     assert sum(1 for r in rows if r[2] == 0) == len(d["groups"])
-    one_each = ix.select("coalesce(dup_rank, 0) = 0")["id"]
+    one_each = ix.select("coalesce(insight_dup_rank, 0) = 0")["id"]
     assert len(one_each) == len(ix.select()["id"]) - (len(in_groups) - len(d["groups"]))
     ix.close()
 
@@ -154,7 +155,7 @@ def test_planted_leaks_are_found_and_eval_reports_accuracy_without_them(planted)
         assert split[r["test_id"]] == "test" and split[r["train_id"]] == "train"
     ix.close()
     ix = Index.open("planted", planted["root"])
-    _, rows = ix.sql("SELECT id, leak_of FROM items WHERE leak_of IS NOT NULL")
+    _, rows = ix.sql("SELECT id, insight_leak_of FROM items WHERE insight_leak_of IS NOT NULL")
     assert {r[0] for r in rows} == found
     # eval: the same leaks, top-1 without them next to every accuracy
     from embedsearch.evaluate import evaluate
@@ -256,11 +257,11 @@ def test_cli_commands_store_columns_and_print_rows(planted, tmp_path):
     assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5] and rows[0]["score"] >= rows[-1]["score"]
     p = run("outliers", "planted", "-n", "2", "--json")
     assert {r["id"] for r in json.loads(p.stdout)} == set(planted["noise"])
-    p = run("sql", "planted", "SELECT count(label_issue), count(outlier), count(suggested_label) FROM items",
-            "--json")
+    p = run("sql", "planted", "SELECT count(insight_label_issue), count(insight_outlier), "
+            "count(insight_suggested_label) FROM items", "--json")
     counts = json.loads(p.stdout)[0]
     assert set(counts.values()) == {len(planted["split"])}
-    p = run("search", "planted", "--id", str(planted["noise"][0]), "--where", "outlier < 0.5", "--json")
+    p = run("search", "planted", "--id", str(planted["noise"][0]), "--where", "insight_outlier < 0.5", "--json")
     assert all(r["id"] not in planted["noise"] for r in json.loads(p.stdout))
     bad = subprocess.run([sys.executable, "-m", "embedsearch", "label-issues", "planted", "--methods", "svm"],
                          capture_output=True, text=True, env=env)

@@ -19,6 +19,8 @@ from PIL import Image
 
 from tests.conftest import CHROMIUM, COLORS, chromium_page, make_image
 
+UPLOAD = {"X-Embedsearch": "1"}  # what makes a POST one that no other site's page can send (serve/app.py Guard)
+
 
 def _cli(*args, env, check=True) -> subprocess.CompletedProcess:
     p = subprocess.run([sys.executable, "-m", "embedsearch", *args], capture_output=True, text=True, env=env,
@@ -31,9 +33,9 @@ def _cli(*args, env, check=True) -> subprocess.CompletedProcess:
 class Server:
     """`embedsearch serve ... --port 0` as a subprocess; `url` is read from the line it prints."""
 
-    def __init__(self, *args, env):
-        self.proc = subprocess.Popen([sys.executable, "-m", "embedsearch", "serve", "--port", "0", *args],
-                                     stderr=subprocess.PIPE, text=True, env=env)
+    def __init__(self, *args, env, cmd=(sys.executable, "-m", "embedsearch")):
+        self.proc = subprocess.Popen([*cmd, "serve", "--port", "0", *args], stderr=subprocess.PIPE, text=True,
+                                     env=env)
         self.log: list[str] = []
         line = self.proc.stderr.readline()
         m = re.search(r"(http://\S+)/", line)
@@ -55,7 +57,10 @@ class Server:
 
 
 def _env(root: Path) -> dict:
-    return {**os.environ, "EMBEDSEARCH_HOME": str(root), "HF_HUB_OFFLINE": "1"}
+    # a trust file of the test's own (code run, image roots indexed: core/trust.py), also for module-scoped
+    # fixtures, which start before the per-test one in conftest
+    return {**os.environ, "EMBEDSEARCH_HOME": str(root), "HF_HUB_OFFLINE": "1",
+            "EMBEDSEARCH_TRUST_FILE": str(root.parent / "trust.json")}
 
 
 def _folder(root: Path, n_train: int = 10, n_test: int = 4, start_seed: int = 0) -> Path:
@@ -76,7 +81,7 @@ def served(tmp_path_factory):
     folder = _folder(base / "images")
     _cli("index", str(folder), "-b", "pixels:8", "--name", "colors", env=env)
     _cli("eval", "colors", "-m", "prototypes,knn", env=env)
-    srv = Server(env=env)
+    srv = Server("--image-root", str(folder), env=env)
     yield {"srv": srv, "env": env, "folder": folder, "base": base, "url": srv.url,
            "ids": _ids(base / "indexes" / "colors")}
     assert srv.stop() == 0
@@ -155,7 +160,7 @@ def test_image_upload_equals_cli_image_search(served, tmp_path, fmt):
     f = tmp_path / f"q.{fmt.lower()}"
     Image.open(src).convert("RGB").save(f, format=fmt)
     got = httpx.post(f"{url}/v1/indexes/colors/search/image", files={"image": (f.name, f.read_bytes())},
-                     data={"k": "6"}).json()
+                     data={"k": "6"}, headers=UPLOAD).json()
     cli = _cli_hits(env, "--image", str(f), "-k", "6")
     assert [(i, s) for _, i, s in _flat(got)] == [(i, s) for _, i, s in cli]
     assert got["results"][0]["hits"][0]["label"] == "green"
@@ -173,12 +178,13 @@ def test_items_thumbnails_results_reports_and_listing(served):
     d = httpx.get(f"{url}/v1/indexes/colors").json()
     assert d["dim"] == ix.dim and d["classes"] == ix.classes() and d["splits"] == ["test", "train"]
     assert "path" not in d and d["reports"] and all(f.endswith(".html") for f in d["reports"])
+    assert str(served["folder"]) not in json.dumps(d)  # nor where its images are
     item = httpx.get(f"{url}/v1/indexes/colors/items/{i7}", params={"with_vector": True}).json()
     assert item["item"] == json.loads(json.dumps(ix.items_by_id([i7])[i7], default=str))
     assert np.array_equal(np.asarray(item["vector"], np.float32), ix.vectors(np.asarray([i7]))[0])
     r = httpx.get(f"{url}/v1/indexes/colors/items/{i7}/thumbnail", params={"size": 64})
     assert r.headers["content-type"] == "image/png"
-    assert r.content == to_png(Thumbnails(ix).image(i7, item["item"]["path"]), 64)
+    assert r.content == to_png(Thumbnails(ix, image_roots=[served["folder"]]).image(i7, item["item"]["path"]), 64)
     assert Image.open(io.BytesIO(r.content)).size[0] <= 64
     page = httpx.get(f"{url}/v1/indexes/colors/items", params={"where": "label = 'blue'", "limit": 100}).json()
     assert [x["id"] for x in page["items"]] == sorted(ix.select("label = 'blue'")["id"].tolist())
@@ -250,6 +256,8 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_the_server_stays_up(served)
         cases.append(("get", f"{url}/v1/indexes/colors/reports/{traversal}", {}, 404, None))
     cases.append(("get", f"{url}/static/..%2Fapp.py", {}, 404, None))
     for method, u, kw, status, field in cases:
+        if method == "post":
+            kw = {**kw, "headers": {**UPLOAD, **kw.get("headers", {})}}
         r = getattr(httpx, method)(u, timeout=60, **kw)
         assert r.status_code == status, (u, kw.get("params") or kw.get("json"), r.status_code, r.text)
         body = r.json()
@@ -375,7 +383,8 @@ def test_page_in_headless_chromium_searches_from_the_url_and_clicks_more_like_th
     with chromium_page((1100, 800)) as (page, errors):
         three = served["ids"][3]
         page.goto(f"{url}/?index=colors&id={three}&where=split%20%3D%20%27train%27")
-        page.wait_for_function("document.body.dataset.state !== 'loading'", timeout=30_000)
+        # selectors, not wait_for_function: the page's content-security policy forbids the eval it needs
+        page.wait_for_selector("body:not([data-state='loading'])", state="attached", timeout=30_000)
         assert page.evaluate("document.body.dataset.state") == "ready"
         cards = page.locator(".card")
         api = httpx.get(f"{url}/v1/indexes/colors/search",
@@ -385,9 +394,9 @@ def test_page_in_headless_chromium_searches_from_the_url_and_clicks_more_like_th
         assert page.evaluate("[...document.querySelectorAll('.card img')].every(i => i.naturalWidth > 0)")
         target = int(cards.nth(2).get_attribute("data-id"))
         cards.nth(2).click()
-        page.wait_for_function(f"location.search.includes('id={target}') && "
-                               "document.body.dataset.state === 'ready'", timeout=30_000)
-        assert page.locator("#title").inner_text() == f"More like item {target}"
+        page.wait_for_selector(f"#title:text-is('More like item {target}')", timeout=30_000)
+        page.wait_for_selector("body[data-state='ready']", state="attached", timeout=30_000)
+        assert f"id={target}" in page.evaluate("location.search")
         first = int(page.locator(".card").first.get_attribute("data-id"))
         again = httpx.get(f"{url}/v1/indexes/colors/search",
                           params={"id": target, "k": 1, "where": "split = 'train'"}).json()
@@ -395,10 +404,10 @@ def test_page_in_headless_chromium_searches_from_the_url_and_clicks_more_like_th
         # an uploaded image (choose a file): its hits, the same as the API's for the same bytes
         src = next((served["folder"] / "test" / "blue").iterdir())
         page.set_input_files("#file", str(src))
-        page.wait_for_function("document.getElementById('title').textContent.startsWith('Like') && "
-                               "document.body.dataset.state === 'ready'", timeout=30_000)
+        page.wait_for_selector("#title:text-matches('^Like ')", timeout=30_000)
+        page.wait_for_selector("body[data-state='ready']", state="attached", timeout=30_000)
         api = httpx.post(f"{url}/v1/indexes/colors/search/image", files={"image": (src.name, src.read_bytes())},
-                         data={"k": "24", "where": "split = 'train'"}).json()
+                         data={"k": "24", "where": "split = 'train'"}, headers=UPLOAD).json()
         cards = page.locator(".card")
         assert [int(cards.nth(i).get_attribute("data-id")) for i in range(cards.count())] == \
             [h["id"] for h in api["results"][0]["hits"]]

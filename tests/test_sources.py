@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from embedsearch.core.errors import SourceError
@@ -160,6 +160,8 @@ _text = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_s
 def test_manifest_round_trips_any_text(tmp_path, rows):
     import csv
 
+    # absolute paths, URIs and `..` are resolved on purpose (tests/test_manifests_real.py): text as it stands only
+    assume(all(not r[0].startswith(("/", "~")) and "://" not in r[0] and ".." not in r[0] for r in rows))
     p = tmp_path / "m.csv"
     with open(p, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)

@@ -10,6 +10,12 @@ from dataclasses import fields
 
 from embedsearch.core.errors import IndexStateError
 
+# Columns embedsearch computes (duplicates, leaks, label-issues, outliers, map) are named with this prefix, and no
+# source column may start with it (any case: DuckDB's names are case-insensitive), so a computed column never
+# replaces a source's own and `--where "coalesce(insight_dup_rank, 0) = 0"` means the same on every index. Sources
+# refuse such a column (webdataset JSON fields become json_NAME); the catalog checks again.
+COMPUTED_PREFIX = "insight_"
+
 
 def _allowed(annotation) -> tuple[type, ...]:
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -138,14 +139,22 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
     `i` lands (`eval` commits it there); pass `run` to have results appended to a run object you hold.
 
     With `reuse`, a method whose every variant was already committed to this index's catalog for the same setting
-    (`setting_key`: index snapshot, selections and labels, seed, parameters, code version) is not run again: its
-    stored results are added as they are, and `run.timings` names the run they came from. Before the first method
+    (`setting_key`: index snapshot, selections — their predicates, ids and labels —, seed, parameters, the digest
+    of embedsearch's own source files and the numeric libraries' versions) is not run again: its stored results
+    are added as they are, and `run.timings` names the run they came from. With `on_result` (a run that commits
+    its results, as `eval`), probes/ is kept in step with the run: a reused method that saves a probe puts that
+    setting's probe back (`probes.restore_probe`; a reused result whose probe is gone is computed again), and a
+    method that runs and leaves no probe removes the older one. Before the first method
     the plan — each method's estimated time on this machine — is logged; `run.timings` holds estimate and
     measured time per method.
 
     >>> run = evaluate(Index.open("digits-pixels"), methods=["knn", "linear"])   # doctest: +SKIP
     >>> run.table()                                                               # doctest: +SKIP
     """
+    if methods is not None:  # `--methods "knn, linear"`: the names as written, without the spaces
+        methods = [str(m).strip() for m in methods if str(m).strip()]
+        if not methods:
+            raise EvalError(f"no method named: expected some of {', '.join(METHODS)}")
     methods = list(methods or applicable_methods(ix))
     bad = [m for m in methods if m not in METHODS]
     if bad:
@@ -186,10 +195,21 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
                     "them as errors (e.g. %s)", int(unseen.sum()), int((unseen > 0).sum()),
                     classes[int(np.flatnonzero(unseen)[0])])
     ctx = Context(ix=ix, prompts=prompts, knn_ks=tuple(knn_ks), knn_t=knn_t, n_test=len(yte), svc=svc)
-    setting = {**_setting(ix, tr_ids, ytr, te_ids, yte, seed, ctx), "leak_threshold": leaks["threshold"]}
+    setting = {**_setting(ix, tr_ids, ytr, te_ids, yte, seed, ctx), "leak_threshold": leaks["threshold"],
+               "where": {"train": train, "test": test}}
     order = [m for m in METHODS if m in methods]
     keys = {m: setting_key(setting, m) for m in order}
     done = _committed(ix, keys) if reuse else {}
+    from embedsearch.evaluate import probes
+
+    # a run that commits its results (`on_result`, as `eval` does) keeps probes/ in step with them
+    committing = on_result is not None
+    restore_probe = functools.partial(probes.restore_probe, ix) if committing else lambda *_: None
+    drop_probe = functools.partial(probes.drop_probe, ix) if committing else lambda *_: None
+    for m in list(done):  # a result that came with a probe is reused only with that very probe
+        if committing and any(d["reuse"].get("probe") for d in done[m]) and not probes.has_probe(ix, m, keys[m]):
+            log.info("%s: the probe saved with run %s is gone; computing it again", m, done[m][0]["run_id"])
+            del done[m]
     run.machine = rates.to_dict()
     shape = Shape(len(ytr), len(yte), xtr.shape[1], C, xtr.dtype.itemsize)
     estimates = {m: REGISTRY[m].estimate(shape, rates, ctx) for m in order}
@@ -230,7 +250,11 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
         method = REGISTRY[name]
         t0 = time.perf_counter()
         row = {"method": name, "estimate_s": None if estimates[name] is None else float(f"{estimates[name]:.3g}")}
-        if name in done:  # committed before for this very setting: taken as it is
+        if name in done:  # committed before for this very setting: taken as it is, with its probe
+            if any(d["reuse"].get("probe") for d in done[name]):
+                restore_probe(name, keys[name])
+            else:
+                drop_probe(name)
             run.results.extend(EvalResult(d) for d in done[name])
             run.timings.append({**row, "seconds": round(time.perf_counter() - t0, 4), "variants": len(done[name]),
                                 "reused_from": done[name][0]["run_id"]})
@@ -252,18 +276,22 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
             fitted = method.fit(trainset, ctx)
         except EvalError as e:  # a degenerate setting for this method: recorded, the others still run
             skip(name, None, str(e))
+            drop_probe(name)  # an older setting's probe would stand in for a result this run does not have
             continue
         fit_s = (time.perf_counter() - t0) / max(len(fitted), 1)
         for f in fitted:
             if isinstance(f, Skipped):
                 skip(name, f.variant, f.reason)
         scored = [f for f in fitted if not isinstance(f, Skipped)]
+        if not any(f.tensors() is not None for f in scored):
+            drop_probe(name)
         outcomes = list(_score_in_blocks(scored, xte, yte, te_ids, in_train))
         # the timing row first: `on_result` may write the run summary, and then it must count this method
         run.timings.append({**row, "seconds": round(time.perf_counter() - t0, 4), "variants": len(scored),
                             "reused_from": None})
         for j, (f, (secs, pred, hits, tallies)) in enumerate(zip(scored, outcomes, strict=True)):
-            add(f, fit_s + secs, pred, hits, tallies, {"key": keys[name], "variants": len(scored), "position": j})
+            add(f, fit_s + secs, pred, hits, tallies, {"key": keys[name], "variants": len(scored), "position": j,
+                                                       "probe": f.tensors() is not None})
     return run
 
 
@@ -293,9 +321,37 @@ def _leaks(tr_ids, xtr, te_ids, xte, threshold: float | None = None) -> tuple[np
                                  for a, b, c in list(zip(i, j, s, strict=True))[:20]]}
 
 
+@functools.cache
+def code_digest() -> str:
+    """sha256 over embedsearch's own files (each one's path and bytes; once per process, a few ms): the version
+    string stays the same across edits of the code, so it alone let a changed method reuse an old number."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent  # the embedsearch package
+    h = hashlib.sha256()
+    for p in sorted(f for f in root.rglob("*") if f.is_file() and "__pycache__" not in f.parts):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str | None]:
+    """The versions of the libraries that compute the numbers (a new BLAS or solver can move a result)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for dist in ("numpy", "torch", "scikit-learn", "faiss-cpu", "faiss-gpu", "cuml"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
 def _setting(ix, tr_ids, ytr, te_ids, yte, seed: int, ctx: Context) -> dict:
     """Everything a method's result depends on, besides the method: the index snapshot (its parts' checksums),
-    the selected ids and their labels, the seed, the parameters, and the code that computes it."""
+    the selected ids and their labels, the seed, the parameters, and the code that computes it (embedsearch's
+    version and source digest, the numeric libraries' versions)."""
     from importlib.metadata import version
     from pathlib import Path
 
@@ -306,9 +362,10 @@ def _setting(ix, tr_ids, ytr, te_ids, yte, seed: int, ctx: Context) -> dict:
         return h.hexdigest()
 
     prompts = hashlib.sha256(Path(ctx.prompts).read_bytes()).hexdigest() if ctx.prompts else None
-    return {"schema": RESULT_SCHEMA, "embedsearch": version("embedsearch"),
-            "parts": [p.sha256 for p in ix.manifest.parts], "train": digest(tr_ids, ytr), "test": digest(te_ids, yte),
-            "seed": seed, "prompts": prompts, "knn_ks": list(ctx.knn_ks), "knn_t": ctx.knn_t, "svc": ctx.svc}
+    return {"schema": RESULT_SCHEMA, "embedsearch": version("embedsearch"), "code": code_digest(),
+            "libraries": library_versions(), "parts": [p.sha256 for p in ix.manifest.parts],
+            "train": digest(tr_ids, ytr), "test": digest(te_ids, yte), "seed": seed, "prompts": prompts,
+            "knn_ks": list(ctx.knn_ks), "knn_t": ctx.knn_t, "svc": ctx.svc}
 
 
 def setting_key(setting: dict, method: str) -> str:
@@ -384,7 +441,7 @@ def save_result(ix, run: EvalRun, i: int) -> str:
     t = r.model.tensors() if r.model is not None else None
     if t is not None:
         save_probe(ix, r.method, t, {k: r.data[k] for k in ("run_id", "variant", "params", "train", "seed")}
-                   | {"n_classes": len(r.data["classes"])})
+                   | {"n_classes": len(r.data["classes"])}, key=r.data.get("reuse", {}).get("key"))
     ix.layout.reports.mkdir(exist_ok=True)
     p = ix.layout.reports / f"eval-{run.run_id}-{i:02d}-{r.method}.json"
     atomic_write_bytes(p, json.dumps(r.to_dict(), indent=1, default=_np).encode())

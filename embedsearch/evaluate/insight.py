@@ -3,17 +3,23 @@ likely label errors and outliers.
 
 All of it is exact (no approximate index): similarities are float32 dot products of L2-normalized vectors, computed a
 tile at a time so memory stays bounded at millions of vectors. Each finder returns plain arrays; `commit` stores the
-results as columns of the catalog's `items` table, so `sql` and every `--where` can use them.
+results as columns of the catalog's `items` table, so `sql` and every `--where` can use them. Their names carry the
+prefix `insight_` (`insight_dup_rank`, `insight_leak_of`, …), which no source column may take: a manifest column
+`dup_rank` stays the source's own, and a computed column means the same on every index.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from embedsearch.core import progress
+from embedsearch.core.schema import COMPUTED_PREFIX
 from embedsearch.core.vectors import l2_normalize
+
+log = logging.getLogger(__name__)
 
 # The default near-duplicate threshold (cosine). Chosen on a generated calibration set (`scripts/bench_insight.py
 # --calibrate`, seed 1) of planted copies, JPEG re-encodes, crops, shifts, colour jitter and resizes among distinct
@@ -160,7 +166,13 @@ def out_of_fold(x: np.ndarray, y: np.ndarray, n_classes: int, methods=("knn", "l
                 s, i = faiss_topk(bank, l2_normalize(x[te]), k, desc=f"label issues: kNN fold {f + 1}")
                 out["knn"][te] = knn_scores(s, y[tr][i], min(k, len(tr)), n_classes, T)
                 bar.update()
-            if "linear" in methods:
+            if "linear" in methods and len(np.unique(y[tr])) < 2:
+                # the other folds hold one class (the selection's other classes all sit in this fold): a model
+                # fitted on them can only say that class
+                out["linear"][te, y[tr][0]] = 1.0
+                Cs.append(None)
+                bar.update()
+            elif "linear" in methods:
                 predict, params, _ = linear_probe(x[tr], y[tr], n_classes, seed=seed, criterion="log_loss")
                 z = predict(x[te])
                 z = np.exp(z - z.max(axis=1, keepdims=True))
@@ -197,13 +209,29 @@ def _load(ix, where: str | None, what: str, labelled: bool = False):
     return sel, ix.vectors(sel["id"])
 
 
+def column(name: str) -> str:
+    """The catalog column a computed value `name` is stored in (`dup_rank` → `insight_dup_rank`): the prefix no
+    source column can take, so it never replaces a source's own column of that name."""
+    return name if name.startswith(COMPUTED_PREFIX) else COMPUTED_PREFIX + name
+
+
+def stored_columns(ix) -> set[str]:
+    """The computed columns an opened index's catalog holds (those `_commit` created)."""
+    import json
+
+    row = ix.con.execute("SELECT value FROM meta WHERE key = 'computed_columns'").fetchone()
+    return set(json.loads(row[0])) if row else set()
+
+
 def _commit(ix, kind: str, ids: np.ndarray, columns: dict, config: dict) -> str:
-    """Store the columns in the catalog and record the run (kind `insight:KIND`, its parameters)."""
+    """Store the columns in the catalog, each under `column(name)`, and record the run (kind `insight:KIND`, its
+    parameters)."""
     import time
     import uuid
 
     from embedsearch.store.catalog import Catalog
 
+    columns = {column(c): v for c, v in columns.items()}
     run_id = uuid.uuid4().hex[:12]
     t = time.time()
     cat = Catalog(ix.layout.catalog)
@@ -216,8 +244,9 @@ def find_duplicates(ix, where: str | None = None, threshold: float | None = None
                     commit: bool = True, seed: int = 0) -> dict:
     """Groups of near-duplicate items among `where` (cosine ≥ threshold), every pair with its similarity.
 
-    Stored as `dup_group` (the smallest id of the item's group) and `dup_rank` (0 for that item, 1, 2, … for the
-    others in id order; NULL outside any group): `--where "coalesce(dup_rank, 0) = 0"` keeps one item per group."""
+    Stored as `insight_dup_group` (the smallest id of the item's group) and `insight_dup_rank` (0 for that item,
+    1, 2, … for the others in id order; NULL outside any group): `--where "coalesce(insight_dup_rank, 0) = 0"`
+    keeps one item per group."""
     sel, x = _load(ix, where, "duplicates")
     profile = similarity_histogram(x, seed=seed)
     how = "given" if threshold is not None else "auto: widest gap in the nearest-neighbour profile" if auto \
@@ -257,8 +286,8 @@ def find_duplicates(ix, where: str | None = None, threshold: float | None = None
 
 def find_leaks(ix, train: str = "split = 'train'", test: str = "split = 'test'", threshold: float | None = None,
                commit: bool = True) -> dict:
-    """Test items with a near-duplicate in train: each with its most similar train item. Stored as `leak_of` (that
-    train id) and `leak_sim` on the test items (NULL when none)."""
+    """Test items with a near-duplicate in train: each with its most similar train item. Stored as
+    `insight_leak_of` (that train id) and `insight_leak_sim` on the test items (NULL when none)."""
     from embedsearch.core.errors import EvalError
 
     tr, xtr = _load(ix, train, "leaks (train)")
@@ -288,10 +317,29 @@ def find_leaks(ix, train: str = "split = 'train'", test: str = "split = 'test'",
 def find_label_issues(ix, where: str | None = None, methods=("knn", "linear"), n_folds: int = 5, seed: int = 0,
                       commit: bool = True) -> dict:
     """Labelled items ranked by how unlikely their label is under out-of-fold predictions (`out_of_fold`).
-    Stored as `label_issue` (score: 1 − p(given label)) and `suggested_label` (the most probable class)."""
+    Stored as `insight_label_issue` (score: 1 − p(given label)) and `insight_suggested_label` (the most probable
+    class).
+
+    A class with fewer labelled items than folds is warned about (stderr) and recorded in the result
+    (`small_classes`): its items are scored by models that saw only its other items — none for a class of one,
+    whose item then scores near 1 (ranked as a likely error) whatever its image."""
+    from embedsearch.core.errors import EvalError
+
     sel, x = _load(ix, where, "label issues", labelled=True)
     classes = ix.classes()
     y = sel["class_index"]
+    present, counts = np.unique(y, return_counts=True)
+    if len(present) < 2:
+        raise EvalError(f"label issues: `{where or 'all items'}` selects labelled items of one class "
+                        f"({classes[present[0]]!r}); scoring a label needs items of at least 2 classes")
+    small = {classes[c]: int(n) for c, n in zip(present, counts, strict=True) if n < n_folds}
+    for name, n in small.items():
+        log.warning("label issues: class %r has %d labelled item%s, fewer than the %d folds: %s", name, n,
+                    "" if n == 1 else "s", n_folds,
+                    "no model that scores it has seen its class, so its score is near 1 (ranked as a likely label "
+                    "error) whatever its image" if n == 1 else
+                    f"each is scored by models that saw only the other {n - 1} of its class, so its scores are "
+                    "less reliable")
     oof = out_of_fold(x, y, len(classes), methods=tuple(methods), n_folds=n_folds, seed=seed)
     score, sugg = label_issue_scores(oof.probs, y)
     order = np.lexsort((sel["id"], -score))
@@ -299,7 +347,7 @@ def find_label_issues(ix, where: str | None = None, methods=("knn", "linear"), n
              "score": round(float(score[p]), 6), "p_label": round(float(1 - score[p]), 6),
              "p_suggested": round(float(oof.probs[p, sugg[p]]), 6), "split": sel["split"][p], "path": sel["path"][p]}
             for r, p in enumerate(order)]
-    config = {"where": where, "n": len(y), **oof.params,
+    config = {"where": where, "n": len(y), **oof.params, "small_classes": small,
               "score": "1 − out-of-fold p(given label) (cleanlab's self-confidence, reversed: higher = more likely "
                        "mislabelled)"}
     run_id = None
@@ -312,13 +360,19 @@ def find_label_issues(ix, where: str | None = None, methods=("knn", "linear"), n
 
 def find_outliers(ix, where: str | None = None, k: int = 10, commit: bool = True) -> dict:
     """Items ranked by 1 − cosine to their k-th nearest other item among `where` (uniqueness). Stored as
-    `outlier`."""
+    `insight_outlier`. `k` must be below the number of items (the k-th other item must exist)."""
+    from embedsearch.core.errors import EvalError
+
     sel, x = _load(ix, where, "outliers")
+    if not 1 <= k <= len(x) - 1:  # was clamped silently: the scores were another k's than the one recorded
+        raise EvalError(f"outliers: -k {k} needs at least {k + 1} items (each item's {k}-th nearest other item), "
+                        f"but `{where or 'all items'}` selects {len(x)}: use -k between 1 and {len(x) - 1}"
+                        if k >= 1 else f"outliers: -k must be at least 1 (got {k})")
     score = outlier_scores(x, k)
     order = np.lexsort((sel["id"], -score))
     rows = [{"rank": r + 1, "id": int(sel["id"][p]), "score": round(float(score[p]), 6), "label": sel["label"][p],
              "split": sel["split"][p], "path": sel["path"][p]} for r, p in enumerate(order)]
-    config = {"where": where, "k": min(k, len(x) - 1), "n": len(x),
+    config = {"where": where, "k": k, "n": len(x),
               "how": "1 − cosine to the k-th nearest other item (exact float32 search)"}
     run_id = None
     if commit:

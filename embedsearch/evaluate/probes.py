@@ -1,7 +1,11 @@
 """Trained probes saved with an index (safetensors + JSON, no pickles) and applied to new images by `classify`.
 
 A probe is a fitted variant's `tensors()`; loading gives back the same `Fitted` (evaluate/methods), so `classify`
-scores with the code that produced the eval numbers."""
+scores with the code that produced the eval numbers.
+
+probes/METHOD.* is the probe of the latest eval run of METHOD; a copy is kept per setting (probes/METHOD@KEY.*, the
+eval reuse key, the newest KEEP_SETTINGS of each method), so a run that reuses an earlier setting's result puts that
+setting's probe back instead of leaving another selection's in place."""
 
 from __future__ import annotations
 
@@ -14,14 +18,18 @@ from embedsearch.core.errors import QueryError
 from embedsearch.evaluate.methods import REGISTRY
 
 PROBES = ("prototypes", "linear", "svc", "mlp")
+KEEP_SETTINGS = 8  # per method, the probes of this many settings are kept for reuse (the newest)
 
 
-def _paths(ix, method):
+def _paths(ix, method, key: str | None = None):
     d = ix.layout.probes
-    return d, d / f"{method}.safetensors", d / f"{method}.json"
+    stem = method if key is None else f"{method}@{key}"
+    return d, d / f"{stem}.safetensors", d / f"{stem}.json"
 
 
-def save_probe(ix, method: str, tensors: dict[str, np.ndarray], meta: dict) -> None:
+def save_probe(ix, method: str, tensors: dict[str, np.ndarray], meta: dict, key: str | None = None) -> None:
+    """probes/METHOD.*, and with `key` (the eval reuse key of the result it belongs to) the same as
+    probes/METHOD@KEY.* for a later run that reuses that result."""
     from safetensors.numpy import save_file
 
     from embedsearch.core.files import atomic_path, atomic_write_bytes, file_sha256
@@ -31,9 +39,49 @@ def save_probe(ix, method: str, tensors: dict[str, np.ndarray], meta: dict) -> N
     with atomic_path(st) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
         sha = file_sha256(tmp)
-    atomic_write_bytes(js, json.dumps({**meta, "method": method, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                       "weights_sha256": ix.manifest.space.weights_sha256, "sha256": sha},
-                                      indent=1, default=str).encode())
+    record = json.dumps({**meta, "method": method, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                         "weights_sha256": ix.manifest.space.weights_sha256, "sha256": sha, "setting_key": key},
+                        indent=1, default=str).encode()
+    atomic_write_bytes(js, record)
+    if key is not None:
+        _, kst, kjs = _paths(ix, method, key)
+        atomic_write_bytes(kst, st.read_bytes())
+        atomic_write_bytes(kjs, record)
+        kept = sorted(d.glob(f"{method}@*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in kept[KEEP_SETTINGS:]:
+            old.with_suffix(".safetensors").unlink(missing_ok=True)
+            old.unlink(missing_ok=True)
+
+
+def has_probe(ix, method: str, key: str) -> bool:
+    """Whether the probe saved for this setting is still there (plain files, not links)."""
+    _, st, js = _paths(ix, method, key)
+    return all(p.is_file() and not p.is_symlink() for p in (st, js))
+
+
+def restore_probe(ix, method: str, key: str) -> None:
+    """Make the probe saved for setting `key` the method's current one (a reused eval result brings its own)."""
+    import os
+
+    from embedsearch.core.files import atomic_write_bytes
+
+    _, st, js = _paths(ix, method)
+    _, kst, kjs = _paths(ix, method, key)
+    os.utime(kjs, follow_symlinks=False)  # used again: the newest, for the pruning in save_probe
+    if (st.is_file() and js.is_file() and not st.is_symlink() and not js.is_symlink()
+            and js.read_bytes() == kjs.read_bytes() and st.read_bytes() == kst.read_bytes()):
+        return  # already the current one
+    atomic_write_bytes(st, kst.read_bytes())
+    atomic_write_bytes(js, kjs.read_bytes())
+
+
+def drop_probe(ix, method: str) -> None:
+    """Remove the method's current probe: the latest run has no result it belongs to (skipped, or a variant that
+    is not saved), and `classify` must not apply an older selection's."""
+    _, st, js = _paths(ix, method)
+    for p in (st, js):  # the tensors first: a reader in between is told there is no probe, not a damaged one
+        if p.exists() or p.is_symlink():
+            p.unlink()
 
 
 def load_probe(ix, method: str):

@@ -135,10 +135,12 @@ class Embedder:
             if not os.access(root, os.R_OK | os.X_OK) or not Path(root).is_dir():
                 problems.append(f"the dataset root {root} is not readable")
             elif sample is not None:
+                from embedsearch.sources.hf_dataset import row_split
                 from embedsearch.sources.webdataset import member_split
 
                 f = Path(root) / sample
-                inside = None if f.exists() else member_split(f)  # a shard member: the shard must be readable
+                # a shard member or a dataset row: its file must be readable
+                inside = None if f.exists() else (member_split(f) or row_split(f))
                 f = inside[0] if inside else f
                 if not os.access(f, os.R_OK):
                     problems.append(f"{f} is not readable")

@@ -4,13 +4,12 @@ self-contained HTML page plus the PNGs."""
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import numpy as np
 
 from embedsearch.core.errors import SpecError
-from embedsearch.report.html import page, to_data_uri
+from embedsearch.report.html import esc, page, to_data_uri
 
 N_CHANNELS = 16
 
@@ -131,13 +130,13 @@ def inspect_image(image: str, spec: str, out_html: str | Path, *, weights: str |
 
     def figure(img, caption):
         return (f"<figure style='display:inline-block;margin:4px'><img src='{to_data_uri(img, 96)}' width=96>"
-                f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+                f"<figcaption>{esc(caption)}</figcaption></figure>")
 
-    body = [f"<p>{html.escape(spec)} ({html.escape(str(bb.info.get('weights')))}), {bb.dim}-d embedding; image "
-            f"{html.escape(str(image))}</p>",
+    body = [f"<p>{esc(spec)} ({esc(str(bb.info.get('weights')))}), {bb.dim}-d embedding; image "
+            f"{esc(str(image))}</p>",
             "<h2>the input as the model sees it (after preprocessing)</h2>",
             f"<img src='{to_data_uri(seen, 224)}' width=224>",
-            f"<h2>the {len(tiles)} strongest of {len(fmap)} channels of {html.escape(name)} "
+            f"<h2>the {len(tiles)} strongest of {len(fmap)} channels of {esc(name)} "
             f"({fmap.shape[1]}×{fmap.shape[2]})</h2>",
             "".join(figure(t, f"channel {c}") for c, t in zip(strongest.tolist(), tiles, strict=True))]
     if heads:

@@ -34,14 +34,24 @@ class Snapshot:
     key: str  # names the snapshot in every response
     thumbs: Thumbnails
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _columns: int | None = None
 
     @classmethod
-    def open(cls, layout_dir: Path) -> Snapshot:
+    def open(cls, layout_dir: Path, image_roots: tuple[str, ...] = ()) -> Snapshot:
         ix = Index.open(str(layout_dir) + os.sep)
         m = ix.manifest
         parts = ",".join(f"{p.number}:{p.sha256}" for p in m.parts)
         key = f"{m.faiss.ntotal if m.faiss else 0}-{hashlib.sha256(parts.encode()).hexdigest()[:12]}"
-        return cls(ix=ix, key=key, thumbs=Thumbnails(ix))
+        # images only from the folders the person named (--image-root) or indexed from, never from one the
+        # manifest names on its own (see Thumbnails)
+        return cls(ix=ix, key=key, thumbs=Thumbnails(ix, image_roots=image_roots))
+
+    def columns(self) -> int:
+        """How many catalog columns each hit carries (what a response costs per hit)."""
+        if self._columns is None:
+            with self.lock:
+                self._columns = len(self.ix.con.execute("DESCRIBE items").fetchall())
+        return self._columns
 
 
 def _stamp(path: Path):
@@ -56,12 +66,12 @@ class Served:
     """One index name: its current snapshot, reopened when the manifest file changes and the new state opens
     cleanly (a repair in progress, or a half-written state, keeps the old snapshot serving)."""
 
-    def __init__(self, name: str, layout_dir: Path):
-        self.name, self.dir = name, layout_dir
+    def __init__(self, name: str, layout_dir: Path, image_roots: tuple[str, ...] = ()):
+        self.name, self.dir, self.image_roots = name, layout_dir, image_roots
         self._swap = threading.Lock()
         self._checked = 0.0
         self._stamp = _stamp(layout_dir / "manifest.json")
-        self.current = Snapshot.open(layout_dir)
+        self.current = Snapshot.open(layout_dir, image_roots)
 
     def recheck(self) -> None:
         """Look at the manifest again on the next request, whatever the time since the last look."""
@@ -82,7 +92,7 @@ class Served:
 
     def _reopen(self, stamp) -> None:
         try:
-            snap = Snapshot.open(self.dir)
+            snap = Snapshot.open(self.dir, self.image_roots)
         except EmbedsearchError as e:  # e.g. a repair in progress: keep answering from the last snapshot
             log.warning("%s: keeping snapshot %s (%s)", self.name, self.current.key, e)
             return
@@ -97,10 +107,12 @@ class Served:
 class Registry:
     """The indexes a server may answer for: the names it was started with, or every index under the root (looked
     up again for a name it does not know yet). A name is only ever a key here, never joined to a path from a
-    request."""
+    request. `image_roots`: folders whose images may be served (`serve --image-root`), besides those the user
+    indexed from."""
 
-    def __init__(self, root: Path, names: list[str] | None = None):
+    def __init__(self, root: Path, names: list[str] | None = None, image_roots=()):
         self.root, self.fixed = root, list(names or [])
+        self.image_roots = tuple(str(r) for r in image_roots)
         self._served: dict[str, Served] = {}
         self._lock = threading.Lock()
         for n in self.fixed:
@@ -120,7 +132,7 @@ class Registry:
             if name in self._served:
                 return self._served[name]
             try:
-                s = Served(name, self.root / name)
+                s = Served(name, self.root / name, self.image_roots)
             except EmbedsearchError:
                 if must:
                     raise

@@ -5,8 +5,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import os
 import pickle
 import re
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from embedsearch.core.errors import SourceError
+from embedsearch.core.schema import COMPUTED_PREFIX
 from embedsearch.sources.images import IMAGE_EXTENSIONS
 from embedsearch.sources.specs import SourceSpec, parse_source
 
@@ -270,9 +273,9 @@ def _folder(s: SourceSpec, *, label_regex=None, **_) -> Source:
     top = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     has_splits = bool(top) and all(p.name.lower() in SPLIT_DIRS for p in top)
     recs: list[Record] = []
-    unmatched, not_utf8 = 0, []
-    for f in sorted(root.rglob("*")):
-        if f.suffix.lower() not in IMAGE_EXTENSIONS or any(part.startswith(".") for part in f.relative_to(root).parts):
+    unmatched, not_utf8, loops = 0, [], []
+    for f in _walk(root, loops):
+        if f.suffix.lower() not in IMAGE_EXTENSIONS:
             continue
         rel = f.relative_to(root).as_posix()
         try:
@@ -293,6 +296,10 @@ def _folder(s: SourceSpec, *, label_regex=None, **_) -> Source:
         raise SourceError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}"
                           + (f" with UTF-8 names ({len(not_utf8)} others, e.g. {not_utf8[0]})" if not_utf8 else ""))
     notes = []
+    if loops:
+        notes.append(f"skipped {len(loops)} symlinked folders that lead back to a folder above them (a loop), e.g. "
+                     f"{loops[0]}")
+        log.warning(notes[-1])
     if not_utf8:
         notes.append(f"skipped {len(not_utf8)} files whose names are not valid UTF-8 (e.g. {not_utf8[0]}): rename "
                      "them (convmv -f latin1 -t utf8) to index them")
@@ -302,6 +309,39 @@ def _folder(s: SourceSpec, *, label_regex=None, **_) -> Source:
     _check_unique_ids(recs, root)
     classes = sorted({r.label for r in recs if r.label is not None})
     return Source(s.raw, "folder", root, recs, classes, notes=notes)
+
+
+def _walk(root: Path, loops: list[str]) -> list[Path]:
+    """Every file below `root` whose path has no hidden part, in path order, symlinks followed: an ImageNet-style copy
+    links its images, or its class folders, to shared storage. A linked folder that leads back to one of the folders
+    above it (a loop) is left out and named in `loops`; a link to a file that is missing or loops is listed, and fails
+    with its reason when read."""
+    out: list[Path] = []
+
+    def visit(d: Path, above: frozenset) -> None:
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as e:
+            log.warning("cannot list %s (%s); its images are left out", d, e.strerror or e)
+            return
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
+                # follows links; the type of a plain file comes with the listing (no stat per image)
+                is_dir = e.is_dir() and stat.S_ISDIR((st := os.stat(e.path)).st_mode)
+            except OSError:  # a link loop: a file that fails with its reason when read
+                is_dir = False
+            if not is_dir:
+                out.append(Path(e.path))
+            elif (st.st_dev, st.st_ino) in above:
+                loops.append(Path(e.path).relative_to(root).as_posix())
+            else:
+                visit(Path(e.path), above | {(st.st_dev, st.st_ino)})
+
+    st = os.stat(root)
+    visit(root, frozenset({(st.st_dev, st.st_ino)}))
+    return out
 
 
 def _check_unique_ids(recs: list[Record], where) -> None:
@@ -342,6 +382,10 @@ def read_manifest_table(path: Path):
 
 
 MANIFEST_FIELDS = ("id", "path", "label", "split")
+# The catalog's own columns (store.catalog.BASE_COLUMNS), spelled here because sources sit below the store: a source
+# column must not take one of these names.
+CATALOG_COLUMNS = ("id", "path", "label", "class_index", "split", "part", "status", "stage", "error_type", "error",
+                   "width", "height")
 
 
 def manifest_columns(cols: list[str], where: str) -> dict[str, str]:
@@ -349,8 +393,6 @@ def manifest_columns(cols: list[str], where: str) -> dict[str, str]:
     label: the catalog's SQL does not tell `Label` from `label`, so a second column spelled so would be stored
     renamed and the items unlabelled). Two columns that SQL cannot tell apart — `label` and `Label`, `score` and
     `SCORE`, a column named like a catalog column (`Status`) — are refused with one line naming them."""
-    from embedsearch.store.catalog import BASE_COLUMNS
-
     by_name: dict[str, list[str]] = {}
     for c in cols:
         by_name.setdefault(c.lower(), []).append(c)
@@ -361,8 +403,11 @@ def manifest_columns(cols: list[str], where: str) -> dict[str, str]:
         if len(same) > 1:
             raise SourceError(f"{where}: columns {same[0]!r} and {same[1]!r} differ only in case, which the "
                               "catalog's SQL cannot tell apart; rename one")
-        if low in BASE_COLUMNS and low not in MANIFEST_FIELDS:
+        if low in CATALOG_COLUMNS and low not in MANIFEST_FIELDS:
             raise SourceError(f"{where}: column {same[0]!r} has the name of the catalog column {low!r}; rename it")
+        if low.startswith(COMPUTED_PREFIX):
+            raise SourceError(f"{where}: column {same[0]!r}: names starting with {COMPUTED_PREFIX!r} are kept for "
+                              "what the insight commands compute; rename it")
     return {f: by_name[f][0] for f in MANIFEST_FIELDS if f in by_name}
 
 
@@ -383,6 +428,7 @@ def _manifest(s: SourceSpec, *, root=None, label_regex=None, require_paths=True,
     data = table.to_pylist()
     extra = [c for c in cols if c not in MANIFEST_FIELDS]
     recs: list[Record] = []
+    fulls: list[str | None] = []  # each record's file, absolute: decides the root
     seen_paths: dict[str, int] = {}
     first_line = 2 if path.suffix.lower() == ".csv" else 1  # CSV: line numbers after the header; Parquet: rows
     for row_index, row in enumerate(data):
@@ -392,7 +438,9 @@ def _manifest(s: SourceSpec, *, root=None, label_regex=None, require_paths=True,
         if require_paths and (p is None or str(p).strip() == ""):
             raise SourceError(f"{where}: empty {field_col['path']!r}")
         p = None if p is None else str(p).strip()
+        full = None
         if p is not None:
+            p, full = manifest_path(p, base, where)
             if p in seen_paths:
                 raise SourceError(f"{where}: duplicate path {p!r} (first on {seen_paths[p]})")
             seen_paths[p] = line
@@ -405,7 +453,8 @@ def _manifest(s: SourceSpec, *, root=None, label_regex=None, require_paths=True,
                 raise SourceError(f"{where}: column {field_col['id']!r} value {row['id']!r} is not a non-negative "
                                   "int64") from None
         elif p is not None:
-            rid = path_id(Path(p).as_posix())
+            # a relative path keeps the id it always had; an absolute one (or a file:// URI) is the file's own
+            rid = path_id(full if os.path.isabs(p) else Path(p).as_posix())
         else:  # neither id nor path (vectors imported by row order): the row's 0-based position, never negative
             rid = row_index
         label = row.get("label")
@@ -415,9 +464,56 @@ def _manifest(s: SourceSpec, *, root=None, label_regex=None, require_paths=True,
         split = row.get("split")
         split = None if split is None or str(split) == "" else SPLIT_DIRS.get(str(split).lower(), str(split))
         recs.append(Record(id=rid, label=label, split=split, path=p, meta={c: row[c] for c in extra}))
+        fulls.append(full)
     _check_unique_ids(recs, f"manifest {path} column {field_col['id']!r}" if "id" in cols else f"manifest {path}")
     classes = sorted({r.label for r in recs if r.label is not None})
-    return Source(s.raw, "manifest", base, recs, classes)
+    root, notes = _manifest_root(base, recs, fulls, path)
+    return Source(s.raw, "manifest", root, recs, classes, notes=notes)
+
+
+def manifest_path(text: str, base: Path, where: str) -> tuple[str, str]:
+    """A manifest's path cell → (the path to record, the absolute normalised path of the file). Absolute paths and
+    `file://` URIs (percent-decoded) name the file itself, `~` is the user's home, anything else is relative to `base`
+    (--data-root, else the manifest's folder). The list is the user's own: it may name files anywhere."""
+    from urllib.parse import unquote, urlsplit
+
+    m = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", text)
+    if m and m.group(1).lower() == "file":
+        u = urlsplit(text)
+        if u.netloc not in ("", "localhost"):
+            raise SourceError(f"{where}: {text!r} names a file on host {u.netloc!r}; only local files "
+                              "(file:///PATH) can be read")
+        text = unquote(u.path)
+    elif m:
+        raise SourceError(f"{where}: {text!r} is a {m.group(1)}:// URL; embedsearch reads local files only "
+                          "(download or mount them, then list their paths)")
+    if text.startswith("~"):
+        text = os.path.expanduser(text)
+    full = os.path.normpath(text if os.path.isabs(text) else os.path.abspath(os.path.join(base, text)))
+    return (full if os.path.isabs(text) else text), full
+
+
+def _manifest_root(base: Path, recs: list[Record], fulls: list[str | None], manifest: Path
+                   ) -> tuple[Path | None, list[str]]:
+    """The dataset root a manifest's items are read through (and thumbnails later, within the folders this user
+    indexed from): `base` when every path is relative and stays in it, as it always was; else the folder all the
+    files share, the narrowest one, with every path recorded absolute, so an `--add` that widens the root leaves
+    the recorded paths valid. Files with nothing in common but the filesystem root get no root at all (a root of /
+    would let any index's images be served)."""
+    from embedsearch.core.trust import within
+
+    listed = [(r, f) for r, f in zip(recs, fulls) if f is not None]
+    if all(not os.path.isabs(r.path) and within(f, [base]) for r, f in listed):
+        return base, []
+    for r, f in listed:
+        r.path = f
+    common = os.path.commonpath([os.path.dirname(f) for _, f in listed])
+    if os.path.dirname(common) == common:  # `/` (or a drive): no folder in common
+        note = (f"manifest {manifest}: its files share no folder but {common} (e.g. {listed[0][1]}); no dataset "
+                "root is recorded, so reports and the server show no thumbnails of them")
+        log.warning(note)
+        return None, [note]
+    return Path(common), []
 
 
 def _webdataset(s: SourceSpec, **_) -> Source:
@@ -428,5 +524,13 @@ def _webdataset(s: SourceSpec, **_) -> Source:
     return Source(s.raw, "webdataset", root, recs, classes, notes=notes)
 
 
+def _hf_dataset(s: SourceSpec, **_) -> Source:
+    from embedsearch.sources.hf_dataset import read_hf_dataset
+
+    root, recs, classes, notes = read_hf_dataset(s.location)
+    _check_unique_ids(recs, s.raw)
+    return Source(s.raw, "hf-dataset", root, recs, classes, notes=notes)
+
+
 _READERS = {"digits": _digits, "mnist": _mnist, "cifar10": _cifar, "cifar100": _cifar,
-            "folder": _folder, "manifest": _manifest, "webdataset": _webdataset}
+            "folder": _folder, "manifest": _manifest, "webdataset": _webdataset, "hf-dataset": _hf_dataset}

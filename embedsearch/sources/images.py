@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import warnings
@@ -24,23 +25,27 @@ class ImageLoadError(Exception):
 
 
 def check_path(path: Path, root: Path | None) -> None:
-    """Refuse paths that escape the dataset root (also through symlinks) or are not regular files."""
+    """Refuse paths that leave the dataset root as written (`..`, an absolute path elsewhere), symlink loops, and what
+    is not a regular file. Symlinks are followed wherever they point: a dataset folder whose images (or class
+    folders) link to shared storage, as ImageNet copies often are, is the user's own layout, and the root only
+    guards against a path that names a file outside it (core/trust.py's rule, which the server shares)."""
+    from embedsearch.core.trust import within
+
+    if root is not None and not within(path, [root]):
+        raise ImageLoadError("path", "OutsideRoot", f"{path} lies outside the dataset root {root}")
     try:
-        real = path.resolve(strict=True)
+        st = os.stat(path)  # follows links
     except FileNotFoundError:
+        if os.path.islink(path):
+            raise ImageLoadError("path", "FileNotFoundError",
+                                 f"broken symlink: {path} → {os.readlink(path)} does not exist") from None
         raise ImageLoadError("path", "FileNotFoundError", f"no such file: {path}") from None
-    except RuntimeError as e:  # symlink loop
-        raise ImageLoadError("path", "SymlinkLoop", f"symlink loop at {path}: {e}") from None
     except OSError as e:
-        raise ImageLoadError("path", type(e).__name__, f"{path}: {e}") from None
-    if root is not None:
-        root_real = root.resolve()
-        if real != root_real and root_real not in real.parents:
-            raise ImageLoadError("path", "OutsideRoot", f"{path} resolves outside the dataset root {root}")
-    try:
-        st = os.stat(real)
-    except OSError as e:
-        raise ImageLoadError("path", type(e).__name__, f"{path}: {e}") from None
+        if e.errno == errno.ELOOP:
+            raise ImageLoadError("path", "SymlinkLoop", f"symlink loop at {path}") from None
+        raise ImageLoadError("path", type(e).__name__, f"{path}: {e.strerror or e}") from None
+    except ValueError as e:  # a NUL byte in a manifest's path
+        raise ImageLoadError("path", "BadPath", f"{path!r}: {e}") from None
     if not stat.S_ISREG(st.st_mode):  # directories named x.jpg, FIFOs (would block), devices
         raise ImageLoadError("path", "NotAFile", f"{path} is not a regular file")
     if st.st_size == 0:
@@ -80,13 +85,20 @@ def load_image(path: str | os.PathLike, root: Path | None = None, member: tuple[
     """Open `path` as RGB with EXIF orientation applied; raise ImageLoadError with a reason otherwise. A path below a
     regular `.tar` file (`SHARD.tar/KEY.jpg`) is that shard's member, the one its vector came from (the first of its
     name); `member` = (data offset, size) reads it with one seek, else the shard's member index does (its headers
-    are read once per process, not once per image)."""
+    are read once per process, not once per image). A path below a regular `.arrow`/`.parquet` file
+    (`FILE.arrow/COLUMN/ROW`) is that row's image in a Hugging Face dataset."""
     import io
 
+    from embedsearch.sources.hf_dataset import read_row_image, row_split
     from embedsearch.sources.webdataset import member_split, read_member
 
     p = Path(path)
-    inside = None if p.exists() else member_split(p)
+    plain = p.exists() or p.is_symlink()  # a broken link or a loop is a file that fails with its reason
+    row = None if plain else row_split(p)
+    if row is not None:  # FILE.arrow/COLUMN/ROW: a row of a Hugging Face dataset (sources/hf_dataset.py)
+        check_path(row[0], root)
+        return decode_image(io.BytesIO(read_row_image(*row)), str(p))
+    inside = None if plain else member_split(p)
     if inside is None:
         check_path(p, root)
         return decode_image(p, str(p))

@@ -1,5 +1,5 @@
-"""Source spec strings (`digits`, `mnist:DIR`, `cifar10:DIR`, `cifar100:DIR`, a folder, a manifest), parsed in exactly
-one place; an unknown one lists the valid kinds."""
+"""Source spec strings (`digits`, `mnist:DIR`, `cifar10:DIR`, `cifar100:DIR`, `hf-dataset:DIR`, a folder, a manifest,
+webdataset shards), parsed in exactly one place; an unknown one lists the valid kinds."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ SOURCE_KINDS = {
     "manifest": "FILE.csv|FILE.parquet  a manifest with a `path` column (+ optional id, label, split, metadata)",
     "webdataset": "SHARDS.tar             webdataset shards: a.tar,b.tar or a brace pattern, e.g. "
                   "'shards/{00000..00127}.tar' (KEY.jpg + KEY.txt/.json/.cls)",
+    "hf-dataset": "hf-dataset:DIR         a Hugging Face `datasets` dataset: a save_to_disk folder, the Hub's Parquet "
+                  "layout (data/train-00000-of-00001.parquet), the datasets cache, or OWNER/NAME in the hub cache; "
+                  "options DIR?split=test&label=COL&image=COL&config=NAME",
 }
 
 
@@ -35,10 +38,16 @@ def _valid(kinds: dict[str, str]) -> str:
 
 
 def parse_source(spec: str) -> SourceSpec:
-    """Parse `digits`, `mnist:DIR`, `cifar10:DIR`, `cifar100:DIR`, a folder, a manifest file or .tar shards."""
+    """Parse `digits`, `mnist:DIR`, `cifar10:DIR`, `cifar100:DIR`, `hf-dataset:DIR`, a folder, a manifest file or .tar
+    shards."""
     spec = spec.strip()
     if spec == "digits":
         return SourceSpec("digits", None, raw=spec)
+    if spec.startswith("hf-dataset:"):
+        rest = spec[len("hf-dataset:"):]
+        if not rest.strip():
+            raise SpecError(f"source {spec!r} needs a directory: hf-dataset:DIR (or OWNER/NAME in the hub cache)")
+        return SourceSpec("hf-dataset", rest, raw=spec)
     from embedsearch.sources.webdataset import looks_like_shards
 
     if looks_like_shards(spec):

@@ -24,6 +24,7 @@ from collections import OrderedDict
 from pathlib import Path, PurePosixPath
 
 from embedsearch.core.errors import SourceError
+from embedsearch.core.schema import COMPUTED_PREFIX
 from embedsearch.sources.images import IMAGE_EXTENSIONS, ImageLoadError
 
 log = logging.getLogger(__name__)
@@ -320,7 +321,8 @@ def _json_fields(text: str | None, where: str) -> dict:
     out = {}
     for k, v in obj.items():
         name = re.sub(r"\W", "_", str(k)) or "field"
-        name = f"json_{name}" if name.lower() in _RESERVED else name  # SQL names are not case-sensitive
+        # SQL names are not case-sensitive; `insight_` is kept for computed columns (store/catalog.py)
+        name = f"json_{name}" if name.lower() in _RESERVED or name.lower().startswith(COMPUTED_PREFIX) else name
         out[name] = v if v is None or isinstance(v, (str, int, float, bool)) else json.dumps(v)
     return out
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from embedsearch.core.errors import IndexStateError, QueryError
+from embedsearch.core.errors import IndexStateError, QueryError, SourceError
 from embedsearch.core.files import crash_point
+from embedsearch.core.schema import COMPUTED_PREFIX
 
 SCHEMA_VERSION = 1
 BASE_COLUMNS = ("id", "path", "label", "class_index", "split", "part", "status", "stage", "error_type", "error",
@@ -138,6 +139,11 @@ class Catalog:
             clash = [c for c in meta_cols if c in BASE_COLUMNS]
             if clash:
                 raise QueryError(f"source column {clash[0]!r} collides with a catalog column; rename it")
+            reserved = [c for c in meta_cols if c.lower().startswith(COMPUTED_PREFIX)]
+            if reserved:
+                raise SourceError(f"source column {reserved[0]!r}: names starting with {COMPUTED_PREFIX!r} are "
+                                  "reserved for the columns embedsearch computes (duplicates, leaks, label-issues, "
+                                  "outliers, map); rename the column")
             cols = {
                 "id": pa.array([r.id for r in records], pa.int64()),
                 "path": pa.array([r.path for r in records], pa.string()),
@@ -202,21 +208,34 @@ class Catalog:
                          json.dumps(summary, default=str)])
 
     def set_columns(self, ids: np.ndarray, columns: dict[str, tuple[str, list]]) -> None:
-        """Derived per-item columns (`duplicates`, `leaks`, `label-issues`, `outliers`) in one transaction: each
-        column is added to `items` when missing, and set for `ids` (None → NULL), so `sql` and `--where` see it.
-        Column names and types come from embedsearch, never from a user."""
+        """Derived per-item columns (`duplicates`, `leaks`, `label-issues`, `outliers`, `map`) in one transaction:
+        each column is added to `items` when missing, and set for `ids` (None → NULL), so `sql` and `--where` see
+        it. Names carry COMPUTED_PREFIX, which no source column can have, and are recorded in `meta` as computed:
+        a column of that name that embedsearch did not create (an index built before the prefix was reserved) is
+        refused, never overwritten. Column names and types come from embedsearch, never from a user."""
         import pyarrow as pa
 
         for c in columns:
-            if not re.fullmatch(r"[a-z_]+", c):
+            if not re.fullmatch(COMPUTED_PREFIX + r"[a-z0-9_]+", c):
                 raise ValueError(c)
         upd = pa.table({"id": pa.array(np.asarray(ids, np.int64)),  # noqa: F841 — used in SQL
                         **{c: pa.array(v) for c, (_, v) in columns.items()}})
         with self.write() as con:
+            have = {r[0].lower(): r[0] for r in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'items'").fetchall()}
+            row = con.execute("SELECT value FROM meta WHERE key = 'computed_columns'").fetchone()
+            computed = set(json.loads(row[0])) if row else set()
+            for c in columns:
+                if c in have and c not in computed:
+                    raise IndexStateError(f"catalog {self.path}: column {have[c]!r} of items came from the source, "
+                                          "and embedsearch does not overwrite a source's column; rename it in the "
+                                          "source and rebuild the index")
             for c, (t, _) in columns.items():
                 con.execute(f"ALTER TABLE items ADD COLUMN IF NOT EXISTS {c} {t}")
             sets = ", ".join(f"{c} = CAST(upd.{c} AS {t})" for c, (t, _) in columns.items())
             con.execute(f"UPDATE items SET {sets} FROM upd WHERE items.id = upd.id")
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('computed_columns', ?)",
+                        [json.dumps(sorted(computed | set(columns)))])
 
     def add_result(self, run_id: str, method: str, schema_version: int, result: dict) -> None:
         with self.write() as con:
@@ -286,6 +305,12 @@ def check_select(sql: str) -> None:
         raise QueryError(f"only SELECT statements are allowed (got {stmts[0].type.name})")
 
 
+# the columns each insight command stores (without COMPUTED_PREFIX), for the hint when one is named without it
+_COMPUTED_NAMES = {"dup_group": "embedsearch duplicates", "dup_rank": "embedsearch duplicates",
+                   "leak_of": "embedsearch leaks", "leak_sim": "embedsearch leaks",
+                   "label_issue": "embedsearch label-issues", "suggested_label": "embedsearch label-issues",
+                   "outlier": "embedsearch outliers",
+                   **{f"map_{m}_{a}": "embedsearch map" for m in ("umap", "pca", "tsne") for a in "xy"}}
 _LITERAL = re.compile(r"'(?:[^']|'')*'")
 
 
@@ -328,10 +353,20 @@ def select_ids(con, where: str | None, columns: str = "id", scope: str | None = 
         page = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
         return con.execute(sql + " ORDER BY id" + page).fetchall()
     except duckdb.BinderException as e:
-        m = re.search(r'column "?([^"\s]+)"? not found', str(e), re.I) or re.search(r'"([^"]+)"', str(e))
+        # only a missing column is "unknown column"; any other binder error (a type mismatch: `split + 1`,
+        # `coalesce(text_column, 0)`) is DuckDB's own first line, which names the operator and the types
+        m = (re.search(r'column "([^"]+)" not found', str(e), re.I)
+             or re.search(r'does not have a column named "([^"]+)"', str(e), re.I))
+        if m is None:
+            raise QueryError(f"--where {where!r}: {str(e).splitlines()[0].removeprefix('Binder Error: ')[:200]}"
+                             ) from None
         cols = [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
                                           "WHERE table_name = 'items' ORDER BY ordinal_position").fetchall()]
-        name = m.group(1) if m else "?"
-        raise QueryError(f"--where {where!r}: unknown column {name!r}; columns: {', '.join(cols)}") from None
+        name = m.group(1)
+        hint = ""
+        if not name.lower().startswith(COMPUTED_PREFIX) and name.lower() in _COMPUTED_NAMES:
+            hint = (f" (`{_COMPUTED_NAMES[name.lower()]}` stores it as {COMPUTED_PREFIX}{name.lower()}: computed "
+                    f"columns carry the prefix {COMPUTED_PREFIX!r})")
+        raise QueryError(f"--where {where!r}: unknown column {name!r}{hint}; columns: {', '.join(cols)}") from None
     except duckdb.Error as e:
         raise QueryError(f"--where {where!r}: {str(e).splitlines()[0][:200]}") from None

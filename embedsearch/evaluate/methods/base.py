@@ -179,9 +179,20 @@ def holdout_split(y: np.ndarray, frac: float = HOLDOUT, seed: int = 0) -> tuple[
     return np.sort(np.concatenate(fit)), np.sort(np.concatenate(held))
 
 
+def one_class(y: np.ndarray, method: str) -> None:
+    """Refuse a train selection of one class: a classifier trained on it has nothing to tell apart (scikit-learn's
+    SVC raised a traceback; the others chose their hyper-parameters on a held-out part they trivially got right)."""
+    present = np.unique(y)
+    if len(present) < 2:
+        raise EvalError(f"{method}: the train selection has items of {len(present)} class"
+                        f"{'' if len(present) == 1 else 'es'}; a classifier needs at least 2 (prototypes and kNN "
+                        "still run)")
+
+
 def heldout(y: np.ndarray, seed: int, method: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """`holdout_split`, refusing a split with nothing held out (every class has one train item: a parameter
     chosen on it would be chosen on nothing); returns (fit, held, a record of the split for the params)."""
+    one_class(y, method)
     fit, held = holdout_split(y, seed=seed)
     counts = np.bincount(y)
     singles = int((counts == 1).sum())

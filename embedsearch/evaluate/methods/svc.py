@@ -16,7 +16,7 @@ import numpy as np
 
 from embedsearch.core.errors import EvalError
 from embedsearch.core.vectors import standardize
-from embedsearch.evaluate.methods.base import Fitted, Method, Skipped, heldout, register
+from embedsearch.evaluate.methods.base import Fitted, Method, Skipped, heldout, one_class, register
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ def exact_rbf_svc(xtr, ytr):
     """SVC(kernel="rbf", gamma="scale", C=1) on standardized features, as in the notebooks (cuML's on a GPU when
     installed). Returns (predict(q, n_classes), params)."""
     n_cls = len(np.unique(ytr))
+    one_class(ytr, "RBF SVC")
     if n_cls > SVC_MAX_CLASSES:
         raise EvalError(f"RBF SVC is one-vs-one: {n_cls} classes need {n_cls * (n_cls - 1) // 2:,} binary SVMs "
                         f"and as many decision values per item (run up to {SVC_MAX_CLASSES} classes); use the "
@@ -128,6 +129,7 @@ def nystroem_svc(xtr, ytr, seed: int, landmarks: int = NYSTROEM_LANDMARKS):
     `landmarks` seeded train items (sklearn's Nystroem), then `linear_svm` on them. Returns (predict, params)."""
     from sklearn.kernel_approximation import Nystroem
 
+    one_class(ytr, "Nyström SVC")
     Xs, mean, scale = standardize(xtr)
     gamma = 1.0 / (Xs.shape[1] * float(np.mean(np.var(Xs, axis=0, dtype=np.float64))))  # "scale": 1 / (d·Var X)
     m = min(landmarks, len(Xs))

@@ -1,4 +1,6 @@
 // The embedsearch page: plain JavaScript over the /v1 API. Its state (index, query, where, paging) is the URL.
+// Everything an index holds (labels, paths, names) is shown through textContent and DOM properties, never innerHTML
+// or markup built from strings, and goes into URLs through encodeURIComponent.
 "use strict";
 const $ = (id) => document.getElementById(id);
 const PAGE = 24;
@@ -20,7 +22,9 @@ function go(changes, push = true) {
 }
 
 async function api(path, options) {
-  const r = await fetch(path, Object.assign({credentials: "same-origin"}, options || {}));
+  const o = Object.assign({credentials: "same-origin"}, options || {});
+  o.headers = Object.assign({"X-Embedsearch": "1"}, o.headers || {});  // the server refuses a POST without it
+  const r = await fetch(path, o);
   let body;
   try {  // item ids are int64 (hashes of paths): kept as their exact digits, beyond a JS number's 2^53
     body = JSON.parse(await r.text(), (k, v, ctx) => (k === "id" && typeof v === "number" && ctx && ctx.source)
@@ -31,7 +35,17 @@ async function api(path, options) {
 }
 
 const enc = encodeURIComponent;
-const thumb = (ix, id, size = 120) => `/v1/indexes/${enc(ix)}/items/${id}/thumbnail?size=${size}`;
+const thumb = (ix, id, size = 120) => `/v1/indexes/${enc(ix)}/items/${enc(id)}/thumbnail?size=${size}`;
+let imagesServed = true;  // false when the server may not read this index's images (see describe)
+
+function picture(ix, id, size) {  // the thumbnail, or a text placeholder when the server serves none
+  if (!imagesServed) return text("div", "no image", "noimage muted");
+  const img = document.createElement("img");
+  img.src = thumb(ix, id, size);
+  img.alt = `item ${id}`;
+  img.loading = "lazy";
+  return img;
+}
 
 function text(tag, content, cls) {
   const e = document.createElement(tag);
@@ -44,11 +58,7 @@ function card(ix, hit) {
   const c = document.createElement("div");
   c.className = "card";
   c.dataset.id = hit.id;
-  const img = document.createElement("img");
-  img.src = thumb(ix, hit.id);
-  img.alt = `item ${hit.id}`;
-  img.loading = "lazy";
-  c.append(img, text("div", `${hit.label ?? "—"} · ${hit.split ?? "—"}`),
+  c.append(picture(ix, hit.id), text("div", `${hit.label ?? "—"} · ${hit.split ?? "—"}`),
            text("div", (hit.score !== undefined ? `${hit.score.toFixed(4)} · ` : "") + `id ${hit.id}`, "muted"));
   c.title = hit.path || `item ${hit.id}`;
   c.addEventListener("click", () => { upload = null; go({id: String(hit.id), text: "", offset: 0}); });
@@ -72,12 +82,15 @@ async function loadIndexes(s) {
 
 async function describe(name) {
   const d = await api(`/v1/indexes/${enc(name)}`);
+  imagesServed = !(d.images && d.images.served === false);
   $("info").textContent = `${d.backbone.spec || ""} · ${d.dim}-d · ${d.faiss ? d.faiss.ntotal : 0} items · ` +
-    `splits: ${d.splits.join(", ") || "—"} · ${d.classes.length} classes`;
+    `splits: ${d.splits.join(", ") || "—"} · ${d.classes.length} classes` +
+    (imagesServed ? "" : ` · no images: ${d.images.why || "not served"}`);
   $("reports").replaceChildren(...d.reports.map((f) => {
     const a = text("a", f);
     a.href = `/v1/indexes/${enc(name)}/reports/${enc(f)}`;
     a.target = "_blank";
+    a.rel = "noopener noreferrer";
     return a;
   }));
   $("text").disabled = !d.text;
@@ -87,9 +100,7 @@ async function describe(name) {
 function showItem(name, item) {
   const sec = $("item");
   if (!item) { sec.hidden = true; sec.replaceChildren(); return; }
-  const img = document.createElement("img");
-  img.src = thumb(name, item.id, 224);
-  img.alt = `item ${item.id}`;
+  const img = picture(name, item.id, 224);
   const table = document.createElement("table");
   for (const [k, v] of Object.entries(item)) {
     const tr = document.createElement("tr");
