@@ -259,3 +259,23 @@ def test_any_spec_a_manifest_can_hold_is_refused_or_checked_without_running_anyt
         sys.path.remove(str(tmp_path))
     assert not sentinel.exists()
     assert "evil" not in set(sys.modules) - before
+
+
+def test_serve_trust_code_trusts_what_each_served_index_recorded(built, image_folder, index_root, tmp_path,
+                                                                   monkeypatch):
+    """`serve --trust-code`: the served indexes' code is checked against its recorded hash and trusted, so image
+    uploads can run it; an index whose code changed since is refused at start-up."""
+    from embedsearch.cli import _trust_served_code
+    from embedsearch.core.errors import IndexStateError
+    from embedsearch.reader import Index
+    from embedsearch.serve.snapshots import Registry
+
+    _new_machine(tmp_path, monkeypatch)
+    ix = Index.open("mine")
+    with pytest.raises(Exception, match="--trust-code"):
+        ix.backbone()
+    _trust_served_code(Registry(index_root, ["mine"]))
+    assert Index.open("mine").backbone().dim == 4  # now trusted on this machine
+    (built / "models" / "m.py").write_text(MODEL + "\n# edited\n")
+    with pytest.raises(IndexStateError, match="changed since index mine was built"):
+        _trust_served_code(Registry(index_root, ["mine"]))
