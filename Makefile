@@ -6,6 +6,7 @@ test:
 test-all:
 	python3 -m pytest -q -m "not gpu"
 lint:
-	ruff check embedsearch tests scripts && lint-imports
+	ruff check embedsearch tests benchmarks experiments && lint-imports && python3 .ci/check_private_imports.py
+# make bench                 lists the benchmarks; make bench NAME=eval ARGS=--quick runs one (python -m benchmarks)
 bench:
-	python3 scripts/bench_index.py
+	python3 -m benchmarks $(NAME) $(ARGS)

@@ -50,8 +50,9 @@ def build_index(source: str, *, name: str, backbone: str = "pixels", progress: b
         backbone = f"module:{model_name}"
         ready = module_backbone(model, transform, model_name, pool=config.get("pool", "default"),
                                 layer=config.get("layer"))
-    return _build(open_source(source, **(source_options or {})), BuildConfig(name=name, backbone=backbone,
-                       **config), progress=progress, backbone=ready)
+    return _build(open_source(source, **(source_options or {})), BuildConfig.of(name=name, backbone=backbone,
+                                                                                 **config),
+                  progress=progress, backbone=ready)
 
 
 def search_index(ix, **kwargs):
@@ -61,7 +62,7 @@ def search_index(ix, **kwargs):
 
 
 def evaluate_index(ix, **kwargs):
-    from embedsearch.evaluate import evaluate as _evaluate
+    from embedsearch.evaluate.runner import evaluate as _evaluate
 
     return _evaluate(ix, **kwargs)
 

@@ -22,13 +22,13 @@ def run_quickstart(root: str | None, *, epochs: int = 40, method: str = "infonce
     src = open_source("digits")
     say = lambda m: click.echo(m, err=True)  # noqa: E731
     say("1/5 index digits with the raw-pixel baseline (pixels:8)")
-    build_index(src, BuildConfig(name="quickstart-pixels", backbone="pixels:8", root=str(base), num_workers=0),
+    build_index(src, BuildConfig.of(name="quickstart-pixels", backbone="pixels:8", root=str(base), num_workers=0),
                 progress=progress)
     ckpt = base / "quickstart-ckpt" / f"digits-{method.replace('+', '-')}"
     say(f"2/5 pretrain a ViT with {method} on the train split only ({epochs} epochs) → {ckpt}.safetensors")
     pretrain(src, PretrainConfig(method=method, epochs=epochs), ckpt, device="cpu", progress=progress)
     say("3/5 index digits with that checkpoint")
-    build_index(src, BuildConfig(name="quickstart-vit", backbone=f"ckpt:{ckpt}", root=str(base), num_workers=0,
+    build_index(src, BuildConfig.of(name="quickstart-vit", backbone=f"ckpt:{ckpt}", root=str(base), num_workers=0,
                                  device="cpu", precision="fp32"), progress=progress)
     out = {}
     for name in ("quickstart-pixels", "quickstart-vit"):

@@ -217,7 +217,7 @@ class Index:
 
         One columnar scan: each part holding a requested id is read once and only its requested rows are kept and
         converted, so memory is the result plus a few parts, whatever the index's size. Parts are read straight
-        from their data pages (`store/pages.py`, 12× pyarrow's list decoding, scripts/bench_read.md), up to
+        from their data pages (`store/pages.py`, 12× pyarrow's list decoding, docs/benchmarks/read.md), up to
         READ_THREADS at once. Unknown ids raise QueryError."""
         want = np.asarray(np.concatenate([self._ids_of(p) for p in self.part_paths]) if ids is None else ids,
                           np.int64)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from embedsearch.build.config import BuildConfig, EngineConfig
 from embedsearch.core.errors import EmbedsearchError, IndexStateError
 from embedsearch.core.files import file_sha256
 from embedsearch.core.schema import from_record
@@ -147,7 +148,12 @@ def _check_code(layout: Layout, manifest: Manifest, rep: Report) -> None:
     from embedsearch.models.code import CODE_KINDS, check_reattach
     from embedsearch.models.specs import parse_backbone
 
-    spec = (manifest.backbone_config or {}).get("spec") or manifest.space.spec
+    try:
+        from embedsearch.models.config import BackboneConfig
+
+        spec = BackboneConfig.of_manifest(manifest).spec
+    except EmbedsearchError:
+        spec = manifest.space.spec
     try:
         if parse_backbone(spec).kind not in CODE_KINDS:
             return
@@ -159,15 +165,16 @@ def _check_code(layout: Layout, manifest: Manifest, rep: Report) -> None:
         rep.add("code changed" if "changed since" in str(e) else "code missing", spec, str(e))
 
 
-def repair(name: str, root=None, progress: bool = True, engine: dict | None = None, trust_code: bool = False) -> Report:
+def repair(name: str, root=None, progress: bool = True, engine: EngineConfig | None = None,
+           threads: int | None = None, trust_code: bool = False) -> Report:
     """Fix what `verify` found: drop damaged parts and re-embed exactly those; rebuild the catalog from the source
     and the parts, and the FAISS index from the parts.
 
     Destructive steps come last: under the writer lock, repair verifies, decides everything it will do and checks it
     can (the build record parses, the source opens, the backbone config is whole) before it deletes anything. It only
     ever deletes part files that `verify` found in the index's own parts/ folder, by their validated names.
-    `engine`: BuildConfig's engine fields for the re-embedding (default: the local engine, whatever built it)."""
-    from embedsearch.build import _build_faiss, build_index
+    `engine`, `threads`: how to re-embed (default: the local engine, whatever built the index)."""
+    from embedsearch.build.pipeline import build_faiss, build_index
 
     layout = resolve(name, root)
     if not layout.manifest.is_file():
@@ -195,7 +202,7 @@ def repair(name: str, root=None, progress: bool = True, engine: dict | None = No
         manifest.faiss, manifest.state, manifest.snapshot = None, "repairing", None
         manifest.save(layout)
     if _pending(layout):
-        summary = build_index(plan.source, replace(cfg, **(engine or {"engine": "local"})), progress=progress,
+        summary = build_index(plan.source, replace(cfg, engine=engine or EngineConfig(), run=replace(cfg.run, threads=threads)), progress=progress,
                               only_indexed=True, reattach={"index": layout.dir.name, "recorded": manifest.backbone,
                                                            "trust_code": trust_code})
         before.repaired.append("re-embedded the items without a sound vector and rebuilt the FAISS index")
@@ -204,7 +211,7 @@ def repair(name: str, root=None, progress: bool = True, engine: dict | None = No
                                    f"unindexed (`embedsearch index ... --add` embeds them)")
     else:
         with writer_lock(layout):
-            manifest.faiss = _build_faiss(layout, manifest, cfg)
+            manifest.faiss = build_faiss(layout, manifest, cfg)
             manifest.state = "complete"
             manifest.save(layout)
             ondisk.finish(layout.dir, keep=manifest.faiss.lists_file)
@@ -217,7 +224,7 @@ def repair(name: str, root=None, progress: bool = True, engine: dict | None = No
 @dataclass
 class _RepairPlan:
     manifest: Manifest
-    cfg: object  # BuildConfig
+    cfg: BuildConfig
     bad_parts: set[str]
     extra_parts: set[str]
     catalog_bad: bool
@@ -226,7 +233,6 @@ class _RepairPlan:
 
 def _plan_repair(layout: Layout, rep: Report, trust_code: bool = False) -> _RepairPlan:
     """Everything repair will do, checked before it does any of it; a refusal changes nothing."""
-    from embedsearch.build import BuildConfig
     from embedsearch.models.code import check_reattach
     from embedsearch.models.config import BackboneConfig
     from embedsearch.sources.datasets import SourceOptions, open_source
@@ -248,8 +254,8 @@ def _plan_repair(layout: Layout, rep: Report, trust_code: bool = False) -> _Repa
     assert bad <= listed and all(PART_FILE.fullmatch(f) for f in bad | extra)  # names verify took from parts/
     catalog_bad = any(p["problem"].startswith("catalog") for p in rep.problems)
     try:
-        cfg = from_record(BuildConfig, {**manifest.build, "add": False, "root": str(layout.dir.parent),
-                                        "name": layout.dir.name}, f"manifest {layout.manifest}: build")
+        cfg = BuildConfig.from_dict(manifest.build, f"manifest {layout.manifest}: build", add=False,
+                                    root=str(layout.dir.parent), name=layout.dir.name)
     except (EmbedsearchError, TypeError, ValueError) as e:
         raise IndexStateError(f"cannot repair {layout.dir}: {e} (nothing was changed)") from None
     source = None
@@ -299,7 +305,7 @@ def _rebuild_catalog(layout: Layout, manifest: Manifest, src) -> None:
         layout.catalog.with_name(layout.catalog.name + suffix).unlink(missing_ok=True)
     c = cat.Catalog(layout.catalog)
     c.init()
-    size = int(manifest.build.get("part_size") or 2048)
+    size = BuildConfig.from_dict(manifest.build, f"manifest {layout.manifest}: build").run.part_size
     first = max([p.number for p in manifest.parts] + [-1]) + 1
     missing = sorted(r.id for r in src.records if r.id not in where)
     new_part = {rid: first + i // size for i, rid in enumerate(missing)}

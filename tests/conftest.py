@@ -1,3 +1,4 @@
+import atexit
 import contextlib
 import json
 import os
@@ -27,12 +28,32 @@ def make_image(path: Path, color, size=(40, 30), seed=0, fmt=None):
 # Tests of a second machine point EMBEDSEARCH_TRUST_FILE at a file of their own.
 os.environ["EMBEDSEARCH_TRUST_FILE"] = os.path.join(tempfile.mkdtemp(prefix="es-trust-"), "trust.json")
 
+# Nor the developer's model caches or other embedsearch settings: the tests run with empty Hugging Face, torch.hub and
+# XDG caches (timm's test_vit/test_resnet need no weights; the offline tests expect none to be cached) and no
+# EMBEDSEARCH_* variable but the trust file above. Set once here, before a test module imports huggingface_hub (it
+# reads HF_HOME/HF_HUB_CACHE at import), and again for each test by `_hermetic`.
+CACHES = {"HF_HOME": "hf", "HF_HUB_CACHE": "hf/hub", "TORCH_HOME": "torch", "XDG_CACHE_HOME": "cache"}
+_SESSION_CACHES = Path(tempfile.mkdtemp(prefix="es-caches-"))
+_PID = os.getpid()
+atexit.register(lambda: os.getpid() == _PID and shutil.rmtree(_SESSION_CACHES, ignore_errors=True))  # not a fork's
+_SESSION_VALUES = {name: str(_SESSION_CACHES / sub) for name, sub in CACHES.items()}
+for _name in [n for n in os.environ if n.startswith("EMBEDSEARCH_") and n != "EMBEDSEARCH_TRUST_FILE"]:
+    del os.environ[_name]
+os.environ.update(_SESSION_VALUES)
+
 
 @pytest.fixture(autouse=True)
-def _hermetic(monkeypatch):
-    """A developer's EMBEDSEARCH_HOME (the README suggests setting it) must not reach the tests; the `index_root`
-    fixture sets its own."""
-    monkeypatch.delenv("EMBEDSEARCH_HOME", raising=False)
+def _hermetic(monkeypatch, tmp_path_factory):
+    """A developer's EMBEDSEARCH_HOME (the README suggests setting it) and other EMBEDSEARCH_* settings must not
+    reach the tests (the `index_root` fixture sets its own home), nor their model caches: each test starts with
+    empty ones. A test that sets a variable itself wins (it runs after this), and so does a module- or
+    session-scoped fixture that pointed a cache elsewhere."""
+    for name in [n for n in os.environ if n.startswith("EMBEDSEARCH_") and n != "EMBEDSEARCH_TRUST_FILE"]:
+        monkeypatch.delenv(name)
+    folder = tmp_path_factory.mktemp("caches")
+    for name, sub in CACHES.items():
+        if os.environ.get(name) in (None, _SESSION_VALUES[name]):
+            monkeypatch.setenv(name, str(folder / sub))
 
 
 @pytest.fixture

@@ -92,7 +92,7 @@ def test_filtered_search_on_ivf_and_hnsw_keeps_their_parameters():
 
 def test_auto_index_pipeline_budget_smaller_than_the_parts(index_root):
     budget = 600_000  # digits at pixels:8 is 1797 × 192 floats = 1.38 MB of float32 vectors
-    cfg = BuildConfig(name="auto", backbone="pixels:8", index="auto", max_memory=budget, target_recall=0.9,
+    cfg = BuildConfig.of(name="auto", backbone="pixels:8", index="auto", max_memory=budget, target_recall=0.9,
                       num_workers=0, part_size=400)
     build_index(open_source("digits"), cfg, progress=False)
     ix = Index.open("auto")
@@ -106,7 +106,7 @@ def test_auto_index_pipeline_budget_smaller_than_the_parts(index_root):
 
 
 def test_quality_matches_independent_computation(index_root):
-    build_index(open_source("digits"), BuildConfig(name="hn", backbone="pixels:8", index="HNSW8", num_workers=0),
+    build_index(open_source("digits"), BuildConfig.of(name="hn", backbone="pixels:8", index="HNSW8", num_workers=0),
                 progress=False)
     ix = Index.open("hn")
     n = ix.faiss.ntotal
@@ -153,7 +153,7 @@ def test_parse_size():
 
 
 def test_reader_memory_maps_the_faiss_file(index_root):
-    build_index(open_source("digits"), BuildConfig(name="m", backbone="pixels:4", num_workers=0), progress=False)
+    build_index(open_source("digits"), BuildConfig.of(name="m", backbone="pixels:4", num_workers=0), progress=False)
     ix = Index.open("m")
     x = ix.vectors()[:5]
     mapped = ix.faiss

@@ -49,7 +49,7 @@ def _user_net(tmp_path, seed: int):
 
 
 def _build(folder, root, backbone, **kw):
-    build_index(open_source(str(folder)), BuildConfig(name="x", root=str(root), backbone=backbone, dtype="float32",
+    build_index(open_source(str(folder)), BuildConfig.of(name="x", root=str(root), backbone=backbone, dtype="float32",
                 precision="fp32", num_workers=0, **kw), progress=False)
     return Index.open("x", root)
 

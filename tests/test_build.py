@@ -10,7 +10,7 @@ from embedsearch.store import parts as store
 
 def _cfg(root, name="ix", **kw):
     kw.setdefault("num_workers", 0)
-    return BuildConfig(name=name, root=str(root), part_size=kw.pop("part_size", 4), **kw)
+    return BuildConfig.of(name=name, root=str(root), part_size=kw.pop("part_size", 4), **kw)
 
 
 def test_folder_index_parts_catalog_and_faiss(image_folder, tmp_path):
@@ -83,7 +83,7 @@ def test_add_embeds_only_new_items_and_drift_is_refused(tmp_path):
 
 
 def test_autocast_precision_is_part_of_the_space(tmp_path, monkeypatch):
-    from embedsearch import build
+    from embedsearch.build import pipeline as build
 
     src = open_source("digits")
     all_recs = src.records

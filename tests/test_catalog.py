@@ -14,7 +14,7 @@ def ix(tmp_path_factory):
     root = tmp_path_factory.mktemp("cat")
     src = open_source("digits")
     src.records = src.records[:40]
-    build_index(src, BuildConfig(name="d", root=str(root), backbone="pixels:4", num_workers=0), progress=False)
+    build_index(src, BuildConfig.of(name="d", root=str(root), backbone="pixels:4", num_workers=0), progress=False)
     return Index.open("d", root)
 
 

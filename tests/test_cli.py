@@ -135,7 +135,7 @@ def test_index_names_cannot_escape_the_root_and_an_explicit_root_wins(tmp_path, 
 
         s = open_source("digits")
         s.records = s.records[:n]
-        build_index(s, BuildConfig(name="a", root=str(root), backbone="pixels:8", num_workers=0), progress=False)
+        build_index(s, BuildConfig.of(name="a", root=str(root), backbone="pixels:8", num_workers=0), progress=False)
     r = CliRunner().invoke(cli, ["sql", "a", "SELECT count(*) AS n FROM items", "--root", "r", "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout) == [{"n": 200}]
     r = CliRunner().invoke(cli, ["sql", "a", "SELECT count(*) AS n FROM items", "--json"])  # no root: the folder here
@@ -167,7 +167,7 @@ def test_openmp_waits_are_shortened_unless_the_user_set_them():
 @pytest.mark.parametrize("user", [None, "77"])
 def test_the_cli_sets_the_spin_count_before_openmp_loads(user):
     """libgomp reads GOMP_SPINCOUNT once, when it loads: main() must set it while no OpenMP library is in the
-    process, and the value must reach the environment the libraries read (scripts/bench_threads.md for why)."""
+    process, and the value must reach the environment the libraries read (docs/benchmarks/threads.md for why)."""
     code = ("import os, sys\n"
             "import embedsearch.cli as c\n"
             "maps = open('/proc/self/maps').read()\n"

@@ -10,8 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from embedsearch import build, reader
+from embedsearch import reader
 from embedsearch.build import BuildConfig, build_index
+from embedsearch.build import pipeline as build
 from embedsearch.core.errors import IndexStateError
 from embedsearch.query.search import search
 from embedsearch.reader import Index
@@ -74,7 +75,7 @@ def test_queries_keep_working_while_an_index_is_extended(tmp_path):
 def _digits_index(root, n, add=False):
     src = open_source("digits")
     src.records = src.records[:n]
-    return build_index(src, BuildConfig(name="d", root=str(root), backbone="pixels:8", part_size=8, num_workers=0,
+    return build_index(src, BuildConfig.of(name="d", root=str(root), backbone="pixels:8", part_size=8, num_workers=0,
                                         add=add), progress=False)
 
 

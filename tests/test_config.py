@@ -13,23 +13,28 @@ from embedsearch.sources.datasets import open_source
 
 
 def test_manifest_records_the_whole_config_and_the_reader_uses_it(image_folder, index_root):
-    build_index(open_source(str(image_folder)), BuildConfig(name="px", backbone="pixels:8", image_size=6),
+    build_index(open_source(str(image_folder)), BuildConfig.of(name="px", backbone="pixels:8", image_size=6),
                 progress=False)
     ix = Index.open("px")
-    rec = ix.manifest.backbone_config
+    rec = ix.manifest.build["backbone"]  # recorded once, in the build record, as it ran
     assert rec == BackboneConfig(spec="pixels:8", image_size=6, precision="fp32").to_dict()
+    assert ix.manifest.backbone_config is None
     assert ix.backbone_config == BackboneConfig.from_dict(rec)
     bb = ix.backbone()
     assert bb.dim == 3 * 6 * 6 == ix.dim  # the recorded --image-size, not the spec's 8
-    # an index written before `backbone_config` existed reads the same config from its build record
+    # manifests written before: a top-level `backbone_config` beside a flat build record, or neither
     from dataclasses import replace
 
-    old = replace(ix.manifest, backbone_config=None)
-    assert BackboneConfig.of_manifest(old) == ix.backbone_config
+    flat = {"name": "px", "backbone": "pixels:8", "image_size": 6, "pool": "default", "dtype": "float16",
+            "index": "Flat", "seed": 0, "precision": "auto", "part_size": 2048, "engine": "local"}
+    assert BackboneConfig.of_manifest(replace(ix.manifest, build=flat, backbone_config=rec)) == ix.backbone_config
+    assert BackboneConfig.of_manifest(replace(ix.manifest, build=flat)).image_size == 6
+    assert BuildConfig.from_dict(flat).faiss.factory == "Flat"
+    assert BuildConfig.from_dict(ix.manifest.build).backbone == ix.backbone_config
 
 
 def test_a_query_image_lands_on_its_stored_vector(image_folder, index_root):
-    build_index(open_source(str(image_folder)), BuildConfig(name="px", backbone="pixels:8", image_size=6),
+    build_index(open_source(str(image_folder)), BuildConfig.of(name="px", backbone="pixels:8", image_size=6),
                 progress=False)
     ix = Index.open("px")
     from embedsearch.query.search import query_vectors

@@ -15,7 +15,7 @@ def test_cuda_embedding_matches_cpu(tmp_path, image_folder):
 
     src = open_source(str(image_folder))
     for dev, prec in (("cpu", "fp32"), ("cuda", "fp32"), ("cuda", "auto")):
-        build_index(src, BuildConfig(name=f"{dev}-{prec}", root=str(tmp_path), backbone="timm:test_vit",
+        build_index(src, BuildConfig.of(name=f"{dev}-{prec}", root=str(tmp_path), backbone="timm:test_vit",
                                      pretrained=False, device=dev, precision=prec, dtype="float32"), progress=False)
     ref = Index.open("cpu-fp32", tmp_path).vectors()
     for name, tol in (("cuda-fp32", 1e-3), ("cuda-auto", 5e-2)):
@@ -62,12 +62,12 @@ def test_mlp_probe_trains_on_cuda():
 
 
 def test_knn_on_cuda_gives_the_cpu_neighbour_sets(monkeypatch):
-    from embedsearch.evaluate.methods import knn as M_knn
+    from embedsearch.query import exact as M_exact
 
     x, _ = _clustered(4000, 128)
-    gpu = M_knn.knn_neighbours(x[:3000], x[3000:], 20, ks=(10, 20))
-    monkeypatch.setattr(M_knn, "_gpu_bank", lambda bank: None)  # the FAISS CPU path
-    cpu = M_knn.knn_neighbours(x[:3000], x[3000:], 20, ks=(10, 20))
+    gpu = M_exact.knn_neighbours(x[:3000], x[3000:], 20, ks=(10, 20))
+    monkeypatch.setattr(M_exact, "gpu_bank", lambda bank: None)  # the FAISS CPU path
+    cpu = M_exact.knn_neighbours(x[:3000], x[3000:], 20, ks=(10, 20))
     for k in (10, 20):
         assert all(set(a[:k]) == set(b[:k]) for a, b in zip(gpu[1], cpu[1], strict=True))
 
@@ -75,18 +75,18 @@ def test_knn_on_cuda_gives_the_cpu_neighbour_sets(monkeypatch):
 def test_knn_on_cuda_streams_a_bank_too_large_to_hold_normalized(monkeypatch):
     """A bank over BANK_BYTES is normalized a chunk at a time on the host and uploaded whole to the GPU (an
     ImageNet-sized one is 3.9 GB as float32); the neighbour sets are the CPU's streamed search's."""
-    from embedsearch.evaluate.methods import knn as M_knn
+    from embedsearch.query import exact as M_exact
 
     x, _ = _clustered(6000, 96)
-    monkeypatch.setattr(M_knn, "BANK_BYTES", 1 << 16)
-    monkeypatch.setattr(M_knn, "BANK_CHUNK", 1000)
-    monkeypatch.setattr(M_knn, "GPU_SCORE_BYTES", 1 << 20)  # several products per query block
-    bank = M_knn.Bank(x[:5000].astype(np.float16))
+    monkeypatch.setattr(M_exact, "BANK_BYTES", 1 << 16)
+    monkeypatch.setattr(M_exact, "BANK_CHUNK", 1000)
+    monkeypatch.setattr(M_exact, "GPU_SCORE_BYTES", 1 << 20)  # several products per query block
+    bank = M_exact.Bank(x[:5000].astype(np.float16))
     assert bank.whole is None
-    gpu = M_knn.knn_neighbours(bank, x[5000:], 20, ks=(10, 20))
+    gpu = M_exact.knn_neighbours(bank, x[5000:], 20, ks=(10, 20))
     assert bank.gpu is not None and bank.gpu.is_cuda
-    monkeypatch.setattr(M_knn, "_gpu_bank", lambda bank: None)
-    cpu = M_knn.knn_neighbours(M_knn.Bank(x[:5000].astype(np.float16)), x[5000:], 20, ks=(10, 20))
+    monkeypatch.setattr(M_exact, "gpu_bank", lambda bank: None)
+    cpu = M_exact.knn_neighbours(M_exact.Bank(x[:5000].astype(np.float16)), x[5000:], 20, ks=(10, 20))
     for k in (10, 20):
         assert all(set(a[:k]) == set(b[:k]) for a, b in zip(gpu[1], cpu[1], strict=True))
 

@@ -311,7 +311,7 @@ def _vectors_index(tmp_path: Path, name: str, vec: np.ndarray) -> dict:
     (tmp_path / f"{name}.csv").write_text("\n".join(lines) + "\n")
     np.save(tmp_path / f"{name}.npy", vec.astype(np.float32))
     build_index(open_source(str(tmp_path / f"{name}.csv"), require_paths=False),
-                BuildConfig(name=name, root=str(tmp_path / "indexes"), vectors=str(tmp_path / f"{name}.npy"),
+                BuildConfig.of(name=name, root=str(tmp_path / "indexes"), vectors=str(tmp_path / f"{name}.npy"),
                             dtype="float32"), progress=False)
     return {**os.environ, "EMBEDSEARCH_HOME": str(tmp_path / "indexes"),
             "EMBEDSEARCH_TRUST_FILE": str(tmp_path / "trust.json")}

@@ -12,6 +12,7 @@ from PIL import Image, ImageEnhance
 
 from embedsearch.build import BuildConfig, build_index
 from embedsearch.evaluate import insight as I
+from embedsearch.query import exact
 from embedsearch.reader import Index
 from embedsearch.sources.datasets import open_source
 from tests.conftest import CHROMIUM, chromium_page
@@ -98,7 +99,7 @@ def planted(tmp_path_factory):
     base = tmp_path_factory.mktemp("insight")
     (base / "standin.py").write_text(STANDIN)
     pairs, noise = planted_set(base / "images", seed=7)
-    build_index(open_source(str(base / "images")), BuildConfig(
+    build_index(open_source(str(base / "images")), BuildConfig.of(
         name="planted", root=str(base / "indexes"), backbone=f"py:{base / 'standin.py'}:make", image_size=64,
         resize=64, mean="0,0,0", std="1,1,1", pretrained=False, dtype="float32", num_workers=0), progress=False)
     ix = Index.open("planted", base / "indexes")
@@ -186,8 +187,8 @@ def test_planted_noise_images_are_the_top_outliers(planted):
 
 
 def test_similar_pairs_equal_a_brute_force_threshold_across_tiles(monkeypatch):
-    monkeypatch.setattr(I, "TILE_ROWS", 64)
-    monkeypatch.setattr(I, "TILE_COLS", 100)
+    monkeypatch.setattr(exact, "TILE_ROWS", 64)
+    monkeypatch.setattr(exact, "TILE_COLS", 100)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(500, 16)).astype(np.float32)
     x[250:300] = x[:50] + 0.05 * rng.normal(size=(50, 16)).astype(np.float32)
@@ -207,7 +208,7 @@ def test_similar_pairs_equal_a_brute_force_threshold_across_tiles(monkeypatch):
 def test_flipped_digits_labels_are_found_out_of_fold_next_to_cleanlab(tmp_path):
     from cleanlab.filter import find_label_issues
 
-    build_index(open_source("digits"), BuildConfig(name="d", root=str(tmp_path), backbone="pixels:8",
+    build_index(open_source("digits"), BuildConfig.of(name="d", root=str(tmp_path), backbone="pixels:8",
                                                    num_workers=0), progress=False)
     ix = Index.open("d", tmp_path)
     sel = ix.select()

@@ -246,7 +246,7 @@ def test_auto_goes_on_disk_when_no_in_memory_index_fits_and_meets_the_target(tmp
     pq.write_table(pa.table({"label": [f"c{i % 10}" for i in range(n)]}), tmp_path / "m.parquet")
     src = open_source(str(tmp_path / "m.parquet"), require_paths=False)
     # 150 kB: less than the smallest in-memory candidate (4-bit PQ: ≥ 9 bytes a vector + the centroids = 245 kB)
-    build_index(src, BuildConfig(name="a", root=str(tmp_path / "ix"), vectors=str(tmp_path / "v.npy"),
+    build_index(src, BuildConfig.of(name="a", root=str(tmp_path / "ix"), vectors=str(tmp_path / "v.npy"),
                                  dtype="float32", index="auto", max_memory=150_000, target_recall=0.9),
                 progress=False)
     ix = Index.open("a", tmp_path / "ix")

@@ -153,7 +153,7 @@ def test_video_mae_trains_resumes_and_indexes_through_ckpt(tmp_path, small_digit
     assert all((a[k] == b[k]).all() for k in a)
     model, meta = load_checkpoint(tmp_path / "ref")
     assert meta["video"]["frames"] == 3 and model.n_tokens == 16  # tubelet 3: one token per 3-frame cube
-    build_index(small_digits, BuildConfig(name="v", root=str(tmp_path / "ix"), backbone=f"ckpt:{tmp_path / 'ref'}",
+    build_index(small_digits, BuildConfig.of(name="v", root=str(tmp_path / "ix"), backbone=f"ckpt:{tmp_path / 'ref'}",
                                           num_workers=0), progress=False)
     ix = Index.open("v", tmp_path / "ix")
     assert ix.dim == 32 and "video ViT" in ix.manifest.backbone["model"]

@@ -238,7 +238,7 @@ def test_preflight_refusals(cluster, tmp_path, folder):
     try:
         with pytest.raises(EmbedsearchError, match=r"Ray node .+ cannot embed this index: the dataset root .*images "
                                                    r"is not readable"):
-            build_index(src, BuildConfig(name="gone", root=str(tmp_path / "ix"), engine="ray",
+            build_index(src, BuildConfig.of(name="gone", root=str(tmp_path / "ix"), engine="ray",
                                          ray_address=cluster), progress=False)
     finally:
         os.environ.pop("RAY_AUTH_MODE", None)

@@ -44,7 +44,7 @@ def _build(root, name="u", n=60, classes=("a", "b", "c"), extra=None, user_colum
     (root / f"{name}.csv").write_text("\n".join(lines) + "\n")
     np.save(root / f"{name}.npy", vec.astype(np.float32))
     build_index(open_source(str(root / f"{name}.csv"), require_paths=False),
-                BuildConfig(name=name, root=str(root), vectors=str(root / f"{name}.npy"), dtype="float32"),
+                BuildConfig.of(name=name, root=str(root), vectors=str(root / f"{name}.npy"), dtype="float32"),
                 progress=False)
     return Index.open(name, root)
 
@@ -163,7 +163,7 @@ def _probe_meta(ix, method="prototypes") -> dict:
 
 
 def test_eval_reuses_only_the_same_code_selection_and_parameters(tmp_path, monkeypatch):
-    import embedsearch.evaluate as E
+    import embedsearch.evaluate.runner as E
 
     ix = _build(tmp_path, user_columns=())
     first = _eval(ix, methods=["prototypes", "knn"])

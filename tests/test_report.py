@@ -21,7 +21,7 @@ def test_compare_pairs_only_results_of_the_same_selections_and_seed(tmp_path):
     src = open_source("digits")
     src.records = src.records[:400]
     for name, bb in (("a", "pixels:8"), ("b", "pixels:4")):
-        build_index(src, BuildConfig(name=name, root=str(tmp_path), backbone=bb, num_workers=0), progress=False)
+        build_index(src, BuildConfig.of(name=name, root=str(tmp_path), backbone=bb, num_workers=0), progress=False)
     a, b = Index.open("a", tmp_path), Index.open("b", tmp_path)
     full = {ix.name: evaluate(ix, methods=["prototypes"]) for ix in (a, b)}
     for ix in (a, b):
@@ -35,7 +35,7 @@ def test_compare_pairs_only_results_of_the_same_selections_and_seed(tmp_path):
     assert len(compare([a, b])["pairs"]) == 1  # a has no seed-1 result to pair with it
     c_src = open_source("digits")
     c_src.records = c_src.records[:400]
-    build_index(c_src, BuildConfig(name="c", root=str(tmp_path), backbone="pixels:2", num_workers=0), progress=False)
+    build_index(c_src, BuildConfig.of(name="c", root=str(tmp_path), backbone="pixels:2", num_workers=0), progress=False)
     c = Index.open("c", tmp_path)
     save_run(c, evaluate(c, methods=["prototypes"], train=narrow))
     with pytest.raises(EvalError, match="with the same --train, --test and seed"):

@@ -17,7 +17,7 @@ def ix(tmp_path_factory):
     root = tmp_path_factory.mktemp("s")
     src = open_source("digits")
     src.records = src.records[:300]
-    build_index(src, BuildConfig(name="d", root=str(root), backbone="pixels:8", num_workers=0, dtype="float32"),
+    build_index(src, BuildConfig.of(name="d", root=str(root), backbone="pixels:8", num_workers=0, dtype="float32"),
                 progress=False)
     return Index.open("d", root)
 
@@ -62,7 +62,7 @@ def test_query_image_is_embedded_at_the_index_precision(tmp_path):
 
     src = open_source("digits")
     src.records = src.records[:6]
-    build_index(src, BuildConfig(name="bf", root=str(tmp_path), backbone="timm:test_vit", pretrained=False,
+    build_index(src, BuildConfig.of(name="bf", root=str(tmp_path), backbone="timm:test_vit", pretrained=False,
                                  image_size=32, precision="bf16", dtype="float32", num_workers=0), progress=False)
     ix = Index.open("bf", tmp_path)
     Image.fromarray(src.records[3].array).save(tmp_path / "three.png")
@@ -91,7 +91,7 @@ def test_search_streams_batches_and_matches_one_batch(index_root, tmp_path, monk
     from embedsearch.cli import cli
     from embedsearch.query import search as S
 
-    build_index(open_source("digits"), BuildConfig(name="s", backbone="pixels:4", num_workers=0), progress=False)
+    build_index(open_source("digits"), BuildConfig.of(name="s", backbone="pixels:4", num_workers=0), progress=False)
     ix = Index.open("s")
     q = ix.vectors()[:50]
     np.save(tmp_path / "q.npy", q)
@@ -111,7 +111,7 @@ def test_search_streams_batches_and_matches_one_batch(index_root, tmp_path, monk
 
 
 def test_selective_where_on_an_approximate_index_is_exact_and_full(index_root):
-    build_index(open_source("digits"), BuildConfig(name="ivf", backbone="pixels:8", index="IVF32,Flat",
+    build_index(open_source("digits"), BuildConfig.of(name="ivf", backbone="pixels:8", index="IVF32,Flat",
                                                    num_workers=0), progress=False)
     ix = Index.open("ivf")
     assert ix.faiss.nprobe == 1  # probes 1 of 32 lists: a filter leaves most of them unseen

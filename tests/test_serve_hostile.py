@@ -456,10 +456,10 @@ def test_non_ascii_tokens_and_ids_beyond_int64_are_4xx(hostile):
 
 
 # The real server with one fault planted: a search by id raises, as any bug deep in a request would.
-FAULTY = ("import sys, embedsearch.serve.app as app\n"
+FAULTY = ("import sys, embedsearch.serve.routers.search as search\n"
           "def boom(*a, **k):\n"
           "    raise RuntimeError('planted fault')\n"
-          "app.iter_search = boom\n"
+          "search.iter_search = boom\n"
           "from embedsearch.cli import main\n"
           "sys.argv[0] = 'embedsearch'\n"
           "main()\n")

@@ -204,7 +204,7 @@ def test_parquet_manifest_without_id_or_path_numbers_rows_from_zero(tmp_path, in
     np.save(tmp_path / "v.npy", vec)
     src = open_source(str(tmp_path / "m.parquet"), require_paths=False)
     assert [r.id for r in src.records] == [0, 1, 2]
-    build_index(src, BuildConfig(name="rows", vectors=str(tmp_path / "v.npy"), dtype="float32"), progress=False)
+    build_index(src, BuildConfig.of(name="rows", vectors=str(tmp_path / "v.npy"), dtype="float32"), progress=False)
     hits = search(Index.open("rows"), vector_file=None, ids=[1], k=2)
     assert 0 in {h["id"] for h in hits}
 
@@ -227,7 +227,7 @@ def test_file_names_that_are_not_utf8_are_skipped_recorded_and_the_rest_indexed(
     src = open_source(str(root))
     assert sorted(r.path for r in src.records) == ["blue/y.png", "red/caf\u00e9.png", "red/fine.png"]
     assert src.notes and "skipped 1 files whose names are not valid UTF-8 (e.g. red/caf\\xe9.png)" in src.notes[0]
-    build_index(src, BuildConfig(name="u", root=str(tmp_path / "ix"), backbone="pixels:4", num_workers=0),
+    build_index(src, BuildConfig.of(name="u", root=str(tmp_path / "ix"), backbone="pixels:4", num_workers=0),
                 progress=False)
     ix = Index.open("u", tmp_path / "ix")
     assert len(ix.select()["id"]) == 3 and "not valid UTF-8" in ix.manifest.source["notes"][0]

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from embedsearch.core.errors import SourceError
-from embedsearch.sources import webdataset
+from embedsearch.sources import shards
 from embedsearch.sources.datasets import open_source, path_id
 from embedsearch.sources.images import ImageLoadError, load_image
 
@@ -40,9 +40,9 @@ def _mean(img) -> tuple:
 
 @pytest.fixture(autouse=True)
 def _fresh_member_cache():
-    webdataset._indexes.clear()
+    shards._indexes.clear()
     yield
-    webdataset._indexes.clear()
+    shards._indexes.clear()
 
 
 def hostile_shard(d):
@@ -198,13 +198,13 @@ def test_thumbnails_read_a_shards_headers_once(tmp_path, monkeypatch):
 
 
 def test_member_cache_is_bounded(tmp_path, monkeypatch):
-    monkeypatch.setattr(webdataset, "_INDEX_BUDGET", 5)
+    monkeypatch.setattr(shards, "_INDEX_BUDGET", 5)
     for s in range(3):
         with tarfile.open(tmp_path / f"{s}.tar", "w") as tf:
             for i in range(3):
                 _add(tf, f"{i}.png", _png(RED))
         load_image(tmp_path / f"{s}.tar" / "0.png", tmp_path)
-    assert len(webdataset._indexes) == 1  # 3 members each: only the newest shard's fit in 5
+    assert len(shards._indexes) == 1  # 3 members each: only the newest shard's fit in 5
 
 
 @pytest.mark.parametrize("header", ["path,Label,split", "PATH,label,Split", "Path,LABEL,SPLIT"])
@@ -228,7 +228,7 @@ def test_manifest_label_column_reaches_the_catalog(tmp_path, index_root):
     (tmp_path / "b.png").write_bytes(_png(BLUE))
     m = tmp_path / "m.csv"
     m.write_text("Path,Label,ID\na.png,red,7\nb.png,blue,9\n")
-    build_index(open_source(str(m)), BuildConfig(name="lab", backbone="pixels:4"), progress=False)
+    build_index(open_source(str(m)), BuildConfig.of(name="lab", backbone="pixels:4"), progress=False)
     ix = Index.open("lab")
     cols = [r[0] for r in ix.con.execute("DESCRIBE items").fetchall()]
     assert not any(c.lower().startswith(("label_", "path_", "id_")) for c in cols), cols

@@ -23,7 +23,7 @@ HEAVY = "SELECT sum(hash(range)) FROM range(1000000000000)"  # minutes of work, 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     r = tmp_path_factory.mktemp("sql")
-    build_index(open_source("digits"), BuildConfig(name="d", root=str(r), backbone="pixels:4", num_workers=0),
+    build_index(open_source("digits"), BuildConfig.of(name="d", root=str(r), backbone="pixels:4", num_workers=0),
                 progress=False)
     return r
 
@@ -90,7 +90,7 @@ def test_writers_finish_while_readers_hold_connections_and_consume_slowly(tmp_pa
     from tests.conftest import make_image
 
     root = tmp_path / "ix"
-    build_index(open_source(str(image_folder)), BuildConfig(name="v", root=str(root), backbone="pixels:4",
+    build_index(open_source(str(image_folder)), BuildConfig.of(name="v", root=str(root), backbone="pixels:4",
                 part_size=8, num_workers=0), progress=False)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from embedsearch.reader import Index; ix = Index.open('v', sys.argv[1]);"

@@ -97,7 +97,7 @@ def test_a_killed_run_resumes_bit_identical(tmp_path, small_digits, monkeypatch)
 
 def test_supervised_checkpoint_indexes_and_evaluates(tmp_path, small_digits):
     sv.train_supervised(small_digits, _cfg(arch="cnn-bn", epochs=3), tmp_path / "m", device="cpu", progress=False)
-    build_index(small_digits, BuildConfig(name="sup", root=str(tmp_path / "ix"), backbone=f"ckpt:{tmp_path / 'm'}",
+    build_index(small_digits, BuildConfig.of(name="sup", root=str(tmp_path / "ix"), backbone=f"ckpt:{tmp_path / 'm'}",
                                           num_workers=0), progress=False)
     ix = Index.open("sup", tmp_path / "ix")
     assert ix.dim == 128 and "cnn-bn" in ix.manifest.backbone["model"]

@@ -71,7 +71,7 @@ def _point_spec_at(index_root, spec: str, **backbone):
     """Edit every copy of the backbone spec in the manifest, as a hostile sharer would."""
     m = index_root / "mine" / "manifest.json"
     d = json.loads(m.read_text())
-    d["space"]["spec"] = d["backbone"]["spec"] = d["backbone_config"]["spec"] = d["build"]["backbone"] = spec
+    d["space"]["spec"] = d["backbone"]["spec"] = d["build"]["backbone"]["spec"] = spec
     d["backbone"].update(backbone)
     m.write_text(json.dumps(d))
 

@@ -39,7 +39,7 @@ def sentinel(tmp_path) -> Path:
 
 @pytest.fixture
 def built(tmp_path, image_folder):
-    build_index(open_source(str(image_folder)), BuildConfig(name="v", root=str(tmp_path / "ix"), backbone="pixels:8",
+    build_index(open_source(str(image_folder)), BuildConfig.of(name="v", root=str(tmp_path / "ix"), backbone="pixels:8",
                 part_size=8, num_workers=0), progress=False)
     return tmp_path / "ix"
 
@@ -87,7 +87,7 @@ def test_a_link_out_of_the_index_is_refused_by_readers_verify_and_every_writer(b
     with pytest.raises(IndexStateError, match="symbolic link"):
         repair("v", built, progress=False)
     with pytest.raises(IndexStateError, match="symbolic link"):
-        build_index(open_source(str(image_folder)), BuildConfig(name="v", root=str(built), backbone="pixels:8",
+        build_index(open_source(str(image_folder)), BuildConfig.of(name="v", root=str(built), backbone="pixels:8",
                     part_size=8, num_workers=0, add=True), progress=False)
     assert _tree(sentinel) == before
 
@@ -172,7 +172,7 @@ def pristine(tmp_path_factory):
     for i in range(12):
         cls = list(COLORS)[i % 3]
         make_image(d / "images" / ("train" if i < 9 else "test") / cls / f"{i}.png", COLORS[cls], seed=i)
-    build_index(open_source(str(d / "images")), BuildConfig(name="v", root=str(d / "ix"), backbone="pixels:4",
+    build_index(open_source(str(d / "images")), BuildConfig.of(name="v", root=str(d / "ix"), backbone="pixels:4",
                 part_size=4, num_workers=0), progress=False)
     ix = Index.open("v", d / "ix")
     from embedsearch.evaluate import evaluate, save_run

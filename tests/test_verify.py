@@ -16,7 +16,7 @@ from embedsearch.verify import repair, verify
 @pytest.fixture
 def built(tmp_path, image_folder):
     """33 generated images in 5 parts; repair must be able to reopen the source, so it lives on disk."""
-    build_index(open_source(str(image_folder)), BuildConfig(name="v", root=str(tmp_path / "ix"), backbone="pixels:8",
+    build_index(open_source(str(image_folder)), BuildConfig.of(name="v", root=str(tmp_path / "ix"), backbone="pixels:8",
                 part_size=8, num_workers=0), progress=False)
     return tmp_path / "ix"
 
@@ -85,7 +85,7 @@ def test_foreign_faiss_file_and_deleted_catalog_are_rebuilt(built, tmp_path):
     other = tmp_path / "other"
     src = open_source("digits")
     src.records = src.records[:50]
-    build_index(src, BuildConfig(name="v", root=str(other), backbone="pixels:8", num_workers=0), progress=False)
+    build_index(src, BuildConfig.of(name="v", root=str(other), backbone="pixels:8", num_workers=0), progress=False)
     assert (other / "v" / "index.faiss").stat().st_size != (built / "v" / "index.faiss").stat().st_size
     shutil.copy(other / "v" / "index.faiss", built / "v" / "index.faiss")
     (built / "v" / "catalog.duckdb").unlink()
@@ -104,16 +104,16 @@ def test_foreign_faiss_file_and_deleted_catalog_are_rebuilt(built, tmp_path):
 def test_repair_re_embeds_at_the_recorded_precision(tmp_path, image_folder, monkeypatch):
     import json
 
-    from embedsearch import build
+    from embedsearch.build import pipeline as build
 
-    cfg = BuildConfig(name="v", root=str(tmp_path / "ix"), backbone="timm:test_vit", pretrained=False,
+    cfg = BuildConfig.of(name="v", root=str(tmp_path / "ix"), backbone="timm:test_vit", pretrained=False,
                       image_size=32, precision="fp32", dtype="float32", part_size=8, num_workers=0)
     build_index(open_source(str(image_folder)), cfg, progress=False)
     root = tmp_path / "ix"
     before = _snapshot(root)
     mf = root / "v" / "manifest.json"
     m = json.loads(mf.read_text())
-    m["build"]["precision"] = "auto"  # built with `auto` where it meant fp32; on the repairing machine it means bf16
+    m["build"]["backbone"]["precision"] = "auto"  # built with `auto` where it meant fp32; here it means bf16
     mf.write_text(json.dumps(m))
     monkeypatch.setattr(build, "resolve_precision", lambda p, device: "bf16" if p == "auto" else p)
     sorted((root / "v" / "parts").glob("part-*.parquet"))[1].unlink()
@@ -127,7 +127,7 @@ def test_a_repair_that_dies_midway_leaves_an_index_readers_refuse_then_repair_fi
     before = _snapshot(built)
     victim = sorted((built / "v" / "parts").glob("part-*.parquet"))[1]
     victim.unlink()
-    import embedsearch.build as build_mod
+    import embedsearch.build.pipeline as build_mod
 
     def die(*a, **kw):
         raise KeyboardInterrupt  # killed after repair dropped the damaged part and its FAISS entry

@@ -6,7 +6,7 @@ machine that is quickest. Beside another busy process (two evals at once on a 2-
 server) a thread spins through its time slice while the partner it waits for has no core, and a loop of thousands of
 millisecond-sized operations, the probes' L-BFGS and Adam steps, pays that at every one: a digits-sized linear probe
 ran 10–100× slower than alone, an eval took 400 s instead of 10. With 1,000 turns two processes share the cores
-fairly (each ~2× its time alone) at little cost alone (scripts/bench_threads.md).
+fairly (each ~2× its time alone) at little cost alone (docs/benchmarks/threads.md).
 
 The value is read once, when OpenMP loads, so it is set before anything imports torch; a value the user set wins.
 """

@@ -18,45 +18,14 @@ import numpy as np
 from embedsearch.core import progress
 from embedsearch.core.schema import COMPUTED_PREFIX
 from embedsearch.core.vectors import l2_normalize
+from embedsearch.query.exact import Bank, nearest_in, similar_pairs, topk
 
 log = logging.getLogger(__name__)
 
-# The default near-duplicate threshold (cosine). Chosen on a generated calibration set (`scripts/bench_insight.py
+# The default near-duplicate threshold (cosine). Chosen on a generated calibration set (`python -m benchmarks insight
 # --calibrate`, seed 1) of planted copies, JPEG re-encodes, crops, shifts, colour jitter and resizes among distinct
 # images, embedded with `pixels:16`; the tests check recall and precision on a set drawn with another seed.
 DUP_THRESHOLD = 0.95
-TILE_ROWS = 2048  # query rows per tile
-TILE_COLS = 32768  # bank rows per tile: a 2048 × 32768 float32 tile of similarities is 256 MiB
-
-
-def similar_pairs(a: np.ndarray, b: np.ndarray | None = None, threshold: float = DUP_THRESHOLD,
-                  desc: str = "duplicates") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every pair with cosine ≥ threshold, as (positions in a, positions in b, similarities).
-
-    b None: pairs within a, each once (i < j), only the upper triangle of tiles computed. Otherwise all (i, j) from
-    a × b. Exact float32: one matrix product per tile, then a threshold."""
-    an = l2_normalize(a)
-    bn = an if b is None else l2_normalize(b)
-    rows, cols, sims = [], [], []
-    with progress.bar(len(an), desc, unit="item") as bar:
-        for r0 in range(0, len(an), TILE_ROWS):
-            qa = an[r0:r0 + TILE_ROWS]
-            start = r0 if b is None else 0  # the self join skips tiles below the diagonal
-            for c0 in range(start, len(bn), TILE_COLS):
-                s = qa @ bn[c0:c0 + TILE_COLS].T
-                i, j = np.nonzero(s >= threshold)
-                if b is None:
-                    keep = (j + c0) > (i + r0)
-                    i, j = i[keep], j[keep]
-                rows.append(i + r0)
-                cols.append(j + c0)
-                sims.append(s[i, j])
-            bar.update(len(qa))
-    def cat(xs, t):
-        return np.concatenate(xs).astype(t) if xs else np.zeros(0, t)
-
-    return cat(rows, np.int64), cat(cols, np.int64), cat(sims, np.float32)
-
 
 def groups(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Connected components of the pair graph over n items: a group number per item, -1 for items in no pair."""
@@ -73,12 +42,10 @@ def groups(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
 def similarity_histogram(a: np.ndarray, n_sample: int = 2000, seed: int = 0, bins=None) -> dict:
     """Each sampled item's highest similarity to another item (nearest neighbour), binned: where a gap between
     'distinct' and 'copies' shows, the threshold goes."""
-    from embedsearch.evaluate.methods.knn import Bank, faiss_topk
-
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(a), min(n_sample, len(a)), replace=False))
     bank = Bank(a)
-    s, i = faiss_topk(bank, bank.rows(pick), 2, desc="duplicates: similarity profile")
+    s, i = topk(bank, bank.rows(pick), 2, desc="duplicates: similarity profile")
     nn = np.where(i[:, 0] == pick, s[:, 1], s[:, 0])
     edges = np.asarray(bins if bins is not None else [-1, 0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99,
                                                       0.995, 0.999, 1.0001])
@@ -98,26 +65,12 @@ def auto_threshold(nn: np.ndarray, floor: float = 0.9) -> float:
     return float((v[g] + v[g + 1]) / 2) if gaps[g] > 0.01 else DUP_THRESHOLD
 
 
-def nearest_in(q: np.ndarray, bank: np.ndarray, threshold: float, desc: str = "leaks") -> tuple[np.ndarray, ...]:
-    """For each row of q, its most similar row of bank if that similarity ≥ threshold: (q positions, bank
-    positions, similarities), one entry per q row that has one."""
-    i, j, s = similar_pairs(q, bank, threshold, desc=desc)
-    if not len(i):
-        return i, j, s
-    o = np.lexsort((j, -s, i))  # per query: highest similarity first, then lower bank position
-    i, j, s = i[o], j[o], s[o]
-    first = np.r_[True, i[1:] != i[:-1]]
-    return i[first], j[first], s[first]
-
-
 def outlier_scores(x: np.ndarray, k: int = 10) -> np.ndarray:
     """1 − cosine to the k-th nearest other item: high for items far from everything."""
-    from embedsearch.evaluate.methods.knn import Bank, faiss_topk
-
     bank = Bank(x)
     k = min(k, len(x) - 1)
     q = bank.whole if bank.whole is not None else l2_normalize(x)
-    s, i = faiss_topk(bank, q, k + 1, desc="outliers: neighbours")
+    s, i = topk(bank, q, k + 1, desc="outliers: neighbours")
     keep = i != np.arange(len(x))[:, None]  # drop the item itself…
     keep[keep.all(axis=1), -1] = False  # …or, where an exact copy outranked it, the last entry
     return (1.0 - s[keep].reshape(len(x), k)[:, k - 1]).astype(np.float64)
@@ -151,7 +104,7 @@ def out_of_fold(x: np.ndarray, y: np.ndarray, n_classes: int, methods=("knn", "l
     """Out-of-fold class probabilities: for each fold, kNN (weighted vote over the other folds' items) and/or the
     linear probe (fitted on the other folds, C chosen by log-loss on a held-out part of them), averaged. An item's
     own label is never used to score it. `folds`: a fold number per item instead of the seeded stratified ones."""
-    from embedsearch.evaluate.methods.knn import Bank, faiss_topk, knn_scores
+    from embedsearch.evaluate.methods.knn import knn_scores
     from embedsearch.evaluate.methods.linear import linear_probe
 
     folds = stratified_folds(y, n_folds, seed) if folds is None else np.asarray(folds)
@@ -163,7 +116,7 @@ def out_of_fold(x: np.ndarray, y: np.ndarray, n_classes: int, methods=("knn", "l
             te, tr = np.flatnonzero(folds == f), np.flatnonzero(folds != f)
             if "knn" in methods:
                 bank = Bank(x[tr])
-                s, i = faiss_topk(bank, l2_normalize(x[te]), k, desc=f"label issues: kNN fold {f + 1}")
+                s, i = topk(bank, l2_normalize(x[te]), k, desc=f"label issues: kNN fold {f + 1}")
                 out["knn"][te] = knn_scores(s, y[tr][i], min(k, len(tr)), n_classes, T)
                 bar.update()
             if "linear" in methods and len(np.unique(y[tr])) < 2:
@@ -216,16 +169,16 @@ def column(name: str) -> str:
 
 
 def stored_columns(ix) -> set[str]:
-    """The computed columns an opened index's catalog holds (those `_commit` created)."""
+    """The computed columns an opened index's catalog holds (those `store_columns` created)."""
     import json
 
     row = ix.con.execute("SELECT value FROM meta WHERE key = 'computed_columns'").fetchone()
     return set(json.loads(row[0])) if row else set()
 
 
-def _commit(ix, kind: str, ids: np.ndarray, columns: dict, config: dict) -> str:
+def store_columns(ix, kind: str, ids: np.ndarray, columns: dict, config: dict) -> str:
     """Store the columns in the catalog, each under `column(name)`, and record the run (kind `insight:KIND`, its
-    parameters)."""
+    parameters). The finders here and the map's projection (report/map.py) store their values through it."""
     import time
     import uuid
 
@@ -253,7 +206,7 @@ def find_duplicates(ix, where: str | None = None, threshold: float | None = None
         else "default"
     thr = threshold if threshold is not None else auto_threshold(profile["nearest_similarity"]) if auto \
         else DUP_THRESHOLD
-    i, j, s = similar_pairs(x, None, thr)
+    i, j, s = similar_pairs(x, None, thr, desc="duplicates")
     comp = groups(len(x), i, j)
     ids = sel["id"]
     group_id = np.full(len(x), -1, np.int64)
@@ -277,7 +230,7 @@ def find_duplicates(ix, where: str | None = None, threshold: float | None = None
               "how": "exact float32 cosine of L2-normalized vectors, every pair; groups are connected components"}
     run_id = None
     if commit:
-        run_id = _commit(ix, "duplicates", ids, {
+        run_id = store_columns(ix, "duplicates", ids, {
             "dup_group": ("BIGINT", [None if g < 0 else int(g) for g in group_id]),
             "dup_rank": ("INTEGER", [None if r < 0 else int(r) for r in rank])}, config)
     return {**config, "run_id": run_id, "pairs": pairs, "groups": sorted(out_groups, key=lambda g: -g["size"]),
@@ -296,7 +249,7 @@ def find_leaks(ix, train: str = "split = 'train'", test: str = "split = 'test'",
     if len(both):
         raise EvalError(f"--train and --test share {len(both)} items (e.g. id {both[0]}): make them disjoint")
     thr = DUP_THRESHOLD if threshold is None else threshold
-    i, j, s = nearest_in(xte, xtr, thr)
+    i, j, s = nearest_in(xte, xtr, thr, desc="leaks")
     rows = [{"test_id": int(te["id"][a]), "train_id": int(tr["id"][b]), "similarity": round(float(c), 6),
              "test_label": te["label"][a], "train_label": tr["label"][b],
              "test_path": te["path"][a], "train_path": tr["path"][b]} for a, b, c in zip(i, j, s, strict=True)]
@@ -309,8 +262,8 @@ def find_leaks(ix, train: str = "split = 'train'", test: str = "split = 'test'",
         leak_of = np.full(len(te["id"]), None, object)
         leak_sim = np.full(len(te["id"]), None, object)
         leak_of[i], leak_sim[i] = tr["id"][j].tolist(), s.astype(float).tolist()
-        run_id = _commit(ix, "leaks", te["id"], {"leak_of": ("BIGINT", leak_of.tolist()),
-                                                 "leak_sim": ("DOUBLE", leak_sim.tolist())}, config)
+        run_id = store_columns(ix, "leaks", te["id"], {"leak_of": ("BIGINT", leak_of.tolist()),
+                                                       "leak_sim": ("DOUBLE", leak_sim.tolist())}, config)
     return {**config, "run_id": run_id, "leaks": rows}
 
 
@@ -352,7 +305,7 @@ def find_label_issues(ix, where: str | None = None, methods=("knn", "linear"), n
                        "mislabelled)"}
     run_id = None
     if commit:
-        run_id = _commit(ix, "label-issues", sel["id"], {
+        run_id = store_columns(ix, "label-issues", sel["id"], {
             "label_issue": ("DOUBLE", score.astype(float).tolist()),
             "suggested_label": ("VARCHAR", [classes[c] for c in sugg])}, config)
     return {**config, "run_id": run_id, "issues": rows, "probs": oof.probs, "ids": sel["id"], "labels": y}
@@ -376,5 +329,6 @@ def find_outliers(ix, where: str | None = None, k: int = 10, commit: bool = True
               "how": "1 − cosine to the k-th nearest other item (exact float32 search)"}
     run_id = None
     if commit:
-        run_id = _commit(ix, "outliers", sel["id"], {"outlier": ("DOUBLE", score.astype(float).tolist())}, config)
+        run_id = store_columns(ix, "outliers", sel["id"],
+                               {"outlier": ("DOUBLE", score.astype(float).tolist())}, config)
     return {**config, "run_id": run_id, "outliers": rows}

@@ -12,9 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from embedsearch.core.errors import BackboneError, SpecError
-from embedsearch.models.checkpoint import apply_state_dict, load_state_dict, weights_hash
-from embedsearch.models.config import POOLS
-from embedsearch.models.specs import BACKBONE_KINDS, BackboneSpec, parse_backbone
+from embedsearch.models.checkpoint import (
+    apply_state_dict,
+    base_transform,
+    ckpt_paths,
+    load_checkpoint,
+    load_state_dict,
+    weights_hash,
+)
+from embedsearch.models.code import code_ref
+from embedsearch.models.specs import BACKBONE_KINDS, POOLS, BackboneSpec, parse_backbone
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +58,8 @@ def list_backbones() -> list[dict]:
             for k, v in BACKBONE_KINDS.items()]
 
 
-def _offline_error(spec: BackboneSpec, e: Exception, cache_hint: str) -> BackboneError:
+def offline_error(spec: BackboneSpec, e: Exception, cache_hint: str) -> BackboneError:
+    """Weights that are neither cached nor downloadable, as one line: the innermost cause and `cache_hint`."""
     root = e  # the innermost cause says what went wrong (e.g. a DNS failure under the Hub's "cannot find" error)
     while (root.__cause__ or root.__context__) is not None:
         root = root.__cause__ or root.__context__
@@ -152,7 +160,7 @@ def hub_load(spec: BackboneSpec, use_pretrained: bool, make, what: str):
         raise
     except Exception as e:  # noqa: BLE001 — hub/network/cache failures come in many types
         if use_pretrained:
-            raise _offline_error(spec, e, "set HF_HUB_CACHE to a cache that has them") from None
+            raise offline_error(spec, e, "set HF_HUB_CACHE to a cache that has them") from None
         raise BackboneError(f"cannot create {what}: {e}") from None
 
 
@@ -290,7 +298,7 @@ def _hub(spec: BackboneSpec, weights, pretrained, image_size, pool, seed, pre=No
         raise
     except Exception as e:  # noqa: BLE001
         if cached is None or load_kwargs == {}:
-            raise _offline_error(spec, e, f"populate the torch.hub cache ({hub_dir}) with {spec.name}") from None
+            raise offline_error(spec, e, f"populate the torch.hub cache ({hub_dir}) with {spec.name}") from None
         raise BackboneError(f"torch.hub entry {spec.raw} failed: {e}") from None
     if weights:
         apply_state_dict(model, load_state_dict(weights), str(weights))
@@ -308,8 +316,6 @@ def _hub(spec: BackboneSpec, weights, pretrained, image_size, pool, seed, pre=No
         if out.ndim == 3:  # a token map: class token unless --pool avg/tokens
             return out.flatten(1) if pool == "tokens" else out[:, 1:].mean(1) if pool == "avg" else out[:, 0]
         return out
-
-    from embedsearch.models.code import code_ref
 
     typed = parse_backbone(spec.raw) if spec.raw else spec  # as typed, also when re-attached by its path
     ref = code_ref(typed)  # after a download: the copy torch.hub just made
@@ -341,8 +347,6 @@ def _pixels(spec: BackboneSpec, weights, pretrained, image_size, pool, seed, pre
 
 def _ckpt(spec: BackboneSpec, weights, pretrained, image_size, pool, seed, pre=None) -> Backbone:
     """A ViT trained by `embedsearch pretrain`, with the preprocessing it was trained with."""
-    from embedsearch.models.checkpoint import base_transform, ckpt_paths, load_checkpoint
-
     if weights:
         raise SpecError("ckpt: backbones carry their own weights; drop --weights")
     vit, meta = load_checkpoint(spec.name)
@@ -409,8 +413,8 @@ def _torchvision(spec: BackboneSpec, weights, pretrained, image_size, pool, seed
         model = tvm.get_model(spec.name, weights=wenum if use_pretrained else None)
     except Exception as e:  # noqa: BLE001 — download failures come in many types
         if use_pretrained:
-            raise _offline_error(spec, e, f"put the file in the torch.hub cache ({torch.hub.get_dir()}/checkpoints)"
-                                 ) from None
+            raise offline_error(spec, e, f"put the file in the torch.hub cache ({torch.hub.get_dir()}/checkpoints)"
+                                ) from None
         raise BackboneError(f"cannot create torchvision model {spec.name}: {e}") from None
     if weights:
         apply_state_dict(model, load_state_dict(weights), str(weights))
@@ -466,7 +470,7 @@ def _hf(spec: BackboneSpec, weights, pretrained, image_size, pool, seed, pre=Non
         raise
     except Exception as e:  # noqa: BLE001 — hub, cache and config failures come in many types
         if not local:
-            raise _offline_error(spec, e, "set HF_HUB_CACHE to a cache that has them, or pass hf:LOCAL_DIR") from None
+            raise offline_error(spec, e, "set HF_HUB_CACHE to a cache that has them, or pass hf:LOCAL_DIR") from None
         raise BackboneError(f"cannot load the transformers model in {name}: {type(e).__name__}: "
                             f"{str(e).splitlines()[0][:160]}") from None
     if weights:

@@ -12,10 +12,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 
 from embedsearch.core.errors import IndexStateError, SpecError
-
-POOLS = ("default", "cls", "avg", "max", "tokens", "flatten")
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from embedsearch.models.specs import INTERPOLATIONS, POOLS, PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -78,7 +75,9 @@ class BackboneConfig:
     def of_manifest(cls, manifest) -> BackboneConfig:
         """The config an index was built with: recorded whole since `backbone_config` exists; for older indexes,
         assembled from the build record and the space (the same fields, read the same way)."""
-        if manifest.backbone_config is not None:
+        if isinstance(manifest.build.get("backbone"), dict):  # recorded once, in the build record's backbone group
+            return cls.from_dict(manifest.build["backbone"], "manifest build.backbone")
+        if manifest.backbone_config is not None:  # manifests before the grouped BuildConfig
             return cls.from_dict(manifest.backbone_config)
         b, space = manifest.build, manifest.space
         return cls.from_dict({"spec": space.spec, "weights": b.get("weights"), "pretrained": b.get("pretrained", True),

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from embedsearch.core.errors import BackboneError, SpecError
+from embedsearch.models.backbones import hub_load, offline_error, refuse_download
+from embedsearch.models.checkpoint import apply_state_dict, load_state_dict
 from embedsearch.models.specs import parse_backbone
 
 
@@ -27,15 +29,11 @@ class Head:
 
 def create_head(spec: str, *, weights: str | None = None, pretrained: bool = True, device: str = "cpu") -> Head:
     """The backbone of `spec` with its classifier kept, and the names of its classes."""
-    from embedsearch.models.checkpoint import apply_state_dict, load_state_dict
-
     s = parse_backbone(spec)
     use_pretrained = pretrained and weights is None
     if s.kind == "timm":
         import timm
         from timm.data import ImageNetInfo, create_transform, infer_imagenet_subset, resolve_model_data_config
-
-        from embedsearch.models.backbones import hub_load
 
         model = hub_load(s, use_pretrained, lambda: timm.create_model(s.name, pretrained=use_pretrained),
                          f"timm model {s.name}")
@@ -49,8 +47,6 @@ def create_head(spec: str, *, weights: str | None = None, pretrained: bool = Tru
     elif s.kind == "torchvision":
         from torchvision import models as tvm
 
-        from embedsearch.models.backbones import _offline_error, refuse_download
-
         enum = tvm.get_model_weights(s.name)
         wenum = enum[s.entry] if s.entry else enum.DEFAULT
         if use_pretrained:
@@ -59,7 +55,7 @@ def create_head(spec: str, *, weights: str | None = None, pretrained: bool = Tru
             model = tvm.get_model(s.name, weights=wenum if use_pretrained else None)
         except Exception as e:  # noqa: BLE001
             if use_pretrained:
-                raise _offline_error(s, e, "put the file in the torch.hub cache") from None
+                raise offline_error(s, e, "put the file in the torch.hub cache") from None
             raise BackboneError(f"cannot create torchvision model {s.name}: {e}") from None
         labels = list(wenum.meta.get("categories") or [])
         pre = wenum.transforms()
@@ -77,9 +73,7 @@ def create_head(spec: str, *, weights: str | None = None, pretrained: bool = Tru
             processor = transformers.AutoImageProcessor.from_pretrained(s.name)
         except Exception as e:  # noqa: BLE001
             if not Path(s.name).is_dir():
-                from embedsearch.models.backbones import _offline_error
-
-                raise _offline_error(s, e, "set HF_HUB_CACHE to a cache that has them, or pass hf:LOCAL_DIR") from None
+                raise offline_error(s, e, "set HF_HUB_CACHE to a cache that has them, or pass hf:LOCAL_DIR") from None
             raise SpecError(f"--head: {spec} has no image-classification head ({type(e).__name__})") from None
         id2label = model.config.id2label or {}
         labels = [id2label.get(i, str(i)) for i in range(model.config.num_labels)]

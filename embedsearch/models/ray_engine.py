@@ -136,7 +136,7 @@ class Embedder:
                 problems.append(f"the dataset root {root} is not readable")
             elif sample is not None:
                 from embedsearch.sources.hf_dataset import row_split
-                from embedsearch.sources.webdataset import member_split
+                from embedsearch.sources.shards import member_split
 
                 f = Path(root) / sample
                 # a shard member or a dataset row: its file must be readable

@@ -21,6 +21,11 @@ BACKBONE_KINDS = {
     "pixels": "pixels[:SIZE]          raw RGB pixels resized to SIZE×SIZE (default 32): the honest baseline",
 }
 
+# the values BackboneConfig accepts (--pool, --interpolation, --precision); the backbone factory checks pool too
+POOLS = ("default", "cls", "avg", "max", "tokens", "flatten")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """A parsed backbone spec; `raw` is what the user typed and what the manifest records."""

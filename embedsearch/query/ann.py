@@ -5,13 +5,13 @@ Tuning (`--index auto`) holds a seeded sample of the vectors out of the index wh
 are new to the index as real queries are, and adds them afterwards. `index-quality` cannot take items out of a built
 index: its queries are indexed items left out of their own results ("leave-one-out": a query's own id is dropped from
 both the exact and the approximate top-k), drawn with another seed. Graph indexes (HNSW) find neighbours of their own
-items more easily than of new vectors, so for them leave-one-out recall is an upper bound (scripts/bench_search.md
+items more easily than of new vectors, so for them leave-one-out recall is an upper bound (docs/benchmarks/search.md
 measures both).
 
 The candidates follow FAISS's guidelines (wiki "Guidelines to choose an index"): exact `Flat` while it is cheap,
 then `IVF{K},Flat` with K ≈ 4·√n, `HNSW32` when the vectors plus graph fit the budget, `IVF{K},SQ8` (4× smaller),
 `IVF{K},PQ{m}x4fs` (4-bit fast-scan PQ, up to 8× smaller). IVF-Flat comes before HNSW because on the 2-core CI
-machine it was faster at the same recall, for batches and single queries alike (scripts/bench_search.md: 1M × 384,
+machine it was faster at the same recall, for batches and single queries alike (docs/benchmarks/search.md: 1M × 384,
 recall@10 0.97–0.98, IVF-Flat 45× exact-search batch throughput against HNSW32's 7×); HNSW is next when IVF cannot
 reach the target with a quarter of its lists probed. Each candidate that fits is built, tuned (nprobe /
 efSearch doubled until the recall target is met) and kept when it meets the target (and the latency limit, when

@@ -343,7 +343,7 @@ def _confusion_html(d: dict) -> str:
 
 
 def _misclassified(ix, d, thumbs, n_errors, n_neighbours) -> str:
-    from embedsearch.evaluate.methods.knn import knn_neighbours
+    from embedsearch.query.exact import knn_neighbours
 
     pr = d["predictions"]
     wrong = [(i, t, p) for i, t, p in zip(pr["id"], pr["true"], pr["pred"]) if t != p][:n_errors]

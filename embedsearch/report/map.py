@@ -105,9 +105,9 @@ def _fit(x: np.ndarray, method: str, sample: int, seed: int) -> tuple[np.ndarray
     out[fit_on] = emb
     rest = np.setdiff1d(np.arange(len(x)), fit_on)
     if len(rest):
-        from embedsearch.evaluate.methods.knn import Bank, faiss_topk
+        from embedsearch.query.exact import Bank, topk
 
-        s, i = faiss_topk(Bank(xs), x[rest], 10, desc="map: placing the rest")
+        s, i = topk(Bank(xs), x[rest], 10, desc="map: placing the rest")
         w = np.exp((s - s[:, :1]) / 0.05)
         out[rest] = (w[..., None] * emb[i]).sum(1) / w.sum(1, keepdims=True)
     return out, {**info, "how": f"t-SNE (perplexity {perplexity:g}, PCA init) of the sample; other items at the "
@@ -147,9 +147,10 @@ def projection(ix, where: str | None = None, method: str = "umap", sample: int =
         raise EvalError(f"map --method {method}: the projection of `{where or 'all items'}` has non-finite "
                         "coordinates; try --method pca")
     info = {**info, "where": where, "key": key}
-    from embedsearch.evaluate.insight import _commit
+    from embedsearch.evaluate.insight import store_columns
 
-    run_id = _commit(ix, "map", ids, {cx: ("DOUBLE", xy[:, 0].tolist()), cy: ("DOUBLE", xy[:, 1].tolist())}, info)
+    run_id = store_columns(ix, "map", ids,
+                           {cx: ("DOUBLE", xy[:, 0].tolist()), cy: ("DOUBLE", xy[:, 1].tolist())}, info)
     return {"ids": ids, "xy": xy, "info": info, "reused_from": None, "run_id": run_id}
 
 
@@ -165,10 +166,10 @@ def _colour_values(ix, ids: np.ndarray, color: str) -> tuple[list, str]:
         raise EvalError(f"--color {color}: the catalog has no {need[color][0]} column yet; run "
                         f"`{need[color][1]} {ix.name}` first")
     if color == "prediction":
-        from embedsearch.report.tables import latest_results
+        from embedsearch.evaluate.results import ResultStore
 
         pred = {}
-        for r in latest_results(ix):
+        for r in ResultStore(ix).latest():
             if r.get("predictions") and r["method"] in ("knn", "linear", "prototypes"):
                 p = r["predictions"]
                 pred = {i: r["classes"][c] for i, c in zip(p["id"], p["pred"], strict=True)}
@@ -197,7 +198,7 @@ def map_page(ix, proj: dict, color: str = "label", seed: int = 0) -> str:
     """The self-contained page: one scatter of the projection coloured by `color`."""
     import plotly.graph_objects as go
 
-    from embedsearch.evaluate.methods.knn import Bank, faiss_topk
+    from embedsearch.query.exact import Bank, topk
     from embedsearch.report.html import Thumbnails, to_data_uri
 
     if color not in COLORS:
@@ -208,7 +209,7 @@ def map_page(ix, proj: dict, color: str = "label", seed: int = 0) -> str:
     rng = np.random.default_rng(seed)
     with_thumb = set(ids[rng.choice(len(ids), THUMBS, replace=False)].tolist() if len(ids) > THUMBS else ids.tolist())
     x = l2_normalize(ix.vectors(ids))
-    s, nb = faiss_topk(Bank(x), x, min(NEIGHBOURS + 1, len(ids)), desc="map: neighbours")
+    s, nb = topk(Bank(x), x, min(NEIGHBOURS + 1, len(ids)), desc="map: neighbours")
     thumbs = Thumbnails(ix, size=64)
     images = {}
     for i in sorted(with_thumb):

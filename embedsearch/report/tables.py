@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 
 from embedsearch.core.errors import EvalError
 from embedsearch.evaluate.metrics import TOPK_RULE
+from embedsearch.evaluate.results import ResultStore
 
 
 def _pct(x) -> str:
@@ -92,19 +92,15 @@ def _ci_method(run) -> str | None:
 
 
 def evaluate_and_report(ix, html_path=None, run=None, **eval_kwargs):
-    """Evaluate, save the result JSONs and probes, write the HTML report: what `embedsearch eval` and
-    `quickstart` do. Returns (run, markdown summary, path of the HTML report)."""
+    """Evaluate and commit (`evaluate.runner.run_and_commit`: result JSONs, probes, catalog rows), then render
+    the Markdown summary and write the HTML report: what `embedsearch eval` and `quickstart` do. Returns (run,
+    markdown summary, path of the HTML report)."""
     from pathlib import Path
 
-    from embedsearch.evaluate import evaluate, save_result, save_summary
+    from embedsearch.evaluate.runner import run_and_commit
     from embedsearch.report.html import eval_report
 
-    def commit(run, i):  # each result committed as it lands, and the run's summary (time table) with it
-        save_result(ix, run, i)
-        save_summary(ix, run)
-
-    run = evaluate(ix, on_result=commit, run=run, **eval_kwargs)
-    save_summary(ix, run)
+    run = run_and_commit(ix, run=run, **eval_kwargs)
     md = markdown_run(run, ix)
     page = eval_report(ix, run, md)
     path = Path(html_path) if html_path else ix.layout.reports / f"eval-{run.run_id}.html"
@@ -124,35 +120,13 @@ def _params_md(d: dict) -> str:
     return ", ".join(out)
 
 
-def latest_results(ix) -> list[dict]:
-    """The newest result of each (method, variant) stored in an index's catalog."""
-    _, rows = ix.sql("SELECT result FROM results ORDER BY created")
-    latest: dict[tuple, dict] = {}
-    for (res,) in rows:
-        d = json.loads(res) if isinstance(res, str) else res
-        latest[(d["method"], d.get("variant"))] = d
-    return list(latest.values())
-
-
-def _newest_by_setting(ix) -> dict[tuple, dict]:
-    """The newest result with predictions per (method, variant, train selection, test selection, seed): `compare`
-    pairs only results obtained the same way, so a newer run on other selections never stands in for a like one."""
-    _, rows = ix.sql("SELECT result FROM results ORDER BY created")
-    out: dict[tuple, dict] = {}
-    for (res,) in rows:
-        d = json.loads(res) if isinstance(res, str) else res
-        if d.get("predictions"):
-            out[(d["method"], d.get("variant"), d["train"]["where"], d["test"]["where"], d["seed"])] = d
-    return out
-
-
 def aggregate(indexes) -> list[dict]:
     """One row per (index, method variant): the table `embedsearch report` prints."""
     from embedsearch.core.results import Rows
 
     rows = Rows()
     for ix in indexes:
-        for d in latest_results(ix):
+        for d in ResultStore(ix).latest():
             m = d.get("metrics") or {}
             if not m:
                 continue
@@ -180,7 +154,7 @@ def compare(indexes) -> dict:
     """Pairwise comparison on the items both evaluated (joined on id), per shared method variant."""
     if len(indexes) < 2:
         raise EvalError("compare needs at least two indexes")
-    res = {ix.name: _newest_by_setting(ix) for ix in indexes}
+    res = {ix.name: ResultStore(ix).newest_by_setting() for ix in indexes}
     a, others = indexes[0], indexes[1:]
     out = {"reference": a.name, "pairs": []}
     for b in others:

@@ -1,9 +1,9 @@
 """The indexes a server answers from: one complete snapshot per index, swapped when a writer commits a new one.
 
-A request takes the current `Snapshot` once and answers from it alone, so every response comes from one consistent
-state (its manifest, FAISS file, catalog copy and parts) even while `index --add` or `verify --repair` runs. The
-catalog is copied into memory when a snapshot opens (`connect_readonly`), so the server never holds the DuckDB file
-that a writer in another process needs.
+A request takes the current `ServedState` once and answers from it alone, so every response comes from
+one consistent state (its manifest, FAISS file, catalog copy and parts) even while `index --add` or
+`verify --repair` runs. The catalog is copied into memory when a snapshot opens (`connect_readonly`), so the
+server never holds the DuckDB file that a writer in another process needs.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 from embedsearch.core.errors import EmbedsearchError, IndexStateError
 from embedsearch.reader import Index
 from embedsearch.report.html import Thumbnails
+from embedsearch.serve import queries
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ CHECK_EVERY_S = 0.25  # how often a request may look at the manifest for a newer
 
 
 @dataclass
-class Snapshot:
+class ServedState:
     """One opened, complete state of an index. `lock` serialises catalog calls: a DuckDB connection is not safe to
     share between threads (FAISS searches themselves run outside it)."""
 
@@ -37,7 +38,7 @@ class Snapshot:
     _columns: int | None = None
 
     @classmethod
-    def open(cls, layout_dir: Path, image_roots: tuple[str, ...] = ()) -> Snapshot:
+    def open(cls, layout_dir: Path, image_roots: tuple[str, ...] = ()) -> ServedState:
         ix = Index.open(str(layout_dir) + os.sep)
         m = ix.manifest
         parts = ",".join(f"{p.number}:{p.sha256}" for p in m.parts)
@@ -50,7 +51,7 @@ class Snapshot:
         """How many catalog columns each hit carries (what a response costs per hit)."""
         if self._columns is None:
             with self.lock:
-                self._columns = len(self.ix.con.execute("DESCRIBE items").fetchall())
+                self._columns = len(queries.columns(self.ix))
         return self._columns
 
 
@@ -71,14 +72,14 @@ class Served:
         self._swap = threading.Lock()
         self._checked = 0.0
         self._stamp = _stamp(layout_dir / "manifest.json")
-        self.current = Snapshot.open(layout_dir, image_roots)
+        self.current = ServedState.open(layout_dir, image_roots)
 
     def recheck(self) -> None:
         """Look at the manifest again on the next request, whatever the time since the last look."""
         self._checked = 0.0
         self._stamp = None
 
-    def get(self) -> Snapshot:
+    def get(self) -> ServedState:
         now = time.monotonic()
         if now - self._checked >= CHECK_EVERY_S and self._swap.acquire(blocking=False):
             try:
@@ -92,7 +93,7 @@ class Served:
 
     def _reopen(self, stamp) -> None:
         try:
-            snap = Snapshot.open(self.dir, self.image_roots)
+            snap = ServedState.open(self.dir, self.image_roots)
         except EmbedsearchError as e:  # e.g. a repair in progress: keep answering from the last snapshot
             log.warning("%s: keeping snapshot %s (%s)", self.name, self.current.key, e)
             return

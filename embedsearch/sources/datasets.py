@@ -3,79 +3,27 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import logging
 import os
 import pickle
 import re
 import stat
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from embedsearch.core.errors import SourceError
 from embedsearch.core.schema import COMPUTED_PREFIX
-from embedsearch.sources.images import IMAGE_EXTENSIONS
+from embedsearch.sources.base import CATALOG_COLUMNS, IMAGE_EXTENSIONS, SPLIT_DIRS, Record, Source, path_id
+from embedsearch.sources.base import SourceOptions as SourceOptions  # re-exported
+from embedsearch.sources.hf_dataset import read_hf_dataset
 from embedsearch.sources.specs import SourceSpec, parse_source
+from embedsearch.sources.webdataset import read_shards
 
 log = logging.getLogger(__name__)
 
-SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 DIGITS_TEST_FRACTION, DIGITS_SEED = 0.25, 0
-
-
-@dataclass(slots=True)
-class Record:
-    """One item: `path` (relative to the source root) or an in-memory uint8 `array`, never both."""
-
-    id: int
-    label: str | None = None
-    split: str | None = None
-    path: str | None = None
-    array: np.ndarray | None = None
-    meta: dict = field(default_factory=dict)
-
-
-@dataclass
-class Source:
-    spec: str
-    kind: str
-    root: Path | None
-    records: list[Record]
-    classes: list[str]
-    notes: list[str] = field(default_factory=list)
-    options: dict = field(default_factory=dict)  # the open_source() arguments, so the source can be reopened
-
-    def describe(self) -> dict:
-        return {
-            "spec": self.spec,
-            "options": self.options,
-            "kind": self.kind,
-            "root": str(self.root) if self.root else None,
-            "items": len(self.records),
-            "classes": len(self.classes),
-            "splits": dict(Counter(r.split for r in self.records if r.split)),
-            "notes": self.notes,
-        }
-
-
-def path_id(relpath: str) -> int:
-    """A stable non-negative int64 id for a path relative to its root: the same file always gets the same id."""
-    return int.from_bytes(hashlib.blake2b(relpath.encode("utf-8"), digest_size=8).digest(), "big") >> 1
-
-
-@dataclass(frozen=True)
-class SourceOptions:
-    """The options of `open_source` besides the spec, as an index records them (manifest `source.options`)."""
-
-    root: str | None = None
-    label_regex: str | None = None
-    split: str | None = None
-    seed: int = 0
-    min_per_class: int = 0
-    require_paths: bool = True
 
 
 def open_source(
@@ -382,10 +330,6 @@ def read_manifest_table(path: Path):
 
 
 MANIFEST_FIELDS = ("id", "path", "label", "split")
-# The catalog's own columns (store.catalog.BASE_COLUMNS), spelled here because sources sit below the store: a source
-# column must not take one of these names.
-CATALOG_COLUMNS = ("id", "path", "label", "class_index", "split", "part", "status", "stage", "error_type", "error",
-                   "width", "height")
 
 
 def manifest_columns(cols: list[str], where: str) -> dict[str, str]:
@@ -517,16 +461,12 @@ def _manifest_root(base: Path, recs: list[Record], fulls: list[str | None], mani
 
 
 def _webdataset(s: SourceSpec, **_) -> Source:
-    from embedsearch.sources.webdataset import read_shards
-
     root, recs, classes, notes = read_shards(s.location)
     _check_unique_ids(recs, f"shards {s.location}")
     return Source(s.raw, "webdataset", root, recs, classes, notes=notes)
 
 
 def _hf_dataset(s: SourceSpec, **_) -> Source:
-    from embedsearch.sources.hf_dataset import read_hf_dataset
-
     root, recs, classes, notes = read_hf_dataset(s.location)
     _check_unique_ids(recs, s.raw)
     return Source(s.raw, "hf-dataset", root, recs, classes, notes=notes)

@@ -27,7 +27,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from embedsearch.core.errors import SourceError
-from embedsearch.sources.images import ImageLoadError
+from embedsearch.sources.base import CATALOG_COLUMNS, SPLIT_DIRS, ImageLoadError, Record, check_path, path_id
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def _from_hub_cache(name: str) -> Path | None:
 
 
 def read_hf_dataset(location: str):
-    """(root, records, classes, notes) of the dataset `location` names; records are the datasets.Record kind."""
+    """(root, records, classes, notes) of the dataset `location` names; records are the base.Record kind."""
     where, opts = parse_location(location)
     root = Path(where).expanduser()
     if not root.is_dir():
@@ -107,8 +107,6 @@ def read_hf_dataset(location: str):
     notes: list[str] = []
     wanted = opts.get("split")
     if wanted:
-        from embedsearch.sources.datasets import SPLIT_DIRS
-
         names = [s for s in re.split(r"[+, ]", wanted) if s]  # `+` reaches here as a space (query syntax)
         by_norm = {SPLIT_DIRS.get(s.lower(), s): s for s in splits if s is not None}
         pick = []
@@ -376,8 +374,6 @@ def _read_file(f: Path, root: Path, split: str | None, label: str, opts: dict, i
                card: dict):
     """The records of one Arrow/Parquet file; the image and label columns are chosen on the first file and must be
     the same in the others (one dataset, one schema)."""
-    from embedsearch.sources.datasets import SPLIT_DIRS, Record, path_id
-
     rel = f.relative_to(root).as_posix()
     where = f"{label} ({rel})"
     table = _open_table(f, where)
@@ -433,8 +429,6 @@ def _read_file(f: Path, root: Path, split: str | None, label: str, opts: dict, i
 def _meta_name(column: str) -> str:
     """A dataset column as a catalog column: its own name, or hf_NAME where that is a catalog column's (SQL names
     are not case-sensitive) or the prefix of the columns embedsearch computes."""
-    from embedsearch.sources.datasets import CATALOG_COLUMNS
-
     low = column.lower()
     return f"hf_{column}" if low in CATALOG_COLUMNS or low.startswith(_COMPUTED_PREFIX) else column
 
@@ -582,8 +576,6 @@ def read_row_image(file: Path, column: str, row: int) -> bytes:
     if isinstance(value, dict) and value.get("bytes") is not None:
         return bytes(value["bytes"])
     if isinstance(value, dict) and value.get("path"):
-        from embedsearch.sources.images import check_path
-
         p = Path(value["path"])
         p = p if p.is_absolute() else file.parent / p
         check_path(p, None)

@@ -2,54 +2,21 @@
 
 from __future__ import annotations
 
-import errno
+import io
 import os
-import stat
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from embedsearch.sources.base import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS  # re-exported: its old home
+from embedsearch.sources.base import ImageLoadError, check_path
+from embedsearch.sources.hf_dataset import read_row_image, row_split
+from embedsearch.sources.shards import member_split, read_member
+
 # Formats Pillow may open. EPS/PDF/etc. are never handed to Pillow (EPS would reach Ghostscript).
 ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM")  # MPO opens through JPEG
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
-
-
-class ImageLoadError(Exception):
-    """An image that cannot be embedded; `stage` says where it failed (path, decode)."""
-
-    def __init__(self, stage: str, kind: str, message: str):
-        super().__init__(message)
-        self.stage, self.kind = stage, kind
-
-
-def check_path(path: Path, root: Path | None) -> None:
-    """Refuse paths that leave the dataset root as written (`..`, an absolute path elsewhere), symlink loops, and what
-    is not a regular file. Symlinks are followed wherever they point: a dataset folder whose images (or class
-    folders) link to shared storage, as ImageNet copies often are, is the user's own layout, and the root only
-    guards against a path that names a file outside it (core/trust.py's rule, which the server shares)."""
-    from embedsearch.core.trust import within
-
-    if root is not None and not within(path, [root]):
-        raise ImageLoadError("path", "OutsideRoot", f"{path} lies outside the dataset root {root}")
-    try:
-        st = os.stat(path)  # follows links
-    except FileNotFoundError:
-        if os.path.islink(path):
-            raise ImageLoadError("path", "FileNotFoundError",
-                                 f"broken symlink: {path} → {os.readlink(path)} does not exist") from None
-        raise ImageLoadError("path", "FileNotFoundError", f"no such file: {path}") from None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise ImageLoadError("path", "SymlinkLoop", f"symlink loop at {path}") from None
-        raise ImageLoadError("path", type(e).__name__, f"{path}: {e.strerror or e}") from None
-    except ValueError as e:  # a NUL byte in a manifest's path
-        raise ImageLoadError("path", "BadPath", f"{path!r}: {e}") from None
-    if not stat.S_ISREG(st.st_mode):  # directories named x.jpg, FIFOs (would block), devices
-        raise ImageLoadError("path", "NotAFile", f"{path} is not a regular file")
-    if st.st_size == 0:
-        raise ImageLoadError("decode", "EmptyFile", f"{path} is empty (0 bytes)")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -87,11 +54,6 @@ def load_image(path: str | os.PathLike, root: Path | None = None, member: tuple[
     name); `member` = (data offset, size) reads it with one seek, else the shard's member index does (its headers
     are read once per process, not once per image). A path below a regular `.arrow`/`.parquet` file
     (`FILE.arrow/COLUMN/ROW`) is that row's image in a Hugging Face dataset."""
-    import io
-
-    from embedsearch.sources.hf_dataset import read_row_image, row_split
-    from embedsearch.sources.webdataset import member_split, read_member
-
     p = Path(path)
     plain = p.exists() or p.is_symlink()  # a broken link or a loop is a file that fails with its reason
     row = None if plain else row_split(p)

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from embedsearch.core.errors import SpecError
+from embedsearch.sources.shards import looks_like_shards
 
 SOURCE_KINDS = {
     "digits": "digits                 scikit-learn's embedded 8×8 digits (offline default; seeded 75/25 split)",
@@ -48,8 +49,6 @@ def parse_source(spec: str) -> SourceSpec:
         if not rest.strip():
             raise SpecError(f"source {spec!r} needs a directory: hf-dataset:DIR (or OWNER/NAME in the hub cache)")
         return SourceSpec("hf-dataset", rest, raw=spec)
-    from embedsearch.sources.webdataset import looks_like_shards
-
     if looks_like_shards(spec):
         return SourceSpec("webdataset", spec, raw=spec)
     kind, sep, rest = spec.partition(":")

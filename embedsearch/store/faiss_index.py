@@ -195,14 +195,14 @@ def _filter_params(index, sel):
 
 FP16_GEMM_MIN_QUERIES = 20  # from this many queries on, a matrix product beats per-vector loops (measured)
 BLAS_FROM_QUERIES = 20  # FAISS 1.15 switches flat search to BLAS only when nq·d ≥ 128,000 (334 queries at 384-d);
-# on the 2-core CI machine 20–300 queries then ran at 18–20 GFLOP/s instead of 44–130 with BLAS (bench_search.md)
+# on the 2-core CI machine 20–300 queries then ran at 18–20 GFLOP/s instead of 44–130 with BLAS (docs/benchmarks/search.md)
 FP16_BLOCK = 16384  # database rows decoded to float32 at a time (25 MB at 384-d)
 
 
 @contextmanager
 def _threads(n: int | None):
     """Run FAISS with n OpenMP threads. One query against a flat index runs 2× faster on one thread than on two
-    (measured on the 2-core CI machine, scripts/bench_search.md): FAISS splits it across threads badly."""
+    (measured on the 2-core CI machine, docs/benchmarks/search.md): FAISS splits it across threads badly."""
     import faiss
 
     if n is None:
@@ -240,8 +240,10 @@ def pad_to(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.
 
 def exact_topk(chunks: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray, k: int, normalize: bool = True):
     """Exact cosine top-k of `queries` over chunks of (ids, vectors), one chunk in memory at a time: (scores, ids),
-    padded with score -inf / id -1 when there are fewer than k vectors. The one exact top-k of the package (the
-    kNN evaluation's float64 certification aside); `normalize=False` when queries and chunks are unit rows already."""
+    padded with score -inf / id -1 when there are fewer than k vectors; `normalize=False` when queries and
+    chunks are unit rows already. The exact top-k over id-carrying chunks (ground truth for the ANN
+    measurements, the fp16 flat search below); the exact search over a bank of vectors — certified top-k,
+    threshold joins — is query/exact.py's, a layer above: this module, in the store, cannot call it."""
     import faiss
 
     q = l2_normalize(queries) if normalize else np.ascontiguousarray(queries, np.float32)

@@ -3,7 +3,7 @@ of the file as they lie, each page's CRC checked, instead of pyarrow's element-b
 
 A part stores each vector as a Parquet list of d elements: one FIXED_LEN_BYTE_ARRAY(2) (float16) or FLOAT per
 element, behind repetition and definition levels. pyarrow rebuilds the list from those levels one element at a time
-(about 0.35 GB/s per core, scripts/bench_read.md). The parts `write_part` writes are uncompressed, without a
+(about 0.35 GB/s per core, docs/benchmarks/read.md). The parts `write_part` writes are uncompressed, without a
 dictionary, PLAIN-encoded and checksummed, so the values of each data page are one run of little-endian numbers
 after its levels: when every level has a value (no null list or element) and the column holds rows × d values, the
 runs laid end to end are the rows in order. `read_vectors` checks exactly that, page by page, and returns None for

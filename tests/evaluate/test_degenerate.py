@@ -20,7 +20,7 @@ ONE_PER_CLASS = None  # `id IN (…)`: the first train item of each class, set b
 def root(tmp_path_factory):
     global ONE_PER_CLASS
     r = tmp_path_factory.mktemp("degenerate")
-    build_index(open_source("digits"), BuildConfig(name="d", root=str(r), backbone="pixels:4", num_workers=0),
+    build_index(open_source("digits"), BuildConfig.of(name="d", root=str(r), backbone="pixels:4", num_workers=0),
                 progress=False)
     ix = Index.open("d", r)
     ids = [i for (i,) in ix.sql("SELECT min(id) FROM items WHERE split = 'train' GROUP BY label")[1]]
@@ -72,7 +72,7 @@ def test_many_classes_give_a_sparse_confusion_and_a_readable_report(tmp_path):
                              "split": ["train", "train", "test"] * C}), tmp_path / "m.parquet")
     np.save(tmp_path / "v.npy", vec.astype(np.float32))
     build_index(open_source(str(tmp_path / "m.parquet"), require_paths=False),
-                BuildConfig(name="many", root=str(tmp_path), vectors=str(tmp_path / "v.npy"), dtype="float32"),
+                BuildConfig.of(name="many", root=str(tmp_path), vectors=str(tmp_path / "v.npy"), dtype="float32"),
                 progress=False)
     ix = Index.open("many", tmp_path)
     run, _, html_path = evaluate_and_report(ix, str(tmp_path / "r.html"), methods=["prototypes", "linear"])

@@ -13,6 +13,7 @@ from embedsearch.evaluate import evaluate, load_selection
 from embedsearch.evaluate.methods import knn as M_knn
 from embedsearch.evaluate.methods import prototypes as M_proto
 from embedsearch.evaluate.metrics import classification_report
+from embedsearch.query import exact as M_exact
 from embedsearch.reader import Index
 from embedsearch.sources.datasets import open_source
 
@@ -20,7 +21,7 @@ from embedsearch.sources.datasets import open_source
 @pytest.fixture(scope="module")
 def ix(tmp_path_factory):
     root = tmp_path_factory.mktemp("ev")
-    build_index(open_source("digits"), BuildConfig(name="d", root=str(root), backbone="pixels:8", num_workers=0),
+    build_index(open_source("digits"), BuildConfig.of(name="d", root=str(root), backbone="pixels:8", num_workers=0),
                 progress=False)
     return Index.open("d", root)
 
@@ -64,7 +65,7 @@ def test_weighted_and_majority_knn_match_numpy(ix, data):
 
 def test_knn_drops_self_match_when_queries_are_in_the_bank():
     x = np.eye(4, dtype=np.float32) + 0.01
-    sims, idx = M_knn.knn_neighbours(x, x, 2, bank_ids=np.arange(4), q_ids=np.arange(4))
+    sims, idx = M_exact.knn_neighbours(x, x, 2, bank_ids=np.arange(4), q_ids=np.arange(4))
     assert not (idx == np.arange(4)[:, None]).any()
 
 
@@ -83,7 +84,7 @@ def _float64_topk(bank, q, k, drop_self=False, own=None):
 @pytest.fixture(params=["faiss", "torch"])
 def backend(request, monkeypatch):
     """Each exactness test runs on both CPU top-k backends (`cpu_backend` picks one by speed on each machine)."""
-    monkeypatch.setattr(M_knn, "cpu_backend", lambda d, work=None: request.param)
+    monkeypatch.setattr(M_exact, "cpu_backend", lambda d, work=None: request.param)
     return request.param
 
 
@@ -99,7 +100,7 @@ def test_knn_neighbour_sets_equal_float64_search_at_every_cutoff(backend):
     rng = np.random.default_rng(1)
     bank, q = _near_tied_bank(rng), rng.normal(size=(500, 64)).astype(np.float32)
     ks = (1, 3, 10, 50)
-    sims, idx = M_knn.knn_neighbours(bank, q, 50, ks=ks)
+    sims, idx = M_exact.knn_neighbours(bank, q, 50, ks=ks)
     ref = _float64_topk(bank, q, 50)
     plain = faiss.knn(l2_normalize(q), l2_normalize(bank), 50, metric=faiss.METRIC_INNER_PRODUCT)[1]
     for k in ks:
@@ -109,19 +110,19 @@ def test_knn_neighbour_sets_equal_float64_search_at_every_cutoff(backend):
     # the data does contain float32 near-ties that change a neighbour set (else this test could not fail)
     assert any(set(a) != set(b) for k in ks for a, b in zip(plain[:, :k], ref[:, :k]))
     s64 = np.take_along_axis(l2_normalize(q).astype(np.float64) @ l2_normalize(bank).astype(np.float64).T, idx, 1)
-    assert np.abs(sims - s64).max() <= M_knn.float32_dot_error(64)
+    assert np.abs(sims - s64).max() <= M_exact.float32_dot_error(64)
 
 
 def test_knn_ties_that_reach_the_candidate_list_end_widen_the_list_for_those_rows(monkeypatch, backend):
     rows = []
-    wide = M_knn._widen
-    monkeypatch.setattr(M_knn, "_widen", lambda b, q, *a, **kw: rows.append(len(q)) or wide(b, q, *a, **kw))
+    wide = M_exact._widen
+    monkeypatch.setattr(M_exact, "_widen", lambda b, q, *a, **kw: rows.append(len(q)) or wide(b, q, *a, **kw))
     rng = np.random.default_rng(2)
     bank = np.repeat(rng.normal(size=(20, 32)).astype(np.float32), 60, axis=0)  # 60 identical copies each
     q = rng.normal(size=(40, 32)).astype(np.float32)
-    _, idx = M_knn.knn_neighbours(bank, q, 10, ks=(1, 5, 10))
+    _, idx = M_exact.knn_neighbours(bank, q, 10, ks=(1, 5, 10))
     assert (idx == _float64_topk(bank, q, 10)).all()  # copies tie exactly: lower bank position first
-    _, idx = M_knn.knn_neighbours(bank, bank, 5, bank_ids=np.arange(len(bank)), q_ids=np.arange(len(bank)))
+    _, idx = M_exact.knn_neighbours(bank, bank, 5, bank_ids=np.arange(len(bank)), q_ids=np.arange(len(bank)))
     assert (idx == _float64_topk(bank, bank, 5, drop_self=True)).all()
     assert sum(rows) > 0  # the wider search ran
 
@@ -146,11 +147,11 @@ def test_knn_sets_equal_float64_on_any_small_bank(data):
     ks = sorted(set(data.draw(st.lists(st.integers(1, kmax), max_size=3))) | {kmax})
     ref = _float64_topk(bank, q, n, own=q_ids)
     for backend in ("faiss", "torch"):  # both CPU top-k backends
-        M_knn._CPU_BACKEND[d] = backend
+        M_exact._CPU_BACKEND[d] = backend
         try:
-            _, idx = M_knn.knn_neighbours(bank, q, kmax, bank_ids=np.arange(n), q_ids=q_ids, ks=ks)
+            _, idx = M_exact.knn_neighbours(bank, q, kmax, bank_ids=np.arange(n), q_ids=q_ids, ks=ks)
         finally:
-            M_knn._CPU_BACKEND.pop(d)
+            M_exact._CPU_BACKEND.pop(d)
         for k in ks:
             kk = min(k, idx.shape[1])
             assert [set(r) for r in idx[:, :kk]] == [set(r) for r in ref[:, :kk]], (backend, k)
@@ -161,8 +162,8 @@ def test_weighted_knn_vote_equals_float64_vote_on_near_tied_neighbours(backend):
     bank, q = _near_tied_bank(rng, n=400, d=48), rng.normal(size=(2000, 48)).astype(np.float32)
     labels = rng.integers(0, 7, len(bank))  # near-identical copies carry different labels
     k = 4
-    sims, idx = M_knn.knn_neighbours(bank, q, k)
-    ours = M_knn.knn_scores(sims, labels[idx], k, 7, M_knn.KNN_T, M_knn.ExactSims(bank, q, idx)).argmax(1)
+    sims, idx = M_exact.knn_neighbours(bank, q, k)
+    ours = M_knn.knn_scores(sims, labels[idx], k, 7, M_knn.KNN_T, M_exact.ExactSims(bank, q, idx)).argmax(1)
     plain = M_knn.knn_scores(sims, labels[idx], k, 7, M_knn.KNN_T).argmax(1)
     ref_idx = _float64_topk(bank, q, k)
     s64 = np.take_along_axis(l2_normalize(q).astype(np.float64) @ l2_normalize(bank).astype(np.float64).T, ref_idx, 1)
@@ -173,11 +174,11 @@ def test_weighted_knn_vote_equals_float64_vote_on_near_tied_neighbours(backend):
 
 
 def test_cpu_backend_is_measured_once_and_is_one_of_the_two():
-    M_knn._CPU_BACKEND.pop(24, None)
-    assert M_knn.cpu_backend(24, work=1000) == "faiss" and 24 not in M_knn._CPU_BACKEND  # too small to time
-    first = M_knn.cpu_backend(24)
-    assert first in ("faiss", "torch") and M_knn._CPU_BACKEND[24] == first
-    assert M_knn.cpu_backend(24, work=1000) == first
+    M_exact._CPU_BACKEND.pop(24, None)
+    assert M_exact.cpu_backend(24, work=1000) == "faiss" and 24 not in M_exact._CPU_BACKEND  # too small to time
+    first = M_exact.cpu_backend(24)
+    assert first in ("faiss", "torch") and M_exact._CPU_BACKEND[24] == first
+    assert M_exact.cpu_backend(24, work=1000) == first
 
 
 def test_torch_top_k_keeps_full_float32_products_when_precision_was_lowered(monkeypatch):
@@ -185,13 +186,13 @@ def test_torch_top_k_keeps_full_float32_products_when_precision_was_lowered(monk
     bound the certification relies on: the torch backend restores full float32 for its products, and after."""
     import torch
 
-    monkeypatch.setattr(M_knn, "cpu_backend", lambda d, work=None: "torch")
+    monkeypatch.setattr(M_exact, "cpu_backend", lambda d, work=None: "torch")
     rng = np.random.default_rng(1)
     bank, q = _near_tied_bank(rng), rng.normal(size=(200, 64)).astype(np.float32)
     prev = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("medium")
     try:
-        _, idx = M_knn.knn_neighbours(bank, q, 10, ks=(1, 10))
+        _, idx = M_exact.knn_neighbours(bank, q, 10, ks=(1, 10))
         assert torch.get_float32_matmul_precision() == "medium"  # the user's setting is left as it was
     finally:
         torch.set_float32_matmul_precision(prev)
@@ -208,9 +209,9 @@ def test_float32_dot_error_bounds_faiss_inner_products(how):
     for d in (8, 384, 1536):
         b, q = l2_normalize(rng.normal(size=(2000, d)) + 1.0), l2_normalize(rng.normal(size=(64, d)) + 1.0)
         s32, i = (faiss.knn(q, b, 100, metric=faiss.METRIC_INNER_PRODUCT) if how == "faiss"
-                  else M_knn._torch_topk(b, q, 100))
+                  else M_exact._torch_topk(b, q, 100))
         s64 = np.take_along_axis(q.astype(np.float64) @ b.astype(np.float64).T, i, 1)
-        assert 0 < np.abs(s32 - s64).max() <= M_knn.float32_dot_error(d)
+        assert 0 < np.abs(s32 - s64).max() <= M_exact.float32_dot_error(d)
 
 
 def test_linear_probe_within_half_a_point_of_sklearn(ix, data):
@@ -232,7 +233,7 @@ def test_the_blocked_cpu_pass_solves_the_same_problem(monkeypatch, loss):
     n, d, k = 2500, 40, 5
     x = (rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) + rng.normal(size=(k, d))[np.arange(n) % k]).astype(np.float32)
     y = torch.from_numpy(np.arange(n) % k)
-    pre = M_lin._Preconditioned(x, "cpu")
+    pre = M_lin.Preconditioned(x, "cpu")
     targets = 2 * torch.nn.functional.one_hot(y, k).double() - 1
     lg = (M_lin.softmax_ce(torch.nn.functional.one_hot(y, k).double()) if loss == "softmax"
           else M_lin.squared_hinge(targets))
@@ -344,16 +345,16 @@ def test_knn_streamed_bank_gives_the_same_neighbours_as_the_whole_bank(monkeypat
     rng = np.random.default_rng(5)
     bank, q = _near_tied_bank(rng, n=200, d=32), rng.normal(size=(300, 32)).astype(np.float32)
     ks = (1, 5, 20)
-    whole = M_knn.knn_neighbours(bank.astype(np.float16), q, 20, ks=ks)
-    monkeypatch.setattr(M_knn, "BANK_BYTES", 1)
-    monkeypatch.setattr(M_knn, "BANK_CHUNK", 97)  # chunks that do not divide the bank
-    assert M_knn.Bank(bank).whole is None
-    streamed = M_knn.knn_neighbours(bank.astype(np.float16), q, 20, ks=ks)
+    whole = M_exact.knn_neighbours(bank.astype(np.float16), q, 20, ks=ks)
+    monkeypatch.setattr(M_exact, "BANK_BYTES", 1)
+    monkeypatch.setattr(M_exact, "BANK_CHUNK", 97)  # chunks that do not divide the bank
+    assert M_exact.Bank(bank).whole is None
+    streamed = M_exact.knn_neighbours(bank.astype(np.float16), q, 20, ks=ks)
     ref = _float64_topk(bank.astype(np.float16).astype(np.float32), q, 20)
     for k in ks:
         assert [set(r) for r in streamed[1][:, :k]] == [set(r) for r in whole[1][:, :k]] == \
                [set(r) for r in ref[:, :k]], k
-    assert np.allclose(streamed[0], whole[0], atol=M_knn.float32_dot_error(32))
+    assert np.allclose(streamed[0], whole[0], atol=M_exact.float32_dot_error(32))
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
@@ -451,8 +452,8 @@ def test_fewshot_curve_equals_searching_each_sample_on_its_own(monkeypatch, stre
     xte = np.concatenate([rng.normal(size=(150, 24)), base[:50] + 1e-6]).astype(np.float32)
     yte = rng.integers(0, 5, len(xte))
     if streamed:  # the bank normalized a chunk at a time, several test blocks, lists widened at exact ties
-        monkeypatch.setattr(M_knn, "BANK_BYTES", 1)
-        monkeypatch.setattr(M_knn, "BANK_CHUNK", 71)
+        monkeypatch.setattr(M_exact, "BANK_BYTES", 1)
+        monkeypatch.setattr(M_exact, "BANK_CHUNK", 71)
         monkeypatch.setattr(M_fs, "SCORE_BYTES", 4 * len(xtr) * 37)
         monkeypatch.setattr(M_fs, "MIN_ROWS", 1)
     curve = M_fs.fewshot_curve(xtr, ytr, xte, yte, 5, seed=3, knn_t=0.07, n_seeds=3, k=20)

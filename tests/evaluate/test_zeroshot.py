@@ -14,7 +14,7 @@ from embedsearch.sources.datasets import open_source
 
 @pytest.fixture
 def clip_ix(tmp_path, image_folder, tiny_clip_config):
-    build_index(open_source(str(image_folder)), BuildConfig(name="c", root=str(tmp_path), num_workers=0,
+    build_index(open_source(str(image_folder)), BuildConfig.of(name="c", root=str(tmp_path), num_workers=0,
                 backbone=f"open_clip:{tiny_clip_config}", pretrained=False, dtype="float32"), progress=False)
     return Index.open("c", tmp_path)
 
@@ -36,6 +36,6 @@ def test_text_search_and_zeroshot_only_for_clip(clip_ix, tmp_path):
     assert len(rows) == 3 and rows[0]["query"] == "text:a red thing"
     src = open_source("digits")
     src.records = src.records[:50]
-    build_index(src, BuildConfig(name="p", root=str(tmp_path), backbone="pixels:4", num_workers=0), progress=False)
+    build_index(src, BuildConfig.of(name="p", root=str(tmp_path), backbone="pixels:4", num_workers=0), progress=False)
     with pytest.raises(EvalError, match="zeroshot needs a backbone with a text tower"):
         evaluate(Index.open("p", tmp_path), methods=["zeroshot"])

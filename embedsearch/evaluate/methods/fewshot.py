@@ -6,9 +6,9 @@ import numpy as np
 
 from embedsearch.core.vectors import l2_normalize
 from embedsearch.evaluate.methods.base import Method, register
-from embedsearch.evaluate.methods.knn import Bank, ExactSims, candidate_count, certify_cutoffs, knn_scores
-from embedsearch.evaluate.methods.knn import _gpu_bank as gpu_bank
+from embedsearch.evaluate.methods.knn import knn_scores
 from embedsearch.evaluate.methods.prototypes import prototype_scores, prototypes
+from embedsearch.query.exact import Bank, ExactSims, candidate_count, certify_cutoffs, gpu_bank
 
 FEWSHOT_SEEDS = 5
 FEWSHOT_K = 20

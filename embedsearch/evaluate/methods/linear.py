@@ -116,7 +116,7 @@ FUSED_ROWS = 512  # rows per block of the CPU loss/gradient pass (a 2,048-d floa
 FLOAT64_BUDGET = 2.5e8  # n·d·classes up to which the probe solves in float64 ("where affordable")
 
 
-class _Preconditioned:
+class Preconditioned:
     """One fitting set centred and rotated into its covariance's eigenbasis, each direction scaled to unit
     variance (float64 by default, on the probe's device). Built from the stored vectors a block at a time."""
 
@@ -147,6 +147,8 @@ class _Preconditioned:
             self.X[a:a + rows] = (c @ self.Q) / self.sd_t
 
 
+
+
 def linear_probe(xtr, ytr, n_classes: int, seed: int = 0, grid=LINEAR_C_GRID, device: str | None = None,
                  criterion: str = "accuracy"):
     """C chosen on the held-out 10 % of train over a coarse pass of `grid` refined around the best, then refit on
@@ -164,7 +166,7 @@ def linear_probe(xtr, ytr, n_classes: int, seed: int = 0, grid=LINEAR_C_GRID, de
     # reaches the same accuracy in a fraction of the iterations
     dtype = torch.float64 if len(xtr) * xtr.shape[1] * n_classes <= FLOAT64_BUDGET else torch.float32
     fit, held, split = heldout(ytr, seed, "linear probe")
-    pre = _Preconditioned(xtr[fit], dev, dtype)
+    pre = Preconditioned(xtr[fit], dev, dtype)
     Y = torch.from_numpy(np.asarray(ytr, np.int64)).to(dev)
     x_held = torch.from_numpy(to_float32(xtr[held])).to(dev, dtype)
     y_held = Y[held]
@@ -201,7 +203,7 @@ def linear_probe(xtr, ytr, n_classes: int, seed: int = 0, grid=LINEAR_C_GRID, de
         best = max(tried, key=lambda i: (tried[i], -i))  # ties: the stronger regularization
         C = float(grid[best])
         bar.set_postfix_str(f"refit on all of train at C={C:.3g}")
-        W, b, refit_iters = _fit_logreg(_Preconditioned(xtr, dev, dtype), Y, n_classes, C)
+        W, b, refit_iters = _fit_logreg(Preconditioned(xtr, dev, dtype), Y, n_classes, C)
         bar.update()
     W, b = W.cpu().double().numpy(), b.cpu().double().numpy()
 
@@ -243,7 +245,7 @@ class Linear(Method):
         # ~60 L-BFGS evaluations per C over ~16 values of C and the refit (measured: 2–20 iterations at small C,
         # hundreds to the cap of 1,000 at large C on digits), each two passes over the preconditioned rows or
         # their 4·n·d·C FLOPs, whichever is slower, at ~1/3 of the measured rates, plus ~1.5 ms of fixed cost
-        # (scripts/bench_eval_scale.md); two covariances and eigenbases
+        # (docs/benchmarks/eval_scale.md); two covariances and eigenbases
         n, d, C = shape.n, shape.d, shape.C
         item = 8 if n * d * C <= FLOAT64_BUDGET else 4
         per_eval = 3 * max(2 * n * d * item / rates.bandwidth, 4 * n * d * C / rates.flops) + 1.5e-3

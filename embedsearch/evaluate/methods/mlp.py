@@ -92,7 +92,7 @@ class Mlp(Method):
     def estimate(self, shape, rates, ctx):
         # forward + backward ≈ 6·n·d·hidden FLOPs an epoch at ~1/2 of the GEMM rate (batches of 256); ~20 epochs
         # to the early stop and as many for the refit (easy data stops sooner: 20 s for 50,000 × 2,048 in
-        # scripts/bench_eval_scale.md)
+        # docs/benchmarks/eval_scale.md)
         return 2 * 20 * 6 * shape.n * shape.d * 256 / (rates.flops / 2)
 
     def fit(self, train, ctx):

@@ -20,7 +20,7 @@ def prototypes(x: np.ndarray, y: np.ndarray, n_classes: int, normalized: bool = 
     (float16 converted on the way; a block with a row float32 cannot square-sum accurately goes through
     `l2_normalize`'s careful path) and added to its rows' class sums (`index_add_`), in float32 for
     at most FLUSH_ROWS rows, then into float64 totals, so the sums keep float64's accuracy at float32's speed.
-    There is no gather: 5× the class-sorted pass this replaced (scripts/bench_read.md). `normalized`: the rows are
+    There is no gather: 5× the class-sorted pass this replaced (docs/benchmarks/read.md). `normalized`: the rows are
     already `l2_normalize`d (as a `knn.Bank` holds them), so the same sums are taken without that step."""
     import torch
 

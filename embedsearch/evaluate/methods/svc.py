@@ -58,7 +58,7 @@ def linear_svm(Z: np.ndarray, y: np.ndarray, seed: int, what: str, grid=SVM_C_GR
     import torch
 
     from embedsearch.core import progress
-    from embedsearch.evaluate.methods.linear import FLOAT64_BUDGET, _Preconditioned, fit_l2, squared_hinge
+    from embedsearch.evaluate.methods.linear import FLOAT64_BUDGET, Preconditioned, fit_l2, squared_hinge
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     classes = np.unique(y)
@@ -68,7 +68,7 @@ def linear_svm(Z: np.ndarray, y: np.ndarray, seed: int, what: str, grid=SVM_C_GR
     T = -torch.ones(len(y), k, dtype=dtype, device=dev)
     T[torch.arange(len(y), device=dev), col] = 1
     fit, held, split = heldout(y, seed, what)
-    pre = _Preconditioned(Z[fit], dev, dtype)
+    pre = Preconditioned(Z[fit], dev, dtype)
     z_held = torch.from_numpy(Z[held]).to(dev, dtype)
     acc, iters, init, worse = {}, {}, None, 0
     with progress.bar(len(grid) + 1, f"{what}: C sweep", unit="C") as bar:
@@ -83,7 +83,7 @@ def linear_svm(Z: np.ndarray, y: np.ndarray, seed: int, what: str, grid=SVM_C_GR
                 break
         C = max(acc, key=lambda c: (acc[c], -c))  # ties: the stronger regularization
         bar.total = len(acc) + 1
-        W, b, refit = fit_l2(_Preconditioned(Z, dev, dtype), squared_hinge(T), k, C, 1.0)
+        W, b, refit = fit_l2(Preconditioned(Z, dev, dtype), squared_hinge(T), k, C, 1.0)
         bar.update()
     params = {"C": C, "C_tried": {f"{c:.3g}": round(a, 5) for c, a in acc.items()}, **split,
               "iterations": {f"{c:.3g}": n for c, n in iters.items()} | {"refit": refit},
