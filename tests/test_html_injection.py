@@ -19,7 +19,6 @@ import random
 import re
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from urllib.parse import quote
 
@@ -31,6 +30,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tests.conftest import CHROMIUM, chromium_page
+from tests.test_serve import Server
 
 # --------------------------------------------------------------------------------------------- the helpers
 
@@ -244,36 +244,13 @@ def test_hostile_strings_in_an_index_never_run_in_any_page_and_are_shown_literal
         watch.check(page, "map hover")
 
 
-class _Server:
-    """`embedsearch serve --port 0` on the hostile index's root, as a subprocess."""
-
-    def __init__(self, root: Path, env: dict, *args):
-        self.proc = subprocess.Popen([sys.executable, "-m", "embedsearch", "serve", "--root", str(root), "--port",
-                                      "0", *map(str, args)], stderr=subprocess.PIPE, text=True, env=env)
-        line = self.proc.stderr.readline()
-        m = re.search(r"(http://\S+)/", line)
-        if m is None:
-            self.proc.kill()
-            raise AssertionError(f"server did not start: {line}{self.proc.stderr.read()}")
-        self.url = m.group(1)
-        threading.Thread(target=lambda: self.proc.stderr.read(), daemon=True).start()
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")
 def test_the_serve_page_shows_hostile_labels_paths_and_names_as_text(hostile):
     import httpx
 
     env = {**os.environ, "EMBEDSEARCH_TRUST_FILE": str(hostile["base"] / "trust.json"), "HF_HUB_OFFLINE": "1"}
-    srv = _Server(hostile["root"], env, "--image-root", hostile["base"] / "images")
+    srv = Server("--root", str(hostile["root"]), "--image-root", str(hostile["base"] / "images"), env=env)
     try:
         items = httpx.get(f"{srv.url}/v1/indexes/{quote(NAME, safe='')}/items", params={"limit": 24}).json()["items"]
         item = items[1]

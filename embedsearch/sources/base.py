@@ -108,3 +108,10 @@ def check_path(path: Path, root: Path | None) -> None:
         raise ImageLoadError("path", "NotAFile", f"{path} is not a regular file")
     if st.st_size == 0:
         raise ImageLoadError("decode", "EmptyFile", f"{path} is empty (0 bytes)")
+
+
+def file_key(path: Path) -> tuple:
+    """What identifies a file's current content for a per-process cache (shard member indexes, opened dataset
+    files): its path, device, inode, size and modification time — a rewritten file is read again."""
+    st = path.stat()
+    return (os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)

@@ -27,7 +27,15 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from embedsearch.core.errors import SourceError
-from embedsearch.sources.base import CATALOG_COLUMNS, SPLIT_DIRS, ImageLoadError, Record, check_path, path_id
+from embedsearch.sources.base import (
+    CATALOG_COLUMNS,
+    SPLIT_DIRS,
+    ImageLoadError,
+    Record,
+    check_path,
+    file_key,
+    path_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -540,8 +548,7 @@ def _open_table(f: Path, where: str):
 
 
 def _opened(file: Path) -> _Open:
-    st = file.stat()
-    key = (os.path.abspath(file), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = file_key(file)
     with _lock:
         found = _files_open.get(key)
         if found is not None:

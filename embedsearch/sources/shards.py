@@ -5,7 +5,6 @@ members (its headers are read once per process, not once per image)."""
 
 from __future__ import annotations
 
-import os
 import re
 import tarfile
 import threading
@@ -13,7 +12,7 @@ from collections import OrderedDict
 from pathlib import Path, PurePosixPath
 
 from embedsearch.core.errors import SourceError
-from embedsearch.sources.base import ImageLoadError
+from embedsearch.sources.base import ImageLoadError, file_key
 
 
 def expand_shards(spec: str) -> list[str]:
@@ -158,8 +157,7 @@ _indexes_lock = threading.Lock()
 def member_index(shard: Path) -> dict[str, tuple[int, int]]:
     """{member name (normalised): (data offset, size)} of a shard, from this process's cache when the shard is
     unchanged. A truncated shard lists the members before the cut."""
-    st = shard.stat()
-    key = (os.path.abspath(shard), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = file_key(shard)
     with _indexes_lock:
         found = _indexes.get(key)
         if found is not None:
