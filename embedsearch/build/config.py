@@ -9,7 +9,7 @@ the run record; `from_dict` reads it back, including the flat layout indexes wer
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 
 from embedsearch.core.errors import EmbedsearchError, IndexStateError, SourceError
 from embedsearch.models.config import BackboneConfig
@@ -104,35 +104,9 @@ class BuildConfig:
     def of(cls, **flat) -> BuildConfig:
         """From flat keywords (`backbone="timm:…"`, `index=`, `batch_size=`, `engine="ray"`, …): each goes to its
         group; `seed` seeds the build and the backbone's random init alike. An unknown keyword is one line."""
-        groups: dict[str, dict] = {"backbone": {}, "faiss": {}, "run": {}, "engine": {}}
-        top = {}
-        top_names = {f.name for f in fields(cls)} - set(groups)
-        for k, v in flat.items():
-            if k in top_names:
-                top[k] = v
-                if k == "seed":
-                    groups["backbone"]["seed"] = v
-            elif k in _FLAT:
-                g, name = _FLAT[k]
-                groups[g][name] = v
-            else:
-                raise SourceError(f"unknown build setting {k!r}")
+        top, groups = _route(flat, lambda k: SourceError(f"unknown build setting {k!r}"))
         return cls(backbone=BackboneConfig(**groups["backbone"]), faiss=FaissConfig(**groups["faiss"]),
                    run=RunConfig(**groups["run"]), engine=EngineConfig(**groups["engine"]), **top)
-
-    def with_flat(self, **flat) -> BuildConfig:
-        """This config with some settings changed by their flat names (`engine="local"`, `threads=2`, …)."""
-        groups: dict[str, dict] = {}
-        top = {}
-        top_names = {f.name for f in fields(self)} - {"backbone", "faiss", "run", "engine"}
-        for k, v in flat.items():
-            if k in top_names:
-                top[k] = v
-            elif k in _FLAT:
-                groups.setdefault(_FLAT[k][0], {})[_FLAT[k][1]] = v
-            else:
-                raise SourceError(f"unknown build setting {k!r}")
-        return replace(self, **top, **{g: replace(getattr(self, g), **ch) for g, ch in groups.items()})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -146,17 +120,7 @@ class BuildConfig:
         if not isinstance(d, dict):
             raise IndexStateError(f"{where} is not an object")
         if not isinstance(d.get("backbone"), dict):  # the flat layout
-            groups: dict[str, dict] = {"backbone": {}, "faiss": {}, "run": {}, "engine": {}}
-            top = {}
-            top_names = {f.name for f in fields(cls)} - set(groups)
-            for k, v in d.items():
-                if k in top_names:
-                    top[k] = v
-                elif k in _FLAT:
-                    groups[_FLAT[k][0]][_FLAT[k][1]] = v
-                else:
-                    raise IndexStateError(f"{where} has unknown field {k!r}")
-            groups["backbone"].setdefault("seed", top.get("seed", 0))
+            top, groups = _route(d, lambda k: IndexStateError(f"{where} has unknown field {k!r}"))
             d = {**top, **groups}
         parts = {}
         try:
@@ -167,6 +131,24 @@ class BuildConfig:
             return cls(**asdict(top), **parts)
         except EmbedsearchError as e:  # a field's own check (SourceError, SpecError): the manifest is at fault
             raise IndexStateError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+
+
+def _route(flat: dict, unknown) -> tuple[dict, dict[str, dict]]:
+    """Flat settings → (BuildConfig's own fields, {group: fields}); `seed` also seeds the backbone's random init.
+    `unknown(name)` is the error for a name no group has."""
+    groups: dict[str, dict] = {"backbone": {}, "faiss": {}, "run": {}, "engine": {}}
+    top = {}
+    own = {f.name for f in fields(_Top)}
+    for k, v in flat.items():
+        if k in own:
+            top[k] = v
+        elif k in _FLAT:
+            groups[_FLAT[k][0]][_FLAT[k][1]] = v
+        else:
+            raise unknown(k)
+    if "seed" in top:
+        groups["backbone"].setdefault("seed", top["seed"])
+    return top, groups
 
 
 @dataclass(frozen=True)
