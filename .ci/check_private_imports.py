@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""No module imports another module's private name: a small AST scan of embedsearch/ (run by .ci/run).
+"""No module imports another module's private name: a small AST scan of embedsearch/, and of benchmarks/ as a
+client of it (run by .ci/run).
 
 A name that starts with one underscore (`_score`, `_Open`, a module `_impl`) belongs to the module that defines it.
 Another module may neither import it (`from embedsearch.store.parts import _x`, `from .parts import _x`,
 `import embedsearch.x._impl`) nor reach it through a module it imported (`parts._x`, `embedsearch.store.parts._x`,
 `getattr(parts, "_x")`). Dunder names (`__version__`) are public. When a name is needed across modules, make it
-public where it is defined.
+public where it is defined. The benchmarks measure the library through its public API only: they are scanned for
+uses of the package's private names (their own shared `benchmarks/_harness.py` is theirs to use).
 
-    python .ci/check_private_imports.py [PACKAGE_DIR]    # default: embedsearch/ beside .ci/; exit 1 on a finding
+    python .ci/check_private_imports.py [PACKAGE_DIR [CLIENT_DIR...]]
+    # default: embedsearch/ beside .ci/, with benchmarks/ as its client; exit 1 on a finding
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def scan(pkg: Package, current: str, f: Path) -> list[str]:
     top = pkg.root.name
     is_pkg = f.name == "__init__.py"
     tree = ast.parse(f.read_text(encoding="utf-8"), str(f))
-    where = f.relative_to(pkg.root.parent)
+    where = f.relative_to(pkg.root.parent) if f.is_relative_to(pkg.root.parent) else f
     found: list[tuple[int, str]] = []
     aliases: dict[str, str] = {}  # a local name bound (anywhere in the file) to one of the package's modules
 
@@ -125,9 +128,14 @@ def scan(pkg: Package, current: str, f: Path) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    root = Path(argv[0]) if argv else Path(__file__).resolve().parent.parent / "embedsearch"
+    here = Path(__file__).resolve().parent.parent
+    root = Path(argv[0]) if argv else here / "embedsearch"
+    clients = [Path(a) for a in argv[1:]] if argv else [here / "benchmarks"]
     pkg = Package(root.resolve())
     found = [line for name, f in pkg.files.items() for line in scan(pkg, name, f)]
+    for c in clients:  # modules outside the package: every private name of the package is another module's
+        for name, f in Package(c.resolve()).files.items():
+            found += scan(pkg, name, f)
     for line in found:
         print(line)
     if found:

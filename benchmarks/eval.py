@@ -158,7 +158,7 @@ def run(args) -> dict:
         dtypes = [torch.float64] if params["dtype"] == "float64" else [torch.float32, torch.float64]
         for dt in dtypes:  # the dtype the probe chose, and float64 for reference where it chose float32
             pre = M_linear.Preconditioned(xtr, "cpu", dt)
-            (W, b0, _), t_one = timed(lambda: M_linear._fit_logreg(pre, Y, C, best_C))
+            (W, b0, _), t_one = timed(lambda: M_linear.fit_logreg(pre, Y, C, best_C))
             W, b0 = W.double().numpy(), b0.double().numpy()
             tag = str(dt).removeprefix("torch.") + (" (the probe's choice)" if str(dt).endswith(params["dtype"]) else "")
             add(C, f"linear, one fit at C={best_C:.3g}, {tag}", t_one, acc((xte @ W + b0).argmax(1)),
@@ -218,7 +218,7 @@ def linear_rows(args, C, xtr, ytr, xte, acc, add) -> None:
     import torch
 
     dtype = getattr(torch, params["dtype"])
-    (W, b0, it), t_one = timed(lambda: M_linear._fit_logreg(M_linear.Preconditioned(xtr, "cpu", dtype),
+    (W, b0, it), t_one = timed(lambda: M_linear.fit_logreg(M_linear.Preconditioned(xtr, "cpu", dtype),
                                                             torch.from_numpy(ytr), C, params["C"]))
     one, t_ref1 = timed(lambda: LogisticRegression(C=params["C"], max_iter=1000).fit(xtr, ytr))
     add(C, f"linear, one fit at C={params['C']:.3g} ({params['dtype']}, the probe's refit)", t_one,

@@ -153,7 +153,7 @@ def render(r: dict) -> str | None:
               f"- float16 storage vs float32 vectors: cosine min {r['float16_vs_float32_cos_min']:.8f}.",
               f"- bf16 autocast vs fp32 (both stored as float16): cosine min {r['bf16_vs_fp32_cos_min']:.6f}, mean "
               f"{r['bf16_vs_fp32_cos_mean']:.6f}, max |Δ| relative to the vector norm {r['bf16_vs_fp32_max_rel']:.2e}.",
-              "- `--precision auto` picks bf16 on this CPU (it has AVX512-BF16; see `embed.cpu_has_bf16`), fp32 on CPUs "
+              "- `--precision auto` picks bf16 on this CPU (it has AVX512-BF16; see `models/runtime.cpu_has_bf16`), fp32 on CPUs "
               "without native bf16.",
               f"- notebook-loop vectors vs embedsearch fp32 (same weights; JPEG decode identical): max |Δ| "
               f"{r['loop_vs_fp32_max_abs']:.2e} (sorted-value comparison).", "",

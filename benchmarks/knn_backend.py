@@ -52,13 +52,13 @@ def run(a) -> dict:
         (x, _), (q, _) = make_data(n, a.queries, d, C, spectrum="power")
         x = x.astype(np.float16)  # as the parts store it
         bank = M.Bank(x)
-        exact._CPU_BACKEND.pop(d, None)
+        exact.CPU_BACKEND.pop(d, None)
         t0 = time.perf_counter()
         chosen = exact.cpu_backend(d)
         t_choice = time.perf_counter() - t0
         got = {}
         for backend in ("faiss", "torch"):
-            exact._CPU_BACKEND[d] = backend
+            exact.CPU_BACKEND[d] = backend
             t0 = time.perf_counter()
             _, idx = M.knn_neighbours(bank, q, 200, ks=(10, 20, 100, 200))
             got[backend] = (time.perf_counter() - t0, idx)

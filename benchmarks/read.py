@@ -52,17 +52,17 @@ def prototypes_sorted(x, y, n_classes, chunk=8192):
 
 
 def pyarrow_only(store):
-    """A context in which `read_part` decodes with pyarrow (the page reader declines every part)."""
+    """A context in which `read_part` decodes with pyarrow (the page reader off: `parts.PAGE_READER`)."""
     from contextlib import contextmanager
 
     @contextmanager
     def ctx():
-        real = store._read_pages
-        store._read_pages = lambda path: None
+        real = store.PAGE_READER
+        store.PAGE_READER = False
         try:
             yield
         finally:
-            store._read_pages = real
+            store.PAGE_READER = real
 
     return ctx()
 

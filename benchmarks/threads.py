@@ -42,7 +42,7 @@ def worker(n: int, d: int, k: int, threads: int, what: str, iters: int) -> float
     import numpy as np
     import torch
 
-    from embedsearch.evaluate.methods.linear import FLOAT64_BUDGET, Preconditioned, _fit_logreg
+    from embedsearch.evaluate.methods.linear import FLOAT64_BUDGET, Preconditioned, fit_logreg
 
     if threads:
         torch.set_num_threads(threads)
@@ -52,9 +52,9 @@ def worker(n: int, d: int, k: int, threads: int, what: str, iters: int) -> float
     if what == "linear":
         dtype = torch.float64 if n * d * k <= FLOAT64_BUDGET else torch.float32
         pre = Preconditioned(x, "cpu", dtype)
-        _fit_logreg(pre, y, k, 1.0, max_iter=3)  # warm-up
+        fit_logreg(pre, y, k, 1.0, max_iter=3)  # warm-up
         t0 = time.perf_counter()
-        _, _, it = _fit_logreg(pre, y, k, 1e4, max_iter=iters, tol=0)
+        _, _, it = fit_logreg(pre, y, k, 1e4, max_iter=iters, tol=0)
         return (time.perf_counter() - t0) / max(it, 1)
     X = torch.from_numpy(x)
     net = torch.nn.Sequential(torch.nn.Linear(d, 256), torch.nn.ReLU(), torch.nn.Linear(256, k))

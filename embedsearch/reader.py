@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedsearch.core.errors import IndexStateError, QueryError
+from embedsearch.core.errors import IndexStateError, QueryError, first_line
 from embedsearch.core.vectors import to_float32
 from embedsearch.store import catalog as cat
 from embedsearch.store import parts as store
@@ -146,7 +146,7 @@ class Index:
             if isinstance(e, duckdb.OutOfMemoryException):
                 return QueryError(f"the query needs more than the memory limit ({self.memory_limit}): add a LIMIT, "
                                   "or raise --memory-limit")
-            return QueryError(f"SQL error: {str(e).splitlines()[0][:300]}")
+            return QueryError(f"SQL error: {first_line(e, 300)}")
 
         try:
             cur = clock.run(con.execute, query, params or [])
@@ -161,6 +161,15 @@ class Index:
                 raise fail(e) from None
 
         return unique_names([d[0] for d in cur.description]), rows()
+
+    def columns(self) -> list[str]:
+        """The catalog's item columns, in table order."""
+        return [r[0] for r in self.con.execute("DESCRIBE items").fetchall()]
+
+    def splits(self) -> list[str]:
+        """The split names items carry, sorted."""
+        return [r[0] for r in self.con.execute(
+            "SELECT DISTINCT split FROM items WHERE split IS NOT NULL ORDER BY 1").fetchall()]
 
     def classes(self) -> list[str]:
         """All class names of the dataset in class-index order (not only those present in a selection)."""

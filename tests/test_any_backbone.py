@@ -257,9 +257,9 @@ def test_a_ready_module_from_a_notebook_indexes_queries_and_is_checked(tmp_path,
     from torchvision.transforms import v2
 
     import embedsearch as es
+    from embedsearch.build.repair import repair
     from embedsearch.core.errors import IndexStateError
     from embedsearch.query.search import search
-    from embedsearch.verify import repair
 
     net = _user_net(tmp_path, seed=4)
     t = v2.Compose([v2.PILToTensor(), v2.Resize(20, antialias=True), v2.CenterCrop(16),

@@ -56,6 +56,21 @@ def test_real_subprocess_main_flow(tmp_path, image_folder):
     assert [r["n"] for r in json.loads(p.stdout)] == [11, 11, 11]
 
 
+def test_eval_methods_take_spaces_and_come_from_the_method_registry(index_root):
+    """`--methods "knn, prototypes"` failed (the names were split without the spaces); the choices are the
+    registry's names, run in its order whatever order they are given in."""
+    from embedsearch.evaluate.methods import ORDER
+
+    r = CliRunner()
+    assert r.invoke(cli, ["-q", "index", "digits", "-b", "pixels:4", "-n", "m4", "--workers", "0"]).exit_code == 0
+    res = r.invoke(cli, ["-q", "eval", "m4", "--methods", "knn, prototypes", "--json"])
+    assert res.exit_code == 0, res.output
+    assert [x["method"] for x in json.loads(res.stdout)] == ["prototypes", "knn", "knn"]  # kNN: two votes
+    bad = r.invoke(cli, ["-q", "eval", "m4", "--methods", "knn, svm"])
+    assert bad.exit_code == 2 and "unknown method 'svm': expected one of " + ", ".join(ORDER) in bad.output
+    assert "[" + "|".join(ORDER) + "]" in r.invoke(cli, ["eval", "--help"]).output
+
+
 def test_eval_report_compare_search_flow(index_root):
     r = CliRunner()
     for name, bb in (("px8", "pixels:8"), ("px4", "pixels:4")):
@@ -142,17 +157,20 @@ def test_index_names_cannot_escape_the_root_and_an_explicit_root_wins(tmp_path, 
     assert r.exit_code == 0 and json.loads(r.stdout) == [{"n": 100}]
 
 
-@pytest.mark.parametrize("kw, named", [({"actors": 0}, "--actors must be ≥ 1 (got 0)"),
+@pytest.mark.parametrize("kw, named", [({"actors": 0}, "--actors must be a whole number of at least 1 (got 0)"),
                                        ({"cpus_per_actor": 0}, "--cpus-per-actor must be > 0 (got 0)"),
+                                       ({"cpus_per_actor": float("nan")}, "--cpus-per-actor must be > 0 (got nan)"),
                                        ({"gpus_per_actor": -1}, "--gpus-per-actor must be ≥ 0 (got -1)"),
                                        ({"in_flight": 0}, "in_flight must be ≥ 1 (got 0)")])
 def test_bad_ray_options_from_python_name_the_option_and_value(kw, named):
-    """The CLI's ranges reject these first; the Python API gets the same rule with the value."""
+    """The CLI's ranges reject these first; the Python API gets the same rule with the value, from the one place
+    that owns each field (EngineConfig, or the Ray scheduler's own RayOptions)."""
+    from embedsearch.build.config import EngineConfig
+    from embedsearch.build.engines.ray import RayOptions
     from embedsearch.core.errors import EmbedsearchError
-    from embedsearch.models.ray_engine import RayOptions
 
     with pytest.raises(EmbedsearchError, match="^" + named.replace("(", r"\(").replace(")", r"\)") + "$"):
-        RayOptions(**kw)
+        RayOptions(**kw) if "in_flight" in kw else EngineConfig(kind="ray", **kw)
 
 
 def test_openmp_waits_are_shortened_unless_the_user_set_them():

@@ -49,9 +49,9 @@ def test_recreated_weights_must_match_the_recorded_hash():
         BackboneConfig("timm:test_vit", pretrained=False, weights_sha256="0" * 64).create("cpu")
 
 
-@pytest.mark.parametrize("bad, match", [({"spec": 3}, "spec has the wrong type"),
+@pytest.mark.parametrize("bad, match", [({"spec": 3}, "field backbone_config.spec must be str, not int 3"),
                                         ({"pool": "median"}, "unknown --pool"),
-                                        ({"image_size": True}, "image_size has the wrong type"),
+                                        ({"image_size": True}, "field backbone_config.image_size must be int/null"),
                                         ({"colour": "red"}, "unknown field 'colour'")])
 def test_from_dict_names_the_bad_field(bad, match):
     with pytest.raises(IndexStateError, match=match):

@@ -14,9 +14,9 @@ import sys
 import numpy as np
 import pytest
 
+from embedsearch.build.repair import verify
 from embedsearch.reader import Index
 from embedsearch.store import parts as store
-from embedsearch.verify import verify
 
 ARGS = ["index", "digits", "-b", "pixels:16", "--dtype", "float32", "--part-size", "1000", "--workers", "0"]
 

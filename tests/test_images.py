@@ -133,8 +133,8 @@ def test_animated_gif_gives_the_first_frame(tmp_path):
 def test_a_stop_signal_during_one_image_stops_the_run_instead_of_failing_the_image(image_folder, monkeypatch, stage):
     """SIGTERM arrives as cli._Terminated (SIGINT as KeyboardInterrupt) wherever the main thread is; inside the
     per-image error handling it must propagate, not be recorded as a bad image (it was, and the run exited 0)."""
+    from embedsearch.build.engines import local
     from embedsearch.cli import _Terminated
-    from embedsearch.models import embed
     from embedsearch.sources.datasets import open_source
 
     src = open_source(str(image_folder))
@@ -145,8 +145,8 @@ def test_a_stop_signal_during_one_image_stops_the_run_instead_of_failing_the_ima
     if stage == "load":  # inside the decoder, under load_image's own catch-all for plugin bugs
         monkeypatch.setattr("embedsearch.sources.images.ImageOps.exif_transpose", stop)
         monkeypatch.setattr("embedsearch.sources.images.to_rgb", stop)
-        items = embed._Items(src.records[:2], src.root, lambda img: img)
+        items = local._Items(src.records[:2], src.root, lambda img: img)
     else:
-        items = embed._Items(src.records[:2], src.root, stop)
+        items = local._Items(src.records[:2], src.root, stop)
     with pytest.raises(_Terminated):
         items[0]

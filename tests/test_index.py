@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from embedsearch.core.errors import QueryError
+from embedsearch.core.errors import ConfigError, QueryError
 from embedsearch.core.vectors import l2_normalize
 from embedsearch.store import faiss_index as vindex
 
@@ -30,7 +30,7 @@ def test_factory_strings_and_ids(tmp_path):
         assert set(got[:, 0]) <= set(ids.tolist())
         vindex.save_index(ix, tmp_path / "i.faiss")
         assert vindex.load_index(tmp_path / "i.faiss").ntotal == 2000
-    with pytest.raises(QueryError, match="bad FAISS factory string"):
+    with pytest.raises(ConfigError, match="bad FAISS factory string"):
         vindex.make_index(16, "NotAnIndex")
 
 

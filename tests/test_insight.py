@@ -309,3 +309,52 @@ def test_map_is_stored_reused_and_its_page_works_in_headless_chromium(planted, t
         assert (tmp_path / "map.png").read_bytes()[:4] == b"\x89PNG"
         assert errors == []
 
+
+
+def _images(ix):
+    from embedsearch.report.html import Thumbnails
+
+    return Thumbnails(ix).image
+
+
+def _index_of(tmp_path, name, model_src, n_planted, size=64):
+    (tmp_path / f"{name}.py").write_text(model_src)
+    pairs, _ = planted_set(tmp_path / f"{name}-images", seed=11, n_base=240, n_planted=n_planted)
+    build_index(open_source(str(tmp_path / f"{name}-images")), BuildConfig.of(
+        name=name, root=str(tmp_path / "ix"), backbone=f"py:{tmp_path / name}.py:make", image_size=size,
+        resize=size, mean="0,0,0", std="1,1,1", pretrained=False, dtype="float32", num_workers=0), progress=False)
+    ix = Index.open(name, tmp_path / "ix")
+    by_path = {r["path"]: r["id"] for r in ix.items_by_id(ix.select()["id"], "id, path").values()}
+    return ix, {tuple(sorted((by_path[a], by_path[b]))) for a, b, _ in pairs}
+
+
+@pytest.mark.parametrize("space", ["index", "thumbs"])
+def test_calibrate_lets_a_space_that_separates_copies_decide(tmp_path, space):
+    """--calibrate: synthetic copies of the items' own images calibrate the space (its backbone, or the built-in
+    thumbnails); a space that separates them decides, and finds the planted near-duplicates (2.5 % of the items,
+    a real dataset's order of magnitude)."""
+    ix, truth = _index_of(tmp_path, "standin", STANDIN, n_planted=6)
+    d = I.find_duplicates(ix, space=space, images=_images(ix), calibrate=True, commit=False)
+    cal = d["calibration"]
+    assert d["decided"] and cal["separable"] and cal["auroc"] >= 0.8 and d["threshold_how"] == "calibrated"
+    assert f"space {space}: copies vs nearest other items AUROC" in d["note"]
+    found = {tuple(sorted((p["a"], p["b"]))) for p in d["pairs"]}
+    recall, precision = _pr(found, truth)
+    assert recall >= 0.5 and precision >= 0.5, (recall, precision, d["note"])
+    ix.close()
+
+
+def test_a_space_that_cannot_tell_copies_from_neighbours_decides_nothing_and_says_so(tmp_path):
+    """A space where every image lands near every other (a 3-number average colour: what a classifier's
+    penultimate space is to duplicates, in the extreme) is calibrated, found not separable, and flags nothing;
+    without images to calibrate with, the reason is given instead of a guess."""
+    avg = ("from torch import nn\n\n\nclass Avg(nn.Module):\n    def forward(self, x):\n"
+           "        return x.mean(dim=(2, 3)) + 1.0\n\n\ndef make():\n    return Avg()\n")
+    ix, _ = _index_of(tmp_path, "avg", avg, n_planted=6, size=32)
+    d = I.find_leaks(ix, images=_images(ix), calibrate=True)
+    assert not d["decided"] and d["n_leaks"] == 0 and d["run_id"] is None
+    assert not d["calibration"]["separable"] and d["calibration"]["auroc"] < 0.8
+    assert "cannot tell copies from ordinary neighbours" in d["note"] and "--space thumbs" in d["note"]
+    dd = I.find_duplicates(ix, calibrate=True)  # no images: not calibrated, nothing flagged, the reason given
+    assert not dd["decided"] and dd["pairs"] == [] and "no images" in dd["note"]
+    ix.close()

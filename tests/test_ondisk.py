@@ -137,7 +137,7 @@ def test_add_keeps_the_quantizer_merges_into_a_new_version_and_retrain_resets_th
     assert quality(ix, n_queries=50)["drift"]["delta_10-recall@10"] == 0.0  # measured on the queries just kept
     ix.close()
     # verify reads the lists file too; a damaged one is found and repaired
-    from embedsearch.verify import repair, verify
+    from embedsearch.build.repair import repair, verify
 
     assert verify("f", root).sound
     lf = root / "f" / "lists.0003.ivfdata"

@@ -55,3 +55,20 @@ def test_classify_refuses_k_below_one(ix, k):
     # -1 used to slice off the last class and return all the others
     with pytest.raises(QueryError, match="-k must be"):
         es.classify(ix, "linear", [], k=k)
+
+
+def test_a_mistyped_probe_record_is_one_line_naming_the_field(ix):
+    """The probe record is read through `from_record`: `params` as a string failed inside the method's `load`
+    with an AttributeError; now one line names the file and the field."""
+    import json
+
+    save_run(ix, es.evaluate_index(ix, methods=["prototypes"]))
+    js = ix.layout.probes / "prototypes.json"
+    good = js.read_text()
+    try:
+        js.write_text(json.dumps({**json.loads(good), "params": "k=3"}))
+        with pytest.raises(QueryError, match=r"probe record .*prototypes\.json: field params must be dict, not str"):
+            load_probe(ix, "prototypes")
+    finally:
+        js.write_text(good)
+    assert load_probe(ix, "prototypes")[1]["variant"]

@@ -197,10 +197,10 @@ def test_grow_with_the_other_engine_and_repair_on_ray(cluster, tmp_path, folder,
 
 def test_preflight_refusals(cluster, tmp_path, folder):
     """Each thing the driver pins is checked on the actor, and a refusal is one line naming the node."""
+    from embedsearch.build.engines.ray import Embedder, connect
     from embedsearch.core.errors import EmbedsearchError
     from embedsearch.core.versions import library_versions
     from embedsearch.models.backbones import create_backbone
-    from embedsearch.models.ray_engine import Embedder, connect
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
     try:

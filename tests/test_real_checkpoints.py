@@ -81,3 +81,29 @@ def test_a_checkpoint_that_does_not_fit_names_the_container_and_keys(tmp_path):
         apply_state_dict(mod.build(), sd, "epoch=17.ckpt")
     msg = str(e.value)
     assert "'state_dict' entry" in msg and "missing keys" in msg and "unexpected keys" in msg and "\n" not in msg
+
+
+def test_a_2017_whole_pickled_model_is_refused_in_one_line_that_says_how_to_re_save_it(tmp_path, index_root):
+    """yunjey/pytorch-tutorial (2017) saved `torch.save(model, 'model.pkl')`: the module object in the pre-0.4
+    format. Reading it means unpickling `__main__.LogisticRegression`, i.e. running pickled code, which
+    weights_only loading never does; the refusal must say it is a whole model and how to get its state dict (the
+    hint for training dicts, `ckpt['state_dict']`, does not apply)."""
+    art = next(a for a in json.loads((REAL / "MANIFEST.json").read_text())["refused_artifacts"]
+               if a["name"] == "yunjey_logreg_2017")
+    weights = REAL / art["file"]
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == art["sha256"]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("mnist_00_7.png", "mnist_01_2.png"):
+        shutil.copy(REAL / "images" / name, folder / name)
+    spec = f"py:{REAL / 'models' / 'yunjey_logreg.py'}:build"
+    r = CliRunner().invoke(cli, ["index", str(folder), "-b", spec, "--weights", str(weights), "-n", "real",
+                                 "--workers", "0", "--image-size", "28", "--mean", "0,0,0", "--std", "1,1,1",
+                                 "--dtype", "float32", "--precision", "fp32"])
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ")
+    assert "whole pickled model (__main__.LogisticRegression)" in lines[0]
+    assert ".state_dict()" in lines[0] and "ckpt['state_dict']" not in lines[0]

@@ -152,9 +152,11 @@ def test_where_names_a_computed_column_without_its_prefix_or_mixes_types_in_one_
 
 
 def _eval(ix, **kw):
-    from embedsearch.report.tables import evaluate_and_report
+    from embedsearch.evaluate import run_and_commit
+    from embedsearch.report.tables import write_eval_report
 
-    run, _, _ = evaluate_and_report(ix, **kw)
+    run = run_and_commit(ix, **kw)
+    write_eval_report(ix, run)  # what `eval` does after the run
     return run
 
 

@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from embedsearch.build import BuildConfig, build_index
+from embedsearch.build.repair import repair, verify
 from embedsearch.cli import cli
 from embedsearch.core.errors import EmbedsearchError, IndexStateError
 from embedsearch.reader import Index
 from embedsearch.sources.datasets import open_source
-from embedsearch.verify import repair, verify
 
 
 def _tree(d: Path) -> dict:
@@ -288,8 +288,8 @@ def test_a_required_manifest_field_set_to_null_is_one_line(pristine, tmp_path, f
     import json
     import shutil
 
+    from embedsearch.build.repair import verify
     from embedsearch.core.errors import IndexStateError
-    from embedsearch.verify import verify
 
     shutil.copytree(pristine / "ix", tmp_path / "ix")
     mf = tmp_path / "ix" / "v" / "manifest.json"

@@ -5,12 +5,12 @@ import pytest
 from click.testing import CliRunner
 
 from embedsearch.build import BuildConfig, build_index
+from embedsearch.build.repair import repair, verify
 from embedsearch.cli import cli
 from embedsearch.core.errors import IndexStateError
 from embedsearch.reader import Index
 from embedsearch.sources.datasets import open_source
 from embedsearch.store import parts as store
-from embedsearch.verify import repair, verify
 
 
 @pytest.fixture
@@ -127,12 +127,12 @@ def test_a_repair_that_dies_midway_leaves_an_index_readers_refuse_then_repair_fi
     before = _snapshot(built)
     victim = sorted((built / "v" / "parts").glob("part-*.parquet"))[1]
     victim.unlink()
-    import embedsearch.build.pipeline as build_mod
+    import embedsearch.build.repair as repair_mod
 
     def die(*a, **kw):
         raise KeyboardInterrupt  # killed after repair dropped the damaged part and its FAISS entry
 
-    monkeypatch.setattr(build_mod, "build_index", die)
+    monkeypatch.setattr(repair_mod, "build_index", die)
     with pytest.raises(KeyboardInterrupt):
         repair("v", built, progress=False)
     # the old FAISS file still holds the dropped part's vectors: serving it with the remaining parts would be wrong

@@ -1,5 +1,6 @@
-"""Building an index: the configuration (`config.py`, light: the CLI reads its defaults) and the pipeline
-(`pipeline.py`: source → backbone → Parquet parts → catalog → FAISS → manifest, resumable part by part).
+"""Building an index: the configuration (`config.py`, light: the CLI reads its defaults), the pipeline
+(`pipeline.py`: source → backbone → Parquet parts → catalog → FAISS → manifest, resumable part by part), the engines
+it runs its work on (`engines/`: local, ray, external) and the check and repair of a built index (`repair.py`).
 
 `from embedsearch.build import build_index, BuildConfig` works as before; the pipeline (numpy, the store) is imported
 only when one of its names is first used, so `embedsearch --help` stays fast.

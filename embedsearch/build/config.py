@@ -64,6 +64,11 @@ class EngineConfig:
         if self.kind not in ENGINES:
             raise SourceError(f"unknown --engine {self.kind!r}: expected {' or '.join(ENGINES)}")
         _whole("actors", self.actors, 1)
+        # checked here once, for the Python API and manifests alike (the CLI's ranges reject these first)
+        for name, value, ok, rule in (("cpus-per-actor", self.cpus_per_actor, lambda v: v > 0, "> 0"),
+                                      ("gpus-per-actor", self.gpus_per_actor, lambda v: v >= 0, "≥ 0")):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+                raise SourceError(f"--{name} must be {rule} (got {value!r})")
 
 
 # the flat names of the Python API and of manifests written before the groups → (group, field)

@@ -1,8 +1,8 @@
-"""The indexing pipeline: source → backbone → Parquet parts → catalog → FAISS → manifest, resumable part by part."""
+"""The indexing pipeline: source → backbone → Parquet parts → catalog → FAISS → manifest, resumable part by part.
+Where the embedding and the on-disk FAISS shard builds run is the engine's business (build/engines/)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from embedsearch.build.config import BuildConfig
+from embedsearch.build.engines import PartResult, Pins, devices, engine_for, load_external_vectors
 from embedsearch.core.errors import IndexStateError, SourceError
 from embedsearch.core.files import file_sha256
 from embedsearch.core.progress import bar as progress_bar
 from embedsearch.core.trust import trust_root
 from embedsearch.core.versions import library_versions
-from embedsearch.models.embed import PartResult, Timings, resolve_device, resolve_precision, run_embedding
+from embedsearch.models.runtime import resolve_precision
 from embedsearch.sources.datasets import Source
 from embedsearch.store import catalog as cat
 from embedsearch.store import faiss_index as vindex
@@ -60,8 +61,7 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True, only
         _remove_stray_temporaries(layout)
 
         # on Ray the actors run the model on `device`: the driver keeps its copy on the CPU, to describe and ship it
-        device = ("cuda" if cfg.engine.gpus_per_actor > 0 else "cpu") if cfg.engine.kind == "ray" else resolve_device(cfg.backbone.device)
-        model_device = "cpu" if cfg.engine.kind == "ray" else device
+        device, model_device = devices(cfg.engine, cfg.backbone.device)
         if cfg.vectors:
             backbone, external = None, load_external_vectors(Path(cfg.vectors), source)
             desc = {"spec": "external", "kind": "external", "model": None, "file": cfg.vectors,
@@ -151,8 +151,9 @@ def build_index(source: Source, cfg: BuildConfig, *, progress: bool = True, only
             manifest.parts = tuple(committed[p] for p in sorted(committed))
             manifest.save(layout)
 
-        timings, engine_info = _embed(cfg, backbone, external, todo, source.root, commit, device=device,
-                                      precision=precision, batch_size=batch_size, progress=progress)
+        engine = engine_for(cfg.engine, cfg.run, Pins(device, precision, batch_size, cfg.backbone.channels_last),
+                            vectors=external, progress=progress)
+        timings, engine_info = engine.embed(backbone, todo, source.root, commit)
 
         counts = _counts(layout)
         if not counts["embedded"] and ("IVF" in cfg.faiss.factory.upper() or cfg.faiss.factory == "auto"):
@@ -202,31 +203,6 @@ def check_code(layout: Layout, manifest: Manifest, desc: dict) -> None:
         raise IndexStateError(f"the code of {desc['spec']} changed since index {layout.dir.name} was built (sha256 "
                               f"{now[:12]}, recorded {have[:12]}): its vectors would land in another space; restore "
                               "the code or use a new --name")
-
-
-def _embed(cfg: BuildConfig, backbone, external, todo, root, commit, *, device, precision, batch_size,
-           progress) -> tuple[Timings, dict]:
-    """Run the parts `todo` through the chosen engine; each finished part goes to `commit`, in this process."""
-    if external is not None:
-        return _commit_external(todo, external, commit), {"engine": "external"}
-    if cfg.engine.kind == "ray":
-        from embedsearch.models.ray_engine import RayOptions, run_embedding_ray
-
-        opts = RayOptions(address=cfg.engine.address, actors=cfg.engine.actors, cpus_per_actor=cfg.engine.cpus_per_actor,
-                          gpus_per_actor=cfg.engine.gpus_per_actor)
-        threads = cfg.run.threads or max(1, int(cfg.engine.cpus_per_actor))
-        pins = {"precision": precision or "fp32", "batch_size": batch_size, "threads": threads, "device": device,
-                "num_workers": cfg.run.num_workers or 0, "channels_last": cfg.backbone.channels_last,
-                "versions": library_versions()}
-        timings, info = run_embedding_ray(backbone, todo, root, commit, options=opts, pins=pins, progress=progress)
-        return timings, {"engine": "ray", "threads": threads, **info}
-    import torch
-
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    timings = run_embedding(backbone, todo, root, commit, batch_size=batch_size, num_workers=cfg.run.num_workers,
-                            device=device, precision=precision, channels_last=cfg.backbone.channels_last, progress=progress)
-    return timings, {"engine": "local", "threads": torch.get_num_threads()}
 
 
 def _remove_stray_temporaries(layout: Layout) -> None:
@@ -382,16 +358,11 @@ def _build_ondisk(layout: Layout, manifest: Manifest, cfg: BuildConfig, old: dic
     calls = [(trained, [paths[k] for k in g], wd / ondisk.shard_name(g)) for g in todo]
     log.info("on-disk IVF: %d shards of ≤ %d MiB (%d to build), merging into %s", len(shards), shard_bytes >> 20,
              len(calls), ondisk.lists_name(version))
-    shard_engine = "ray" if calls and cfg.engine.kind == "ray" else "local"
+    # the engine `cfg` names, even for imported vectors: a shard build reads and writes only the index folder
+    engine = engine_for(cfg.engine, cfg.run)
+    shard_engine = engine.name if calls else "local"
     with progress_bar(sum(rows_of[k] for g in todo for k in g), "on-disk IVF: shards", unit="vec") as bar:
-        if shard_engine == "ray":
-            from embedsearch.models.ray_engine import run_tasks_ray
-
-            run_tasks_ray(ondisk.build_shard, calls, address=cfg.engine.address,
-                          on_done=lambda _i, r: bar.update(r["rows"]))
-        else:
-            for args in calls:
-                bar.update(ondisk.build_shard(*args)["rows"])
+        engine.map(ondisk.build_shard, calls, lambda _i, r: bar.update(r["rows"]))
     sources = ([ondisk.ListsFileSource(wd / "base.faiss", layout.dir)] if base else []) + \
               [ondisk.ShardSource(wd / ondisk.shard_name(g)) for g in shards]
     lists = ondisk.lists_name(version)
@@ -458,76 +429,3 @@ def _counts(layout: Layout) -> dict:
         classes = con.execute("SELECT count(*) FROM classes").fetchone()[0]
     return {"items": sum(rows.values()), "embedded": rows.get("ok", 0), "failed": rows.get("failed", 0),
             "pending": rows.get("pending", 0), "classes": classes}
-
-
-# --------------------------------------------------------------------------------------------- external vectors
-
-
-def load_external_vectors(path: Path, source: Source) -> dict[int, np.ndarray]:
-    """Vectors computed elsewhere: `.npy` (rows in source order), Parquet (an `id` or `path` column + a list
-    column), or JSON (a list of lists in source order, or an object keyed by id or path)."""
-    if not path.is_file():
-        raise SourceError(f"--vectors {path} does not exist")
-    recs = source.records
-    by_key = {str(r.id): r.id for r in recs} | {r.path: r.id for r in recs if r.path}
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        rows = _aligned(store.load_npy(path, "--vectors", SourceError), recs, path)
-    elif suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        t = pq.read_table(path)
-        vcol = next((c for c in t.column_names if str(t.schema.field(c).type).startswith(("list", "fixed_size_list",
-                                                                                           "large_list"))), None)
-        if vcol is None:
-            raise SourceError(f"--vectors {path} has no list column of vectors (columns: {', '.join(t.column_names)})")
-        vecs = np.asarray(t.column(vcol).to_pylist(), dtype=np.float32)
-        key = "id" if "id" in t.column_names else "path" if "path" in t.column_names else None
-        if key is None:
-            rows = _aligned(vecs, recs, path)
-        else:
-            rows = {}
-            for k, v in zip(t.column(key).to_pylist(), vecs, strict=False):
-                if str(k) not in by_key:
-                    raise SourceError(f"--vectors {path}: {key} {k!r} is not in the source")
-                rows[by_key[str(k)]] = v
-    elif suffix == ".json":
-        data = json.loads(path.read_text())
-        if isinstance(data, list):
-            rows = _aligned(np.asarray(data, dtype=np.float32), recs, path)
-        elif isinstance(data, dict):
-            rows = {}
-            for k, v in data.items():
-                if k not in by_key:
-                    raise SourceError(f"--vectors {path}: key {k!r} is neither an id nor a path of the source")
-                rows[by_key[k]] = np.asarray(v, dtype=np.float32).reshape(-1)
-        else:
-            raise SourceError(f"--vectors {path}: expected a JSON list of vectors or an object of id/path → vector")
-    else:
-        raise SourceError(f"--vectors {path}: expected .npy, .parquet or .json")
-    dims = {v.shape[0] for v in rows.values()}
-    if len(dims) != 1:
-        raise SourceError(f"--vectors {path}: vectors have different lengths {sorted(dims)[:5]}")
-    missing = [r.id for r in recs if r.id not in rows]
-    if missing:
-        raise SourceError(f"--vectors {path} has no vector for {len(missing)} source items (e.g. id {missing[0]})")
-    return rows
-
-
-def _aligned(arr: np.ndarray, recs, path: Path) -> dict[int, np.ndarray]:
-    if arr.ndim != 2 or len(arr) != len(recs):
-        raise SourceError(f"--vectors {path}: shape {arr.shape}, expected ({len(recs)}, d) in source order")
-    return {r.id: arr[i].astype(np.float32) for i, r in enumerate(recs)}
-
-
-def _commit_external(todo, vectors: dict[int, np.ndarray], commit) -> Timings:
-    t = Timings()
-    t0 = time.perf_counter()
-    for part, recs in todo:
-        ids = np.asarray([r.id for r in recs], np.int64)
-        rows = [{"id": r.id, "status": "ok", "stage": None, "error_type": None, "error": None, "width": None,
-                 "height": None} for r in recs]
-        commit(PartResult(part, ids, np.stack([vectors[r.id] for r in recs]), rows))
-        t.images += len(recs)
-    t.wall = time.perf_counter() - t0
-    return t

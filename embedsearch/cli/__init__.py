@@ -12,17 +12,23 @@ import click
 
 from embedsearch.build.config import DTYPES
 from embedsearch.cli.options import (
+    EVAL_METHODS,
     Bytes,
     Finite,
+    Names,
     Size,
     backbone_options,
     engine_options,
     faiss_options,
     html_option,
+    option,
     output_file,
     root_option,
     run_options,
+    seed_option,
+    selection_options,
     threads_option,
+    top_option,
     trust_code_option,
 )
 from embedsearch.core.errors import EmbedsearchError
@@ -108,7 +114,7 @@ def _progress() -> bool:
 @click.option("--vectors", type=click.Path(dir_okay=False), help="Import precomputed vectors (.npy/.parquet/.json) "
               "instead of running a backbone.")
 @click.option("--add", is_flag=True, help="Embed only the items a grown source gained.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, random init, FAISS training.")
+@seed_option(help="Seed for splits, random init, FAISS training.")
 @output_options
 @_handle_errors
 def index(source, name, root, backbone, faiss, run, engine, dtype, label_regex, data_root, split_arg, min_per_class,
@@ -248,11 +254,9 @@ def info(name, root, fmt):
 @root_option
 @click.option("--queries", "n_queries", type=click.IntRange(1), default=1000, show_default=True,
               help="Items sampled as queries (each left out of its own results).")
-@click.option("--seed", type=int, default=1234, show_default=True,
-              help="Sampling seed (auto tuning used the build seed + 1: a different sample).")
-@click.option("-k", "k_knn", type=click.IntRange(1), default=20, show_default=True, help="k of the kNN comparison.")
-@click.option("--train", default="split = 'train'", show_default=True, help="kNN bank (a --where predicate).")
-@click.option("--test", default="split = 'test'", show_default=True, help="kNN queries (a --where predicate).")
+@seed_option(1234, help="Sampling seed (auto tuning used the build seed + 1: a different sample).")
+@option("k", "k_knn", type=click.IntRange(1), default=20, show_default=True, help="k of the kNN comparison.")
+@selection_options("kNN bank (a --where predicate).", "kNN queries (a --where predicate).", dest=False)
 @output_options
 @_handle_errors
 def index_quality(name, root, n_queries, seed, k_knn, train, test, fmt):
@@ -338,14 +342,14 @@ def backbones(fmt):
 
 @cli.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
-@click.option("-b", "--backbone", required=True, help="The backbone spec.")
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), callback=output_file,
-              help="OUT.html (self-contained); the PNGs are written beside it.")
-@click.option("--layer", help="The layer whose feature map to show (default: a ViT's last block, a CNN's last map).")
-@backbone_options("weights", "pretrained", "image_size", "mean", "std", as_config=False)
+@backbone_options("spec", "weights", "pretrained", "image_size", "layer", "mean", "std", as_config=False,
+                  required=("spec",), help={"spec": "The backbone spec.", "layer": "The layer whose feature map to "
+                                            "show (default: a ViT's last block, a CNN's last map)."})
+@option("out", required=True, type=click.Path(dir_okay=False), callback=output_file,
+        help="OUT.html (self-contained); the PNGs are written beside it.")
 @output_options
 @_handle_errors
-def inspect(image, backbone, out, layer, weights, pretrained, image_size, mean, std, fmt):
+def inspect(image, spec, out, layer, weights, pretrained, image_size, mean, std, fmt):
     """What a backbone sees of one image: its input after preprocessing, the strongest channels of a layer, and for
     ViTs the class token's attention per head, as an HTML page with PNGs.
 
@@ -355,7 +359,7 @@ def inspect(image, backbone, out, layer, weights, pretrained, image_size, mean, 
     """
     from embedsearch.report.inspect import inspect_image
 
-    emit(inspect_image(image, backbone, out, weights=weights, pretrained=pretrained, image_size=image_size,
+    emit(inspect_image(image, spec, out, weights=weights, pretrained=pretrained, image_size=image_size,
                        layer=layer, preprocess={"mean": mean, "std": std}), fmt)
 
 
@@ -385,9 +389,9 @@ def layers(spec, weights, pretrained, image_size, mean, std, fmt):
 @click.option("--id", "ids", multiple=True, type=int, help="Query by item id (the item itself is not returned).")
 @click.option("--text", "texts", multiple=True, help="Text query (open_clip indexes).")
 @click.option("--vector", "vector_file", type=click.Path(dir_okay=False), help=".npy with one or many query vectors.")
-@click.option("-k", type=click.IntRange(1), default=10, show_default=True, help="Hits per query.")
-@click.option("--where", help="SQL predicate over catalog columns, e.g. \"split = 'train' AND label = 'cat'\".")
-@click.option("--html", "html_file", type=click.Path(dir_okay=False), callback=output_file, help="Also write a contact sheet with thumbnails.")
+@option("k", type=click.IntRange(1), default=10, show_default=True, help="Hits per query.")
+@option("where", help="SQL predicate over catalog columns, e.g. \"split = 'train' AND label = 'cat'\".")
+@html_option("Also write a contact sheet with thumbnails.")
 @trust_code_option
 @root_option
 @output_options
@@ -421,23 +425,19 @@ def search(name, images, ids, texts, vector_file, k, where, html_file, trust_cod
 
 @cli.command(name="eval")
 @click.argument("name")
-@click.option("--train", "train_where", default="split = 'train'", show_default=True,
-              help="SQL predicate selecting the training items.")
-@click.option("--test", "test_where", default="split = 'test'", show_default=True,
-              help="SQL predicate selecting the test items.")
-@click.option("-m", "--methods", help="Comma-separated (spaces allowed): prototypes,knn,linear,svc,mlp,zeroshot,fewshot "
-              "(default: all that apply).")
+@selection_options("SQL predicate selecting the training items.", "SQL predicate selecting the test items.")
+@option("methods", type=EVAL_METHODS, help="Comma-separated, spaces allowed (default: all that "
+              "apply).")
 @click.option("--prompts", type=click.Path(dir_okay=False), help="JSON of classnames/templates for zeroshot.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option()
 @click.option("--svc", "svc_policy", type=click.Choice(["auto", "exact", "nystroem"]), default="auto",
               show_default=True, help="RBF SVC: exact when its estimate fits 10 min (auto), always exact, or always "
               "the Nyström approximation (named so in the results).")
 @click.option("--leak-threshold", type=click.FloatRange(-1, 1), help="Cosine at or above which a test item counts "
               "as a near-duplicate of a train item (default 0.95, as `leaks`); top-1 without them is reported too.")
-@click.option("--fresh", is_flag=True, help="Recompute every method, even those already committed for the same "
-              "index snapshot, selections, seed and parameters (by default they are reused).")
-@click.option("--html", "html_file", type=click.Path(dir_okay=False), callback=output_file,
-              help="Where to write the HTML report (default: reports/eval-RUN.html in the index).")
+@option("fresh", is_flag=True, help="Recompute every method, even those already committed for the same index "
+        "snapshot, selections, seed and parameters (by default they are reused).")
+@html_option("Where to write the HTML report (default: reports/eval-RUN.html in the index).")
 @root_option
 @output_options
 @_handle_errors
@@ -456,24 +456,24 @@ def eval_cmd(name, train_where, test_where, methods, prompts, seed, svc_policy, 
     """
     import uuid
 
-    from embedsearch.evaluate import EvalRun
+    from embedsearch.evaluate import EvalRun, run_and_commit
     from embedsearch.reader import Index
-    from embedsearch.report.tables import evaluate_and_report
+    from embedsearch.report.tables import write_eval_report
 
     ix = Index.open(name, root)
     run = EvalRun(uuid.uuid4().hex[:12], ix.name)
 
     def go():
-        return evaluate_and_report(ix, html_file, run=run, train=train_where, test=test_where,
-                                   methods=methods.split(",") if methods else None, seed=seed, prompts=prompts,
-                                   svc=svc_policy, reuse=not fresh, leak_threshold=leak_threshold)
+        run_and_commit(ix, run=run, train=train_where, test=test_where, methods=methods, seed=seed,
+                       prompts=prompts, svc=svc_policy, reuse=not fresh, leak_threshold=leak_threshold)
+        return write_eval_report(ix, run, html_file)
 
     def kept() -> str:
         what = ", ".join(r.data["variant"] for r in run.results if r.data["run_id"] == run.run_id)
         return (f"interrupted: run {run.run_id} kept its finished results ({what or 'nothing had finished'}) in "
                 f"{ix.layout.reports}; re-run the same command to reuse them and run the rest")
 
-    _, md, html_path = _interruptible(go, name, kept)
+    md, html_path = _interruptible(go, name, kept)
     click.echo(f"results: {ix.layout.reports}/eval-{run.run_id}-*.json; report: {html_path}", err=True)
     for sk in run.skipped:
         click.echo(f"not run: {sk['variant'] or sk['method']}: {sk['reason']}", err=True)
@@ -536,16 +536,15 @@ def compare(names, root, per_class, fmt):
 @click.option("--probe", type=click.Choice(["prototypes", "linear", "svc", "mlp"]), default="linear", show_default=True,
               help="A probe saved by `embedsearch eval` (svc = the LinearSVC).")
 @click.option("--head", is_flag=True, help="The backbone's own classifier (timm, torchvision, hf) instead of a probe.")
-@click.option("-b", "--backbone", help="With --head: a backbone spec instead of an index NAME (then every argument "
-              "is an image).")
-@click.option("--weights", type=click.Path(dir_okay=False), help="With --backbone: local weights.")
-@click.option("--random-init", is_flag=True, help="With --backbone: random weights (tests only).")
-@click.option("-k", type=click.IntRange(1), default=3, show_default=True, help="Classes per image.")
+@backbone_options("spec", "weights", "pretrained", as_config=False, defaults=False, help={
+    "spec": "With --head: a backbone spec instead of an index NAME (then every argument is an image).",
+    "weights": "With --backbone: local weights.", "pretrained": "With --backbone: random weights (tests only)."})
+@option("k", type=click.IntRange(1), default=3, show_default=True, help="Classes per image.")
 @trust_code_option
 @root_option
 @output_options
 @_handle_errors
-def classify(args, probe, head, backbone, weights, random_init, k, trust_code, root, fmt):
+def classify(args, probe, head, spec, weights, pretrained, k, trust_code, root, fmt):
     """Classify images from anywhere: with a probe trained by `embedsearch eval` on index NAME, or with --head the
     backbone's own classifier (its labels and probabilities: what the model itself says).
 
@@ -554,14 +553,14 @@ def classify(args, probe, head, backbone, weights, random_init, k, trust_code, r
         embedsearch classify pets-dinov2 --probe linear my_cat.jpg other_dataset/*.png
         embedsearch classify --head -b torchvision:resnet50 my_cat.jpg
     """
-    if backbone and not head:
+    if spec and not head:
         raise click.UsageError("--backbone applies with --head")
     if head:
-        from embedsearch.models.embed import resolve_device
         from embedsearch.models.heads import create_head, head_topk
+        from embedsearch.models.runtime import resolve_device
 
-        if backbone:
-            h = create_head(backbone, weights=weights, pretrained=not random_init, device=resolve_device("auto"))
+        if spec:
+            h = create_head(spec, weights=weights, pretrained=pretrained is not False, device=resolve_device("auto"))
             images = args
         else:
             from embedsearch.reader import Index
@@ -587,17 +586,17 @@ def classify(args, probe, head, backbone, weights, random_init, k, trust_code, r
 
 @cli.command()
 @click.argument("source")
-@click.option("--method", type=click.Choice(["mae", "infonce", "mae+infonce", "video-mae", "supervised"]),
-              default="mae+infonce",
-              show_default=True)
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
-              help="Checkpoint path: writes OUT.safetensors, OUT.json, OUT.state.pt and OUT.loss.png.")
-@click.option("--where", default="split = 'train'", show_default=True,
-              help="Which items to train on (SQL over id, label, split, path, metadata). Keep test out.")
-@click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@option("method", type=click.Choice(["mae", "infonce", "mae+infonce", "video-mae", "supervised"]),
+        default="mae+infonce", show_default=True)
+@option("out", required=True, type=click.Path(dir_okay=False),
+        help="Checkpoint path: writes OUT.safetensors, OUT.json, OUT.state.pt and OUT.loss.png.")
+@option("where", default="split = 'train'", show_default=True,
+        help="Which items to train on (SQL over id, label, split, path, metadata). Keep test out.")
+@option("epochs", type=click.IntRange(min=1), default=60, show_default=True)
+@option("batch_size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--lr", type=Finite(min=0, min_open=True), default=1e-3, show_default=True)
-@click.option("--image-size", type=click.IntRange(min=0), default=0, help="Default: the data's size (8 digits, 28 MNIST, 32 CIFAR).")
+@option("image_size", type=click.IntRange(min=0), default=0,
+        help="Default: the data's size (8 digits, 28 MNIST, 32 CIFAR).")
 @click.option("--patch-size", type=click.IntRange(min=0), default=0, help="Default: image size / 4.")
 @click.option("--depth", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--width", type=click.IntRange(min=0), default=0, help="Default: 64 up to 16 px, else 128.")
@@ -616,8 +615,8 @@ def classify(args, probe, head, backbone, weights, random_init, k, trust_code, r
               show_default=True, help="--method supervised: the network (the homework's CNNs, or the small ViT).")
 @click.option("--patience", type=click.IntRange(min=1), default=5, show_default=True,
               help="--method supervised: stop after this many epochs without a better held-out accuracy.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@seed_option()
+@option("device", default="auto", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the last saved epoch of OUT.")
 @output_options
 @_handle_errors
@@ -673,8 +672,8 @@ def pretrain(source, method, out, where, epochs, batch_size, lr, image_size, pat
 
 @cli.command()
 @root_option
-@click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True, help="Pretraining epochs for the ViT.")
-@click.option("--method", type=click.Choice(["mae", "infonce", "mae+infonce"]), default="infonce", show_default=True)
+@option("epochs", type=click.IntRange(min=1), default=40, show_default=True, help="Pretraining epochs for the ViT.")
+@option("method", type=click.Choice(["mae", "infonce", "mae+infonce"]), default="infonce", show_default=True)
 @_handle_errors
 def quickstart(root, epochs, method):
     """The whole pipeline offline on the embedded digits: index with pixels and with a self-supervised ViT trained
@@ -684,7 +683,7 @@ def quickstart(root, epochs, method):
     Example:
         embedsearch quickstart
     """
-    from embedsearch.quickstart import run_quickstart
+    from embedsearch.cli.quickstart import run_quickstart
 
     run_quickstart(root, epochs=epochs, method=method, progress=_progress())
 
@@ -705,8 +704,8 @@ def verify(name, repair, trust_code, root, engine, threads, fmt):
     Example:
         embedsearch verify digits-pixels || embedsearch verify digits-pixels --repair
     """
-    from embedsearch.verify import repair as run_repair
-    from embedsearch.verify import verify as run_verify
+    from embedsearch.build.repair import repair as run_repair
+    from embedsearch.build.repair import verify as run_verify
 
     if trust_code and not repair:
         raise click.UsageError("--trust-code applies with --repair (verify itself runs no backbone)")
@@ -736,6 +735,28 @@ def _sheet(ix, html_file, title, how, rows) -> None:
         click.echo(f"contact sheet: {html_file}", err=True)
 
 
+calibrate_option = click.option(
+    "--calibrate", is_flag=True,
+    help="Let the space decide: calibrate it with synthetic copies of the items' own images against their nearest "
+         "other items, and flag only if it can tell them apart (see the printed line).")
+space_option = click.option(
+    "--space", type=click.Choice(["index", "thumbs"]), default="index", show_default=True,
+    help="Where similarity is judged: the index's own vectors, or `thumbs`, the built-in duplicate space (each "
+         "image's 16×16 colour thumbnail, normalized cross-correlation).")
+
+
+def _images(ix):
+    """id, path → the item's RGB image or None: read as the contact sheets read them (only from folders this
+    user indexed from), for calibration copies and the thumbs space."""
+    from embedsearch.report.html import Thumbnails
+
+    return Thumbnails(ix).image
+
+
+def _decided(d: dict) -> None:
+    click.echo(d["note"], err=True)
+
+
 def _cap(*parts) -> tuple[str, ...]:
     """A card's caption lines; the sheet escapes each (report/html.py)."""
     return tuple(str(p) for p in parts if p is not None)
@@ -743,16 +764,21 @@ def _cap(*parts) -> tuple[str, ...]:
 
 @cli.command()
 @click.argument("name")
-@click.option("--where", help="Look for duplicates among these items only (default: all).")
-@click.option("--threshold", type=click.FloatRange(-1, 1), help="Cosine at or above which two items are duplicates "
-              "(default 0.95; see the printed similarity profile).")
+@option("where", help="Look for duplicates among these items only (default: all).")
+@option("threshold", type=click.FloatRange(-1, 1), help="Cosine at or above which two items are duplicates "
+        "(default 0.95; see the printed similarity profile, or --calibrate).")
 @click.option("--auto", is_flag=True, help="Threshold at the widest gap of the nearest-neighbour similarity profile.")
+@calibrate_option
+@space_option
+@seed_option()
 @html_option("Also write a contact sheet of the groups.")
 @root_option
 @output_options
 @_handle_errors
-def duplicates(name, where, threshold, auto, html_file, root, fmt):
-    """Near-duplicate items: every pair with cosine ≥ the threshold (exact search), grouped.
+def duplicates(name, where, threshold, auto, calibrate, space, seed, html_file, root, fmt):
+    """Near-duplicate items, grouped: pairs with cosine ≥ the threshold (exact search), or with --calibrate those
+    the calibrated space decides (synthetic copies of the items' own images against their nearest other items;
+    nothing is flagged where the space cannot tell them apart).
 
     Stored in the catalog as insight_dup_group (smallest id of the group) and insight_dup_rank (0 for that item):
     search one item per group with --where "coalesce(insight_dup_rank, 0) = 0".
@@ -764,40 +790,46 @@ def duplicates(name, where, threshold, auto, html_file, root, fmt):
     from embedsearch.evaluate.insight import find_duplicates
     from embedsearch.reader import Index
 
-    if threshold is not None and auto:
-        raise click.UsageError("give --threshold or --auto, not both")
+    if sum((threshold is not None, auto, calibrate)) > 1:
+        raise click.UsageError("give one of --threshold, --auto and --calibrate")
     ix = Index.open(name, root)
-    d = find_duplicates(ix, where=where, threshold=threshold, auto=auto)
+    d = find_duplicates(ix, where=where, threshold=threshold, auto=auto, space=space, seed=seed,
+                        images=_images(ix), calibrate=calibrate)
     p = d["profile"]
     click.echo(f"nearest-neighbour similarity of {p['sampled']} sampled items (seed {p['seed']}):", err=True)
     for lo, hi, c in p["bins"]:
         click.echo(f"  [{lo:.3f}, {hi:.3f})  {c:>6}  {'#' * min(60, c * 60 // max(1, p['sampled']))}", err=True)
-    click.echo(f"threshold {d['threshold']:.4f} ({d['threshold_how']}): {len(d['pairs'])} pairs in "
-               f"{len(d['groups'])} groups among {d['n']} items", err=True)
-    emit_rows(d["pairs"], fmt, columns=["a", "b", "similarity", "group", "a_label", "b_label", "a_split", "b_split"])
+    _decided(d)
+    click.echo(f"{len(d['pairs'])} pairs in {len(d['groups'])} groups among {d['n']} items", err=True)
+    emit_rows(d["pairs"], fmt, columns=["a", "b", "score", "similarity", "group", "a_label", "b_label", "a_split",
+                                        "b_split"])
     sims = {}
     for pr in d["pairs"]:
-        sims[pr["b"]] = max(sims.get(pr["b"], -1), pr["similarity"])
-        sims[pr["a"]] = max(sims.get(pr["a"], -1), pr["similarity"])
+        sims[pr["b"]] = max(sims.get(pr["b"], -1), pr["score"])
+        sims[pr["a"]] = max(sims.get(pr["a"], -1), pr["score"])
     _sheet(ix, html_file, f"{ix.name}: near-duplicates",
-           f"Groups of items with cosine ≥ {d['threshold']:.4f} ({d['threshold_how']}) among {d['n']} items "
-           f"({d['where'] or 'all'}); {d['how']}. Each card: id, label, split, its best similarity in the group.",
+           f"Groups of near-duplicates among {d['n']} items ({d['where'] or 'all'}); {d['note']}; {d['how']}. "
+           "Each card: id, label, split, its best score in the group.",
            [[(i, _cap(f"id {i}", lab, sp, f"{sims.get(i, 0):.4f}")) for i, lab, sp in
              zip(g["ids"], g["labels"], g["splits"], strict=True)] for g in d["groups"]])
 
 
 @cli.command()
 @click.argument("name")
-@click.option("--train", "train_where", default="split = 'train'", show_default=True)
-@click.option("--test", "test_where", default="split = 'test'", show_default=True)
-@click.option("--threshold", type=click.FloatRange(-1, 1), help="Cosine at or above which a test item leaks "
-              "(default 0.95, as `eval` uses).")
+@selection_options()
+@option("threshold", type=click.FloatRange(-1, 1), help="Cosine at or above which a test item leaks "
+        "(default 0.95, as `eval` uses; or --calibrate).")
+@calibrate_option
+@space_option
+@seed_option()
 @html_option("Also write the pairs side by side.")
 @root_option
 @output_options
 @_handle_errors
-def leaks(name, train_where, test_where, threshold, html_file, root, fmt):
-    """Test items with a near-duplicate in train, each with its most similar train item.
+def leaks(name, train_where, test_where, threshold, calibrate, space, seed, html_file, root, fmt):
+    """Test items with a near-duplicate in train, each with its best train candidate: cosine ≥ the threshold, or
+    with --calibrate what the space calibrated on the train items decides (nothing where it cannot tell copies
+    from neighbours).
 
     Stored as insight_leak_of / insight_leak_sim on the test items: `eval --test "split = 'test' AND insight_leak_of IS NULL"` evaluates
     without them (eval also reports top-1 without leaks next to every accuracy).
@@ -810,14 +842,17 @@ def leaks(name, train_where, test_where, threshold, html_file, root, fmt):
     from embedsearch.reader import Index
 
     ix = Index.open(name, root)
-    d = find_leaks(ix, train=train_where, test=test_where, threshold=threshold)
-    click.echo(f"{d['n_leaks']} of {d['n_test']} test items ({100 * d['fraction']:.2f} %) have a train item with "
-               f"cosine ≥ {d['threshold']:g}", err=True)
-    emit_rows(d["leaks"], fmt, columns=["test_id", "train_id", "similarity", "test_label", "train_label",
+    if threshold is not None and calibrate:
+        raise click.UsageError("give --threshold or --calibrate, not both")
+    d = find_leaks(ix, train=train_where, test=test_where, threshold=threshold, space=space, seed=seed,
+                   images=_images(ix), calibrate=calibrate)
+    _decided(d)
+    click.echo(f"{d['n_leaks']} of {d['n_test']} test items ({100 * d['fraction']:.2f} %) flagged"
+               if d["decided"] else "no leaks flagged: undecided", err=True)
+    emit_rows(d["leaks"], fmt, columns=["test_id", "train_id", "score", "similarity", "test_label", "train_label",
                                         "test_path", "train_path"])
     _sheet(ix, html_file, f"{ix.name}: train/test leaks",
-           f"Test items ({test_where}) whose most similar train item ({train_where}) has cosine ≥ {d['threshold']:g}; "
-           f"{d['how']}.",
+           f"Test items ({test_where}) with a near-duplicate in train ({train_where}); {d['note']}; {d['how']}.",
            [[(r["test_id"], _cap(f"test {r['test_id']}", r["test_label"])),
              (r["train_id"], _cap(f"train {r['train_id']}", r["train_label"], f"{r['similarity']:.4f}"))]
             for r in d["leaks"]])
@@ -825,11 +860,12 @@ def leaks(name, train_where, test_where, threshold, html_file, root, fmt):
 
 @cli.command("label-issues")
 @click.argument("name")
-@click.option("--where", help="Labelled items to score (default: every labelled item).")
-@click.option("--methods", default="knn,linear", show_default=True, help="Out-of-fold models: knn, linear or both.")
+@option("where", help="Labelled items to score (default: every labelled item).")
+@option("methods", type=Names(lambda: ("knn", "linear")), default="knn,linear", show_default=True,
+        help="Out-of-fold models: knn, linear or both.")
 @click.option("--folds", type=click.IntRange(2), default=5, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("-n", "top", type=click.IntRange(1), default=50, show_default=True, help="Rows to print.")
+@seed_option()
+@top_option
 @html_option("Also write a contact sheet of the top rows.")
 @root_option
 @output_options
@@ -848,13 +884,8 @@ def label_issues(name, where, methods, folds, seed, top, html_file, root, fmt):
     from embedsearch.evaluate.insight import find_label_issues
     from embedsearch.reader import Index
 
-    chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
-    bad = [m for m in chosen if m not in ("knn", "linear")]
-    if bad or not chosen:
-        raise click.BadParameter(f"unknown method {bad[0] if bad else methods!r}: use knn, linear or knn,linear",
-                                 param_hint="--methods")
     ix = Index.open(name, root)
-    d = find_label_issues(ix, where=where, methods=chosen, n_folds=folds, seed=seed)
+    d = find_label_issues(ix, where=where, methods=methods, n_folds=folds, seed=seed)
     click.echo(f"scored {d['n']} labelled items out-of-fold ({', '.join(d['methods'])}; {d['folds']} stratified "
                f"folds, seed {d['seed']}); {d['score']}", err=True)
     rows = d["issues"][:top]
@@ -869,9 +900,9 @@ def label_issues(name, where, methods, folds, seed, top, html_file, root, fmt):
 
 @cli.command()
 @click.argument("name")
-@click.option("--where", help="Items to rank (default: all); neighbours are searched among them.")
-@click.option("-k", type=click.IntRange(1), default=10, show_default=True, help="Which neighbour's distance.")
-@click.option("-n", "top", type=click.IntRange(1), default=50, show_default=True, help="Rows to print.")
+@option("where", help="Items to rank (default: all); neighbours are searched among them.")
+@option("k", type=click.IntRange(1), default=10, show_default=True, help="Which neighbour's distance.")
+@top_option
 @html_option("Also write a contact sheet of the top rows.")
 @root_option
 @output_options
@@ -897,16 +928,15 @@ def outliers(name, where, k, top, html_file, root, fmt):
 
 @cli.command(name="map")
 @click.argument("name")
-@click.option("--method", type=click.Choice(["umap", "pca", "tsne"]), default="umap", show_default=True)
+@option("method", type=click.Choice(["umap", "pca", "tsne"]), default="umap", show_default=True)
 @click.option("--color", "color", type=click.Choice(["label", "split", "prediction", "leak", "label-issue",
                                                      "outlier"]), default="label", show_default=True)
-@click.option("--where", help="Items to map (default: all).")
+@option("where", help="Items to map (default: all).")
 @click.option("--sample", type=click.IntRange(3), default=20_000, show_default=True,
               help="Items the projection is fitted on (seeded); the rest are transformed.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--fresh", is_flag=True, help="Recompute the projection even if one is stored for this setting.")
-@click.option("-o", "--html", "html_file", type=click.Path(dir_okay=False), callback=output_file,
-              help="Where to write the page (default: reports/map-METHOD-COLOR.html in the index).")
+@seed_option()
+@option("fresh", is_flag=True, help="Recompute the projection even if one is stored for this setting.")
+@html_option("Where to write the page (default: reports/map-METHOD-COLOR.html in the index).", "-o")
 @root_option
 @_handle_errors
 def map_cmd(name, method, color, where, sample, seed, fresh, html_file, root):
@@ -973,7 +1003,7 @@ def _trust_served_code(registry) -> None:
 @click.option("--max-upload", type=Bytes(), default="16MB", show_default=True, help="Largest request body.")
 @click.option("--max-pixels", type=click.IntRange(1), default=40_000_000, show_default=True,
               help="Largest uploaded image, in pixels (checked from its header before decoding).")
-@click.option("--trust-code", is_flag=True,
+@option("trust_code", is_flag=True,
               help="Let image uploads run the py:/hub: code of the indexes served now (after you have read it); "
               "recorded on this machine. The code must still hash as each index recorded it.")
 @root_option

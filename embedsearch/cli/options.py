@@ -56,6 +56,41 @@ class Finite(click.FloatRange):
         return v
 
 
+class Names(click.ParamType):
+    """Comma-separated names from a registry, spaces around them allowed (`--methods "knn, linear"`): a tuple in
+    the order given. `choices` is called only when a value or the help needs it, so a registry that imports numpy
+    is not imported by every command."""
+
+    name = "NAMES"
+
+    def __init__(self, choices, what: str = "method"):
+        self.choices, self.what = choices, what
+
+    def get_metavar(self, param, ctx):
+        return "[" + "|".join(self.choices()) + "],…"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        names = tuple(n.strip() for n in str(value).split(",") if n.strip())
+        known = tuple(self.choices())
+        if not names:
+            self.fail(f"no {self.what} named: expected some of {', '.join(known)}", param, ctx)
+        bad = [n for n in names if n not in known]
+        if bad:
+            self.fail(f"unknown {self.what} {bad[0]!r}: expected one of {', '.join(known)}", param, ctx)
+        return names
+
+
+def _eval_methods() -> tuple[str, ...]:
+    from embedsearch.evaluate.methods import ORDER
+
+    return ORDER
+
+
+EVAL_METHODS = Names(_eval_methods)  # `eval --methods`: the evaluation registry's names, in its order
+
+
 def output_file(ctx, param, value):
     """An output file option: its folder must exist and be writable, checked before any work (not after)."""
     import os
@@ -71,18 +106,59 @@ def output_file(ctx, param, value):
     return value
 
 
+# Every option name more than one command or group takes, spelled once: commands declare it with `option(key,
+# ...)`, the groups below with `_Opt(key, ...)`; what differs between commands (a default, the help) stays with
+# the command, because it differs in meaning too (pretrain's --image-size 0 is "the data's size").
+NAMES = {
+    "spec": ("-b", "--backbone"), "weights": ("--weights",), "pretrained": ("--random-init",),
+    "image_size": ("--image-size",), "layer": ("--layer",), "device": ("--device",), "batch_size": ("--batch-size",),
+    "seed": ("--seed",), "where": ("--where",), "train": ("--train",), "test": ("--test",), "method": ("--method",),
+    "epochs": ("--epochs",), "out": ("-o", "--out"), "k": ("-k",), "threshold": ("--threshold",),
+    "fresh": ("--fresh",), "html": ("--html",), "trust_code": ("--trust-code",), "methods": ("-m", "--methods"),
+    # the rest of the backbone group (`_backbone_opts`)
+    "pool": ("--pool",), "resize": ("--resize",), "mean": ("--mean",), "std": ("--std",),
+    "interpolation": ("--interpolation",), "precision": ("--precision",), "channels_last": ("--channels-last",),
+}
+
+
+def option(key: str, *decls: str, **attrs):
+    """The click option NAMES[key] (`decls`: a parameter name, or one more flag such as `-o`)."""
+    return click.option(*NAMES[key], *decls, **attrs)
+
+
+def seed_option(default: int = 0, help: str | None = None):
+    """--seed: an int, its default shown."""
+    return option("seed", type=int, default=default, show_default=True, help=help)
+
+
+def selection_options(train_help: str | None = None, test_help: str | None = None, dest: bool = True):
+    """--train and --test: the SQL predicates selecting train and test items, defaulting to the splits
+    (`evaluate.DEFAULT_TRAIN`/`DEFAULT_TEST`); `dest`: hand them as train_where / test_where."""
+    train_default, test_default = "split = 'train'", "split = 'test'"  # evaluate.runner's, without importing numpy
+
+    def deco(f):
+        f = option("test", *(("test_where",) if dest else ()), default=test_default, show_default=True,
+                   help=test_help)(f)
+        return option("train", *(("train_where",) if dest else ()), default=train_default, show_default=True,
+                      help=train_help)(f)
+
+    return deco
+
+
+top_option = click.option("-n", "top", type=click.IntRange(1), default=50, show_default=True, help="Rows to print.")
+
 root_option = click.option("--root", type=click.Path(file_okay=False), default=None, envvar="EMBEDSEARCH_HOME",
                            help="Directory holding indexes (default ./indexes, or $EMBEDSEARCH_HOME).")
 
-trust_code_option = click.option(
-    "--trust-code", is_flag=True,
+trust_code_option = option(
+    "trust_code", is_flag=True,
     help="Run the code this index's py:/hub: backbone names (after you have read it): recorded on this machine, so "
     "later commands need not repeat it. The code must still hash as the index recorded it.")
 
 
 def html_option(help_text: str, *names: str):
-    return click.option(*(names or ("--html",)), "html_file", type=click.Path(dir_okay=False), callback=output_file,
-                        help=help_text)
+    return option("html", *names, "html_file", type=click.Path(dir_okay=False), callback=output_file,
+                  help=help_text)
 
 
 def _default(cls, name: str):
@@ -115,60 +191,64 @@ class _Opt:
 
     def __init__(self, name: str, *decls: str, **attrs):
         self.name = name
-        self.decorator = click.option(*decls, name, default=None, **attrs)
+        self.decorator = click.option(*(decls or NAMES[name]), name, default=None, **attrs)
 
 
-def _backbone_opts(which: tuple[str, ...]) -> list[_Opt]:
+def _backbone_opts(which: tuple[str, ...], required: tuple[str, ...] = (), help: dict | None = None) -> list[_Opt]:
     from embedsearch.models.config import INTERPOLATIONS, POOLS, PRECISIONS, BackboneConfig
     from embedsearch.models.specs import BACKBONE_KINDS, valid_kinds
 
     b = BackboneConfig
     every = {
-        "spec": _Opt("spec", "-b", "--backbone", help=_shown(b, "spec", f"{valid_kinds(BACKBONE_KINDS)} (see "
-                                                                          "`backbones`).")),
-        "weights": _Opt("weights", "--weights", type=click.Path(dir_okay=False),
+        "spec": dict(help=_shown(b, "spec", f"{valid_kinds(BACKBONE_KINDS)} (see `backbones`).")),
+        "weights": dict(type=click.Path(dir_okay=False),
                         help="Local weights for the architecture: safetensors, a torch file read with "
                         "weights_only=True (a training script's checkpoint), or a Hugging Face folder."),
-        "pretrained": _Opt("pretrained", "--random-init", is_flag=True, flag_value=False,
+        "pretrained": dict(is_flag=True, flag_value=False,
                            help="Random (seeded) weights: for tests and speed benchmarks only."),
-        "image_size": _Opt("image_size", "--image-size", type=click.IntRange(min=1),
+        "image_size": dict(type=click.IntRange(min=1),
                            help="Override the model's input size (recorded in the manifest)."),
-        "pool": _Opt("pool", "--pool", type=click.Choice(POOLS), help=_shown(
+        "pool": dict(type=click.Choice(POOLS), help=_shown(
             b, "pool", "ViT pooling, or how a --layer's tensor is pooled; `tokens`/`flatten` keep the whole map "
             "(large).")),
-        "layer": _Opt("layer", "--layer", help="Features from this submodule's output (NAME) or input "
+        "layer": dict(help="Features from this submodule's output (NAME) or input "
                       "(NAME:input); see `layers`."),
-        "resize": _Opt("resize", "--resize", type=click.IntRange(min=1), help="py: models: resize the shorter side "
+        "resize": dict(type=click.IntRange(min=1), help="py: models: resize the shorter side "
                        "to this before the centre crop of --image-size (default: --image-size)."),
-        "mean": _Opt("mean", "--mean", help="py: models: normalisation mean, e.g. 0.485,0.456,0.406."),
-        "std": _Opt("std", "--std", help="py: models: normalisation std, e.g. 0.229,0.224,0.225."),
-        "interpolation": _Opt("interpolation", "--interpolation", type=click.Choice(INTERPOLATIONS),
+        "mean": dict(help="py: models: normalisation mean, e.g. 0.485,0.456,0.406."),
+        "std": dict(help="py: models: normalisation std, e.g. 0.229,0.224,0.225."),
+        "interpolation": dict(type=click.Choice(INTERPOLATIONS),
                               help="py: models: resize interpolation (default bilinear)."),
-        "device": _Opt("device", "--device", help=_shown(b, "device", "auto | cpu | cuda[:N].")),
-        "precision": _Opt("precision", "--precision", type=click.Choice(PRECISIONS), help=_shown(
+        "device": dict(help=_shown(b, "device", "auto | cpu | cuda[:N].")),
+        "precision": dict(type=click.Choice(PRECISIONS), help=_shown(
             b, "precision", "Autocast precision, recorded with the index and used for query images; auto = "
             "bf16/fp16 on CUDA, bf16 on CPUs with native bf16 instructions (AVX512-BF16/AMX), else fp32.")),
-        "channels_last": _Opt("channels_last", "--channels-last", is_flag=True,
+        "channels_last": dict(is_flag=True,
                               help="channels_last memory format (helps CNNs)."),
     }
-    return [every[w] for w in which]
+    return [_Opt(w, required=w in required, **{**every[w], **({"help": help[w]} if w in (help or {}) else {})})
+            for w in which]
 
 
 BUILD_BACKBONE = ("spec", "weights", "pretrained", "image_size", "pool", "layer", "resize", "mean", "std",
                   "interpolation", "device", "precision", "channels_last")
 
 
-def backbone_options(*which: str, as_config: bool = True):
+def backbone_options(*which: str, as_config: bool = True, required: tuple[str, ...] = (), help: dict | None = None,
+                     defaults: bool = True):
     """The backbone group (`which`: a subset of BUILD_BACKBONE, default all). `as_config`: hand the command one
-    `backbone: BackboneConfig`; else the values by name (for commands that take a spec as an argument)."""
+    `backbone: BackboneConfig`; else the values by name (for commands that take a spec as an argument), with the
+    dataclass's defaults for what was not given, or None (`defaults=False`: classify tells "not given" apart).
+    `required`: options the command needs; `help`: a command's own help for some of them."""
 
     def deco(f):
         from embedsearch.models.config import BackboneConfig
 
-        opts = _backbone_opts(which or BUILD_BACKBONE)
+        opts = _backbone_opts(which or BUILD_BACKBONE, required, help)
         if as_config:
             return _group(f, opts, lambda v: {"backbone": BackboneConfig(**v)})
-        return _group(f, opts, lambda v: {o.name: v.get(o.name, _default(BackboneConfig, o.name)) for o in opts})
+        return _group(f, opts, lambda v: {o.name: v.get(o.name, _default(BackboneConfig, o.name) if defaults
+                                                         else None) for o in opts})
 
     return deco
 
@@ -206,7 +286,7 @@ def run_options(f):
     from embedsearch.build.config import RunConfig
 
     opts = [
-        _Opt("batch_size", "--batch-size", type=click.IntRange(min=1), help="Images per forward (default 64; a "
+        _Opt("batch_size", type=click.IntRange(min=1), help="Images per forward (default 64; a "
              "resume or --add keeps the index's own: batching changes a network's float results)."),
         _Opt("num_workers", "--workers", type=click.IntRange(min=0), help="Decode/preprocess workers (default: "
              "cores − 1)."),

@@ -18,11 +18,13 @@ import numpy as np
 from embedsearch.core import progress
 from embedsearch.core.schema import COMPUTED_PREFIX
 from embedsearch.core.vectors import l2_normalize
+from embedsearch.evaluate.calibration import K as K_NEIGHBOURS
 from embedsearch.query.exact import Bank, nearest_in, similar_pairs, topk
 
 log = logging.getLogger(__name__)
 
-# The default near-duplicate threshold (cosine). Chosen on a generated calibration set (`python -m benchmarks insight
+# The cosine threshold of `--auto`'s fallback and of the exact pair search when a caller gives none (the commands
+# calibrate each space instead: evaluate/calibration.py). Chosen on a generated calibration set (`python -m benchmarks insight
 # --calibrate`, seed 1) of planted copies, JPEG re-encodes, crops, shifts, colour jitter and resizes among distinct
 # images, embedded with `pixels:16`; the tests check recall and precision on a set drawn with another seed.
 DUP_THRESHOLD = 0.95
@@ -193,20 +195,132 @@ def store_columns(ix, kind: str, ids: np.ndarray, columns: dict, config: dict) -
     return run_id
 
 
+# --------------------------------------------------------------------------------------------- calibrated spaces
+
+
+def space_vectors(ix, sel: dict, space: str, images) -> np.ndarray:
+    """The selection's vectors in `space`: "index" (the stored vectors) or "thumbs" (the built-in duplicate space,
+    made from each item's image; an item whose image cannot be read gets a zero vector, which matches nothing)."""
+    from embedsearch.core.errors import EvalError
+    from embedsearch.evaluate.calibration import THUMB_SIZE, thumb_vectors
+
+    if space == "index":
+        return ix.vectors(sel["id"])
+    if space != "thumbs":
+        raise EvalError(f"unknown space {space!r}: index or thumbs")
+    if images is None:
+        raise EvalError("--space thumbs needs the items' images, and this caller gave no way to read them")
+    out = np.zeros((len(sel["id"]), 3 * THUMB_SIZE * THUMB_SIZE), np.float32)
+    missing = 0
+    with progress.bar(len(out), "thumbs: images", unit="img") as bar:
+        for n, (i, path) in enumerate(zip(sel["id"], sel["path"], strict=True)):
+            img = images(int(i), path)
+            if img is None:
+                missing += 1
+            else:
+                out[n] = thumb_vectors([img])[0]
+            bar.update()
+    if missing == len(out):
+        raise EvalError(f"--space thumbs: none of the {len(out)} items' images could be read (moved, or not in a "
+                        "folder you indexed from)")
+    if missing:
+        log.warning("thumbs: %d of %d items' images could not be read; they match nothing", missing, len(out))
+    return out
+
+
+def calibrated(ix, sel: dict, x: np.ndarray, space: str, images, seed: int = 0):
+    """(Calibration or None, why not): the space calibrated on the selection (the bank), or the one-line reason it
+    cannot be (no images, no backbone to embed copies with)."""
+    from embedsearch.core.errors import EmbedsearchError
+    from embedsearch.evaluate.calibration import calibrate, thumb_vectors
+    from embedsearch.query.search import embed_images
+
+    if images is None:
+        return None, "no images to make calibration copies from"
+    if space == "index":
+        try:
+            ix.backbone()
+        except EmbedsearchError as e:
+            return None, f"its backbone cannot embed copies here ({str(e).splitlines()[0]})"
+
+        def embed(imgs):
+            return embed_images(ix, imgs, batch=64)
+    else:
+        embed = thumb_vectors
+    ids, paths = sel["id"], sel["path"]
+    try:
+        return calibrate(x, lambda p: images(int(ids[p]), paths[p]), embed, space=space, seed=seed), None
+    except EmbedsearchError as e:
+        return None, str(e).splitlines()[0]
+
+
+def _decision(cal, why: str | None, space: str) -> dict:
+    """What a result records and prints about who decided."""
+    if cal is None:
+        return {"decided": False, "calibration": None,
+                "note": f"space {space}: not calibrated — {why}; nothing flagged (give --threshold to decide "
+                        "yourself" + (", or try --space thumbs" if space == "index" else "") + ")"}
+    note = cal.line()
+    if not cal.separable:
+        note += "; nothing flagged" + (" — try --space thumbs (the built-in duplicate space) or an earlier "
+                                       "--layer" if space == "index" else "")
+    return {"decided": cal.separable, "calibration": cal.to_dict(), "note": note}
+
+
+def calibrated_pairs(x: np.ndarray, cal) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs within x whose calibrated score passes the threshold, each once (i < j), from every item's K nearest
+    other items: (i, j, score)."""
+    from embedsearch.evaluate.calibration import K, Scorer
+
+    sc = Scorer(x, cal.score)
+    s, nb = sc.neighbours(x, K, exclude=np.arange(len(x)), desc="duplicates: neighbours")
+    score = sc.scored(s)
+    i, c = np.nonzero(score >= cal.threshold)
+    j = nb[i, c]
+    a, b = np.minimum(i, j), np.maximum(i, j)
+    best: dict[tuple[int, int], float] = {}
+    for p, q, v in zip(a.tolist(), b.tolist(), score[i, c].tolist(), strict=True):
+        if v > best.get((p, q), -np.inf):
+            best[(p, q)] = v
+    if not best:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    keys = np.array(list(best), np.int64)
+    return keys[:, 0], keys[:, 1], np.array(list(best.values()), np.float32)
+
+
 def find_duplicates(ix, where: str | None = None, threshold: float | None = None, auto: bool = False,
-                    commit: bool = True, seed: int = 0) -> dict:
-    """Groups of near-duplicate items among `where` (cosine ≥ threshold), every pair with its similarity.
+                    commit: bool = True, seed: int = 0, space: str = "index", images=None,
+                    calibrate: bool = False) -> dict:
+    """Groups of near-duplicate items among `where`, every pair with its score.
+
+    Who decides: a given `threshold` (cosine, exact search over every pair), `auto` (the widest gap in the
+    nearest-neighbour profile), `calibrate` (evaluate/calibration.py: synthetic copies of the items' own images,
+    `images(id, path)`, against their ordinary nearest neighbours; a space that cannot separate copies, or cannot
+    be calibrated, flags nothing and says so in `note`), else cosine ≥ DUP_THRESHOLD.
 
     Stored as `insight_dup_group` (the smallest id of the item's group) and `insight_dup_rank` (0 for that item,
     1, 2, … for the others in id order; NULL outside any group): `--where "coalesce(insight_dup_rank, 0) = 0"`
     keeps one item per group."""
     sel, x = _load(ix, where, "duplicates")
+    if space != "index":
+        x = space_vectors(ix, sel, space, images)
     profile = similarity_histogram(x, seed=seed)
-    how = "given" if threshold is not None else "auto: widest gap in the nearest-neighbour profile" if auto \
-        else "default"
-    thr = threshold if threshold is not None else auto_threshold(profile["nearest_similarity"]) if auto \
-        else DUP_THRESHOLD
-    i, j, s = similar_pairs(x, None, thr, desc="duplicates")
+    if not calibrate:
+        how = "given" if threshold is not None else "auto: widest gap in the nearest-neighbour profile" if auto \
+            else "default"
+        thr = threshold if threshold is not None else auto_threshold(profile["nearest_similarity"]) if auto \
+            else DUP_THRESHOLD
+        i, j, s = similar_pairs(x, None, thr, desc="duplicates")
+        decision = {"decided": True, "calibration": None, "score": "cosine",
+                    "note": f"space {space}: cosine ≥ {thr:g} ({how}; not calibrated)"}
+    else:
+        cal, why = calibrated(ix, sel, x, space, images, seed)
+        decision = {**_decision(cal, why, space), "score": cal.score if cal else None}
+        how, thr = "calibrated", (cal.threshold if cal else None)
+        i, j, s = calibrated_pairs(x, cal) if decision["decided"] else (np.zeros(0, np.int64),) * 2 + (
+            np.zeros(0, np.float32),)
+    xn = l2_normalize(x)
+    cos = np.einsum("nd,nd->n", xn[i], xn[j]) if len(i) else np.zeros(0, np.float32)
     comp = groups(len(x), i, j)
     ids = sel["id"]
     group_id = np.full(len(x), -1, np.int64)
@@ -222,14 +336,17 @@ def find_duplicates(ix, where: str | None = None, threshold: float | None = None
             rank[g] = np.arange(len(g))
             out_groups.append({"group": int(ids[g[0]]), "size": len(g), "ids": ids[g].tolist(),
                                "labels": sel["label"][g].tolist(), "splits": sel["split"][g].tolist()})
-    pairs = [{"a": int(ids[a]), "b": int(ids[b]), "similarity": round(float(c), 6), "a_label": sel["label"][a],
-              "b_label": sel["label"][b], "a_split": sel["split"][a], "b_split": sel["split"][b],
-              "group": int(group_id[a])} for a, b, c in zip(i, j, s, strict=True)]
-    pairs.sort(key=lambda p: (-p["similarity"], p["a"], p["b"]))
-    config = {"where": where, "threshold": thr, "threshold_how": how, "n": len(ids),
-              "how": "exact float32 cosine of L2-normalized vectors, every pair; groups are connected components"}
+    pairs = [{"a": int(ids[a]), "b": int(ids[b]), "score": round(float(c), 6), "similarity": round(float(cs), 6),
+              "a_label": sel["label"][a], "b_label": sel["label"][b], "a_split": sel["split"][a],
+              "b_split": sel["split"][b], "group": int(group_id[a])}
+             for a, b, c, cs in zip(i, j, s, cos, strict=True)]
+    pairs.sort(key=lambda p: (-p["score"], p["a"], p["b"]))
+    config = {"where": where, "space": space, "threshold": thr, "threshold_how": how, "n": len(ids), **decision,
+              "how": ("exact float32 cosine of L2-normalized vectors, every pair" if decision["calibration"] is None
+                      else f"each item's {K_NEIGHBOURS} nearest other items (exact float32), scored with the "
+                           "calibrated score") + "; groups are connected components"}
     run_id = None
-    if commit:
+    if commit and decision["decided"]:
         run_id = store_columns(ix, "duplicates", ids, {
             "dup_group": ("BIGINT", [None if g < 0 else int(g) for g in group_id]),
             "dup_rank": ("INTEGER", [None if r < 0 else int(r) for r in rank])}, config)
@@ -238,30 +355,56 @@ def find_duplicates(ix, where: str | None = None, threshold: float | None = None
 
 
 def find_leaks(ix, train: str = "split = 'train'", test: str = "split = 'test'", threshold: float | None = None,
-               commit: bool = True) -> dict:
-    """Test items with a near-duplicate in train: each with its most similar train item. Stored as
-    `insight_leak_of` (that train id) and `insight_leak_sim` on the test items (NULL when none)."""
+               commit: bool = True, seed: int = 0, space: str = "index", images=None, calibrate: bool = False
+               ) -> dict:
+    """Test items with a near-duplicate in train: each with its best train candidate. Who decides: as in
+    `find_duplicates` (a cosine `threshold`, default DUP_THRESHOLD, or with `calibrate` the space's calibration on
+    the train items; a space that cannot separate copies then flags nothing and says so). Stored as `insight_leak_of` (that train id) and
+    `insight_leak_sim` (its cosine) on the test items (NULL when none)."""
     from embedsearch.core.errors import EvalError
+    from embedsearch.evaluate.calibration import Scorer
 
     tr, xtr = _load(ix, train, "leaks (train)")
     te, xte = _load(ix, test, "leaks (test)")
     both = np.intersect1d(tr["id"], te["id"])
     if len(both):
         raise EvalError(f"--train and --test share {len(both)} items (e.g. id {both[0]}): make them disjoint")
-    thr = DUP_THRESHOLD if threshold is None else threshold
-    i, j, s = nearest_in(xte, xtr, thr, desc="leaks")
-    rows = [{"test_id": int(te["id"][a]), "train_id": int(tr["id"][b]), "similarity": round(float(c), 6),
-             "test_label": te["label"][a], "train_label": tr["label"][b],
-             "test_path": te["path"][a], "train_path": tr["path"][b]} for a, b, c in zip(i, j, s, strict=True)]
-    rows.sort(key=lambda r: (-r["similarity"], r["test_id"]))
-    config = {"train": train, "test": test, "threshold": thr, "n_train": len(tr["id"]), "n_test": len(te["id"]),
+    if space != "index":
+        xtr, xte = space_vectors(ix, tr, space, images), space_vectors(ix, te, space, images)
+    if not calibrate:
+        thr = DUP_THRESHOLD if threshold is None else threshold
+        i, j, s = nearest_in(xte, xtr, thr, desc="leaks")
+        cos = s
+        decision = {"decided": True, "calibration": None, "score": "cosine",
+                    "note": f"space {space}: cosine ≥ {thr:g} ({'default' if threshold is None else 'given'}; "
+                            "not calibrated)"}
+    else:
+        cal, why = calibrated(ix, tr, xtr, space, images, seed)
+        decision = {**_decision(cal, why, space), "score": cal.score if cal else None}
+        thr = cal.threshold if cal else None
+        if decision["decided"]:
+            best, score, _ = Scorer(xtr, cal.score).best(xte, desc="leaks")
+            i = np.flatnonzero(score >= cal.threshold)
+            j, s = best[i], score[i]
+            cos = np.einsum("nd,nd->n", l2_normalize(xte[i]), l2_normalize(xtr[j])) if len(i) else s
+        else:
+            i = j = np.zeros(0, np.int64)
+            s = cos = np.zeros(0, np.float32)
+    rows = [{"test_id": int(te["id"][a]), "train_id": int(tr["id"][b]), "score": round(float(c), 6),
+             "similarity": round(float(cs), 6), "test_label": te["label"][a], "train_label": tr["label"][b],
+             "test_path": te["path"][a], "train_path": tr["path"][b]}
+            for a, b, c, cs in zip(i, j, s, cos, strict=True)]
+    rows.sort(key=lambda r: (-r["score"], r["test_id"]))
+    config = {"train": train, "test": test, "space": space, "threshold": thr, **decision,
+              "n_train": len(tr["id"]), "n_test": len(te["id"]),
               "n_leaks": len(rows), "fraction": round(len(rows) / len(te["id"]), 6),
-              "how": "for each test item its most similar train item, kept when cosine ≥ threshold (exact float32)"}
+              "how": "for each test item its best train item (exact float32), kept when its score passes the "
+                     "threshold"}
     run_id = None
-    if commit:
+    if commit and decision["decided"]:
         leak_of = np.full(len(te["id"]), None, object)
         leak_sim = np.full(len(te["id"]), None, object)
-        leak_of[i], leak_sim[i] = tr["id"][j].tolist(), s.astype(float).tolist()
+        leak_of[i], leak_sim[i] = tr["id"][j].tolist(), np.asarray(cos, float).tolist()
         run_id = store_columns(ix, "leaks", te["id"], {"leak_of": ("BIGINT", leak_of.tolist()),
                                                        "leak_sim": ("DOUBLE", leak_sim.tolist())}, config)
     return {**config, "run_id": run_id, "leaks": rows}

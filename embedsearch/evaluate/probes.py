@@ -11,14 +11,42 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from embedsearch.core.errors import QueryError
+from embedsearch.core.errors import QueryError, first_line
+from embedsearch.core.schema import from_record
 from embedsearch.evaluate.methods import REGISTRY
 
 PROBES = ("prototypes", "linear", "svc", "mlp")
 KEEP_SETTINGS = 8  # per method, the probes of this many settings are kept for reuse (the newest)
+
+
+@dataclass(frozen=True)
+class ProbeRecord:
+    """probes/METHOD.json, what `save_probe` writes beside the tensors: untrusted on the way back (an index may come
+    from someone else), so read through `from_record`. Every field has a default: records of older versions lack
+    some (the checksum before 2026-12), and the methods' `load` falls back for the rest. What it does not know is
+    kept as written (`extra`)."""
+
+    method: str | None = None
+    run_id: str | None = None
+    variant: str = ""
+    params: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    seed: int = 0
+    n_classes: int | None = None
+    weights_sha256: str | None = None  # the embedding space it was trained in
+    sha256: str | None = None  # of the .safetensors file
+    saved: str | None = None
+    setting_key: str | None = None  # the eval reuse key of the result it belongs to
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def prepare_record(cls, d: dict, fail) -> dict:
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return {**{k: v for k, v in d.items() if k in known}, "extra": {k: v for k, v in d.items() if k not in known}}
 
 
 def _paths(ix, method, key: str | None = None):
@@ -97,19 +125,23 @@ def load_probe(ix, method: str):
     try:
         meta = json.loads(js.read_text())
     except (OSError, ValueError) as e:
-        raise QueryError(f"probe record {js} is unreadable ({str(e)[:80]}); {rerun}") from None
+        raise QueryError(f"probe record {js} is unreadable ({first_line(e)}); {rerun}") from None
     if not isinstance(meta, dict):
         raise QueryError(f"probe record {js} is not a JSON object; {rerun}")
-    if meta.get("weights_sha256") != ix.manifest.space.weights_sha256:
+    try:
+        rec = from_record(ProbeRecord, meta, "", QueryError, source=js, what="probe record")
+    except QueryError as e:
+        raise QueryError(f"{e}; {rerun}") from None
+    if rec.weights_sha256 != ix.manifest.space.weights_sha256:
         raise QueryError(f"the saved {method} probe was trained on another embedding space; {rerun}")
     from embedsearch.core.files import file_sha256
 
-    if "sha256" in meta and meta["sha256"] != file_sha256(st):  # probes saved before 2026-12 carry no checksum
+    if rec.sha256 is not None and rec.sha256 != file_sha256(st):  # probes saved before 2026-12 carry none
         raise QueryError(f"probe {st} does not match the checksum in {js.name} (changed or truncated); {rerun}")
     try:
         t = load_file(str(st))
     except Exception as e:  # noqa: BLE001 — safetensors raises its own error types for a damaged file
-        raise QueryError(f"probe {st} is unreadable ({str(e).splitlines()[0][:80]}); {rerun}") from None
+        raise QueryError(f"probe {st} is unreadable ({first_line(e)}); {rerun}") from None
     n_classes = len(ix.classes())
     why = _check_shapes(REGISTRY[method].shapes(t, ix.dim, n_classes), t, n_classes)
     if why:

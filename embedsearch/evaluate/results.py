@@ -6,13 +6,66 @@ the latest per variant, the newest per setting, every row)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from embedsearch.core.errors import IndexStateError
+from embedsearch.core.schema import from_record
+
 if TYPE_CHECKING:
     from embedsearch.evaluate.run import EvalRun
     from embedsearch.reader import Index
+
+
+class _Known:
+    """A record of which only some fields are checked: the others stay in the stored result as written."""
+
+    @classmethod
+    def prepare_record(cls, d: dict, fail) -> dict:
+        return {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
+
+
+@dataclass(frozen=True)
+class Selection(_Known):
+    where: str
+    n: int
+
+
+@dataclass(frozen=True)
+class Reuse(_Known):
+    key: str
+    variants: int
+    position: int
+    probe: bool = False
+
+
+@dataclass(frozen=True)
+class Predictions(_Known):
+    id: list
+    true: list
+    pred: list
+
+
+@dataclass(frozen=True)
+class StoredResult(_Known):
+    """The fields of a stored result (the catalog's `results` rows, reports/eval-*.json) that its readers rely on
+    — reuse, the latest table, `compare`, the reports — checked as the row is read back: a catalog may come from
+    someone else, and a wrong type is one line naming the field, not a KeyError in a report."""
+
+    run_id: str
+    method: str
+    train: Selection
+    test: Selection
+    variant: str | None = None
+    seed: int = 0
+    backbone: str | None = None
+    classes: list | None = None
+    metrics: dict | None = None
+    params: dict | None = None
+    predictions: Predictions | None = None
+    reuse: Reuse | None = None
 
 
 class ResultStore:
@@ -78,7 +131,7 @@ class ResultStore:
         out: dict[str, list[dict]] = {}
         runs: dict[tuple, list[dict]] = {}
         for run_id, res in rows:
-            d = json.loads(res) if isinstance(res, str) else res
+            d = self._read(res)
             runs.setdefault((by_key[d["reuse"]["key"]], run_id), []).append(d)
         for (method, _), ds in runs.items():  # newest run first
             if method not in out and len(ds) == ds[0]["reuse"]["variants"]:
@@ -90,7 +143,7 @@ class ResultStore:
         _, rows = self.ix.sql("SELECT result FROM results ORDER BY created")
         latest: dict[tuple, dict] = {}
         for (res,) in rows:
-            d = json.loads(res) if isinstance(res, str) else res
+            d = self._read(res)
             latest[(d["method"], d.get("variant"))] = d
         return list(latest.values())
 
@@ -101,10 +154,20 @@ class ResultStore:
         _, rows = self.ix.sql("SELECT result FROM results ORDER BY created")
         out: dict[tuple, dict] = {}
         for (res,) in rows:
-            d = json.loads(res) if isinstance(res, str) else res
+            d = self._read(res)
             if d.get("predictions"):
                 out[(d["method"], d.get("variant"), d["train"]["where"], d["test"]["where"], d["seed"])] = d
         return out
+
+    def _read(self, res) -> dict:
+        """One stored result as its dict, once `StoredResult`'s fields check."""
+        try:
+            d = json.loads(res) if isinstance(res, str) else res
+        except ValueError as e:
+            raise IndexStateError(f"a stored result of index {self.ix.name} is not JSON ({e}); re-run `embedsearch "
+                                  "eval`") from None
+        from_record(StoredResult, d, "", source=f"of index {self.ix.name}", what="stored result")
+        return d
 
     def rows(self, method: str | None = None) -> list[dict]:
         """Every stored result, oldest first (`method`: that method's only): {run_id, method, created,

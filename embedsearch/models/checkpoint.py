@@ -83,6 +83,47 @@ def _read(p: Path):
         return torch.load(p, map_location="cpu", weights_only=True)
 
 
+def _top_level_global(p: Path) -> str | None:
+    """The class of the object a torch file holds at its top level when that object is an instance of a class
+    (`torch.save(model)`), as "module.Name"; None for dicts and lists, or when the file cannot be read that far.
+    Read with pickletools, which only decodes opcodes and never runs the pickle."""
+    import io
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as z:
+                name = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+                if name is None:
+                    return None
+                stream = io.BytesIO(z.read(name))
+        else:  # legacy format: magic number, protocol version, sys info, then the object itself
+            stream = io.BytesIO(p.read_bytes())
+            for _ in range(3):
+                for _op in pickletools.genops(stream):
+                    pass
+        strings: list[str] = []
+        ops = list(pickletools.genops(stream))
+        if len(ops) > 2 and ops[1][0].name == "MARK" and ops[2][1] == "module":
+            # before torch 0.4 a pickled module's class went in as the persistent id ("module", class, file, src)
+            ops = ops[3:]
+        for op, arg, _pos in ops:
+            if op.name in ("PROTO", "FRAME", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                continue
+            if op.name == "GLOBAL":
+                return str(arg).replace(" ", ".")
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE") and len(strings) < 2:
+                strings.append(str(arg))  # protocol 4: STACK_GLOBAL takes module and name pushed as strings
+                continue
+            if op.name == "STACK_GLOBAL" and len(strings) == 2:
+                return ".".join(strings)
+            return None
+    except Exception:  # noqa: BLE001 — a file pickletools cannot walk: no better hint than the generic one
+        return None
+    return None
+
+
 def load_state_dict(path: str | os.PathLike) -> StateDict:
     """Load a state dict from safetensors, a torch file read with `weights_only=True` (zip or legacy format; never
     full unpickling), or a Hugging Face `save_pretrained` folder (sharded too); the weights may sit bare or under a
@@ -101,8 +142,14 @@ def load_state_dict(path: str | os.PathLike) -> StateDict:
             msg = str(e).strip().splitlines()[0][:200]
             if "Unsupported global" in str(e):
                 g = next((ln.split("GLOBAL", 1)[1].split()[0] for ln in str(e).splitlines() if "GLOBAL " in ln), "?")
-                msg = (f"it pickles {g}, which weights_only loading refuses (only tensors and plain containers are "
-                       "read): save the state dict alone, e.g. torch.save(ckpt['state_dict'], 'weights.pt')")
+                if _top_level_global(f) == g:  # torch.save(model): the model object itself, not a state dict
+                    msg = (f"it is a whole pickled model ({g}), not a state dict, and weights_only loading never "
+                           "runs pickled code: where you trust the file and its class is importable, re-save "
+                           "its weights with torch.save(torch.load(f, weights_only=False).state_dict(), "
+                           "'weights.pt')")
+                else:
+                    msg = (f"it pickles {g}, which weights_only loading refuses (only tensors and plain containers "
+                           "are read): save the state dict alone, e.g. torch.save(ckpt['state_dict'], 'weights.pt')")
             raise BackboneError(f"cannot load weights {f}: {type(e).__name__}: {msg}") from None
         if len(files) > 1 and isinstance(part, dict):
             sd.update(part)

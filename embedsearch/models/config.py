@@ -102,7 +102,7 @@ class BackboneConfig:
         user chose to run (or `trust_code`), and nothing is downloaded (models/code.py)."""
         from embedsearch.models.backbones import create_backbone, no_fetch
         from embedsearch.models.code import check_reattach, record_user_choice
-        from embedsearch.models.embed import resolve_device
+        from embedsearch.models.runtime import resolve_device
 
         spec = self.spec
         if index is not None:

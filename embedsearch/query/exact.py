@@ -60,7 +60,7 @@ QUERY_BLOCK = 2048  # queries per FAISS call: enough for BLAS speed, small enoug
 
 
 CPU_SCORE_BYTES = 2 ** 27  # the (queries × chunk) float32 similarity block one CPU product may hold (torch backend)
-_CPU_BACKEND: dict[int, str] = {}  # dimension → "faiss" or "torch", measured once per process (`cpu_backend`)
+CPU_BACKEND: dict[int, str] = {}  # dimension → "faiss" or "torch", measured once per process (`cpu_backend`); tests and benchmarks/knn_backend.py pin or clear it
 
 
 PROBE = (256, 8192)  # queries × bank rows `cpu_backend` times each backend on
@@ -75,8 +75,8 @@ def cpu_backend(d: int, work: float | None = None) -> str:
     (docs/benchmarks/knn_backend.md), while on a CPU it knows its fused heap is a little ahead. Both give float32
     similarities that `certify_cutoffs` settles exactly, so the choice changes speed, never results. `work`: the
     search's multiply-adds; below PROBE_MIN_RATIO × the probe's, FAISS without timing."""
-    if d in _CPU_BACKEND:
-        return _CPU_BACKEND[d]
+    if d in CPU_BACKEND:
+        return CPU_BACKEND[d]
     if work is not None and work < PROBE_MIN_RATIO * PROBE[0] * PROBE[1] * d:
         return "faiss"
     import time
@@ -94,10 +94,10 @@ def cpu_backend(d: int, work: float | None = None) -> str:
             run()
             best = min(best, time.perf_counter() - t0)
         took[name] = best
-    _CPU_BACKEND[d] = min(took, key=took.get)
+    CPU_BACKEND[d] = min(took, key=took.get)
     log.info("exact top-k at %d-d on this CPU: %s (faiss %.0f ms, torch %.0f ms for %d × %d)", d,
-             _CPU_BACKEND[d], 1e3 * took["faiss"], 1e3 * took["torch"], *PROBE)
-    return _CPU_BACKEND[d]
+             CPU_BACKEND[d], 1e3 * took["faiss"], 1e3 * took["torch"], *PROBE)
+    return CPU_BACKEND[d]
 
 
 def topk(bank: Bank, q: np.ndarray, k: int, desc: str = "knn: search") -> tuple[np.ndarray, np.ndarray]:

@@ -12,21 +12,24 @@ from embedsearch.store import faiss_index as vindex
 from embedsearch.store import parts as store
 
 
-def embed_images(ix, images) -> np.ndarray:
+def embed_images(ix, images, batch: int = 1) -> np.ndarray:
     """Decoded RGB images as (n, d) float32 in the index's space: its own backbone, recorded preprocessing and
-    precision, one image at a time (as the CLI and the server do for query images)."""
+    precision, one image at a time (as the CLI and the server do for query images) or `batch` at a time (as
+    indexing does: many images, e.g. a calibration's copies)."""
     import torch
 
-    from embedsearch.models.embed import autocast
+    from embedsearch.models.runtime import autocast
 
     bb = ix.backbone()
-    dev = next(bb.model.parameters()).device if bb.model is not None else "cpu"
+    w = next(bb.model.parameters(), None) if bb.model is not None else None
+    dev = w.device if w is not None else "cpu"  # a model without parameters (a fixed transform) runs on the CPU
     out = []
-    for img in images:
-        x = bb.preprocess(img).unsqueeze(0).to(dev)
+    images = list(images)
+    for a in range(0, len(images), batch):
+        x = torch.stack([bb.preprocess(img) for img in images[a:a + batch]]).to(dev)
         with torch.inference_mode(), autocast(str(dev), bb.config.precision):
-            out.append(bb.embed(x).float().cpu().numpy()[0])
-    return np.stack(out).astype(np.float32) if out else np.zeros((0, ix.dim), np.float32)
+            out.append(bb.embed(x).float().cpu().numpy())
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, ix.dim), np.float32)
 
 
 def query_vectors(ix, *, images=(), ids=(), texts=(), vector_file=None, vectors=None, decoded=()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -91,21 +92,17 @@ def _ci_method(run) -> str | None:
     return "95 % " + "; ".join(sorted(hows)) if hows else None
 
 
-def evaluate_and_report(ix, html_path=None, run=None, **eval_kwargs):
-    """Evaluate and commit (`evaluate.runner.run_and_commit`: result JSONs, probes, catalog rows), then render
-    the Markdown summary and write the HTML report: what `embedsearch eval` and `quickstart` do. Returns (run,
-    markdown summary, path of the HTML report)."""
-    from pathlib import Path
-
-    from embedsearch.evaluate.runner import run_and_commit
+def write_eval_report(ix, run, html_path=None) -> tuple[str, Path]:
+    """Render a committed run (`evaluate.runner.run_and_commit`): its Markdown summary, and its HTML report written
+    to `html_path` (default reports/eval-RUN.html in the index). Returns (markdown summary, path of the HTML
+    report): the report half of `embedsearch eval` and `quickstart`."""
     from embedsearch.report.html import eval_report
 
-    run = run_and_commit(ix, run=run, **eval_kwargs)
     md = markdown_run(run, ix)
     page = eval_report(ix, run, md)
     path = Path(html_path) if html_path else ix.layout.reports / f"eval-{run.run_id}.html"
     path.write_text(page)
-    return run, md, path
+    return md, path
 
 
 def _params_md(d: dict) -> str:

@@ -13,9 +13,9 @@ HTML an index ships (`reports/*.html`) is served in a sandbox, as if from anothe
 
 Where things live (FastAPI's "bigger applications" layout): `settings` (Limits, ServeSettings), `errors`
 (ApiError, the JSON error body and handlers), `middleware` (Guard, BodyLimit), `deps` (what routes share:
-the registry, the served snapshot, the limit checks), `routers/` (indexes, search, items, page), `queries`
-(catalog reads the routes need), `runner` (`serve()`: the socket and uvicorn). Here: `create_app`, which
-joins them.
+the registry, the served snapshot, the limit checks), `routers/` (indexes, search, items, page), `runner`
+(`serve()`: the socket and uvicorn). Here: `create_app`, which joins them. The routes read the catalog through
+`Index` and the results through `ResultStore`, never by SQL of their own.
 """
 
 from importlib.metadata import version

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from embedsearch.core.errors import EmbedsearchError, IndexStateError, UntrustedError
+from embedsearch.core.errors import EmbedsearchError, IndexStateError, UntrustedError, first_line
 
 
 class ApiError(Exception):
@@ -22,7 +22,7 @@ class ApiError(Exception):
 
 
 def error_body(status: int, field: str, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": message.splitlines()[0][:500] if message else "error", "field": field},
+    return JSONResponse({"error": first_line(message, 500) if message else "error", "field": field},
                         status_code=status, headers=headers)
 
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from embedsearch.core.errors import EmbedsearchError, IndexStateError
 from embedsearch.reader import Index
 from embedsearch.report.html import Thumbnails
-from embedsearch.serve import queries
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,7 @@ class ServedState:
         """How many catalog columns each hit carries (what a response costs per hit)."""
         if self._columns is None:
             with self.lock:
-                self._columns = len(queries.columns(self.ix))
+                self._columns = len(self.ix.columns())
         return self._columns
 
 

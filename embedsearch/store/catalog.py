@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedsearch.core.errors import IndexStateError, QueryError, SourceError
+from embedsearch.core.errors import IndexStateError, QueryError, SourceError, first_line
 from embedsearch.core.files import crash_point
 from embedsearch.core.schema import COMPUTED_PREFIX
 
@@ -55,10 +55,10 @@ def _retrying(path: Path, open_fn):
         except duckdb.IOException as e:
             # another process holds the write lock for a moment (the indexer commits a part); wait briefly
             if "lock" not in str(e).lower() or time.monotonic() > deadline:
-                raise IndexStateError(f"catalog {path} cannot be opened: {str(e).splitlines()[0][:160]}") from None
+                raise IndexStateError(f"catalog {path} cannot be opened: {first_line(e)}") from None
             time.sleep(0.05)
         except duckdb.Error as e:
-            raise IndexStateError(f"catalog {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+            raise IndexStateError(f"catalog {path} is unreadable ({type(e).__name__}: {first_line(e)}); "
                                   "run `embedsearch verify --repair`") from None
 
 
@@ -89,7 +89,7 @@ class Catalog:
             io_failure = isinstance(e, (duckdb.IOException, duckdb.FatalException, OSError)) or (
                 isinstance(e, duckdb.TransactionException) and "could not write" in str(e).lower())
             if io_failure:
-                raise IndexStateError(f"cannot write catalog {self.path}: {str(e).splitlines()[0][:200]}; the "
+                raise IndexStateError(f"cannot write catalog {self.path}: {first_line(e)}; the "
                                       "transaction was rolled back and data committed before is intact — free "
                                       "space or fix the disk, then re-run the same command") from None
             raise
@@ -270,7 +270,7 @@ def connect_readonly(catalog_path: Path, parts: list[Path], memory_limit: str | 
         row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     except duckdb.Error as e:
         raise IndexStateError(f"catalog {catalog_path} is unreadable ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:120]}); run `embedsearch verify --repair`") from None
+                              f"{first_line(e)}); run `embedsearch verify --repair`") from None
     finally:
         con.execute("DETACH DATABASE IF EXISTS catalog_file")
     if row is None or not str(row[0]).isdigit() or int(row[0]) > SCHEMA_VERSION:
@@ -298,7 +298,7 @@ def check_select(sql: str) -> None:
     try:
         stmts = duckdb.extract_statements(sql)
     except duckdb.Error as e:
-        raise QueryError(f"SQL does not parse: {str(e).splitlines()[0][:200]}") from None
+        raise QueryError(f"SQL does not parse: {first_line(e)}") from None
     if len(stmts) != 1:
         raise QueryError(f"expected exactly one SQL statement, got {len(stmts)}")
     if stmts[0].type != duckdb.StatementType.SELECT:
@@ -358,7 +358,7 @@ def select_ids(con, where: str | None, columns: str = "id", scope: str | None = 
         m = (re.search(r'column "([^"]+)" not found', str(e), re.I)
              or re.search(r'does not have a column named "([^"]+)"', str(e), re.I))
         if m is None:
-            raise QueryError(f"--where {where!r}: {str(e).splitlines()[0].removeprefix('Binder Error: ')[:200]}"
+            raise QueryError(f"--where {where!r}: {first_line(str(e).removeprefix('Binder Error: '))}"
                              ) from None
         cols = [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
                                           "WHERE table_name = 'items' ORDER BY ordinal_position").fetchall()]
@@ -369,4 +369,4 @@ def select_ids(con, where: str | None, columns: str = "id", scope: str | None = 
                     f"columns carry the prefix {COMPUTED_PREFIX!r})")
         raise QueryError(f"--where {where!r}: unknown column {name!r}{hint}; columns: {', '.join(cols)}") from None
     except duckdb.Error as e:
-        raise QueryError(f"--where {where!r}: {str(e).splitlines()[0][:200]}") from None
+        raise QueryError(f"--where {where!r}: {first_line(e)}") from None

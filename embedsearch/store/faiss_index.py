@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedsearch.core.errors import IndexStateError, QueryError
+from embedsearch.core.errors import ConfigError, IndexStateError, QueryError
 from embedsearch.core.vectors import l2_normalize
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def make_index(dim: int, factory: str):
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
         msg = str(e).strip().splitlines()[-1][:160]
-        raise QueryError(f"bad FAISS factory string {factory!r} for dim {dim}: {msg}") from None
+        raise ConfigError(f"bad FAISS factory string {factory!r} for dim {dim}: {msg}") from None
     if faiss.try_extract_index_ivf(index) is None and not isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
         index = faiss.IndexIDMap2(index)
     return index
@@ -66,7 +66,7 @@ def build_index(
     work = index
     if not index.is_trained:
         if train_sample is None or len(train_sample) == 0:
-            raise QueryError(f"FAISS index {factory!r} needs training vectors")
+            raise ConfigError(f"FAISS index {factory!r} needs training vectors")
         if gpu:
             work = _to_gpu(index)
         work.train(l2_normalize(train_sample))

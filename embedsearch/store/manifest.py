@@ -8,11 +8,14 @@ import json
 import os
 import re
 import time
+import typing
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Literal
 
 from embedsearch.core.errors import IndexStateError
+from embedsearch.core.schema import from_record
 
 FORMAT_VERSION = 1
 
@@ -101,64 +104,40 @@ def resolve(name_or_path: str | os.PathLike, root: Path | None = None) -> Layout
 
 # --------------------------------------------------------------------------------------------- the manifest
 
-STATES = ("building", "complete", "repairing")
 PART_FILE = re.compile(r"part-\d{5}\.parquet")
 SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-class _Fields:
-    """Reads one JSON object of an untrusted manifest: every access checks the type, and a violation is one line
-    naming the file and the field (`parts[3].file`)."""
-
-    def __init__(self, obj, where: str, source: Path | str):
-        if not isinstance(obj, dict):
-            raise IndexStateError(f"manifest {source}: {where or 'the top level'} is not an object")
-        self.obj, self.where, self.source = obj, where, source
-
-    def _name(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def bad(self, key: str, why: str) -> IndexStateError:
-        return IndexStateError(f"manifest {self.source}: field {self._name(key)} {why}")
-
-    def get(self, key: str, types: tuple, default=..., check=None):
-        if key not in self.obj:
-            if default is ...:
-                raise self.bad(key, "is missing")
-            return default
-        v = self.obj[key]
-        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
-            names = "/".join("null" if t is type(None) else t.__name__ for t in types)
-            raise self.bad(key, f"must be {names}, not {type(v).__name__} {json.dumps(v, default=str)[:60]}")
-        if check is not None and v is not None:
-            why = check(v)
-            if why:
-                raise self.bad(key, why)
-        return v
-
-    def sub(self, key: str, default=...) -> _Fields | None:
-        """A nested object; null is allowed only for an optional one (a required `space: null` is one line, not an
-        AttributeError later)."""
-        v = self.get(key, (dict,) if default is ... else (dict, type(None)), default)
-        return None if v is None else _Fields(v, self._name(key), self.source)
 
 
 def _nonneg(v) -> str | None:
     return None if v >= 0 else f"must be ≥ 0 (got {v})"
 
 
+def _positive(v) -> str | None:
+    return None if v >= 1 else f"must be ≥ 1 (got {v})"
+
+
 def _sha(v) -> str | None:
     return None if SHA256.fullmatch(v) else "is not a sha256 hex digest"
+
+
+def _part_file(v) -> str | None:
+    return None if PART_FILE.fullmatch(v) else "must be a part name like part-00000.parquet (no folders)"
+
+
+def _unique_files(parts) -> str | None:
+    names = [p.file for p in parts]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    return None if dup is None else f"lists {dup} twice"
 
 
 @dataclass(frozen=True)
 class PartRecord:
     """One committed Parquet part; `file` is a bare `part-NNNNN.parquet` name, so it can only name a file in parts/."""
 
-    file: str
-    rows: int
-    bytes: int
-    sha256: str
+    file: str = field(metadata={"check": _part_file})
+    rows: int = field(metadata={"check": _nonneg})
+    bytes: int = field(metadata={"check": _nonneg})
+    sha256: str = field(metadata={"check": _sha})
 
     @property
     def number(self) -> int:
@@ -167,25 +146,19 @@ class PartRecord:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def read(cls, f: _Fields) -> PartRecord:
-        name = f.get("file", (str,), check=lambda v: None if PART_FILE.fullmatch(v) else
-                     "must be a part name like part-00000.parquet (no folders)")
-        return cls(name, f.get("rows", (int,), check=_nonneg), f.get("bytes", (int,), check=_nonneg),
-                   f.get("sha256", (str,), check=_sha))
-
 
 @dataclass(frozen=True)
 class FaissRecord:
     """The FAISS file of the index (always `index.faiss` beside the manifest) and how it was built."""
 
-    ntotal: int
-    bytes: int
-    sha256: str
+    ntotal: int = field(metadata={"check": _nonneg})
+    bytes: int = field(metadata={"check": _nonneg})
+    sha256: str = field(metadata={"check": _sha})
     factory: str
     requested: str | None = None
     params: dict = field(default_factory=dict)
-    file: str = "index.faiss"
+    file: str = field(default="index.faiss", metadata={"check": lambda v: None if v == "index.faiss" else
+                                                       "must be index.faiss"})
     extra: dict = field(default_factory=dict)  # metric, seed, timings, auto-tuning record: kept as written
 
     def to_dict(self) -> dict:
@@ -200,27 +173,28 @@ class FaissRecord:
         return st.get("lists_file") if st.get("kind") == "ondisk" else None
 
     @classmethod
-    def read(cls, f: _Fields) -> FaissRecord:
-        f.get("file", (str,), "index.faiss", check=lambda v: None if v == "index.faiss" else "must be index.faiss")
-        st = f.get("storage", (dict, type(None)), None)
+    def prepare_record(cls, d: dict, fail) -> dict:
+        """What the record does not know is kept as written (`extra`), once an on-disk storage names only a lists
+        file beside index.faiss; `params: null` reads as no parameters."""
+        st = d.get("storage")
+        if not isinstance(st, (dict, type(None))):
+            raise fail("storage", f"must be dict/null, not {type(st).__name__} {json.dumps(st, default=str)[:60]}")
         if st and st.get("kind") == "ondisk":
             from embedsearch.store.ondisk import LISTS_RE
 
             name = st.get("lists_file")
             if not isinstance(name, str) or not LISTS_RE.match(name):
-                raise f.bad("storage", f"lists_file {name!r} is not a lists file name (lists.NNNN.ivfdata)")
-            if not isinstance(st.get("lists_bytes"), int) or st["lists_bytes"] < 0:
-                raise f.bad("storage", "lists_bytes must be a byte count")
+                raise fail("storage", f"lists_file {name!r} is not a lists file name (lists.NNNN.ivfdata)")
+            if isinstance(st.get("lists_bytes"), bool) or not isinstance(st.get("lists_bytes"), int) \
+                    or st["lists_bytes"] < 0:
+                raise fail("storage", "lists_bytes must be a byte count")
         known = ("file", "requested", "factory", "params", "ntotal", "bytes", "sha256")
-        return cls(ntotal=f.get("ntotal", (int,), check=_nonneg), bytes=f.get("bytes", (int,), check=_nonneg),
-                   sha256=f.get("sha256", (str,), check=_sha), factory=f.get("factory", (str,)),
-                   requested=f.get("requested", (str, type(None)), None),
-                   params=f.get("params", (dict, type(None)), None) or {},
-                   extra={k: v for k, v in f.obj.items() if k not in known})
+        return {**{k: v for k, v in d.items() if k in known and not (k == "params" and v is None)},
+                "extra": {k: v for k, v in d.items() if k not in known}}
 
     @classmethod
     def of(cls, d: dict) -> FaissRecord:
-        return cls.read(_Fields(d, "faiss", "(new)"))
+        return from_record(cls, d, "faiss", source="(new)")
 
 
 @dataclass(frozen=True)
@@ -229,14 +203,15 @@ class Space:
 
     spec: str
     kind: str
-    dim: int
-    dtype: str
+    dim: int = field(metadata={"check": _positive})
+    dtype: Literal["float16", "float32"]
     model: str | None = None
     weights_sha256: str | None = None
     preprocess: dict | None = None
     pool: str | None = None
     precision: str | None = None  # the autocast precision of a network's forward (None: no network)
-    batch_size: int | None = None  # the forward's batch size: batching changes a network's float results (None: none)
+    # the forward's batch size: batching changes a network's float results (None: none)
+    batch_size: int | None = field(default=None, metadata={"check": _positive})
     # the fields above that this manifest records: indexes built before one was recorded lack it, and are neither
     # checked against it nor given one
     recorded: tuple[str, ...] = LATER_SPACE_FIELDS
@@ -246,45 +221,41 @@ class Space:
                 | {k: getattr(self, k) for k in self.recorded})
 
     @classmethod
-    def of(cls, backbone_desc: dict, dtype: str, precision: str | None = None, batch_size: int | None = None) -> Space:
-        return cls.read(_Fields({**{k: backbone_desc.get(k) for k in SPACE_FIELDS}, "dtype": dtype,
-                                 "precision": precision, "batch_size": batch_size}, "space", "(new)"))
+    def prepare_record(cls, d: dict, fail) -> dict:
+        """The recorded fields, and which of the later ones this manifest has (other keys are ignored, as they
+        always were)."""
+        return {**{k: d[k] for k in (*SPACE_FIELDS, "dtype", *LATER_SPACE_FIELDS) if k in d},
+                "recorded": tuple(k for k in LATER_SPACE_FIELDS if k in d)}
 
     @classmethod
-    def read(cls, f: _Fields) -> Space:
-        return cls(spec=f.get("spec", (str,)), kind=f.get("kind", (str,)),
-                   dim=f.get("dim", (int,), check=lambda v: None if v >= 1 else f"must be ≥ 1 (got {v})"),
-                   dtype=f.get("dtype", (str,), check=lambda v: None if v in ("float16", "float32") else
-                               "must be float16 or float32"),
-                   model=f.get("model", (str, type(None)), None),
-                   weights_sha256=f.get("weights_sha256", (str, type(None)), None),
-                   preprocess=f.get("preprocess", (dict, type(None)), None), pool=f.get("pool", (str, type(None)), None),
-                   precision=f.get("precision", (str, type(None)), None),
-                   batch_size=f.get("batch_size", (int, type(None)), None, check=lambda v: None if v >= 1 else f"must be ≥ 1 (got {v})"),
-                   recorded=tuple(k for k in LATER_SPACE_FIELDS if k in f.obj))
+    def of(cls, backbone_desc: dict, dtype: str, precision: str | None = None, batch_size: int | None = None) -> Space:
+        return from_record(cls, {**{k: backbone_desc.get(k) for k in SPACE_FIELDS}, "dtype": dtype,
+                                 "precision": precision, "batch_size": batch_size}, "space", source="(new)")
 
 
 @dataclass(frozen=True)
 class Snapshot:
     """What readers keep serving while `index --add` extends a complete index."""
 
-    parts: tuple[PartRecord, ...]
-    faiss: FaissRecord | None
-    counts: dict | None
+    parts: tuple[PartRecord, ...] = field(metadata={"check": _unique_files})
+    faiss: FaissRecord | None = None
+    counts: dict | None = None
 
     def to_dict(self) -> dict:
         return {"parts": [p.to_dict() for p in self.parts], "faiss": self.faiss.to_dict() if self.faiss else None,
                 "counts": self.counts}
 
 
-def _parts(f: _Fields) -> tuple[PartRecord, ...]:
-    raw = f.get("parts", (list,))
-    out = tuple(PartRecord.read(_Fields(p, f"{f._name('parts')}[{i}]", f.source)) for i, p in enumerate(raw))
-    names = [p.file for p in out]
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise f.bad("parts", f"lists {dup} twice")
-    return out
+@dataclass(frozen=True)
+class _SourceHead:
+    """What a manifest's `source` must hold when it holds anything (the rest is the source's own record)."""
+
+    spec: str
+    options: dict | None = None
+
+
+State = Literal["building", "complete", "repairing"]
+STATES = typing.get_args(State)
 
 
 @dataclass
@@ -296,8 +267,8 @@ class Manifest:
     name: str
     space: Space
     backbone: dict
-    state: str = "building"
-    parts: tuple[PartRecord, ...] = ()
+    state: State = "building"
+    parts: tuple[PartRecord, ...] = field(default=(), metadata={"check": _unique_files, "required": True})
     faiss: FaissRecord | None = None
     source: dict = field(default_factory=dict)
     build: dict = field(default_factory=dict)
@@ -309,7 +280,7 @@ class Manifest:
     created: str = ""
     updated: str = ""
     normalization: str = ("raw vectors stored; FAISS index and cosine methods use L2-normalized vectors")
-    format_version: int = FORMAT_VERSION
+    format_version: int = field(default=FORMAT_VERSION, metadata={"required": True})
     extra: dict = field(default_factory=dict)
     serving: str | None = None  # set on a reader's view of a snapshot; never written
 
@@ -344,35 +315,21 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, m, source: Path | str = "manifest.json") -> Manifest:
-        f = _Fields(m, "", source)
+        if not isinstance(m, dict):
+            raise IndexStateError(f"manifest {source}: the top level is not an object")
         if m.get("format") != "embedsearch-index":
             raise IndexStateError(f"{source} is not an embedsearch index (format {m.get('format')!r})")
-        version = f.get("format_version", (int,))
-        if version > FORMAT_VERSION:
+        version = m.get("format_version")
+        if type(version) is int and version > FORMAT_VERSION:  # before the fields: a newer format may differ
             raise IndexStateError(f"{source} has format version {version}, written by a newer embedsearch; this one "
                                   f"reads up to {FORMAT_VERSION}: upgrade embedsearch")
-        state = f.get("state", (str,), check=lambda v: None if v in STATES else f"must be one of {', '.join(STATES)}")
-        faiss = f.sub("faiss", None)
-        snap = f.sub("snapshot", None)
-        snapshot = None if snap is None else Snapshot(
-            _parts(snap), None if (sf := snap.sub("faiss", None)) is None else FaissRecord.read(sf),
-            snap.get("counts", (dict, type(None)), None))
-        src = f.sub("source", {})
-        if src is not None and src.obj:
-            src.get("spec", (str,))
-            src.get("options", (dict, type(None)), None)
-        known = {"format", "format_version", "name", "created", "updated", "state", "space", "backbone",
-                 "normalization", "parts", "faiss", "source", "build", "versions", "catalog", "backbone_config",
-                 "counts", "snapshot"}
-        return cls(name=f.get("name", (str,)), space=Space.read(f.sub("space")), backbone=f.get("backbone", (dict,)),
-                   state=state, parts=_parts(f), faiss=None if faiss is None else FaissRecord.read(faiss),
-                   source=f.get("source", (dict,), {}), build=f.get("build", (dict,), {}),
-                   backbone_config=f.get("backbone_config", (dict, type(None)), None),
-                   counts=f.get("counts", (dict, type(None)), None), snapshot=snapshot,
-                   versions=f.get("versions", (dict,), {}), catalog=f.get("catalog", (dict,), {}),
-                   created=f.get("created", (str,), ""), updated=f.get("updated", (str,), ""),
-                   normalization=f.get("normalization", (str,), cls.normalization), format_version=version,
-                   extra={k: v for k, v in m.items() if k not in known})
+        if isinstance(m.get("source"), dict) and m["source"]:
+            from_record(_SourceHead, {k: m["source"][k] for k in ("spec", "options") if k in m["source"]}, "source",
+                        source=source)
+        known = {f.name for f in fields(cls)} - {"extra", "serving"}
+        return from_record(cls, {**{k: v for k, v in m.items() if k in known},
+                                 "extra": {k: v for k, v in m.items() if k not in known and k != "format"}},
+                           "", source=source)
 
     @classmethod
     def load(cls, layout: Layout) -> Manifest:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedsearch.core.errors import IndexStateError, QueryError
+from embedsearch.core.errors import ConfigError, IndexStateError
 from embedsearch.core.files import atomic_path, atomic_write_bytes, crash_point, file_sha256
 from embedsearch.core.output import c_stdout_to_stderr
 from embedsearch.core.vectors import l2_normalize
@@ -65,7 +65,7 @@ def code_bytes(factory: str, dim: int) -> int:
 
     ivf = faiss.try_extract_index_ivf(make_index(dim, factory))
     if ivf is None:
-        raise QueryError(f"--on-disk needs an IVF index (e.g. IVF4096,Flat), not {factory!r}")
+        raise ConfigError(f"--on-disk needs an IVF index (e.g. IVF4096,Flat), not {factory!r}")
     return int(ivf.code_size) + ID_BYTES
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedsearch.core.errors import IndexStateError
+from embedsearch.core.errors import IndexStateError, first_line
 from embedsearch.core.files import atomic_path, file_sha256
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -36,7 +36,7 @@ def load_npy(path: Path, what: str, error: type[Exception]) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise error(f"{what} {path}: {str(e).splitlines()[0][:200]}") from None
+        raise error(f"{what} {path}: {first_line(e)}") from None
     if arr.dtype.kind not in "fiu":
         raise error(f"{what} {path} holds {arr.dtype} values, expected numbers")
     return arr
@@ -74,6 +74,9 @@ def write_part(path: Path, ids: np.ndarray, vectors: np.ndarray, dtype: str, met
     return {"file": path.name, "rows": int(len(ids)), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
+PAGE_READER = True  # False: every part decoded by pyarrow (the page reader's baseline in benchmarks/read.py)
+
+
 def read_part(path: Path, with_vectors: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Read one part as numpy (ids, vectors in their stored dtype); a damaged file raises IndexStateError.
 
@@ -83,7 +86,7 @@ def read_part(path: Path, with_vectors: bool = True) -> tuple[np.ndarray, np.nda
     import pyarrow.parquet as pq
 
     try:
-        if with_vectors:
+        if with_vectors and PAGE_READER:
             fast = _read_pages(path)
             if fast is not None:
                 return fast
@@ -101,7 +104,7 @@ def read_part(path: Path, with_vectors: bool = True) -> tuple[np.ndarray, np.nda
 
 
 def _unreadable(path: Path, e: Exception) -> IndexStateError:
-    return IndexStateError(f"part {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+    return IndexStateError(f"part {path} is unreadable ({type(e).__name__}: {first_line(e)}); "
                            "run `embedsearch verify --repair`")
 
 

@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from embedsearch.core.errors import EmbedsearchError
+from embedsearch.core.errors import ConfigError, EmbedsearchError, first_line
 from embedsearch.core.files import atomic_path, crash_point
 from embedsearch.core.progress import check_interrupt
 from embedsearch.models.checkpoint import ckpt_paths, save_checkpoint
@@ -52,7 +52,7 @@ class PretrainConfig:
 
         for name in ("mask_ratio", "temperature", "mae_weight", "infonce_weight", "lr", "weight_decay"):
             if not math.isfinite(getattr(self, name)):
-                raise EmbedsearchError(f"--{name.replace('_', '-')} must be a finite number (got {getattr(self, name)})")
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number (got {getattr(self, name)})")
         checks = [("epochs", self.epochs >= 1, "at least 1"), ("batch_size", self.batch_size >= 1, "at least 1"),
                   ("depth", self.depth >= 1, "at least 1"), ("heads", self.heads >= 1, "at least 1"),
                   ("decoder_depth", self.decoder_depth >= 0, "0 or more"), ("lr", self.lr > 0, "above 0"),
@@ -62,11 +62,11 @@ class PretrainConfig:
                                                                       "0 or more")]
         for name, ok, want in checks:
             if not ok:
-                raise EmbedsearchError(f"--{name.replace('_', '-')} must be {want} (got {getattr(self, name)})")
+                raise ConfigError(f"--{name.replace('_', '-')} must be {want} (got {getattr(self, name)})")
         if self.method == "video-mae" and (self.frames < 1 or self.tubelet < 1 or self.frames % self.tubelet):
-            raise EmbedsearchError(f"--tubelet {self.tubelet} must divide --frames {self.frames} (both at least 1)")
+            raise ConfigError(f"--tubelet {self.tubelet} must divide --frames {self.frames} (both at least 1)")
         if "infonce" in self.method and self.batch_size < 2:
-            raise EmbedsearchError("InfoNCE needs --batch-size of at least 2 (each image's negatives are the "
+            raise ConfigError("InfoNCE needs --batch-size of at least 2 (each image's negatives are the "
                                    "other images of its batch)")
 
     def to_dict(self) -> dict:
@@ -77,10 +77,10 @@ class PretrainConfig:
         size = self.image_size or data_size
         patch = self.patch_size or max(2, size // 4)
         if size % patch:
-            raise EmbedsearchError(f"--patch-size {patch} does not divide --image-size {size}")
+            raise ConfigError(f"--patch-size {patch} does not divide --image-size {size}")
         width = self.width or (64 if size <= 16 else 128)
         if width % self.heads:
-            raise EmbedsearchError(f"--heads {self.heads} does not divide the width {width} (set --width or --heads)")
+            raise ConfigError(f"--heads {self.heads} does not divide the width {width} (set --width or --heads)")
         return replace(self, image_size=size, patch_size=patch, width=width)
 
 
@@ -325,10 +325,10 @@ def pretrain(source, cfg: PretrainConfig, out: str | Path, *, resume: bool = Fal
     import torch
     from tqdm import tqdm
 
-    from embedsearch.models.embed import resolve_device
+    from embedsearch.models.runtime import resolve_device
 
     if cfg.method not in METHODS:
-        raise EmbedsearchError(f"unknown --method {cfg.method!r}: expected one of {', '.join(METHODS)}")
+        raise ConfigError(f"unknown --method {cfg.method!r}: expected one of {', '.join(METHODS)}")
     out = Path(out).with_suffix("")
     records = select_records(source, cfg.where)
     first = next(r for r in records)
@@ -444,7 +444,7 @@ def _resume(paths, cfg, vit, dec, opt, gens, dev) -> tuple[int, list[float]]:
     try:
         state = torch.load(paths["state"], map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 — a truncated or foreign file: one line
-        raise EmbedsearchError(f"--resume: {paths['state']} is unreadable ({str(e).splitlines()[0][:100]})") from None
+        raise EmbedsearchError(f"--resume: {paths['state']} is unreadable ({first_line(e)})") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise EmbedsearchError(f"--resume: {paths['state']} was written by an older embedsearch (it lacks the RNG "
                                "state a faithful resume needs): start again without --resume")

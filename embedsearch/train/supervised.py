@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedsearch.core.errors import EmbedsearchError
+from embedsearch.core.errors import ConfigError, EmbedsearchError, first_line
 from embedsearch.core.files import atomic_path, crash_point
 from embedsearch.core.progress import check_interrupt
 from embedsearch.models.checkpoint import ckpt_paths, save_checkpoint
@@ -50,13 +50,13 @@ class SupervisedConfig:
 
     def __post_init__(self):
         if self.arch not in SUPERVISED_ARCHS:
-            raise EmbedsearchError(f"unknown --arch {self.arch!r}: expected one of {', '.join(SUPERVISED_ARCHS)}")
+            raise ConfigError(f"unknown --arch {self.arch!r}: expected one of {', '.join(SUPERVISED_ARCHS)}")
         for name, ok, want in (("epochs", self.epochs >= 1, "at least 1"), ("patience", self.patience >= 1,
                                                                            "at least 1"),
                                ("batch_size", self.batch_size >= 1, "at least 1"),
                                ("lr", math.isfinite(self.lr) and self.lr > 0, "a finite number above 0")):
             if not ok:
-                raise EmbedsearchError(f"--{name.replace('_', '-')} must be {want} (got {getattr(self, name)})")
+                raise ConfigError(f"--{name.replace('_', '-')} must be {want} (got {getattr(self, name)})")
 
     def record(self) -> dict:
         return {**asdict(self), "augment": list(self.augment), "mean": list(self.mean), "std": list(self.std),
@@ -97,7 +97,7 @@ def _resolved(cfg: SupervisedConfig, data_size: int) -> SupervisedConfig:
         return replace(cfg, image_size=size)
     patch = cfg.patch_size or max(2, size // 4)
     if size % patch:
-        raise EmbedsearchError(f"--patch-size {patch} does not divide --image-size {size}")
+        raise ConfigError(f"--patch-size {patch} does not divide --image-size {size}")
     width = cfg.width or (64 if size <= 16 else 128)
     return replace(cfg, image_size=size, patch_size=patch, width=width)
 
@@ -110,7 +110,7 @@ def train_supervised(source, cfg: SupervisedConfig, out: str | Path, *, resume: 
     from tqdm import tqdm
 
     from embedsearch.evaluate.methods.base import heldout
-    from embedsearch.models.embed import resolve_device
+    from embedsearch.models.runtime import resolve_device
     from embedsearch.train.pretrain import load_images, normalize, random_views, select_records
 
     out = Path(out).with_suffix("")
@@ -238,7 +238,7 @@ def _resume(paths, cfg, model, opt, gens, hist) -> int:
     try:
         state = torch.load(paths["state"], map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 — a truncated or foreign file: one line
-        raise EmbedsearchError(f"--resume: {paths['state']} is unreadable ({str(e).splitlines()[0][:100]})") from None
+        raise EmbedsearchError(f"--resume: {paths['state']} is unreadable ({first_line(e)})") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or "history" not in state:
         raise EmbedsearchError(f"--resume: {paths['state']} is not a supervised training state")
     if state["config"] != cfg.record():

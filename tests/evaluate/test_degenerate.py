@@ -60,9 +60,10 @@ def test_many_classes_give_a_sparse_confusion_and_a_readable_report(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from embedsearch.evaluate import run_and_commit
     from embedsearch.evaluate.metrics import CONFUSION_DENSE_MAX
     from embedsearch.report.html import BARS_MAX
-    from embedsearch.report.tables import evaluate_and_report
+    from embedsearch.report.tables import write_eval_report
 
     C = 120
     rng = np.random.default_rng(0)
@@ -75,7 +76,8 @@ def test_many_classes_give_a_sparse_confusion_and_a_readable_report(tmp_path):
                 BuildConfig.of(name="many", root=str(tmp_path), vectors=str(tmp_path / "v.npy"), dtype="float32"),
                 progress=False)
     ix = Index.open("many", tmp_path)
-    run, _, html_path = evaluate_and_report(ix, str(tmp_path / "r.html"), methods=["prototypes", "linear"])
+    run = run_and_commit(ix, methods=["prototypes", "linear"])
+    _, html_path = write_eval_report(ix, run, str(tmp_path / "r.html"))
     assert C > CONFUSION_DENSE_MAX
     for r in run.results:
         conf = r.data["confusion"]
@@ -86,3 +88,24 @@ def test_many_classes_give_a_sparse_confusion_and_a_readable_report(tmp_path):
     page = open(html_path).read()
     assert "the most frequent confusions" in page and f"the {BARS_MAX} lowest of {C} classes" in page
     assert page.count("<rect") < 2000  # bars and charts, no 120×120 grid
+
+
+def test_a_mistyped_stored_result_is_one_line_naming_the_field(root, tmp_path):
+    """Stored results are read back through `from_record` (`StoredResult`): a catalog row whose train selection is
+    not a string was a TypeError or KeyError inside `report`/`compare`; now one line names the field."""
+    import shutil
+
+    from embedsearch.core.errors import IndexStateError
+    from embedsearch.evaluate import ResultStore
+    from embedsearch.store.catalog import Catalog
+
+    shutil.copytree(root / "d", tmp_path / "d")
+    ix = Index.open("d", tmp_path)
+    Catalog(ix.layout.catalog).add_result("r1", "knn", 1, {"run_id": "r1", "method": "knn", "variant": "v",
+                                                            "train": {"where": 3, "n": 1},
+                                                            "test": {"where": "split = 'test'", "n": 1}})
+    ix.close()
+    with pytest.raises(IndexStateError, match="^stored result of index d: field train.where must be str, not int 3$"):
+        ResultStore(ix).latest()
+    r = CliRunner().invoke(cli, ["report", "d", "--root", str(tmp_path)])
+    assert r.exit_code == 1 and "field train.where must be str" in r.output and "Traceback" not in r.output

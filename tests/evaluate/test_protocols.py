@@ -147,11 +147,11 @@ def test_knn_sets_equal_float64_on_any_small_bank(data):
     ks = sorted(set(data.draw(st.lists(st.integers(1, kmax), max_size=3))) | {kmax})
     ref = _float64_topk(bank, q, n, own=q_ids)
     for backend in ("faiss", "torch"):  # both CPU top-k backends
-        M_exact._CPU_BACKEND[d] = backend
+        M_exact.CPU_BACKEND[d] = backend
         try:
             _, idx = M_exact.knn_neighbours(bank, q, kmax, bank_ids=np.arange(n), q_ids=q_ids, ks=ks)
         finally:
-            M_exact._CPU_BACKEND.pop(d)
+            M_exact.CPU_BACKEND.pop(d)
         for k in ks:
             kk = min(k, idx.shape[1])
             assert [set(r) for r in idx[:, :kk]] == [set(r) for r in ref[:, :kk]], (backend, k)
@@ -174,10 +174,10 @@ def test_weighted_knn_vote_equals_float64_vote_on_near_tied_neighbours(backend):
 
 
 def test_cpu_backend_is_measured_once_and_is_one_of_the_two():
-    M_exact._CPU_BACKEND.pop(24, None)
-    assert M_exact.cpu_backend(24, work=1000) == "faiss" and 24 not in M_exact._CPU_BACKEND  # too small to time
+    M_exact.CPU_BACKEND.pop(24, None)
+    assert M_exact.cpu_backend(24, work=1000) == "faiss" and 24 not in M_exact.CPU_BACKEND  # too small to time
     first = M_exact.cpu_backend(24)
-    assert first in ("faiss", "torch") and M_exact._CPU_BACKEND[24] == first
+    assert first in ("faiss", "torch") and M_exact.CPU_BACKEND[24] == first
     assert M_exact.cpu_backend(24, work=1000) == first
 
 

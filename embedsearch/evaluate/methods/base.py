@@ -132,6 +132,7 @@ class Method:
     name: str = ""
     kind: str = "classifier"  # "curve": a study that returns a curve, not scores (few-shot)
     needs: str | None = None  # a capability of the index's backbone the method needs ("text": a text tower)
+    order: int = 100  # where `eval` runs it and `--methods` lists it, ascending: cheap and basic first
 
     def fit(self, train: TrainSet, ctx: Context) -> list[Fitted]:
         raise NotImplementedError
@@ -150,12 +151,14 @@ class Method:
         return {}
 
 
-REGISTRY: dict[str, Method] = {}
-ORDER = ("prototypes", "knn", "linear", "svc", "mlp", "zeroshot", "fewshot")  # how `eval` runs and lists them
+REGISTRY: dict[str, Method] = {}  # kept in `Method.order`: the order `eval` runs and lists them
 
 
 def register(cls: type[Method]) -> type[Method]:
     REGISTRY[cls.name] = cls()
+    ordered = sorted(REGISTRY.items(), key=lambda kv: (kv[1].order, kv[0]))
+    REGISTRY.clear()
+    REGISTRY.update(ordered)
     return cls
 
 

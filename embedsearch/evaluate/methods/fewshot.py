@@ -152,6 +152,7 @@ def _top(sims, perm: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
 @register
 class Fewshot(Method):
     name = "fewshot"
+    order = 70
     kind = "curve"
 
     def estimate(self, shape, rates, ctx):

@@ -92,6 +92,7 @@ class KnnFitted(Fitted):
 @register
 class Knn(Method):
     name = "knn"
+    order = 20
 
     def estimate(self, shape, rates, ctx):
         # the (m × d)·(d × n) similarity product; certification and votes measured at ~0.9× more

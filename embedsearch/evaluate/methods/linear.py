@@ -40,7 +40,7 @@ def squared_hinge(targets):
     return loss_grad
 
 
-def _fit_logreg(pre, y, n_classes: int, C: float, init=None, max_iter: int = 1000, tol: float = 1e-6):
+def fit_logreg(pre, y, n_classes: int, C: float, init=None, max_iter: int = 1000, tol: float = 1e-6):
     """Multinomial logistic regression with L2 penalty (sklearn's objective C·Σ CE + ½‖W‖², bias unpenalized):
     `fit_l2(... softmax_ce ...)`; see there. Returns raw (W, b) and the iterations used."""
     import torch
@@ -178,7 +178,7 @@ def linear_probe(xtr, ytr, n_classes: int, seed: int = 0, grid=LINEAR_C_GRID, de
     bar = progress.bar(len(coarse) + 5, "linear probe: C sweep", unit="C")
 
     def score(i, init=None):
-        W, b, iters[i] = _fit_logreg(pre, Y[fit], n_classes, float(grid[i]), init)
+        W, b, iters[i] = fit_logreg(pre, Y[fit], n_classes, float(grid[i]), init)
         z = x_held @ W + b
         if criterion == "log_loss":
             tried[i] = -float(torch.nn.functional.cross_entropy(z.double(), y_held))
@@ -203,7 +203,7 @@ def linear_probe(xtr, ytr, n_classes: int, seed: int = 0, grid=LINEAR_C_GRID, de
         best = max(tried, key=lambda i: (tried[i], -i))  # ties: the stronger regularization
         C = float(grid[best])
         bar.set_postfix_str(f"refit on all of train at C={C:.3g}")
-        W, b, refit_iters = _fit_logreg(Preconditioned(xtr, dev, dtype), Y, n_classes, C)
+        W, b, refit_iters = fit_logreg(Preconditioned(xtr, dev, dtype), Y, n_classes, C)
         bar.update()
     W, b = W.cpu().double().numpy(), b.cpu().double().numpy()
 
@@ -240,6 +240,7 @@ class LinearFitted(Fitted):
 @register
 class Linear(Method):
     name = "linear"
+    order = 30
 
     def estimate(self, shape, rates, ctx):
         # ~60 L-BFGS evaluations per C over ~16 values of C and the refit (measured: 2–20 iterations at small C,

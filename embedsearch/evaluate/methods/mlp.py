@@ -88,6 +88,7 @@ class MlpFitted(Fitted):
 @register
 class Mlp(Method):
     name = "mlp"
+    order = 50
 
     def estimate(self, shape, rates, ctx):
         # forward + backward ≈ 6·n·d·hidden FLOPs an epoch at ~1/2 of the GEMM rate (batches of 256); ~20 epochs

@@ -75,6 +75,7 @@ class PrototypesFitted(Fitted):
 @register
 class Prototypes(Method):
     name = "prototypes"
+    order = 10
 
     def estimate(self, shape, rates, ctx):
         # two passes over the stored train rows (read, normalize) and a (m × d)·(d × C) product

@@ -191,6 +191,7 @@ class LinearSvcFitted(Fitted):
 @register
 class Svc(Method):
     name = "svc"
+    order = 40
 
     def estimate(self, shape, rates, ctx):
         from embedsearch.evaluate.methods.linear import Linear

@@ -80,6 +80,7 @@ class Zeroshot(Method):
     """Uses no train item: each class is the text tower's vector of its prompts."""
 
     name = "zeroshot"
+    order = 60
     needs = "text"
 
     def estimate(self, shape, rates, ctx):

@@ -1,13 +1,12 @@
 """Routes about the indexes themselves: health, the list, one index's description, results and reports."""
 
-import json
 import re
 from importlib.metadata import version
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-from embedsearch.serve import queries
+from embedsearch.evaluate.results import ResultStore
 from embedsearch.serve.deps import RegistryDep, SettingsDep, images_refused, served
 from embedsearch.serve.errors import ApiError, json_response
 from embedsearch.serve.snapshots import ServedState
@@ -50,9 +49,9 @@ def describe(name: str, registry: RegistryDep, settings: SettingsDep):
     snap = served(registry, name)
     ix = snap.ix
     with snap.lock:
-        columns = queries.columns(ix)
+        columns = ix.columns()
         classes = ix.classes()
-        splits = queries.splits(ix)
+        splits = ix.splits()
     info = ix.info()
     info.pop("path", None)  # the server's file layout is not the client's business
     info["source"] = {k: v for k, v in (info.get("source") or {}).items() if k not in ("spec", "root", "options")}
@@ -68,10 +67,8 @@ def results(name: str, registry: RegistryDep, method: str | None = None):
     """Stored evaluation results (`method=` filters)."""
     snap = served(registry, name)
     with snap.lock:
-        rows = queries.results(snap.ix, method)
-    return json_response({"index": name, "snapshot": snap.key,
-                          "results": [{"run_id": r, "method": m, "created": c, "result": json.loads(j)}
-                                      for r, m, c, j in rows]})
+        rows = ResultStore(snap.ix).rows(method)
+    return json_response({"index": name, "snapshot": snap.key, "results": rows})
 
 
 @router.get("/v1/indexes/{name}/reports/{file}")

@@ -1,4 +1,6 @@
-"""The embedding runner: batched inference with parallel decode/preprocess, autocast and per-stage timings."""
+"""The local engine: batched inference in this process, with parallel decode/preprocess workers, autocast and
+per-stage timings. `run_embedding` is also what a Ray actor runs on each part (engines/ray.py), so a part's vectors
+do not depend on the engine that made them."""
 
 from __future__ import annotations
 
@@ -11,10 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from embedsearch.build.config import RunConfig
 from embedsearch.core.progress import check_interrupt
+from embedsearch.models.runtime import autocast
 from embedsearch.sources.images import ImageLoadError, array_to_image, load_image
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class Timings:
@@ -41,47 +46,40 @@ class PartResult:
     rows: list[dict] = field(default_factory=list)  # one status row per planned item (ok or failed)
 
 
-def resolve_device(device: str = "auto") -> str:
-    """The CUDA seam for inference: `auto` picks cuda when torch sees a GPU."""
-    import torch
+@dataclass(frozen=True)
+class Pins:
+    """What the driver decides once for every part, whichever engine embeds it: the vectors of a part must not
+    depend on where it ran (a resume or `--add` may use the other engine). `precision` None: no network."""
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        from embedsearch.core.errors import EmbedsearchError
-
-        raise EmbedsearchError(f"--device {device} asked for, but torch sees no CUDA GPU")
-    return device
+    device: str = "cpu"
+    precision: str | None = None
+    batch_size: int = 64
+    channels_last: bool = False
 
 
-def cpu_has_bf16() -> bool:
-    """Whether the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX); without them bf16 is slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+class LocalEngine:
+    """Embed in this process (decode workers beside it); run `map`'s calls one after another, here."""
 
+    name = "local"
 
-def resolve_precision(precision: str, device: str) -> str:
-    """`auto`: bf16 (or fp16) autocast on CUDA; on CPU bf16 where it has native bf16 instructions, else fp32."""
-    import torch
+    def __init__(self, run: RunConfig, pins: Pins, *, progress: bool = True):
+        self.run, self.pins, self.progress = run, pins, progress
 
-    if precision != "auto":
-        return precision
-    if device.startswith("cuda"):
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_bf16() else "fp32"
+    def embed(self, backbone, parts: list[tuple[int, list]], root: Path | None,
+              commit: Callable[[PartResult], None]) -> tuple[Timings, dict]:
+        import torch
 
+        if self.run.threads:
+            torch.set_num_threads(self.run.threads)
+        p = self.pins
+        timings = run_embedding(backbone, parts, root, commit, batch_size=p.batch_size,
+                                num_workers=self.run.num_workers, device=p.device, precision=p.precision,
+                                channels_last=p.channels_last, progress=self.progress)
+        return timings, {"engine": "local", "threads": torch.get_num_threads()}
 
-def autocast(device: str, precision: str | None):
-    """The one autocast seam for backbone forwards: bf16/fp16 on the device's type, a no-op for fp32/None. Index
-    builds and query embeddings both use it with the index's recorded precision, so a query image that is in the
-    index gets the very vector stored for it."""
-    import torch
-
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision or "fp32")
-    return torch.autocast("cuda" if str(device).startswith("cuda") else "cpu", dtype=dtype, enabled=dtype is not None)
+    def map(self, fn: Callable, calls: list[tuple], on_done: Callable[[int, object], None]) -> None:
+        for i, args in enumerate(calls):
+            on_done(i, fn(*args))
 
 
 class _Items:

@@ -30,32 +30,56 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from embedsearch.build.config import EngineConfig, RunConfig
+from embedsearch.build.engines.local import PartResult, Pins, Timings, run_embedding
 from embedsearch.core.errors import EmbedsearchError
 from embedsearch.core.versions import library_versions
-from embedsearch.models.embed import PartResult, Timings, run_embedding
+from embedsearch.models.runtime import resolve_device
 
 log = logging.getLogger(__name__)
-
-TEST_HOOKS = ("EMBEDSEARCH_TEST_RAY_DELAY", "EMBEDSEARCH_TEST_RAY_DIE")  # forwarded to actors (tests only)
 
 
 @dataclass(frozen=True)
 class RayOptions:
-    address: str | None = None  # None/"local": a private local cluster; "auto", HOST:PORT or ray://HOST:PORT: join
-    actors: int | None = None  # default: as many as the cluster's CPUs (or GPUs) allow, at most one per part
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
+    """The scheduler's own knobs; where and on how many actors is the `EngineConfig` (checked there, once)."""
+
     retries: int = 2  # extra attempts for a part whose worker died
     in_flight: int = 2  # parts queued per actor
 
     def __post_init__(self):
-        for name, value, ok, rule in (("--cpus-per-actor", self.cpus_per_actor, self.cpus_per_actor > 0, "> 0"),
-                                      ("--gpus-per-actor", self.gpus_per_actor, self.gpus_per_actor >= 0, "≥ 0"),
-                                      ("--actors", self.actors, self.actors is None or self.actors >= 1, "≥ 1"),
-                                      ("retries", self.retries, self.retries >= 0, "≥ 0"),
+        for name, value, ok, rule in (("retries", self.retries, self.retries >= 0, "≥ 0"),
                                       ("in_flight", self.in_flight, self.in_flight >= 1, "≥ 1")):
             if not ok:
                 raise EmbedsearchError(f"{name} must be {rule} (got {value})")
+
+
+class RayEngine:
+    """Embed one part per task on Ray actors that hold the backbone; run `map`'s calls as Ray tasks. The driver
+    stays the only writer: `commit` and `on_done` run here, in this process."""
+
+    name = "ray"
+
+    def __init__(self, cfg: EngineConfig, run: RunConfig, pins: Pins, *, progress: bool = True,
+                 options: RayOptions | None = None):
+        self.cfg, self.run, self.pins, self.progress = cfg, run, pins, progress
+        self.options = options or RayOptions()
+
+    def embed(self, backbone, parts: list[tuple[int, list]], root: Path | None,
+              commit: Callable[[PartResult], None]) -> tuple[Timings, dict]:
+        # the actors' torch threads are pinned too: a forward's float results depend on its thread count
+        threads = self.run.threads or max(1, int(self.cfg.cpus_per_actor))
+        p = self.pins
+        pins = {"precision": p.precision or "fp32", "batch_size": p.batch_size, "threads": threads,
+                "device": p.device, "num_workers": self.run.num_workers or 0, "channels_last": p.channels_last,
+                "versions": library_versions()}
+        timings, info = run_embedding_ray(backbone, parts, root, commit, engine=self.cfg, pins=pins,
+                                          options=self.options, progress=self.progress)
+        return timings, {"engine": "ray", "threads": threads, **info}
+
+    def map(self, fn: Callable, calls: list[tuple], on_done: Callable[[int, object], None]) -> None:
+        if not calls:
+            return  # nothing to schedule: no cluster to start
+        run_tasks_ray(fn, calls, address=self.cfg.address, on_done=on_done, retries=self.options.retries)
 
 
 def connect(address: str | None) -> bool:
@@ -103,6 +127,7 @@ class Embedder:
     """A Ray actor: holds the backbone and embeds whole parts with the local runner."""
 
     def __init__(self, backbone, pins: dict, hooks: dict):
+        """`hooks`: the driver's test hooks (`forwarded_test_hooks`), empty outside the tests."""
         import torch
 
         self.pins, self.hooks = pins, hooks
@@ -114,8 +139,6 @@ class Embedder:
     def preflight(self) -> dict:
         """What differs on this node from what the driver pinned, one phrase each (empty: ready)."""
         import torch
-
-        from embedsearch.models.embed import resolve_device
 
         p, problems = self.pins, []
         have = library_versions(p["versions"])
@@ -147,7 +170,7 @@ class Embedder:
         return {"node": node_name(), "problems": problems}
 
     def embed(self, part: int, records: list) -> tuple[PartResult, dict]:
-        self._test_hooks(part)
+        run_test_hooks(self.hooks, part)
         p, out = self.pins, []
         t = run_embedding(self.backbone, [(part, records)], Path(p["root"]) if p["root"] else None, out.append,
                           batch_size=p["batch_size"], num_workers=p["num_workers"], device=p["device"],
@@ -155,62 +178,46 @@ class Embedder:
                           mp_context="forkserver")
         return out[0], {"read": t.read, "preprocess": t.preprocess, "forward": t.forward, "images": t.images}
 
-    def _test_hooks(self, part: int) -> None:
-        """Tests only: `EMBEDSEARCH_TEST_RAY_DELAY=PART:SECONDS` delays a part (out-of-order completion);
-        `EMBEDSEARCH_TEST_RAY_DIE=PART` kills the worker on every attempt at it, `PART@FILE` on the first only."""
-        delay = self.hooks.get("EMBEDSEARCH_TEST_RAY_DELAY")
-        if delay and int(delay.split(":")[0]) == part:
-            time.sleep(float(delay.split(":")[1]))
-        die = self.hooks.get("EMBEDSEARCH_TEST_RAY_DIE")
-        if die:
-            which, _, marker = die.partition("@")
-            if int(which) == part:
-                if not marker:
-                    os._exit(1)
-                try:
-                    Path(marker).touch(exist_ok=False)
-                except FileExistsError:
-                    return
-                os._exit(1)
-
 
 def run_embedding_ray(backbone, parts: list[tuple[int, list]], root: Path | None,
-                      on_part: Callable[[PartResult], None], *, options: RayOptions, pins: dict,
-                      progress: bool = True) -> tuple[Timings, dict]:
+                      on_part: Callable[[PartResult], None], *, engine: EngineConfig, pins: dict,
+                      options: RayOptions | None = None, progress: bool = True) -> tuple[Timings, dict]:
     """Embed each (part number, records) pair on Ray actors and call `on_part` in the driver as each returns (in
-    completion order). `pins`: precision, batch_size, threads, device, num_workers, channels_last, versions — the
-    same values the local engine would use. Returns the timings and what ran where."""
+    completion order). `engine`: the cluster address and the actors' count and resources. `pins`: precision,
+    batch_size, threads, device, num_workers, channels_last, versions — the same values the local engine would use.
+    Returns the timings and what ran where."""
     timings = Timings()
     if not parts:
         return timings, {}
     # Ray's driver threads print worker and raylet messages to stdout: send them to stderr, where progress goes,
     # so `--json` output stays one JSON document
     with contextlib.redirect_stdout(sys.stderr):
-        return _run(backbone, parts, root, on_part, options, pins, progress, timings)
+        return _run(backbone, parts, root, on_part, engine, options or RayOptions(), pins, progress, timings)
 
 
-def _run(backbone, parts, root, on_part, options: RayOptions, pins: dict, progress: bool, timings: Timings):
+def _run(backbone, parts, root, on_part, engine: EngineConfig, options: RayOptions, pins: dict, progress: bool,
+         timings: Timings):
     import ray
     from tqdm import tqdm
 
     t_start = time.perf_counter()
-    started = connect(options.address)
+    started = connect(engine.address)
     try:
         first = next((r.path for _, recs in parts for r in recs if r.path), None)
         pins = {**pins, "root": str(root) if root else None, "sample": first}
         resources = ray.cluster_resources()
-        if options.gpus_per_actor > 0:
-            fit = int(resources.get("GPU", 0) // options.gpus_per_actor)
+        if engine.gpus_per_actor > 0:
+            fit = int(resources.get("GPU", 0) // engine.gpus_per_actor)
             if fit < 1:
-                raise EmbedsearchError(f"--gpus-per-actor {options.gpus_per_actor:g}: the Ray cluster has "
+                raise EmbedsearchError(f"--gpus-per-actor {engine.gpus_per_actor:g}: the Ray cluster has "
                                        f"{resources.get('GPU', 0):g} GPUs")
         else:
-            fit = int(resources.get("CPU", 1) // options.cpus_per_actor)
-        n_actors = max(1, min(options.actors or fit, len(parts)))
-        remote = ray.remote(num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor, max_restarts=0,
+            fit = int(resources.get("CPU", 1) // engine.cpus_per_actor)
+        n_actors = max(1, min(engine.actors or fit, len(parts)))
+        remote = ray.remote(num_cpus=engine.cpus_per_actor, num_gpus=engine.gpus_per_actor, max_restarts=0,
                             max_task_retries=0)(Embedder)
         model_ref = ray.put(backbone)  # shipped once; every actor reads it from the object store
-        hooks = {k: os.environ[k] for k in TEST_HOOKS if k in os.environ}
+        hooks = forwarded_test_hooks()
 
         def start_actor():
             actor = remote.remote(model_ref, pins, hooks)
@@ -291,7 +298,7 @@ def _run(backbone, parts, root, on_part, options: RayOptions, pins: dict, progre
         timings.wall = time.perf_counter() - t_start
         info = {"actors": n_actors, "nodes": dict(nodes), "retried_parts": sum(1 for v in attempts.values() if v),
                 "actors_replaced": replaced, "startup_s": round(startup, 3),
-                "address": options.address or "local"}
+                "address": engine.address or "local"}
         if failed:
             part, why = min(failed.items())
             more = f" (and {len(failed) - 1} more parts)" if len(failed) > 1 else ""
@@ -350,3 +357,36 @@ def run_tasks_ray(fn: Callable, calls: list[tuple], *, address: str | None, on_d
         finally:
             if started:
                 ray.shutdown()
+
+
+# ------------------------------------------------------------------------------------------------ tests only
+# Two environment variables let the Ray tests make a part slow or kill its worker. They are read here, in the
+# driver, and forwarded to the actors (a worker of an existing cluster does not see the driver's environment); no
+# other code reads them, and without them both functions do nothing.
+
+TEST_HOOKS = ("EMBEDSEARCH_TEST_RAY_DELAY", "EMBEDSEARCH_TEST_RAY_DIE")
+
+
+def forwarded_test_hooks() -> dict[str, str]:
+    """The test hooks set in the driver's environment (empty outside the tests)."""
+    return {k: os.environ[k] for k in TEST_HOOKS if k in os.environ}
+
+
+def run_test_hooks(hooks: dict[str, str], part: int) -> None:
+    """On the actor, before `part` is embedded: `EMBEDSEARCH_TEST_RAY_DELAY=PART:SECONDS` delays a part
+    (out-of-order completion); `EMBEDSEARCH_TEST_RAY_DIE=PART` kills the worker on every attempt at it, `PART@FILE`
+    on the first only."""
+    delay = hooks.get("EMBEDSEARCH_TEST_RAY_DELAY")
+    if delay and int(delay.split(":")[0]) == part:
+        time.sleep(float(delay.split(":")[1]))
+    die = hooks.get("EMBEDSEARCH_TEST_RAY_DIE")
+    if die:
+        which, _, marker = die.partition("@")
+        if int(which) == part:
+            if not marker:
+                os._exit(1)
+            try:
+                Path(marker).touch(exist_ok=False)
+            except FileExistsError:
+                return
+            os._exit(1)

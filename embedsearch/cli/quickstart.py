@@ -1,4 +1,5 @@
-"""`embedsearch quickstart`: index digits with pixels and with a self-supervised ViT, evaluate, compare, report."""
+"""`embedsearch quickstart`: index digits with pixels and with a self-supervised ViT, evaluate, compare, report.
+The cli command imports this module when it runs (so `embedsearch --help` does not load the pipeline)."""
 
 from __future__ import annotations
 
@@ -6,18 +7,20 @@ from pathlib import Path
 
 import click
 
+from embedsearch.build import BuildConfig, build_index
+from embedsearch.core.output import table
+from embedsearch.evaluate.runner import run_and_commit
+from embedsearch.reader import Index
+from embedsearch.report.tables import compare, write_eval_report
+from embedsearch.sources.datasets import open_source
+from embedsearch.store.manifest import default_root
+from embedsearch.train.pretrain import PretrainConfig, pretrain
+
 METHODS = ["prototypes", "knn", "linear", "fewshot"]
 
 
 def run_quickstart(root: str | None, *, epochs: int = 40, method: str = "infonce", progress: bool = True) -> dict:
-    from embedsearch.build import BuildConfig, build_index
-    from embedsearch.core.output import table
-    from embedsearch.reader import Index
-    from embedsearch.report.tables import compare, evaluate_and_report
-    from embedsearch.sources.datasets import open_source
-    from embedsearch.store.manifest import default_root
-    from embedsearch.train.pretrain import PretrainConfig, pretrain
-
+    """The whole job on digits, echoing as it goes (the command's own output: it is the CLI's library half)."""
     base = Path(root) if root else default_root()
     src = open_source("digits")
     say = lambda m: click.echo(m, err=True)  # noqa: E731
@@ -33,7 +36,9 @@ def run_quickstart(root: str | None, *, epochs: int = 40, method: str = "infonce
     out = {}
     for name in ("quickstart-pixels", "quickstart-vit"):
         say(f"4/5 evaluate {name}: {', '.join(METHODS)}")
-        run, md, html_path = evaluate_and_report(Index.open(name, base), methods=METHODS)
+        ix = Index.open(name, base)
+        run = run_and_commit(ix, methods=METHODS)
+        md, html_path = write_eval_report(ix, run)
         click.echo(md)
         out[name] = {"report": str(html_path), "run_id": run.run_id}
     say("5/5 compare")

@@ -1,5 +1,6 @@
 """`embedsearch verify`: check every artifact of an index against the others; `--repair` rebuilds what is broken
-from the Parquet parts (the source of truth) and re-embeds only the parts that are damaged or missing."""
+from the Parquet parts (the source of truth) and re-embeds only the parts that are damaged or missing, through the
+build pipeline (with the engine the person names, local by default)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,18 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from embedsearch.build.config import BuildConfig, EngineConfig
-from embedsearch.core.errors import EmbedsearchError, IndexStateError
+from embedsearch.build.pipeline import build_faiss, build_index
+from embedsearch.core.errors import EmbedsearchError, IndexStateError, UntrustedError
 from embedsearch.core.files import file_sha256
 from embedsearch.core.schema import from_record
+from embedsearch.models.code import CODE_KINDS, check_reattach
+from embedsearch.models.config import BackboneConfig
+from embedsearch.models.specs import parse_backbone
+from embedsearch.sources.datasets import SourceOptions, open_source
 from embedsearch.store import catalog as cat
 from embedsearch.store import ondisk
 from embedsearch.store import parts as store
+from embedsearch.store.faiss_index import load_index
 from embedsearch.store.manifest import (
     PART_FILE,
     Layout,
@@ -105,8 +112,6 @@ def verify(name: str, root=None) -> Report:
         rep.add("faiss lists changed" if lf.is_file() and not lf.is_symlink() else "faiss lists missing",
                 fa.lists_file, "the inverted-lists file's sha256/size differ from the manifest, or it is not there")
     else:
-        from embedsearch.store.faiss_index import load_index
-
         try:
             ix = load_index(layout.faiss, on_disk=fa.lists_file is not None, lists_file=fa.lists_file)
             if ix.ntotal != len(all_ids) and len(part_ids) == len(listed):
@@ -144,13 +149,7 @@ def _check_code(layout: Layout, manifest: Manifest, rep: Report) -> None:
     """The code a `py:`/`hub:` backbone would run for a query image: an edited file is a problem (queries would land in
     another space); code this user has not chosen to run is a warning (queries by image refuse it until
     --trust-code)."""
-    from embedsearch.core.errors import UntrustedError
-    from embedsearch.models.code import CODE_KINDS, check_reattach
-    from embedsearch.models.specs import parse_backbone
-
     try:
-        from embedsearch.models.config import BackboneConfig
-
         spec = BackboneConfig.of_manifest(manifest).spec
     except EmbedsearchError:
         spec = manifest.space.spec
@@ -174,8 +173,6 @@ def repair(name: str, root=None, progress: bool = True, engine: EngineConfig | N
     can (the build record parses, the source opens, the backbone config is whole) before it deletes anything. It only
     ever deletes part files that `verify` found in the index's own parts/ folder, by their validated names.
     `engine`, `threads`: how to re-embed (default: the local engine, whatever built the index)."""
-    from embedsearch.build.pipeline import build_faiss, build_index
-
     layout = resolve(name, root)
     if not layout.manifest.is_file():
         rep = verify(name, root)
@@ -233,10 +230,6 @@ class _RepairPlan:
 
 def _plan_repair(layout: Layout, rep: Report, trust_code: bool = False) -> _RepairPlan:
     """Everything repair will do, checked before it does any of it; a refusal changes nothing."""
-    from embedsearch.models.code import check_reattach
-    from embedsearch.models.config import BackboneConfig
-    from embedsearch.sources.datasets import SourceOptions, open_source
-
     kinds = {p["problem"] for p in rep.problems}
     if kinds & {"code changed", "code missing"}:
         raise IndexStateError(f"cannot repair {layout.dir}: {next(p['detail'] for p in rep.problems if p['problem'].startswith('code'))} "
