@@ -154,9 +154,11 @@ def hostile(tmp_path_factory):
                               "--html", pages / "search.html", "--root", root))
     shows["search.html"] = {h["label"] for h in hits} | {str(base / QUERY)}
     assert {h["label"] for h in hits} == set(LABELS)
-    got = json.loads(_invoke("duplicates", NAME, "--json", "--html", pages / "duplicates.html", "--root", root))
+    got = json.loads(_invoke("duplicates", NAME, "--json", "--html", pages / "duplicates.html", "--root", root,
+                             "--threshold", "0.95"))
     shows["duplicates.html"] = {r[f"{s}_label"] for r in got for s in "ab"}
-    got = json.loads(_invoke("leaks", NAME, "--json", "--html", pages / "leaks.html", "--root", root))
+    got = json.loads(_invoke("leaks", NAME, "--json", "--html", pages / "leaks.html", "--root", root,
+                             "--threshold", "0.95"))
     shows["leaks.html"] = {r[f"{s}_label"] for r in got for s in ("test", "train")}
     got = json.loads(_invoke("label-issues", NAME, "--methods", "knn", "--folds", "2", "-n", n, "--json", "--html",
                              pages / "label-issues.html", "--root", root))

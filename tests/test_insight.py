@@ -142,8 +142,11 @@ def test_planted_duplicates_are_found_at_the_default_threshold(planted):
 
 
 def test_planted_leaks_are_found_and_eval_reports_accuracy_without_them(planted):
+    """At a cosine the user gives (`leaks --threshold`), the planted leaks are found, and eval reports accuracy
+    without them, naming that decision (after the default, uncalibrated cosine it reports none: see
+    test_a_space_that_cannot_tell_copies_from_neighbours_decides_nothing_and_says_so)."""
     ix = Index.open("planted", planted["root"])
-    d = I.find_leaks(ix)
+    d = I.find_leaks(ix, threshold=I.DUP_THRESHOLD)
     split = planted["split"]
     truth = set()
     for a, b, _ in planted["truth"]:
@@ -164,7 +167,7 @@ def test_planted_leaks_are_found_and_eval_reports_accuracy_without_them(planted)
 
     run = evaluate(ix, methods=["prototypes", "knn"])
     leaks = run.results[0].data["test"]["leaks"]
-    assert leaks["n"] == len(found) and leaks["threshold"] == I.DUP_THRESHOLD
+    assert leaks["n"] == len(found) and leaks["threshold"] == I.DUP_THRESHOLD, leaks["why"]
     for r in run.results:
         wl = r.data["metrics"]["without_leaks"]
         assert wl["removed"] == len(found) and wl["n"] == r.data["test"]["n"] - len(found)
@@ -173,6 +176,7 @@ def test_planted_leaks_are_found_and_eval_reports_accuracy_without_them(planted)
         assert wl["top1"] == pytest.approx(np.mean(keep))
     md = markdown_run(run, ix)
     assert "w/o leaks" in md and f"leaks: {len(found)} of" in md and "check them with `embedsearch leaks`" in md
+    assert "cosine ≥ 0.95 (given; not calibrated)" in md
     share = len(found) / run.results[0].data["test"]["n"]
     assert ("unrelated items are likely this similar" in md) == (share > 0.1)
     ix.close()
@@ -247,11 +251,11 @@ def test_cli_commands_store_columns_and_print_rows(planted, tmp_path):
         assert p.returncode == 0, p.stderr[-2000:]
         return p
 
-    p = run("duplicates", "planted", "--json", "--html", str(tmp_path / "d.html"))
+    p = run("duplicates", "planted", "--json", "--html", str(tmp_path / "d.html"), "--no-calibrate")
     pairs = json.loads(p.stdout)
     assert pairs and all(r["similarity"] >= I.DUP_THRESHOLD for r in pairs)
     assert "nearest-neighbour similarity" in p.stderr and (tmp_path / "d.html").read_text().count("<img") >= 10
-    p = run("leaks", "planted", "--json", "--html", str(tmp_path / "l.html"))
+    p = run("leaks", "planted", "--json", "--html", str(tmp_path / "l.html"), "--threshold", "0.95")
     assert all(r["similarity"] >= I.DUP_THRESHOLD for r in json.loads(p.stdout))
     p = run("label-issues", "planted", "--methods", "knn", "-n", "5", "--json")
     rows = json.loads(p.stdout)
@@ -357,4 +361,40 @@ def test_a_space_that_cannot_tell_copies_from_neighbours_decides_nothing_and_say
     assert "cannot tell copies from ordinary neighbours" in d["note"] and "--space thumbs" in d["note"]
     dd = I.find_duplicates(ix, calibrate=True)  # no images: not calibrated, nothing flagged, the reason given
     assert not dd["decided"] and dd["pairs"] == [] and "no images" in dd["note"]
+    # eval then prints no accuracy "without leaks" (the old default flagged by cosine ≥ 0.95 in any space), and
+    # says why in the report
+    from embedsearch.evaluate import evaluate
+    from embedsearch.report.tables import markdown_run
+
+    run = evaluate(ix, methods=["prototypes"])
+    assert run.results[0].data["metrics"]["without_leaks"] is None
+    lk = run.results[0].data["test"]["leaks"]
+    assert not lk["reported"] and "leaks --calibrate" in lk["why"]
+    md = markdown_run(run, ix)
+    assert "w/o leaks" not in md and "leak-free accuracy: not reported" in md
     ix.close()
+
+
+def test_the_commands_calibrate_by_default_and_print_who_decided(tmp_path):
+    """`duplicates` and `leaks` without --threshold: the calibrated space decides, its line (separability, score,
+    threshold, false-positive rate, seed) is printed, and every pair passes its threshold; eval then reports
+    accuracy without those leaks, naming the decision."""
+    ix, truth = _index_of(tmp_path, "standin", STANDIN, n_planted=6)
+    ix.close()
+    env = {**os.environ, "EMBEDSEARCH_HOME": str(tmp_path / "ix")}
+
+    def run(*args):
+        p = subprocess.run([sys.executable, "-m", "embedsearch", *args], capture_output=True, text=True, env=env,
+                           timeout=600)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return p
+
+    for cmd in ("duplicates", "leaks"):
+        p = run(cmd, "standin", "--json")
+        line = next(x for x in p.stderr.splitlines() if x.startswith("space index: "))
+        assert "AUROC" in line and "false-positive rate" in line and "seed 0" in line
+        thr = float(line.split("threshold ")[1].split(" ")[0])
+        rows = json.loads(p.stdout)
+        assert rows and all(r["score"] >= thr for r in rows)
+    p = run("eval", "standin", "--methods", "prototypes")
+    assert "w/o leaks" in p.stdout and "(calibrated: AUROC" in p.stdout

@@ -736,9 +736,10 @@ def _sheet(ix, html_file, title, how, rows) -> None:
 
 
 calibrate_option = click.option(
-    "--calibrate", is_flag=True,
-    help="Let the space decide: calibrate it with synthetic copies of the items' own images against their nearest "
-         "other items, and flag only if it can tell them apart (see the printed line).")
+    "--calibrate/--no-calibrate", default=None,
+    help="Let the space decide (the default without --threshold/--auto): calibrate it with synthetic copies of the "
+         "items' own images against their nearest other items, and flag only if it can tell them apart (see the "
+         "printed line). --no-calibrate: cosine ≥ 0.95.")
 space_option = click.option(
     "--space", type=click.Choice(["index", "thumbs"]), default="index", show_default=True,
     help="Where similarity is judged: the index's own vectors, or `thumbs`, the built-in duplicate space (each "
@@ -766,7 +767,7 @@ def _cap(*parts) -> tuple[str, ...]:
 @click.argument("name")
 @option("where", help="Look for duplicates among these items only (default: all).")
 @option("threshold", type=click.FloatRange(-1, 1), help="Cosine at or above which two items are duplicates "
-        "(default 0.95; see the printed similarity profile, or --calibrate).")
+        "(default: the calibrated space decides; see the printed line and similarity profile).")
 @click.option("--auto", is_flag=True, help="Threshold at the widest gap of the nearest-neighbour similarity profile.")
 @calibrate_option
 @space_option
@@ -776,9 +777,9 @@ def _cap(*parts) -> tuple[str, ...]:
 @output_options
 @_handle_errors
 def duplicates(name, where, threshold, auto, calibrate, space, seed, html_file, root, fmt):
-    """Near-duplicate items, grouped: pairs with cosine ≥ the threshold (exact search), or with --calibrate those
-    the calibrated space decides (synthetic copies of the items' own images against their nearest other items;
-    nothing is flagged where the space cannot tell them apart).
+    """Near-duplicate items, grouped. By default the space is calibrated first (synthetic copies of the items'
+    own images against their nearest other items) and decides only where it can tell them apart; --threshold or
+    --auto decide by cosine instead (exact search).
 
     Stored in the catalog as insight_dup_group (smallest id of the group) and insight_dup_rank (0 for that item):
     search one item per group with --where "coalesce(insight_dup_rank, 0) = 0".
@@ -790,8 +791,9 @@ def duplicates(name, where, threshold, auto, calibrate, space, seed, html_file, 
     from embedsearch.evaluate.insight import find_duplicates
     from embedsearch.reader import Index
 
-    if sum((threshold is not None, auto, calibrate)) > 1:
+    if sum((threshold is not None, auto, bool(calibrate))) > 1:
         raise click.UsageError("give one of --threshold, --auto and --calibrate")
+    calibrate = calibrate if calibrate is not None else threshold is None and not auto
     ix = Index.open(name, root)
     d = find_duplicates(ix, where=where, threshold=threshold, auto=auto, space=space, seed=seed,
                         images=_images(ix), calibrate=calibrate)
@@ -818,7 +820,7 @@ def duplicates(name, where, threshold, auto, calibrate, space, seed, html_file, 
 @click.argument("name")
 @selection_options()
 @option("threshold", type=click.FloatRange(-1, 1), help="Cosine at or above which a test item leaks "
-        "(default 0.95, as `eval` uses; or --calibrate).")
+        "(default: the calibrated space decides; see the printed line).")
 @calibrate_option
 @space_option
 @seed_option()
@@ -827,9 +829,9 @@ def duplicates(name, where, threshold, auto, calibrate, space, seed, html_file, 
 @output_options
 @_handle_errors
 def leaks(name, train_where, test_where, threshold, calibrate, space, seed, html_file, root, fmt):
-    """Test items with a near-duplicate in train, each with its best train candidate: cosine ≥ the threshold, or
-    with --calibrate what the space calibrated on the train items decides (nothing where it cannot tell copies
-    from neighbours).
+    """Test items with a near-duplicate in train, each with its best train candidate. By default the space is
+    calibrated on the train items first and decides only where it can tell copies from neighbours; --threshold
+    decides by cosine instead (exact search). `eval` reports accuracy without leaks only after such a decision.
 
     Stored as insight_leak_of / insight_leak_sim on the test items: `eval --test "split = 'test' AND insight_leak_of IS NULL"` evaluates
     without them (eval also reports top-1 without leaks next to every accuracy).
@@ -844,6 +846,7 @@ def leaks(name, train_where, test_where, threshold, calibrate, space, seed, html
     ix = Index.open(name, root)
     if threshold is not None and calibrate:
         raise click.UsageError("give --threshold or --calibrate, not both")
+    calibrate = calibrate if calibrate is not None else threshold is None
     d = find_leaks(ix, train=train_where, test=test_where, threshold=threshold, space=space, seed=seed,
                    images=_images(ix), calibrate=calibrate)
     _decided(d)

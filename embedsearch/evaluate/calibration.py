@@ -18,7 +18,9 @@ The scores:
 - `centred`: cosine after subtracting the bank's mean vector (a ReLU feature space has every cosine near 1 until
   its common direction is removed);
 - `margin` / `centred-margin`: that similarity minus the query's similarity to its `K`-th nearest other item — a
-  copy stands out from the query's other neighbours, an ordinary neighbour does not, whatever the local density.
+  copy stands out from the query's other neighbours, an ordinary neighbour does not, whatever the local density;
+- `shift-ncc` (the built-in space only): each query's K nearest candidates re-scored by the normalized
+  cross-correlation of FINE×FINE thumbnails, the best over shifts of up to SHIFT pixels.
 
 The negatives of a real dataset contain its real near-duplicates (a few per cent of CIFAR's test set): the
 threshold taken at their upper tail would be too strict where they are many, so negatives that score like a
@@ -88,6 +90,38 @@ def thumb_vectors(images: Sequence, size: int = THUMB_SIZE) -> np.ndarray:
     return out
 
 
+FINE = 32  # the re-scoring thumbnail's side
+SHIFT = 2  # the largest shift (pixels of the fine thumbnail, each axis) the re-scoring undoes
+
+
+def fine_thumbs(images: Sequence) -> np.ndarray:
+    """Each image as a FINE×FINE colour thumbnail (uint8), for `shift_ncc`."""
+    from PIL import Image
+
+    out = np.empty((len(images), FINE, FINE, 3), np.uint8)
+    for n, img in enumerate(images):
+        out[n] = np.asarray(img.convert("RGB").resize((FINE, FINE), Image.BILINEAR))
+    return out
+
+
+def shift_ncc(a: np.ndarray, b: np.ndarray, shift: int = SHIFT, rows: int = 2048) -> np.ndarray:
+    """Row-wise normalized cross-correlation of two stacks of fine thumbnails, the best over every shift of up to
+    `shift` pixels along each axis (on the overlap): a re-crop or a re-centring moves the picture a few pixels,
+    which a plain correlation of thumbnails punishes and this undoes."""
+    out = np.full(len(a), -1.0, np.float32)
+    for r0 in range(0, len(a), rows):
+        A, B = a[r0:r0 + rows].astype(np.float32), b[r0:r0 + rows].astype(np.float32)
+        for dy in range(-shift, shift + 1):
+            for dx in range(-shift, shift + 1):
+                u = A[:, max(0, dy):FINE + min(0, dy), max(0, dx):FINE + min(0, dx)].reshape(len(A), -1)
+                v = B[:, max(0, -dy):FINE + min(0, -dy), max(0, -dx):FINE + min(0, -dx)].reshape(len(B), -1)
+                u = u - u.mean(axis=1, keepdims=True)
+                v = v - v.mean(axis=1, keepdims=True)
+                den = np.maximum(np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1), 1e-6)
+                np.maximum(out[r0:r0 + rows], np.einsum("nd,nd->n", u, v) / den, out=out[r0:r0 + rows])
+    return out
+
+
 # --------------------------------------------------------------------------------------------- scores
 
 
@@ -149,6 +183,26 @@ class Scorer:
         return self.bank.rows(np.asarray(j))
 
 
+class ShiftScorer(Scorer):
+    """The built-in space's re-scoring: candidates by cosine of the coarse thumbnails (each query's K nearest),
+    scored by `shift_ncc` of the fine ones; the best candidate is the one with the highest re-score."""
+
+    def __init__(self, x: np.ndarray, fine: np.ndarray):
+        super().__init__(x, "cosine")
+        self.score, self.fine = "shift-ncc", fine
+
+    def rescored(self, q_fine: np.ndarray, nb: np.ndarray) -> np.ndarray:
+        return np.stack([shift_ncc(q_fine, self.fine[nb[:, k]]) for k in range(nb.shape[1])], axis=1)
+
+    def best_fine(self, q: np.ndarray, q_fine: np.ndarray, exclude: np.ndarray | None = None,
+                  desc: str = "candidates"):
+        s, nb = self.neighbours(q, K, exclude, desc)
+        rs = self.rescored(q_fine, nb)
+        arg = rs.argmax(axis=1)
+        r = np.arange(len(q))
+        return nb[r, arg], rs[r, arg], s[r, arg]
+
+
 def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
     """P(a positive outscores a negative), ties counting half (the Mann–Whitney statistic)."""
     from scipy.stats import rankdata
@@ -193,9 +247,10 @@ class Calibration:
 
 def calibrate(x: np.ndarray, images: Callable[[int], object], embed: Callable[[list], np.ndarray], *,
               space: str = "index", sample: int = 250, negatives: int = 2000, seed: int = 0, fpr: float = FPR,
-              scores: Sequence[str] = SCORES) -> Calibration:
+              scores: Sequence[str] = SCORES, fine: np.ndarray | None = None) -> Calibration:
     """Calibrate the space of bank `x` (n × d, one row per item). `images(position)` gives an item's RGB image or
-    None (unreadable: another is drawn); `embed(list of images)` puts images into this space."""
+    None (unreadable: another is drawn); `embed(list of images)` puts images into this space. `fine`: the bank's
+    fine thumbnails (the built-in space), which adds the `shift-ncc` re-score to the candidates."""
     from embedsearch.core.errors import EvalError
 
     rng = np.random.default_rng(seed)
@@ -221,11 +276,19 @@ def calibrate(x: np.ndarray, images: Callable[[int], object], embed: Callable[[l
     neg_items = np.sort(rng.choice(n, min(negatives, n), replace=False))
     names = np.asarray(names)
     by_score, best = {}, None
-    for score in scores:
-        sc = Scorer(x, score)
-        pos = sc.pair_scores(copies, originals)
-        top, _, _ = sc.best(copies, desc=f"calibration ({score}): copies")
-        _, neg, _ = sc.best(x[neg_items], exclude=neg_items, desc=f"calibration ({score}): nearest others")
+    copies_fine = fine_thumbs(imgs) if fine is not None else None
+    for score in [*scores, *(["shift-ncc"] if fine is not None else [])]:
+        if score == "shift-ncc":
+            sc = ShiftScorer(x, fine)
+            pos = shift_ncc(copies_fine, fine[originals])
+            top, _, _ = sc.best_fine(copies, copies_fine, desc="calibration (shift-ncc): copies")
+            _, neg, _ = sc.best_fine(x[neg_items], fine[neg_items], exclude=neg_items,
+                                     desc="calibration (shift-ncc): nearest others")
+        else:
+            sc = Scorer(x, score)
+            pos = sc.pair_scores(copies, originals)
+            top, _, _ = sc.best(copies, desc=f"calibration ({score}): copies")
+            _, neg, _ = sc.best(x[neg_items], exclude=neg_items, desc=f"calibration ({score}): nearest others")
         # the null is ordinary neighbours: an item whose nearest other scores like a typical copy (at or above the
         # copies' median) is taken for one of the dataset's own duplicates, not an ordinary neighbour
         null = neg[neg < np.median(pos)] if (neg < np.median(pos)).any() else neg

@@ -198,19 +198,21 @@ def store_columns(ix, kind: str, ids: np.ndarray, columns: dict, config: dict) -
 # --------------------------------------------------------------------------------------------- calibrated spaces
 
 
-def space_vectors(ix, sel: dict, space: str, images) -> np.ndarray:
-    """The selection's vectors in `space`: "index" (the stored vectors) or "thumbs" (the built-in duplicate space,
-    made from each item's image; an item whose image cannot be read gets a zero vector, which matches nothing)."""
+def space_vectors(ix, sel: dict, space: str, images) -> tuple[np.ndarray, np.ndarray | None]:
+    """The selection's vectors in `space` and, for the built-in space, its fine thumbnails (else None): "index"
+    (the stored vectors) or "thumbs" (the built-in duplicate space, made from each item's image; an item whose
+    image cannot be read gets zeros, which match nothing)."""
     from embedsearch.core.errors import EvalError
-    from embedsearch.evaluate.calibration import THUMB_SIZE, thumb_vectors
+    from embedsearch.evaluate.calibration import FINE, THUMB_SIZE, fine_thumbs, thumb_vectors
 
     if space == "index":
-        return ix.vectors(sel["id"])
+        return ix.vectors(sel["id"]), None
     if space != "thumbs":
         raise EvalError(f"unknown space {space!r}: index or thumbs")
     if images is None:
         raise EvalError("--space thumbs needs the items' images, and this caller gave no way to read them")
     out = np.zeros((len(sel["id"]), 3 * THUMB_SIZE * THUMB_SIZE), np.float32)
+    fine = np.zeros((len(out), FINE, FINE, 3), np.uint8)
     missing = 0
     with progress.bar(len(out), "thumbs: images", unit="img") as bar:
         for n, (i, path) in enumerate(zip(sel["id"], sel["path"], strict=True)):
@@ -218,17 +220,17 @@ def space_vectors(ix, sel: dict, space: str, images) -> np.ndarray:
             if img is None:
                 missing += 1
             else:
-                out[n] = thumb_vectors([img])[0]
+                out[n], fine[n] = thumb_vectors([img])[0], fine_thumbs([img])[0]
             bar.update()
     if missing == len(out):
         raise EvalError(f"--space thumbs: none of the {len(out)} items' images could be read (moved, or not in a "
                         "folder you indexed from)")
     if missing:
         log.warning("thumbs: %d of %d items' images could not be read; they match nothing", missing, len(out))
-    return out
+    return out, fine
 
 
-def calibrated(ix, sel: dict, x: np.ndarray, space: str, images, seed: int = 0):
+def calibrated(ix, sel: dict, x: np.ndarray, space: str, images, seed: int = 0, fine: np.ndarray | None = None):
     """(Calibration or None, why not): the space calibrated on the selection (the bank), or the one-line reason it
     cannot be (no images, no backbone to embed copies with)."""
     from embedsearch.core.errors import EmbedsearchError
@@ -249,7 +251,8 @@ def calibrated(ix, sel: dict, x: np.ndarray, space: str, images, seed: int = 0):
         embed = thumb_vectors
     ids, paths = sel["id"], sel["path"]
     try:
-        return calibrate(x, lambda p: images(int(ids[p]), paths[p]), embed, space=space, seed=seed), None
+        return calibrate(x, lambda p: images(int(ids[p]), paths[p]), embed, space=space, seed=seed,
+                         fine=fine), None
     except EmbedsearchError as e:
         return None, str(e).splitlines()[0]
 
@@ -267,14 +270,20 @@ def _decision(cal, why: str | None, space: str) -> dict:
     return {"decided": cal.separable, "calibration": cal.to_dict(), "note": note}
 
 
-def calibrated_pairs(x: np.ndarray, cal) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def calibrated_pairs(x: np.ndarray, cal, fine: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs within x whose calibrated score passes the threshold, each once (i < j), from every item's K nearest
     other items: (i, j, score)."""
-    from embedsearch.evaluate.calibration import K, Scorer
+    from embedsearch.evaluate.calibration import K, Scorer, ShiftScorer
 
-    sc = Scorer(x, cal.score)
-    s, nb = sc.neighbours(x, K, exclude=np.arange(len(x)), desc="duplicates: neighbours")
-    score = sc.scored(s)
+    if cal.score == "shift-ncc":
+        sc = ShiftScorer(x, fine)
+        _, nb = sc.neighbours(x, K, exclude=np.arange(len(x)), desc="duplicates: neighbours")
+        score = sc.rescored(fine, nb)
+    else:
+        sc = Scorer(x, cal.score)
+        s, nb = sc.neighbours(x, K, exclude=np.arange(len(x)), desc="duplicates: neighbours")
+        score = sc.scored(s)
     i, c = np.nonzero(score >= cal.threshold)
     j = nb[i, c]
     a, b = np.minimum(i, j), np.maximum(i, j)
@@ -302,8 +311,9 @@ def find_duplicates(ix, where: str | None = None, threshold: float | None = None
     1, 2, … for the others in id order; NULL outside any group): `--where "coalesce(insight_dup_rank, 0) = 0"`
     keeps one item per group."""
     sel, x = _load(ix, where, "duplicates")
+    fine = None
     if space != "index":
-        x = space_vectors(ix, sel, space, images)
+        x, fine = space_vectors(ix, sel, space, images)
     profile = similarity_histogram(x, seed=seed)
     if not calibrate:
         how = "given" if threshold is not None else "auto: widest gap in the nearest-neighbour profile" if auto \
@@ -314,10 +324,10 @@ def find_duplicates(ix, where: str | None = None, threshold: float | None = None
         decision = {"decided": True, "calibration": None, "score": "cosine",
                     "note": f"space {space}: cosine ≥ {thr:g} ({how}; not calibrated)"}
     else:
-        cal, why = calibrated(ix, sel, x, space, images, seed)
+        cal, why = calibrated(ix, sel, x, space, images, seed, fine)
         decision = {**_decision(cal, why, space), "score": cal.score if cal else None}
         how, thr = "calibrated", (cal.threshold if cal else None)
-        i, j, s = calibrated_pairs(x, cal) if decision["decided"] else (np.zeros(0, np.int64),) * 2 + (
+        i, j, s = calibrated_pairs(x, cal, fine) if decision["decided"] else (np.zeros(0, np.int64),) * 2 + (
             np.zeros(0, np.float32),)
     xn = l2_normalize(x)
     cos = np.einsum("nd,nd->n", xn[i], xn[j]) if len(i) else np.zeros(0, np.float32)
@@ -362,15 +372,16 @@ def find_leaks(ix, train: str = "split = 'train'", test: str = "split = 'test'",
     the train items; a space that cannot separate copies then flags nothing and says so). Stored as `insight_leak_of` (that train id) and
     `insight_leak_sim` (its cosine) on the test items (NULL when none)."""
     from embedsearch.core.errors import EvalError
-    from embedsearch.evaluate.calibration import Scorer
+    from embedsearch.evaluate.calibration import Scorer, ShiftScorer
 
     tr, xtr = _load(ix, train, "leaks (train)")
     te, xte = _load(ix, test, "leaks (test)")
     both = np.intersect1d(tr["id"], te["id"])
     if len(both):
         raise EvalError(f"--train and --test share {len(both)} items (e.g. id {both[0]}): make them disjoint")
+    fine_tr = fine_te = None
     if space != "index":
-        xtr, xte = space_vectors(ix, tr, space, images), space_vectors(ix, te, space, images)
+        (xtr, fine_tr), (xte, fine_te) = space_vectors(ix, tr, space, images), space_vectors(ix, te, space, images)
     if not calibrate:
         thr = DUP_THRESHOLD if threshold is None else threshold
         i, j, s = nearest_in(xte, xtr, thr, desc="leaks")
@@ -379,11 +390,14 @@ def find_leaks(ix, train: str = "split = 'train'", test: str = "split = 'test'",
                     "note": f"space {space}: cosine ≥ {thr:g} ({'default' if threshold is None else 'given'}; "
                             "not calibrated)"}
     else:
-        cal, why = calibrated(ix, tr, xtr, space, images, seed)
+        cal, why = calibrated(ix, tr, xtr, space, images, seed, fine_tr)
         decision = {**_decision(cal, why, space), "score": cal.score if cal else None}
         thr = cal.threshold if cal else None
-        if decision["decided"]:
+        if decision["decided"] and cal.score == "shift-ncc":
+            best, score, _ = ShiftScorer(xtr, fine_tr).best_fine(xte, fine_te, desc="leaks")
+        elif decision["decided"]:
             best, score, _ = Scorer(xtr, cal.score).best(xte, desc="leaks")
+        if decision["decided"]:
             i = np.flatnonzero(score >= cal.threshold)
             j, s = best[i], score[i]
             cos = np.einsum("nd,nd->n", l2_normalize(xte[i]), l2_normalize(xtr[j])) if len(i) else s
@@ -395,7 +409,8 @@ def find_leaks(ix, train: str = "split = 'train'", test: str = "split = 'test'",
              "test_path": te["path"][a], "train_path": tr["path"][b]}
             for a, b, c, cs in zip(i, j, s, cos, strict=True)]
     rows.sort(key=lambda r: (-r["score"], r["test_id"]))
-    config = {"train": train, "test": test, "space": space, "threshold": thr, **decision,
+    config = {"train": train, "test": test, "space": space, "threshold": thr,
+              "threshold_how": "calibrated" if calibrate else "default" if threshold is None else "given", **decision,
               "n_train": len(tr["id"]), "n_test": len(te["id"]),
               "n_leaks": len(rows), "fraction": round(len(rows) / len(te["id"]), 6),
               "how": "for each test item its best train item (exact float32), kept when its score passes the "

@@ -16,7 +16,7 @@ import uuid
 import numpy as np
 
 from embedsearch.core.errors import EvalError
-from embedsearch.evaluate.insight import DUP_THRESHOLD
+from embedsearch.evaluate.insight import column
 from embedsearch.evaluate.methods import (
     ORDER,
     REGISTRY,
@@ -107,18 +107,21 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
         raise EvalError(f"train and test selections share {len(overlap)} items (e.g. id {overlap[0]}): "
                         "make --train and --test disjoint")
     rates = measure_rates()
-    # the leak search is an exact (test × train) similarity product: announced with its estimate before it runs
-    leak_est = 2 * len(yte) * len(ytr) * xtr.shape[1] / rates.flops
-    log.info("read %d train + %d test vectors in %s; train/test leak search ~%s", len(ytr), len(yte),
-             format_duration(t_read), format_duration(leak_est))
+    # with --leak-threshold the leak search is an exact (test × train) similarity product: announced with its
+    # estimate before it runs; otherwise the stored decision of a calibrated `leaks` run is read (no search)
+    leak_est = 2 * len(yte) * len(ytr) * xtr.shape[1] / rates.flops if leak_threshold is not None else 0.0
+    log.info("read %d train + %d test vectors in %s%s", len(ytr), len(yte), format_duration(t_read),
+             f"; train/test leak search ~{format_duration(leak_est)}" if leak_threshold is not None else "")
     t_leak = time.perf_counter()
-    leaked, leaks = _leaks(tr_ids, xtr, te_ids, xte, leak_threshold)
+    leaked, leaks = (_leaks(tr_ids, xtr, te_ids, xte, leak_threshold) if leak_threshold is not None
+                     else _stored_leaks(ix, train, test, tr_ids, te_ids))
     t_leak = time.perf_counter() - t_leak
     run = run or EvalRun(uuid.uuid4().hex[:12], ix.name)
     run.preamble = [{"method": "read", "seconds": round(t_read, 3), "estimate_s": None,
                      "note": f"{len(ytr)} train + {len(yte)} test vectors from the parts"},
                     {"method": "leaks", "seconds": round(t_leak, 3), "estimate_s": float(f"{leak_est:.3g}"),
-                     "note": f"exact train/test search, cosine ≥ {leaks['threshold']}: {leaks['n']} found"}]
+                     "note": f"{leaks['decided_by']}: {leaks['n']} found" if leaks["reported"]
+                     else f"not reported: {leaks['why']}"}]
     in_train = np.bincount(ytr, minlength=C) > 0
     unseen = np.bincount(yte[~in_train[yte]], minlength=C)
     if unseen.any():
@@ -126,7 +129,8 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
                     "them as errors (e.g. %s)", int(unseen.sum()), int((unseen > 0).sum()),
                     classes[int(np.flatnonzero(unseen)[0])])
     ctx = Context(ix=ix, prompts=prompts, knn_ks=tuple(knn_ks), knn_t=knn_t, n_test=len(yte), svc=svc)
-    setting = {**_setting(ix, tr_ids, ytr, te_ids, yte, seed, ctx), "leak_threshold": leaks["threshold"],
+    setting = {**_setting(ix, tr_ids, ytr, te_ids, yte, seed, ctx),
+               "leak_threshold": leaks["threshold"], "leaks_from": leaks.get("run_id"),
                "where": {"train": train, "test": test}}
     order = [m for m in METHODS if m in methods]
     keys = {m: setting_key(setting, m) for m in order}
@@ -160,9 +164,12 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
         params = {**f.params, **{name: {k: n / len(yte) for k, n in t.items()} for name, t in tallies.items()}}
         metrics, pred = report_from_predictions(yte, pred, hits, classes, seed=seed)
         per_class, confusion = metrics.pop("per_class"), metrics.pop("confusion")
-        clean = ~leaked
-        metrics["without_leaks"] = {"top1": float((pred[clean] == yte[clean]).mean()) if clean.any() else None,
-                                    "n": int(clean.sum()), "removed": int(leaked.sum())}
+        if leaked is None:  # no trustworthy leak detection for this space: no number that looks like a correction
+            metrics["without_leaks"] = None
+        else:
+            clean = ~leaked
+            metrics["without_leaks"] = {"top1": float((pred[clean] == yte[clean]).mean()) if clean.any() else None,
+                                        "n": int(clean.sum()), "removed": int(leaked.sum())}
         run.results.append(EvalResult({
             **base, "method": f.method, "variant": f.variant, "params": params, "metrics": metrics,
             "per_class": per_class, "confusion": confusion,
@@ -229,11 +236,44 @@ def evaluate(ix, *, train: str = DEFAULT_TRAIN, test: str = DEFAULT_TEST, method
 LEAK_WARN_FRACTION = 0.01
 
 
-def _leaks(tr_ids, xtr, te_ids, xte, threshold: float | None = None) -> tuple[np.ndarray, dict]:
-    """Test items with a near-duplicate in train (cosine ≥ threshold, by default the duplicates default; exact
-    float32 search): a mask over test and the record every result carries. Accuracy without them is reported next
-    to every accuracy."""
-    threshold = DUP_THRESHOLD if threshold is None else threshold
+def _stored_leaks(ix, train: str, test: str, tr_ids, te_ids) -> tuple[np.ndarray | None, dict]:
+    """The leaks a `leaks` run decided for these very selections — calibrated on a space that separates copies
+    (`leaks --calibrate`), or at a threshold the user gave — as a mask over test; (None, why not) otherwise: a
+    fixed cosine means different things in different spaces (in a classifier's feature space it flags most of a
+    test set), so no accuracy "without leaks" is reported from it."""
+    import json
+
+    none = {"reported": False, "threshold": None, "n": None, "fraction": None, "decided_by": None}
+    row = ix.con.execute("SELECT run_id, config FROM runs WHERE kind = 'insight:leaks' AND status = 'complete' "
+                         "ORDER BY finished DESC, run_id LIMIT 1").fetchone()
+    hint = ("run `embedsearch leaks --calibrate` (or `--space thumbs`, the built-in duplicate space) for these "
+            "selections, or give --leak-threshold")
+    if row is None:
+        return None, {**none, "why": f"no leak detection recorded for this index: {hint}"}
+    cfg = json.loads(row[1]) if isinstance(row[1], str) else row[1]
+    if (cfg.get("train"), cfg.get("test")) != (train, test) or (cfg.get("n_train"), cfg.get("n_test")) != (
+            len(tr_ids), len(te_ids)):
+        return None, {**none, "why": f"the latest `leaks` run (run {row[0]}) was for other selections or an "
+                                     f"earlier snapshot: {hint}"}
+    cal = cfg.get("calibration")
+    if cal is None and cfg.get("threshold_how") != "given":
+        return None, {**none, "why": f"the latest `leaks` run (run {row[0]}) used the default cosine, not a "
+                                     f"calibrated space: {hint}"}
+    col = column("leak_of")
+    flagged = {int(r[0]) for r in ix.con.execute(f"SELECT id FROM items WHERE {col} IS NOT NULL").fetchall()}
+    leaked = np.isin(te_ids, np.fromiter(flagged, np.int64, len(flagged)))
+    frac = float(leaked.mean()) if len(leaked) else 0.0
+    decided_by = (f"space {cfg.get('space', 'index')}, score {cal['score']}, threshold {cal['threshold']:.4g} "
+                  f"(calibrated: AUROC {cal['auroc']:.3f})" if cal else
+                  f"space {cfg.get('space', 'index')}, cosine ≥ {cfg['threshold']:g} (given; not calibrated)")
+    return leaked, {"reported": True, "run_id": row[0], "threshold": cfg.get("threshold"), "n": int(leaked.sum()),
+                    "fraction": round(frac, 6), "decided_by": f"`leaks` run {row[0]}: {decided_by}",
+                    "how": "the test items that run flagged", "examples": []}
+
+
+def _leaks(tr_ids, xtr, te_ids, xte, threshold: float) -> tuple[np.ndarray, dict]:
+    """Test items with a near-duplicate in train at a cosine the user gave (`--leak-threshold`; exact float32
+    search): a mask over test and the record every result carries."""
     i, j, s = nearest_in(xte, xtr, threshold, desc="eval: train/test leaks")
     leaked = np.zeros(len(te_ids), bool)
     leaked[i] = True
@@ -243,7 +283,8 @@ def _leaks(tr_ids, xtr, te_ids, xte, threshold: float | None = None) -> tuple[np
                     "train id %d): accuracies are also reported without them; `embedsearch leaks` lists them, and "
                     "`embedsearch duplicates` shows whether this space separates copies at all (--leak-threshold)",
                     int(leaked.sum()), len(leaked), 100 * frac, threshold, int(te_ids[i[0]]), int(tr_ids[j[0]]))
-    return leaked, {"threshold": threshold, "n": int(leaked.sum()), "fraction": round(frac, 6),
+    return leaked, {"reported": True, "threshold": threshold, "n": int(leaked.sum()), "fraction": round(frac, 6),
+                    "decided_by": f"cosine ≥ {threshold:g} (given with --leak-threshold; not calibrated)",
                     "how": "test items whose most similar train item has cosine ≥ threshold (exact float32 search "
                            "of L2-normalized vectors)",
                     "examples": [[int(te_ids[a]), int(tr_ids[b]), round(float(c), 6)]

@@ -38,18 +38,23 @@ def markdown_run(run, ix) -> str:
             lines.append(f"- {t['method']}: reused from run {t['reused_from']}, committed for the same index "
                          "snapshot, selections, seed and parameters (`eval --fresh` recomputes)")
     lk = r0["test"].get("leaks")
-    if lk is not None:
+    if lk is not None and lk.get("reported", True):
+        decided = lk.get("decided_by") or f"cosine ≥ {lk['threshold']:g}, exact search"
         lines.append(f"- leaks: {lk['n']} of {r0['test']['n']} test items ({100 * lk['fraction']:.2f} %) have a "
-                     f"near-duplicate in train (cosine ≥ {lk['threshold']:g}, exact search); \"w/o leaks\" is top-1 "
+                     f"near-duplicate in train ({decided}); \"w/o leaks\" is top-1 "
                      "on the other test items" + (" — over 1 %: check them with `embedsearch leaks`"
                                                    if lk["fraction"] > 0.01 else "")
                      + ("; at this share, unrelated items are likely this similar in this embedding space (raw "
-                        "pixels are): `embedsearch duplicates` prints the similarity profile, and "
-                        "`--leak-threshold` sets another threshold" if lk["fraction"] > 0.1 else "") + ".")
+                        "pixels are): `embedsearch leaks --calibrate` says whether it separates copies at all"
+                        if lk["fraction"] > 0.1 else "") + ".")
+    elif lk is not None:
+        lines.append(f"- leak-free accuracy: not reported — {lk['why']}.")
+    # the "w/o leaks" column only where a trustworthy leak detection decided it (evaluate/runner._stored_leaks)
+    wl_col = any((r.data.get("metrics") or {}).get("without_leaks") for r in run.results)
     lines += [f"- top-k: {TOPK_RULE}.", "",
-              "| method | variant | top-1 % [95 % CI] | top-1 % w/o leaks | top-5 % | balanced acc. % | macro F1 % "
-              "| parameters |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| method | variant | top-1 % [95 % CI] |" + (" top-1 % w/o leaks |" if wl_col else "")
+              + " top-5 % | balanced acc. % | macro F1 % | parameters |",
+              "|---|---|---|" + ("---|" if wl_col else "") + "---|---|---|---|"]
     for r in run.results:
         d = r.data
         m = d.get("metrics") or {}
@@ -58,7 +63,8 @@ def markdown_run(run, ix) -> str:
         ci = m.get("ci95", {}).get("top1")
         wl = m.get("without_leaks") or {}
         lines.append(f"| {d['method']} | {d['variant']} | {_pct(m.get('top1'))} [{_pct(ci[0])}, {_pct(ci[1])}] | "
-                     f"{_pct(wl.get('top1'))} | {_pct(m.get('top5'))} | {_pct(m.get('balanced_accuracy'))} | {_pct(m.get('macro_f1'))} | "
+                     + (f"{_pct(wl.get('top1'))} | " if wl_col else "")
+                     + f"{_pct(m.get('top5'))} | {_pct(m.get('balanced_accuracy'))} | {_pct(m.get('macro_f1'))} | "
                      f"{_params_md(d)} |")
     chosen = [(r.data["variant"], r.data["params"]["selection"]) for r in run.results
               if "selection" in r.data.get("params", {})]
