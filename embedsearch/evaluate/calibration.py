@@ -20,7 +20,9 @@ The scores:
 - `margin` / `centred-margin`: that similarity minus the query's similarity to its `K`-th nearest other item — a
   copy stands out from the query's other neighbours, an ordinary neighbour does not, whatever the local density;
 - `shift-ncc` (the built-in space only): each query's K nearest candidates re-scored by the normalized
-  cross-correlation of FINE×FINE thumbnails, the best over shifts of up to SHIFT pixels.
+  cross-correlation of FINE×FINE thumbnails, the best over shifts of up to SHIFT pixels and a ZOOM centre crop of
+  either side (measured on CIFAR-10's synthetic copies: AUROC 0.978 with shifts alone, 0.996 with the zoom; crops
+  recovered 32 % → 84 %).
 
 The negatives of a real dataset contain its real near-duplicates (a few per cent of CIFAR's test set): the
 threshold taken at their upper tail would be too strict where they are many, so negatives that score like a
@@ -92,16 +94,30 @@ def thumb_vectors(images: Sequence, size: int = THUMB_SIZE) -> np.ndarray:
 
 FINE = 32  # the re-scoring thumbnail's side
 SHIFT = 2  # the largest shift (pixels of the fine thumbnail, each axis) the re-scoring undoes
+ZOOM = 0.9  # the centre crop (share of each side) of the second fine thumbnail: a re-crop zooms in by up to ~1/ZOOM
 
 
 def fine_thumbs(images: Sequence) -> np.ndarray:
-    """Each image as a FINE×FINE colour thumbnail (uint8), for `shift_ncc`."""
+    """Each image as two FINE×FINE colour thumbnails (uint8, n × 2 × FINE × FINE × 3): the whole image, and its
+    centre ZOOM crop, for `fine_score`."""
     from PIL import Image
 
-    out = np.empty((len(images), FINE, FINE, 3), np.uint8)
+    out = np.empty((len(images), 2, FINE, FINE, 3), np.uint8)
     for n, img in enumerate(images):
-        out[n] = np.asarray(img.convert("RGB").resize((FINE, FINE), Image.BILINEAR))
+        img = img.convert("RGB")
+        w, h = img.size
+        cw, ch = max(1, round(w * ZOOM)), max(1, round(h * ZOOM))
+        x0, y0 = (w - cw) // 2, (h - ch) // 2
+        out[n, 0] = np.asarray(img.resize((FINE, FINE), Image.BILINEAR))
+        out[n, 1] = np.asarray(img.crop((x0, y0, x0 + cw, y0 + ch)).resize((FINE, FINE), Image.BILINEAR))
     return out
+
+
+def fine_score(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise re-score of two stacks of `fine_thumbs`: the best `shift_ncc` of the whole images, and of either
+    one's zoomed centre against the other whole — a copy re-cropped (zoomed in) or shifted by a few pixels still
+    correlates with its original."""
+    return np.maximum.reduce([shift_ncc(a[:, 0], b[:, 0]), shift_ncc(a[:, 1], b[:, 0]), shift_ncc(a[:, 0], b[:, 1])])
 
 
 def shift_ncc(a: np.ndarray, b: np.ndarray, shift: int = SHIFT, rows: int = 2048) -> np.ndarray:
@@ -185,14 +201,14 @@ class Scorer:
 
 class ShiftScorer(Scorer):
     """The built-in space's re-scoring: candidates by cosine of the coarse thumbnails (each query's K nearest),
-    scored by `shift_ncc` of the fine ones; the best candidate is the one with the highest re-score."""
+    scored by `fine_score` of the fine ones; the best candidate is the one with the highest re-score."""
 
     def __init__(self, x: np.ndarray, fine: np.ndarray):
         super().__init__(x, "cosine")
         self.score, self.fine = "shift-ncc", fine
 
     def rescored(self, q_fine: np.ndarray, nb: np.ndarray) -> np.ndarray:
-        return np.stack([shift_ncc(q_fine, self.fine[nb[:, k]]) for k in range(nb.shape[1])], axis=1)
+        return np.stack([fine_score(q_fine, self.fine[nb[:, k]]) for k in range(nb.shape[1])], axis=1)
 
     def best_fine(self, q: np.ndarray, q_fine: np.ndarray, exclude: np.ndarray | None = None,
                   desc: str = "candidates"):
@@ -280,7 +296,7 @@ def calibrate(x: np.ndarray, images: Callable[[int], object], embed: Callable[[l
     for score in [*scores, *(["shift-ncc"] if fine is not None else [])]:
         if score == "shift-ncc":
             sc = ShiftScorer(x, fine)
-            pos = shift_ncc(copies_fine, fine[originals])
+            pos = fine_score(copies_fine, fine[originals])
             top, _, _ = sc.best_fine(copies, copies_fine, desc="calibration (shift-ncc): copies")
             _, neg, _ = sc.best_fine(x[neg_items], fine[neg_items], exclude=neg_items,
                                      desc="calibration (shift-ncc): nearest others")

@@ -212,7 +212,7 @@ def space_vectors(ix, sel: dict, space: str, images) -> tuple[np.ndarray, np.nda
     if images is None:
         raise EvalError("--space thumbs needs the items' images, and this caller gave no way to read them")
     out = np.zeros((len(sel["id"]), 3 * THUMB_SIZE * THUMB_SIZE), np.float32)
-    fine = np.zeros((len(out), FINE, FINE, 3), np.uint8)
+    fine = np.zeros((len(out), 2, FINE, FINE, 3), np.uint8)
     missing = 0
     with progress.bar(len(out), "thumbs: images", unit="img") as bar:
         for n, (i, path) in enumerate(zip(sel["id"], sel["path"], strict=True)):
