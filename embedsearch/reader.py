@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections import OrderedDict
 from functools import cached_property
 from pathlib import Path
 
@@ -18,7 +20,11 @@ from embedsearch.store.manifest import Layout, Manifest, check_consistent, resol
 _OPEN_WAIT_S = 5.0  # how long a reader waits for a writer to publish a manifest naming the new FAISS file
 SQL_TIMEOUT_S = 60.0  # `sql`: a query that runs longer is interrupted (override with --timeout)
 SQL_MEMORY_LIMIT = "4GB"  # DuckDB's memory for one reader's catalog snapshot and queries (--memory-limit)
+# up to this many values, float16 rows are converted by numpy: torch's faster conversion is not worth importing torch
+# (seconds, ~0.5 GB) for a search by id
+SMALL_CONVERT = 1 << 16
 CATALOG_LOOKUP_MAX = 100_000  # up to this many ids, `vectors` asks the catalog which parts hold them
+IDS_CACHE_BYTES = 64 * 2**20  # the parts' id columns an opened index keeps (8 bytes an item: all of 8M items)
 
 
 def _serving_view(layout: Layout, manifest: Manifest) -> Manifest:
@@ -61,6 +67,8 @@ class Index:
         self.memory_limit = SQL_MEMORY_LIMIT  # read when the catalog connection opens
         # the person trusts the code this index names (--trust-code): see models/code.py
         self.trust_code = trust_code
+        # the catalog snapshot and a backbone are opened once, whichever thread (a server's request) asks first
+        self._lock, self._backbone_lock = threading.Lock(), threading.Lock()
 
     @classmethod
     def open(cls, name_or_path: str | os.PathLike, root: str | os.PathLike | None = None, *,
@@ -116,9 +124,24 @@ class Index:
 
     # ----------------------------------------------------------------------------------- catalog
 
-    @cached_property
+    @property
     def con(self):
-        return cat.connect_readonly(self.layout.catalog, self.part_paths, memory_limit=self.memory_limit)
+        """This thread's catalog connection. All of them read the same snapshot (opened on first use); each thread
+        has its own, so threads query in parallel (a server's requests), where one shared DuckDB connection would
+        run one query at a time."""
+        opened = self.__dict__.get("_catalog")
+        if opened is None:
+            with self._lock:  # two threads asking at once open one snapshot
+                opened = self.__dict__.get("_catalog")
+                if opened is None:
+                    con = cat.connect_readonly(self.layout.catalog, self.part_paths, memory_limit=self.memory_limit)
+                    opened = self.__dict__["_catalog"] = (con, threading.local())
+                    opened[1].con = con  # the thread that opened it uses it
+        con, local = opened
+        cur = getattr(local, "con", None)
+        if cur is None:
+            cur = local.con = cat.cursor_readonly(con, self.part_paths)
+        return cur
 
     def sql(self, query: str, params: list | None = None, *, timeout_s: float | None = SQL_TIMEOUT_S
             ) -> tuple[list[str], list[tuple]]:
@@ -203,11 +226,22 @@ class Index:
     # ----------------------------------------------------------------------------------- vectors
 
     def _ids_of(self, path: Path) -> np.ndarray:
-        """A part's ids (8 bytes an item: the id column alone is read), kept for the next selection."""
-        cache = self.__dict__.setdefault("_ids_cache", {})
-        if path not in cache:
-            cache[path] = store.read_part(path, with_vectors=False)[0]
-        return cache[path]
+        """A part's ids (8 bytes an item: the id column alone is read), kept for the next selection: up to
+        IDS_CACHE_BYTES of them, the least recently used dropped first (a server answering searches by id for
+        days touches every part)."""
+        with self._lock:
+            cache = self.__dict__.setdefault("_ids_cache", OrderedDict())
+            got = cache.get(path)
+            if got is not None:
+                cache.move_to_end(path)
+                return got
+        got = store.read_part(path, with_vectors=False)[0]
+        with self._lock:
+            cache[path] = got
+            total = sum(a.nbytes for a in cache.values())
+            while total > IDS_CACHE_BYTES and len(cache) > 1:
+                total -= cache.popitem(last=False)[1].nbytes
+        return got
 
     def _candidate_parts(self, ids, want: np.ndarray):
         """(path, ids) of the parts that may hold `want`. A few ids (a search by id, a small selection) are looked
@@ -256,7 +290,7 @@ class Index:
             rows = vecs if whole else vecs[rows_at]  # a part read whole, in order: no gather copy
             contiguous = bool(dest[-1] - dest[0] == len(dest) - 1 and (np.diff(dest) == 1).all())
             target = out[dest[0]:dest[-1] + 1] if contiguous else None
-            if out.dtype == np.float32 and rows.dtype == np.float16:
+            if out.dtype == np.float32 and rows.dtype == np.float16 and rows.size > SMALL_CONVERT:
                 converted = to_float32(rows, out=target)
                 if target is None:
                     out[dest] = converted
@@ -270,9 +304,9 @@ class Index:
         return out if out is not None else np.zeros((len(want), self.dim), dtype or np.float32)
 
     def close(self) -> None:
-        """Close the read-only catalog connection (DuckDB refuses a writer in the same process while it is open)."""
-        if "con" in self.__dict__:
-            self.__dict__.pop("con").close()
+        """Close the read-only catalog connection (and every thread's cursor on it)."""
+        if "_catalog" in self.__dict__:
+            self.__dict__.pop("_catalog")[0].close()
 
     @property
     def backbone_config(self):
@@ -290,9 +324,10 @@ class Index:
         if getattr(self, "_module_backbone", None) is not None:
             return self._module_backbone
         cache = self.__dict__.setdefault("_backbones", {})  # created once per opened index and device
-        if device not in cache:
-            cache[device] = self.backbone_config.create(device, index=self.name, recorded=self.manifest.backbone,
-                                                        trust_code=self.trust_code)
+        with self._backbone_lock:  # a server's threads: one backbone, whichever request asks first
+            if device not in cache:
+                cache[device] = self.backbone_config.create(device, index=self.name, recorded=self.manifest.backbone,
+                                                            trust_code=self.trust_code)
         return cache[device]
 
     def attach_module(self, model, transform) -> None:

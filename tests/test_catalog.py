@@ -135,3 +135,72 @@ def test_where_equals_duckdb_on_safe_predicates_and_refuses_hostile_ones(ix, raw
             .fetchall()]
     assert got == want, text
     assert ix.sql("SELECT count(*) FROM items")[1][0][0] == n_before
+
+
+def _big_catalog(path, n=300_000):
+    """A catalog file of n items with long paths (~12 MB on disk, ~33 MB once copied into memory)."""
+    import duckdb
+
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    con.execute(f"CREATE TABLE items AS SELECT range AS id, 'img/' || md5(range::VARCHAR) || md5((range + 1)::VARCHAR)"
+                f" AS path, 'ok' AS status, (range % 100)::INTEGER AS part FROM range({n})")
+    con.close()
+
+
+def test_opening_reads_the_catalog_in_place_not_a_copy_in_memory(tmp_path):
+    """Opening costs the same memory whatever the catalog's size: DuckDB reads the snapshot's blocks on demand (the
+    copy into memory held 33 MB of this 12 MB catalog, and scaled with it). The snapshot file is private and gone
+    from the folder at once, and a writer, in this process or another, is not blocked by the open reader."""
+    import os
+    import tempfile
+
+    from embedsearch.store.catalog import Catalog, connect_readonly
+
+    path = tmp_path / "catalog.duckdb"
+    _big_catalog(path)
+    before = set(os.listdir(tempfile.gettempdir()))
+    con = connect_readonly(path, [])
+    held = con.execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory()").fetchone()[0]
+    assert held < path.stat().st_size / 4, (held, path.stat().st_size)
+    assert con.execute("SELECT count(*), max(id) FROM items").fetchone() == (300_000, 299_999)
+    assert not {f for f in set(os.listdir(tempfile.gettempdir())) - before if f.startswith("embedsearch-catalog")}
+    with Catalog(path).write() as w:  # the reader holds no lock on the catalog
+        w.execute("DELETE FROM items WHERE id < 10")
+    assert con.execute("SELECT count(*) FROM items").fetchone() == (300_000,)  # it reads its snapshot
+    con.close()
+
+
+def test_each_thread_queries_the_snapshot_through_its_own_connection(ix):
+    """A server's requests run in threads: a long query in one does not hold up another's (one shared DuckDB
+    connection runs one query at a time), and all of them read the same snapshot."""
+    import threading
+    import time
+
+    started, done = threading.Event(), {}
+
+    def slow():
+        done["con"] = ix.con
+        started.set()
+        try:
+            done["con"].execute("SELECT count(*) FROM range(20000000000) WHERE hash(range) = 0").fetchall()
+        except Exception as e:  # noqa: BLE001 — interrupted below
+            done["error"] = type(e).__name__
+
+    t = threading.Thread(target=slow)
+    t.start()
+    started.wait(10)
+    time.sleep(0.3)  # the slow query is running
+    t0 = time.monotonic()
+    got = []
+    other = threading.Thread(target=lambda: got.append(ix.con.execute("SELECT count(*) FROM items").fetchone()[0]))
+    other.start()
+    other.join(10)
+    waited = time.monotonic() - t0
+    running = t.is_alive()
+    done["con"].interrupt()
+    t.join(30)
+    assert got == [len(ix.select(embedded_only=False)["id"])] and waited < 5, waited
+    assert running and done.get("error") == "InterruptException"  # the fast query did not wait for the slow one
+    assert done["con"] is not ix.con

@@ -153,6 +153,41 @@ def test_paging_covers_every_hit_exactly_once(served):
     assert pages == everything and len(everything) == 3 * 14 - 1
 
 
+def test_concurrent_requests_answer_as_sequential_ones(served):
+    """The server answers requests in parallel (each thread its own catalog connection, FAISS shared): 16 clients
+    at once asking searches by id, by vector and with a filter, item rows and listings get exactly the answers
+    the same requests get one at a time."""
+    url, ids = served["url"], served["ids"]
+    vec = httpx.get(f"{url}/v1/indexes/colors/items/{ids[1]}", params={"with_vector": "true"}).json()["vector"]
+    asks = []
+    for i in ids[:12]:
+        asks += [("GET", "/v1/indexes/colors/search", {"id": i, "k": 7}, None),
+                 ("GET", "/v1/indexes/colors/search", {"id": i, "k": 5, "where": "split = 'train'"}, None),
+                 ("GET", f"/v1/indexes/colors/items/{i}", {"with_vector": "true"}, None)]
+    asks += [("POST", "/v1/indexes/colors/search", None, {"vectors": [vec], "k": 9}),
+             ("GET", "/v1/indexes/colors/items", {"where": "label = 'red'", "limit": 5}, None),
+             ("GET", "/v1/indexes/colors", None, None)]
+
+    def ask(one, client):
+        method, path, params, body = one
+        r = client.request(method, path, params=params, json=body)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    with httpx.Client(base_url=url, timeout=60) as c:
+        one_at_a_time = [ask(a, c) for a in asks]
+    local = threading.local()
+
+    def in_parallel(one):
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(base_url=url, timeout=60)
+        return ask(one, local.client)
+
+    with ThreadPoolExecutor(16) as ex:
+        for _ in range(3):
+            assert list(ex.map(in_parallel, asks)) == one_at_a_time
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
 def test_image_upload_equals_cli_image_search(served, tmp_path, fmt):
     url, env = served["url"], served["env"]

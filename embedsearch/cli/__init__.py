@@ -874,26 +874,33 @@ def leaks(name, train_where, test_where, threshold, calibrate, space, seed, html
 @output_options
 @_handle_errors
 def label_issues(name, where, methods, folds, seed, top, html_file, root, fmt):
-    """Likely label errors: items whose out-of-fold predictions disagree with their label, most likely first.
+    """Likely label errors: items whose out-of-fold predictions disagree with their label, most likely first, and
+    how many labels are probably wrong.
 
     Each item is scored by models that never saw its label (seeded stratified folds): score = 1 − p(given label).
-    Stored as insight_label_issue and insight_suggested_label for every scored item; a class with fewer items than
-    --folds is warned about.
+    The decision (confident learning): per class, a threshold = the mean p(class) over the items labelled with it;
+    the items counted by (given label, most probable class reaching its threshold), calibrated to the class counts,
+    estimate how many labels of each class are wrong; that many of each class's least self-confident items that
+    the models give to another class are flagged. Stored as insight_label_issue, insight_suggested_label and
+    insight_label_flagged for every scored item; a class with fewer items than --folds is warned about.
 
     \b
     Example:
         embedsearch label-issues digits-pixels -n 20 --html issues.html
     """
-    from embedsearch.evaluate.insight import find_label_issues
+    from embedsearch.evaluate.label_issues import find_label_issues
     from embedsearch.reader import Index
 
     ix = Index.open(name, root)
     d = find_label_issues(ix, where=where, methods=methods, n_folds=folds, seed=seed)
     click.echo(f"scored {d['n']} labelled items out-of-fold ({', '.join(d['methods'])}; {d['folds']} stratified "
                f"folds, seed {d['seed']}); {d['score']}", err=True)
+    click.echo(f"estimated {d['estimated_wrong']} wrong labels ({100 * d['estimated_rate']:.2f} %: the calibrated "
+               f"confident joint's off-diagonal mass); flagged {d['flagged']} (per class, that many of its least "
+               "self-confident items predicted as another class; stored as insight_label_flagged)", err=True)
     rows = d["issues"][:top]
-    emit_rows(rows, fmt, columns=["rank", "id", "label", "suggested", "score", "p_label", "p_suggested", "split",
-                                  "path"])
+    emit_rows(rows, fmt, columns=["rank", "id", "label", "suggested", "score", "p_label", "p_suggested", "flagged",
+                                  "split", "path"])
     _sheet(ix, html_file, f"{ix.name}: likely label errors",
            f"The {len(rows)} highest-scoring of {d['n']} labelled items; {d['score']}; models: {d['methods']}, "
            f"{d['folds']} folds, seed {d['seed']}.",

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embedsearch.core.vectors import l2_normalize
+from embedsearch.query.ann import PAIRS_EXACT_UP_TO, neighbour_index
 from embedsearch.query.exact import Bank, topk
 
 SCORES = ("cosine", "centred", "margin", "centred-margin")
@@ -144,7 +145,7 @@ def shift_ncc(a: np.ndarray, b: np.ndarray, shift: int = SHIFT, rows: int = 2048
 class Scorer:
     """A bank of vectors prepared for one score: queries get their best candidate in the bank and its score."""
 
-    def __init__(self, x: np.ndarray, score: str, mean: np.ndarray | None = None):
+    def __init__(self, x: np.ndarray, score: str, mean: np.ndarray | None = None, exact: bool | None = None):
         if score not in SCORES:
             raise ValueError(f"unknown score {score!r}: one of {', '.join(SCORES)}")
         self.score = score
@@ -154,6 +155,10 @@ class Scorer:
         self.mean = (x.mean(axis=0) if mean is None else mean).astype(np.float32) if self.centred else None
         self.bank = Bank(self.prepare(x))
         self.n = len(x)
+        # past PAIRS_EXACT_UP_TO items the candidates come from an approximate search tuned to find 99 % of the
+        # exact K nearest (measured; `candidates` records it); the scores of what it finds are exact
+        self.exact = self.n <= PAIRS_EXACT_UP_TO if exact is None else exact
+        self.graph = None
 
     def prepare(self, q: np.ndarray) -> np.ndarray:
         q = np.asarray(q, np.float32)
@@ -163,13 +168,25 @@ class Scorer:
         """(similarities, bank positions), k per query, best first; `exclude`: one bank position per query that
         may not be its own neighbour (the query itself, when the queries are bank items)."""
         extra = 0 if exclude is None else 1
-        s, i = topk(self.bank, self.prepare(q), min(k + extra, self.n), desc=desc)
+        if not self.exact and self.graph is None:
+            self.graph = neighbour_index(self.bank.whole if self.bank.whole is not None else
+                                         self.prepare_bank_rows(np.arange(self.n)), K)
+            self.exact = self.graph is None  # the target not reached: exact search
+        if self.graph is not None:
+            s, i = self.graph.search(self.prepare(q), min(k + extra, self.n))
+        else:
+            s, i = topk(self.bank, self.prepare(q), min(k + extra, self.n), desc=desc)
         if exclude is not None:
             keep = i != np.asarray(exclude)[:, None]
             keep[keep.all(axis=1), -1] = False  # itself beyond the list (a tie): drop the last instead
             s = s[keep].reshape(len(q), -1)
             i = i[keep].reshape(len(q), -1)
         return s, i
+
+    @property
+    def candidates(self) -> dict:
+        """How the candidates were found: exact search, or the approximate graph with its measured recall."""
+        return self.graph.to_dict() if self.graph is not None else {"kind": "exact"}
 
     def scored(self, s: np.ndarray) -> np.ndarray:
         """Each neighbour's score given its query's similarity row (n × k, best first)."""
@@ -203,8 +220,8 @@ class ShiftScorer(Scorer):
     """The built-in space's re-scoring: candidates by cosine of the coarse thumbnails (each query's K nearest),
     scored by `fine_score` of the fine ones; the best candidate is the one with the highest re-score."""
 
-    def __init__(self, x: np.ndarray, fine: np.ndarray):
-        super().__init__(x, "cosine")
+    def __init__(self, x: np.ndarray, fine: np.ndarray, exact: bool | None = None):
+        super().__init__(x, "cosine", exact=exact)
         self.score, self.fine = "shift-ncc", fine
 
     def rescored(self, q_fine: np.ndarray, nb: np.ndarray) -> np.ndarray:
@@ -244,6 +261,7 @@ class Calibration:
     sample: int
     negatives: int
     seed: int
+    candidates: dict | None = None  # set by the pair finders: exact, or the approximate search's measured recall
 
     def line(self) -> str:
         """One line for every result the calibration decides."""
@@ -258,7 +276,7 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict) -> Calibration:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 def calibrate(x: np.ndarray, images: Callable[[int], object], embed: Callable[[list], np.ndarray], *,

@@ -11,7 +11,6 @@ prefix `insight_` (`insight_dup_rank`, `insight_leak_of`, …), which no source 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,6 +18,13 @@ from embedsearch.core import progress
 from embedsearch.core.schema import COMPUTED_PREFIX
 from embedsearch.core.vectors import l2_normalize
 from embedsearch.evaluate.calibration import K as K_NEIGHBOURS
+from embedsearch.evaluate.label_issues import (  # noqa: F401 — moved there; re-exported here
+    OutOfFold,
+    find_label_issues,
+    label_issue_scores,
+    out_of_fold,
+    stratified_folds,
+)
 from embedsearch.query.exact import Bank, nearest_in, similar_pairs, topk
 
 log = logging.getLogger(__name__)
@@ -76,76 +82,6 @@ def outlier_scores(x: np.ndarray, k: int = 10) -> np.ndarray:
     keep = i != np.arange(len(x))[:, None]  # drop the item itself…
     keep[keep.all(axis=1), -1] = False  # …or, where an exact copy outranked it, the last entry
     return (1.0 - s[keep].reshape(len(x), k)[:, k - 1]).astype(np.float64)
-
-
-# --------------------------------------------------------------------------------------------- label issues
-
-
-@dataclass
-class OutOfFold:
-    probs: np.ndarray  # (n, classes): each row predicted by models that never saw that item's label
-    folds: np.ndarray  # fold of each item
-    params: dict
-
-
-def stratified_folds(y: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
-    """Fold number per item: within each class a seeded permutation, dealt round-robin (every fold gets its share
-    of every class with enough items)."""
-    rng = np.random.default_rng(seed)
-    folds = np.empty(len(y), np.int64)
-    offset = 0
-    for c in np.unique(y):
-        pos = np.flatnonzero(y == c)
-        folds[rng.permutation(pos)] = (np.arange(len(pos)) + offset) % n_folds
-        offset += len(pos)  # classes smaller than n_folds do not all land in fold 0
-    return folds
-
-
-def out_of_fold(x: np.ndarray, y: np.ndarray, n_classes: int, methods=("knn", "linear"), n_folds: int = 5,
-                seed: int = 0, k: int = 20, T: float = 0.07, folds: np.ndarray | None = None) -> OutOfFold:
-    """Out-of-fold class probabilities: for each fold, kNN (weighted vote over the other folds' items) and/or the
-    linear probe (fitted on the other folds, C chosen by log-loss on a held-out part of them), averaged. An item's
-    own label is never used to score it. `folds`: a fold number per item instead of the seeded stratified ones."""
-    from embedsearch.evaluate.methods.knn import knn_scores
-    from embedsearch.evaluate.methods.linear import linear_probe
-
-    folds = stratified_folds(y, n_folds, seed) if folds is None else np.asarray(folds)
-    n_folds = int(folds.max()) + 1
-    out = {m: np.zeros((len(x), n_classes)) for m in methods}
-    Cs = []
-    with progress.bar(n_folds * len(methods), "label issues: out-of-fold", unit="fit") as bar:
-        for f in range(n_folds):
-            te, tr = np.flatnonzero(folds == f), np.flatnonzero(folds != f)
-            if "knn" in methods:
-                bank = Bank(x[tr])
-                s, i = topk(bank, l2_normalize(x[te]), k, desc=f"label issues: kNN fold {f + 1}")
-                out["knn"][te] = knn_scores(s, y[tr][i], min(k, len(tr)), n_classes, T)
-                bar.update()
-            if "linear" in methods and len(np.unique(y[tr])) < 2:
-                # the other folds hold one class (the selection's other classes all sit in this fold): a model
-                # fitted on them can only say that class
-                out["linear"][te, y[tr][0]] = 1.0
-                Cs.append(None)
-                bar.update()
-            elif "linear" in methods:
-                predict, params, _ = linear_probe(x[tr], y[tr], n_classes, seed=seed, criterion="log_loss")
-                z = predict(x[te])
-                z = np.exp(z - z.max(axis=1, keepdims=True))
-                out["linear"][te] = z / z.sum(axis=1, keepdims=True)
-                Cs.append(params["C"])
-                bar.update()
-    probs = sum(out.values()) / len(out)
-    params = {"methods": list(methods), "folds": n_folds, "stratified": True, "seed": seed,
-              "knn": {"k": k, "T": T} if "knn" in methods else None,
-              "linear_C_per_fold": Cs or None, "linear_C_criterion": "held-out log-loss" if Cs else None,
-              "combination": "mean of the methods' probabilities" if len(out) > 1 else "one method"}
-    return OutOfFold(probs=probs, folds=folds, params=params)
-
-
-def label_issue_scores(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(score, suggested class) per item: score = 1 − p(given label), cleanlab's 'self-confidence' ranking
-    reversed (higher = more likely mislabelled); suggestion = the most probable class."""
-    return 1.0 - probs[np.arange(len(y)), y], probs.argmax(axis=1)
 
 
 # --------------------------------------------------------------------------------------------- on an index
@@ -284,6 +220,10 @@ def calibrated_pairs(x: np.ndarray, cal, fine: np.ndarray | None = None
         sc = Scorer(x, cal.score)
         s, nb = sc.neighbours(x, K, exclude=np.arange(len(x)), desc="duplicates: neighbours")
         score = sc.scored(s)
+    ok = nb >= 0  # an approximate search may return fewer than K
+    score = np.where(ok, score, -np.inf)
+    nb = np.where(ok, nb, 0)
+    cal.candidates = sc.candidates
     i, c = np.nonzero(score >= cal.threshold)
     j = nb[i, c]
     a, b = np.minimum(i, j), np.maximum(i, j)
@@ -329,6 +269,8 @@ def find_duplicates(ix, where: str | None = None, threshold: float | None = None
         how, thr = "calibrated", (cal.threshold if cal else None)
         i, j, s = calibrated_pairs(x, cal, fine) if decision["decided"] else (np.zeros(0, np.int64),) * 2 + (
             np.zeros(0, np.float32),)
+        if decision["decided"]:
+            decision["candidates"] = cal.candidates
     xn = l2_normalize(x)
     cos = np.einsum("nd,nd->n", xn[i], xn[j]) if len(i) else np.zeros(0, np.float32)
     comp = groups(len(x), i, j)
@@ -393,10 +335,15 @@ def find_leaks(ix, train: str = "split = 'train'", test: str = "split = 'test'",
         cal, why = calibrated(ix, tr, xtr, space, images, seed, fine_tr)
         decision = {**_decision(cal, why, space), "score": cal.score if cal else None}
         thr = cal.threshold if cal else None
+        sc = None
         if decision["decided"] and cal.score == "shift-ncc":
-            best, score, _ = ShiftScorer(xtr, fine_tr).best_fine(xte, fine_te, desc="leaks")
+            sc = ShiftScorer(xtr, fine_tr)
+            best, score, _ = sc.best_fine(xte, fine_te, desc="leaks")
         elif decision["decided"]:
-            best, score, _ = Scorer(xtr, cal.score).best(xte, desc="leaks")
+            sc = Scorer(xtr, cal.score)
+            best, score, _ = sc.best(xte, desc="leaks")
+        if sc is not None:
+            decision["candidates"] = sc.candidates
         if decision["decided"]:
             i = np.flatnonzero(score >= cal.threshold)
             j, s = best[i], score[i]
@@ -423,50 +370,6 @@ def find_leaks(ix, train: str = "split = 'train'", test: str = "split = 'test'",
         run_id = store_columns(ix, "leaks", te["id"], {"leak_of": ("BIGINT", leak_of.tolist()),
                                                        "leak_sim": ("DOUBLE", leak_sim.tolist())}, config)
     return {**config, "run_id": run_id, "leaks": rows}
-
-
-def find_label_issues(ix, where: str | None = None, methods=("knn", "linear"), n_folds: int = 5, seed: int = 0,
-                      commit: bool = True) -> dict:
-    """Labelled items ranked by how unlikely their label is under out-of-fold predictions (`out_of_fold`).
-    Stored as `insight_label_issue` (score: 1 − p(given label)) and `insight_suggested_label` (the most probable
-    class).
-
-    A class with fewer labelled items than folds is warned about (stderr) and recorded in the result
-    (`small_classes`): its items are scored by models that saw only its other items — none for a class of one,
-    whose item then scores near 1 (ranked as a likely error) whatever its image."""
-    from embedsearch.core.errors import EvalError
-
-    sel, x = _load(ix, where, "label issues", labelled=True)
-    classes = ix.classes()
-    y = sel["class_index"]
-    present, counts = np.unique(y, return_counts=True)
-    if len(present) < 2:
-        raise EvalError(f"label issues: `{where or 'all items'}` selects labelled items of one class "
-                        f"({classes[present[0]]!r}); scoring a label needs items of at least 2 classes")
-    small = {classes[c]: int(n) for c, n in zip(present, counts, strict=True) if n < n_folds}
-    for name, n in small.items():
-        log.warning("label issues: class %r has %d labelled item%s, fewer than the %d folds: %s", name, n,
-                    "" if n == 1 else "s", n_folds,
-                    "no model that scores it has seen its class, so its score is near 1 (ranked as a likely label "
-                    "error) whatever its image" if n == 1 else
-                    f"each is scored by models that saw only the other {n - 1} of its class, so its scores are "
-                    "less reliable")
-    oof = out_of_fold(x, y, len(classes), methods=tuple(methods), n_folds=n_folds, seed=seed)
-    score, sugg = label_issue_scores(oof.probs, y)
-    order = np.lexsort((sel["id"], -score))
-    rows = [{"rank": r + 1, "id": int(sel["id"][p]), "label": sel["label"][p], "suggested": classes[sugg[p]],
-             "score": round(float(score[p]), 6), "p_label": round(float(1 - score[p]), 6),
-             "p_suggested": round(float(oof.probs[p, sugg[p]]), 6), "split": sel["split"][p], "path": sel["path"][p]}
-            for r, p in enumerate(order)]
-    config = {"where": where, "n": len(y), **oof.params, "small_classes": small,
-              "score": "1 − out-of-fold p(given label) (cleanlab's self-confidence, reversed: higher = more likely "
-                       "mislabelled)"}
-    run_id = None
-    if commit:
-        run_id = store_columns(ix, "label-issues", sel["id"], {
-            "label_issue": ("DOUBLE", score.astype(float).tolist()),
-            "suggested_label": ("VARCHAR", [classes[c] for c in sugg])}, config)
-    return {**config, "run_id": run_id, "issues": rows, "probs": oof.probs, "ids": sel["id"], "labels": y}
 
 
 def find_outliers(ix, where: str | None = None, k: int = 10, commit: bool = True) -> dict:

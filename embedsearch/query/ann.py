@@ -321,3 +321,66 @@ def tune_on_disk(index_file, chunks: Chunks, n: int, d: int, factory: str, *, ta
         log.warning("auto index: on-disk %s reached 10-recall@10 %s < %s", factory, rec["10-recall@10"],
                     target_recall)
     return params, record
+
+
+# --------------------------------------------------------------------------------------------- neighbour graphs
+
+PAIRS_EXACT_UP_TO = 200_000  # banks up to this size get their neighbours by exact search (duplicates, leaks)
+GRAPH_RECALL = 0.99  # the share of the exact K nearest each approximate search must find, measured on a sample
+
+
+@dataclass
+class Neighbours:
+    """A bank's approximate K-nearest-neighbour search for the pair finders: IVF-Flat over the normalized bank
+    (inner products are exact for what it finds), nprobe raised until a seeded sample of queries finds
+    `GRAPH_RECALL` of its exact K nearest — measured, and recorded with every result that uses it."""
+
+    index: object
+    nprobe: int
+    recall: float
+    sample: int
+    factory: str
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        self.index.nprobe = self.nprobe
+        return self.index.search(np.ascontiguousarray(q, np.float32), k)
+
+    def to_dict(self) -> dict:
+        return {"kind": "approximate", "factory": self.factory, "nprobe": self.nprobe,
+                "recall_at_k": round(self.recall, 4), "measured_on": self.sample}
+
+
+def neighbour_index(xn: np.ndarray, k: int, seed: int = 0, target: float = GRAPH_RECALL,
+                    sample: int = 1000) -> Neighbours | None:
+    """An approximate K-NN search over normalized rows `xn` that finds `target` of each query's exact k nearest
+    (other rows of the bank, measured on `sample` seeded rows left out of their own results), or None when even a
+    quarter of the lists probed does not reach it (exact search is then as fast)."""
+    import faiss
+
+    from embedsearch.query.exact import Bank, topk
+
+    n, d = xn.shape
+    nlist = nlist_for(n)
+    rng = np.random.default_rng(seed)
+    train = xn[np.sort(rng.choice(n, min(n, max(39 * nlist, 10_000)), replace=False))]
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    index.train(np.ascontiguousarray(train, np.float32))
+    for a in range(0, n, 65536):
+        index.add(np.ascontiguousarray(xn[a:a + 65536], np.float32))
+    q_rows = np.sort(rng.choice(n, min(n, sample), replace=False))
+    es, ei = topk(Bank(xn), xn[q_rows], k + 1, desc="neighbours: exact sample")
+    exact, _ = drop_self(ei, es, q_rows, k)
+    cap = max(1, int(nlist * NPROBE_MAX_FRACTION))
+    tries = sorted({*(2 ** e for e in range(int(math.log2(cap)) + 1)), cap})  # 1, 2, 4, …, the cap itself
+    found = 0.0
+    for nprobe in tries:
+        index.nprobe = nprobe
+        gs, gi = index.search(np.ascontiguousarray(xn[q_rows], np.float32), k + 1)
+        got, _ = drop_self(gi, gs, q_rows, k)
+        found = float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(got, exact, strict=True)]))
+        if found >= target:
+            return Neighbours(index, nprobe, found, len(q_rows), f"IVF{nlist},Flat")
+    log.info("approximate neighbours: %.3f of the exact %d nearest at nprobe %d < %.2f; searching exactly", found,
+             k, cap, target)
+    return None

@@ -76,8 +76,7 @@ def check_cost(limits: Limits, snap: ServedState, n: int, field: str, k: int, of
 
 
 def item_or_404(snap: ServedState, item_id: int) -> dict:
-    with snap.lock:
-        row = snap.ix.items_by_id([item_id]).get(item_id)
+    row = snap.ix.items_by_id([item_id]).get(item_id)
     if row is None:
         raise ApiError(404, "id", f"no item {item_id} in index {snap.ix.name}")
     return row

@@ -2,7 +2,7 @@
 
 A request takes the current `ServedState` once and answers from it alone, so every response comes from
 one consistent state (its manifest, FAISS file, catalog copy and parts) even while `index --add` or
-`verify --repair` runs. The catalog is copied into memory when a snapshot opens (`connect_readonly`), so the
+`verify --repair` runs. Each snapshot reads its own private copy of the catalog file (`connect_readonly`), so the
 server never holds the DuckDB file that a writer in another process needs.
 """
 
@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from embedsearch.core.errors import EmbedsearchError, IndexStateError
@@ -27,18 +27,19 @@ CHECK_EVERY_S = 0.25  # how often a request may look at the manifest for a newer
 
 @dataclass
 class ServedState:
-    """One opened, complete state of an index. `lock` serialises catalog calls: a DuckDB connection is not safe to
-    share between threads (FAISS searches themselves run outside it)."""
+    """One opened, complete state of an index. Requests use it from many threads at once: each thread queries the
+    catalog snapshot through its own DuckDB connection (`Index.con`), and FAISS searches a shared index in
+    parallel, so nothing on the search path runs one request at a time."""
 
     ix: Index
     key: str  # names the snapshot in every response
     thumbs: Thumbnails
-    lock: threading.Lock = field(default_factory=threading.Lock)
     _columns: int | None = None
 
     @classmethod
     def open(cls, layout_dir: Path, image_roots: tuple[str, ...] = ()) -> ServedState:
         ix = Index.open(str(layout_dir) + os.sep)
+        ix.con  # noqa: B018 — the catalog snapshot opens now, not inside the first requests
         m = ix.manifest
         parts = ",".join(f"{p.number}:{p.sha256}" for p in m.parts)
         key = f"{m.faiss.ntotal if m.faiss else 0}-{hashlib.sha256(parts.encode()).hexdigest()[:12]}"
@@ -49,8 +50,7 @@ class ServedState:
     def columns(self) -> int:
         """How many catalog columns each hit carries (what a response costs per hit)."""
         if self._columns is None:
-            with self.lock:
-                self._columns = len(self.ix.columns())
+            self._columns = len(self.ix.columns())
         return self._columns
 
 

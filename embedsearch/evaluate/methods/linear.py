@@ -40,17 +40,19 @@ def squared_hinge(targets):
     return loss_grad
 
 
-def fit_logreg(pre, y, n_classes: int, C: float, init=None, max_iter: int = 1000, tol: float = 1e-6):
+def fit_logreg(pre, y, n_classes: int, C: float, init=None, max_iter: int = 1000, tol: float = 1e-6,
+               block_rows: int | None = None):
     """Multinomial logistic regression with L2 penalty (sklearn's objective C·Σ CE + ½‖W‖², bias unpenalized):
     `fit_l2(... softmax_ce ...)`; see there. Returns raw (W, b) and the iterations used."""
     import torch
 
     onehot = torch.nn.functional.one_hot(y, n_classes).to(pre.X.dtype)
     h = (1.0 / n_classes) * (1.0 - 1.0 / n_classes)  # the loss's curvature at uniform p
-    return fit_l2(pre, softmax_ce(onehot), n_classes, C, h, init, max_iter, tol)
+    return fit_l2(pre, softmax_ce(onehot), n_classes, C, h, init, max_iter, tol, block_rows)
 
 
-def fit_l2(pre, loss_grad, k: int, C: float, h: float, init=None, max_iter: int = 1000, tol: float = 1e-6):
+def fit_l2(pre, loss_grad, k: int, C: float, h: float, init=None, max_iter: int = 1000, tol: float = 1e-6,
+           block_rows: int | None = None):
     """min_W,b  C·Σ_i loss(x_i·W + b) + ½‖W‖² (bias unpenalized) by L-BFGS (torch), preconditioned by the
     features' own covariance; `loss_grad(z)` gives the loss's mean over rows and its gradient in z (n × k).
 
@@ -59,7 +61,7 @@ def fit_l2(pre, loss_grad, k: int, C: float, h: float, init=None, max_iter: int 
     unpenalized) the Hessian is close to diagonal, and with V = s·QᵀW, s² = h·σ² + λ per direction (σ² its
     variance, λ = 1/(C·n), h the loss's typical curvature), close to the identity for every C. L-BFGS then needs
     tens of iterations where correlated features (pixels, token maps) took hundreds to the cap. `init`/returns:
-    raw (W, b), and the iterations used."""
+    raw (W, b), and the iterations used. `block_rows`: rows per block of the CPU pass (default FUSED_ROWS)."""
     import torch
 
     n = pre.X.shape[0]
@@ -77,7 +79,8 @@ def fit_l2(pre, loss_grad, k: int, C: float, h: float, init=None, max_iter: int 
                             history_size=20, line_search_fn="strong_wolfe")
     inv_s2 = (1.0 / s**2)[:, None]
 
-    fused = pre.X.device.type == "cpu" and n > FUSED_ROWS
+    rows = block_rows or FUSED_ROWS
+    fused = pre.X.device.type == "cpu" and n > rows
     # MKL's (rows × d)·(d × k) kernel is 3× slower at k = 10 than at k = 16 (measured): on the CPU the product runs
     # with W padded by zero columns to a multiple of 16, whose logits are dropped
     Wp = torch.zeros(V.shape[0], -(-k // 16) * 16, dtype=V.dtype) if fused else None
@@ -92,9 +95,9 @@ def fit_l2(pre, loss_grad, k: int, C: float, h: float, init=None, max_iter: int 
                 loss = torch.zeros((), dtype=V.dtype)
                 G = torch.zeros(k, V.shape[0], dtype=V.dtype)
                 gb = torch.zeros(k, dtype=V.dtype)
-                for a in range(0, n, FUSED_ROWS):
-                    Xb = pre.X[a:a + FUSED_ROWS]
-                    lb, g = loss_grad((Xb @ Wp)[:, :k] + b, slice(a, a + FUSED_ROWS))
+                for a in range(0, n, rows):
+                    Xb = pre.X[a:a + rows]
+                    lb, g = loss_grad((Xb @ Wp)[:, :k] + b, slice(a, a + rows))
                     loss += lb
                     G.addmm_(g.T, Xb)
                     gb += g.sum(0)

@@ -48,10 +48,7 @@ def describe(name: str, registry: RegistryDep, settings: SettingsDep):
     """One index: manifest info, catalog columns, classes, splits, reports, whether text queries work."""
     snap = served(registry, name)
     ix = snap.ix
-    with snap.lock:
-        columns = ix.columns()
-        classes = ix.classes()
-        splits = ix.splits()
+    columns, classes, splits = ix.columns(), ix.classes(), ix.splits()
     info = ix.info()
     info.pop("path", None)  # the server's file layout is not the client's business
     info["source"] = {k: v for k, v in (info.get("source") or {}).items() if k not in ("spec", "root", "options")}
@@ -66,8 +63,7 @@ def describe(name: str, registry: RegistryDep, settings: SettingsDep):
 def results(name: str, registry: RegistryDep, method: str | None = None):
     """Stored evaluation results (`method=` filters)."""
     snap = served(registry, name)
-    with snap.lock:
-        rows = ResultStore(snap.ix).rows(method)
+    rows = ResultStore(snap.ix).rows(method)
     return json_response({"index": name, "snapshot": snap.key, "results": rows})
 
 

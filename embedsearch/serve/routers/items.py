@@ -26,11 +26,10 @@ def make_router(limits: Limits) -> APIRouter:
                    offset: int = Query(0, ge=0, le=INT64[1] - limits.max_k - 1)):
         """Items in id order, optionally filtered by `where` (browsing)."""
         snap = served(registry, name)
-        with snap.lock:
-            try:
-                sel = snap.ix.select(where, limit=limit + 1, offset=offset)
-            except QueryError as e:
-                raise ApiError(400, "where", str(e)) from None
+        try:
+            sel = snap.ix.select(where, limit=limit + 1, offset=offset)
+        except QueryError as e:
+            raise ApiError(400, "where", str(e)) from None
         items = [{"id": int(i), "label": lab, "split": sp, "path": p}
                  for i, lab, sp, p in zip(sel["id"][:limit], sel["label"], sel["split"], sel["path"], strict=False)]
         return json_response({"index": name, "snapshot": snap.key, "offset": offset, "items": items,

@@ -84,7 +84,7 @@ def make_router(limits: Limits) -> APIRouter:
         snap = served(registry, name)
         check_window(limits, k, offset)
         check_count(limits, len(image), "image")
-        # off the event loop: the first call per snapshot reads the catalog, under the lock a search may hold
+        # off the event loop: the first call per snapshot reads the catalog
         await run_in_threadpool(check_cost, limits, snap, len(image), "image", k, offset, with_vector)
         if uploads_running[0] >= limits.max_uploads_at_once:
             raise ApiError(503, "image", f"{uploads_running[0]} image searches are running, the most at once: "
@@ -126,27 +126,26 @@ def run_search(name: str, snap: ServedState, *, k: int, offset: int, where: str 
                field: str | None = None, **queries) -> dict:
     ix = snap.ix
     field = field or next((f for f, v in queries.items() if v is not None and len(v)), "query")
-    with snap.lock:
-        try:
-            descs, q = query_vectors(ix, **queries)
-        except QueryError as e:
-            status = 404 if str(e).startswith("id ") and "has no embedding" in str(e) else 400
-            raise ApiError(status, field, str(e)) from None
-        try:
-            rows = list(iter_search(ix, descs, q, k=k + offset + 1, where=where))
-        except QueryError as e:
-            raise ApiError(400, "where" if where else field, str(e)) from None
-        groups: list[list[dict]] = [[] for _ in descs]
-        j = 0
-        for r in rows:  # rows come query by query, ranks restarting at 1 (a query may have no hit at all)
-            while descs[j]["query"] != r["query"] or (r["rank"] == 1 and groups[j]):
-                j += 1
-            groups[j].append(r)
-        results = [{"query": d["query"], "hits": g[offset:offset + k], "has_more": len(g) > offset + k}
-                   for d, g in zip(descs, groups, strict=True)]
-        ids = np.unique([h["id"] for r in results for h in r["hits"]]).astype(np.int64)
-        meta = ix.items_by_id(ids) if len(ids) else {}
-        vecs = dict(zip(ids.tolist(), ix.vectors(ids), strict=True)) if with_vector and len(ids) else {}
+    try:
+        descs, q = query_vectors(ix, **queries)
+    except QueryError as e:
+        status = 404 if str(e).startswith("id ") and "has no embedding" in str(e) else 400
+        raise ApiError(status, field, str(e)) from None
+    try:
+        rows = list(iter_search(ix, descs, q, k=k + offset + 1, where=where))
+    except QueryError as e:
+        raise ApiError(400, "where" if where else field, str(e)) from None
+    groups: list[list[dict]] = [[] for _ in descs]
+    j = 0
+    for r in rows:  # rows come query by query, ranks restarting at 1 (a query may have no hit at all)
+        while descs[j]["query"] != r["query"] or (r["rank"] == 1 and groups[j]):
+            j += 1
+        groups[j].append(r)
+    results = [{"query": d["query"], "hits": g[offset:offset + k], "has_more": len(g) > offset + k}
+               for d, g in zip(descs, groups, strict=True)]
+    ids = np.unique([h["id"] for r in results for h in r["hits"]]).astype(np.int64)
+    meta = ix.items_by_id(ids) if len(ids) else {}
+    vecs = dict(zip(ids.tolist(), ix.vectors(ids), strict=True)) if with_vector and len(ids) else {}
     for r in results:
         for h in r["hits"]:
             h.pop("query", None)
