@@ -22,17 +22,18 @@ from embedsearch.query.exact import Bank, topk
 
 log = logging.getLogger(__name__)
 
-# Rows of the first fold's training part the linear probe's C is chosen on (fit 90 %, held-out 10 %): the sweep
-# fits ~12 values of C, the folds then one each, so on large selections the sweep would cost more than all the folds.
-# C is sklearn's (C·Σ CE + ½‖W‖²: a prior of fixed strength, the same for any number of rows), so it carries over;
-# on CIFAR-10 ResNet-20 features the held-out log-loss is flat within 1 % over two decades of C around the best,
-# and the out-of-fold AUROC moved by 0.0008 between C = 0.03 and C = 1 (measured).
+# Rows of the first fold's training part the linear probe's C is chosen on (fit 90 %, held-out 10 %): the
+# sweep fits ~12 values of C, the folds then one each, so on large selections the sweep would cost more than
+# all the folds. C is sklearn's (C·Σ CE + ½‖W‖²: a prior of fixed strength, the same for any number of rows),
+# so it carries over; on CIFAR-10 ResNet-20 features the held-out log-loss is flat within 1 % over two decades
+# of C around the best, and the out-of-fold AUROC moved by 0.0008 between C = 0.03 and C = 1 (measured).
 C_SWEEP_ROWS = 10_000
-# Gradient tolerance of the fold fits and the sweep (float32): the held-out log-loss agrees to 1e-4 with fits at
-# 1e-6 in float64 (measured on CIFAR-10 ResNet-20 features, 40k × 64), in half the iterations.
+# Gradient tolerance of the fold fits and the sweep (float32): the held-out log-loss agrees to 1e-4 with fits
+# at 1e-6 in float64 (measured on CIFAR-10 ResNet-20 features, 40k × 64), in half the iterations.
 FOLD_TOL = 1e-4
-# Bytes of one block of rows in the CPU loss/gradient pass (`fit_l2`): the probe's 512 rows are 4 MB at 2,048-d, but
-# 128 kB at 64-d, where the per-block overhead made a fit 3× slower than with 4 MB blocks (measured, 40k × 64).
+# Bytes of one block of rows in the CPU loss/gradient pass (`fit_l2`): the probe's 512 rows are 4 MB at
+# 2,048-d, but 128 kB at 64-d, where the per-block overhead made a fit 3× slower than with 4 MB blocks
+# (measured, 40k × 64).
 BLOCK_BYTES = 4 << 20
 
 
@@ -88,10 +89,11 @@ def choose_C(x: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0, rows: 
     x_held = torch.from_numpy(to_float32(xs[held])).to(device)
     y_held = torch.from_numpy(np.asarray(ys[held], np.int64)).to(device)
     grid = LINEAR_C_GRID
+    rows_per_block = block_rows(x.shape[1])
     loss: dict[int, float] = {}
 
     def score(i, init=None):
-        W, b, _ = fit_logreg(pre, Y, n_classes, float(grid[i]), init, tol=FOLD_TOL, block_rows=block_rows(x.shape[1]))
+        W, b, _ = fit_logreg(pre, Y, n_classes, float(grid[i]), init, tol=FOLD_TOL, block_rows=rows_per_block)
         loss[i] = float(torch.nn.functional.cross_entropy((x_held @ W + b).double(), y_held))
         return W, b
 
@@ -108,6 +110,8 @@ def choose_C(x: np.ndarray, y: np.ndarray, n_classes: int, seed: int = 0, rows: 
     best = min(loss, key=lambda i: (loss[i], i))  # ties: the stronger regularization
     return float(grid[best]), {
         "C_criterion": "held-out log-loss", "C_rows": int(len(pick)), **split,
+        "selection": f"held-out 10 % of each class of those rows, stratified, seed {seed} ({len(held)} items); "
+                     "every fold then fitted at that C",
         "C_tried": {f"{grid[i]:.3g}": round(v, 5) for i, v in sorted(loss.items())},
         "C_grid": "10^linspace(-6, 5, 45): one value a decade until the held-out log-loss rose for two decades, "
                   "then ±2 grid steps around the best"}
@@ -156,6 +160,7 @@ def out_of_fold(x: np.ndarray, y: np.ndarray, n_classes: int, methods=("knn", "l
             if C is None:
                 bar.set_postfix_str("choosing C")
                 C, lin = choose_C(x[tr], y[tr], n_classes, seed, device=dev)
+                bar.set_postfix_str(f"C={C:.3g}")
                 bar.update()
             Y = torch.from_numpy(np.asarray(y[tr], np.int64)).to(dev)
             W, b, _ = fit_logreg(Preconditioned(x[tr], dev, torch.float32), Y, n_classes, C, init, tol=FOLD_TOL,
@@ -214,8 +219,8 @@ def flag_label_issues(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dic
     est = int(wrong.sum())
     return flagged, {
         "estimated_wrong": est, "estimated_rate": round(est / n, 6) if n else 0.0, "flagged": int(flagged.sum()),
-        "estimated_wrong_per_class": wrong.tolist(), "thresholds": np.round(np.where(np.isfinite(thr), thr, 1.0), 6)
-        .tolist(), "confident_items": int(counted.sum()),
+        "estimated_wrong_per_class": wrong.tolist(), "confident_items": int(counted.sum()),
+        "thresholds": np.round(np.where(np.isfinite(thr), thr, 1.0), 6).tolist(),
         "decision": "confident learning: per-class thresholds = mean out-of-fold p(class) over the items labelled "
                     "with it; confident joint of (given, most probable class reaching its threshold) calibrated to "
                     "the class counts; its off-diagonal row sums = estimated wrong labels per class; that many of "
