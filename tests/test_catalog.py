@@ -149,7 +149,7 @@ def _big_catalog(path, n=300_000):
     con.close()
 
 
-def test_opening_reads_the_catalog_in_place_not_a_copy_in_memory(tmp_path):
+def test_opening_reads_the_catalog_in_place_not_a_copy_in_memory(tmp_path, monkeypatch):
     """Opening costs the same memory whatever the catalog's size: DuckDB reads the snapshot's blocks on demand (the
     copy into memory held 33 MB of this 12 MB catalog, and scaled with it). The snapshot file is private and gone
     from the folder at once, and a writer, in this process or another, is not blocked by the open reader."""
@@ -160,12 +160,13 @@ def test_opening_reads_the_catalog_in_place_not_a_copy_in_memory(tmp_path):
 
     path = tmp_path / "catalog.duckdb"
     _big_catalog(path)
-    before = set(os.listdir(tempfile.gettempdir()))
+    (tmp_path / "temp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temp"))  # where the snapshot is made
     con = connect_readonly(path, [])
     held = con.execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory()").fetchone()[0]
     assert held < path.stat().st_size / 4, (held, path.stat().st_size)
     assert con.execute("SELECT count(*), max(id) FROM items").fetchone() == (300_000, 299_999)
-    assert not {f for f in set(os.listdir(tempfile.gettempdir())) - before if f.startswith("embedsearch-catalog")}
+    assert os.listdir(tmp_path / "temp") == []
     with Catalog(path).write() as w:  # the reader holds no lock on the catalog
         w.execute("DELETE FROM items WHERE id < 10")
     assert con.execute("SELECT count(*) FROM items").fetchone() == (300_000,)  # it reads its snapshot

@@ -363,6 +363,7 @@ def check_select(sql: str) -> None:
 _COMPUTED_NAMES = {"dup_group": "embedsearch duplicates", "dup_rank": "embedsearch duplicates",
                    "leak_of": "embedsearch leaks", "leak_sim": "embedsearch leaks",
                    "label_issue": "embedsearch label-issues", "suggested_label": "embedsearch label-issues",
+                   "label_flagged": "embedsearch label-issues",
                    "outlier": "embedsearch outliers",
                    **{f"map_{m}_{a}": "embedsearch map" for m in ("umap", "pca", "tsne") for a in "xy"}}
 _LITERAL = re.compile(r"'(?:[^']|'')*'")
