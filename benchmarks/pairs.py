@@ -44,18 +44,12 @@ def data(n: int, d: int, seed: int = 0) -> np.ndarray:
 
 
 def pairs(x: np.ndarray, exact: bool) -> tuple[set, dict, float]:
-    from embedsearch.evaluate import calibration as C
     from embedsearch.evaluate.insight import calibrated_pairs
 
-    limit = C.PAIRS_EXACT_UP_TO
-    C.PAIRS_EXACT_UP_TO = len(x) if exact else 0  # the path under test, whatever the size
-    try:
-        cal = SimpleNamespace(score="cosine", threshold=THRESHOLD, candidates=None)
-        t = time.perf_counter()
-        i, j, _ = calibrated_pairs(x, cal)
-        secs = time.perf_counter() - t
-    finally:
-        C.PAIRS_EXACT_UP_TO = limit
+    cal = SimpleNamespace(score="cosine", threshold=THRESHOLD, candidates=None)
+    t = time.perf_counter()
+    i, j, _ = calibrated_pairs(x, cal, exact=exact)  # the path under test, whatever the size
+    secs = time.perf_counter() - t
     return set(zip(i.tolist(), j.tolist(), strict=True)), cal.candidates, secs
 
 

@@ -15,9 +15,9 @@ import logging
 import numpy as np
 
 from embedsearch.core import progress
-from embedsearch.core.schema import COMPUTED_PREFIX
 from embedsearch.core.vectors import l2_normalize
 from embedsearch.evaluate.calibration import K as K_NEIGHBOURS
+from embedsearch.evaluate.computed import column, load, store_columns, stored_columns  # noqa: F401 — re-exported
 from embedsearch.evaluate.label_issues import (  # noqa: F401 — moved there; re-exported here
     OutOfFold,
     find_label_issues,
@@ -85,50 +85,6 @@ def outlier_scores(x: np.ndarray, k: int = 10) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------- on an index
-
-
-def _load(ix, where: str | None, what: str, labelled: bool = False):
-    from embedsearch.core.errors import EvalError
-
-    sel = ix.select(where)
-    if labelled:
-        keep = sel["class_index"] >= 0
-        sel = {k: v[keep] for k, v in sel.items()}
-    if len(sel["id"]) < 2:
-        raise EvalError(f"{what}: `{where or 'all items'}` selects {len(sel['id'])} "
-                        f"{'labelled ' if labelled else ''}items; it needs at least 2")
-    return sel, ix.vectors(sel["id"])
-
-
-def column(name: str) -> str:
-    """The catalog column a computed value `name` is stored in (`dup_rank` → `insight_dup_rank`): the prefix no
-    source column can take, so it never replaces a source's own column of that name."""
-    return name if name.startswith(COMPUTED_PREFIX) else COMPUTED_PREFIX + name
-
-
-def stored_columns(ix) -> set[str]:
-    """The computed columns an opened index's catalog holds (those `store_columns` created)."""
-    import json
-
-    row = ix.con.execute("SELECT value FROM meta WHERE key = 'computed_columns'").fetchone()
-    return set(json.loads(row[0])) if row else set()
-
-
-def store_columns(ix, kind: str, ids: np.ndarray, columns: dict, config: dict) -> str:
-    """Store the columns in the catalog, each under `column(name)`, and record the run (kind `insight:KIND`, its
-    parameters). The finders here and the map's projection (report/map.py) store their values through it."""
-    import time
-    import uuid
-
-    from embedsearch.store.catalog import Catalog
-
-    columns = {column(c): v for c, v in columns.items()}
-    run_id = uuid.uuid4().hex[:12]
-    t = time.time()
-    cat = Catalog(ix.layout.catalog)
-    cat.set_columns(ids, columns)
-    cat.add_run(run_id, f"insight:{kind}", t, t, "complete", config, {"columns": list(columns)})
-    return run_id
 
 
 # --------------------------------------------------------------------------------------------- calibrated spaces
@@ -206,18 +162,18 @@ def _decision(cal, why: str | None, space: str) -> dict:
     return {"decided": cal.separable, "calibration": cal.to_dict(), "note": note}
 
 
-def calibrated_pairs(x: np.ndarray, cal, fine: np.ndarray | None = None
+def calibrated_pairs(x: np.ndarray, cal, fine: np.ndarray | None = None, exact: bool | None = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs within x whose calibrated score passes the threshold, each once (i < j), from every item's K nearest
-    other items: (i, j, score)."""
+    other items: (i, j, score). `exact`: force exact or approximate candidates (default: by size)."""
     from embedsearch.evaluate.calibration import K, Scorer, ShiftScorer
 
     if cal.score == "shift-ncc":
-        sc = ShiftScorer(x, fine)
+        sc = ShiftScorer(x, fine, exact=exact)
         _, nb = sc.neighbours(x, K, exclude=np.arange(len(x)), desc="duplicates: neighbours")
         score = sc.rescored(fine, nb)
     else:
-        sc = Scorer(x, cal.score)
+        sc = Scorer(x, cal.score, exact=exact)
         s, nb = sc.neighbours(x, K, exclude=np.arange(len(x)), desc="duplicates: neighbours")
         score = sc.scored(s)
     ok = nb >= 0  # an approximate search may return fewer than K
@@ -250,7 +206,7 @@ def find_duplicates(ix, where: str | None = None, threshold: float | None = None
     Stored as `insight_dup_group` (the smallest id of the item's group) and `insight_dup_rank` (0 for that item,
     1, 2, … for the others in id order; NULL outside any group): `--where "coalesce(insight_dup_rank, 0) = 0"`
     keeps one item per group."""
-    sel, x = _load(ix, where, "duplicates")
+    sel, x = load(ix, where, "duplicates")
     fine = None
     if space != "index":
         x, fine = space_vectors(ix, sel, space, images)
@@ -316,8 +272,8 @@ def find_leaks(ix, train: str = "split = 'train'", test: str = "split = 'test'",
     from embedsearch.core.errors import EvalError
     from embedsearch.evaluate.calibration import Scorer, ShiftScorer
 
-    tr, xtr = _load(ix, train, "leaks (train)")
-    te, xte = _load(ix, test, "leaks (test)")
+    tr, xtr = load(ix, train, "leaks (train)")
+    te, xte = load(ix, test, "leaks (test)")
     both = np.intersect1d(tr["id"], te["id"])
     if len(both):
         raise EvalError(f"--train and --test share {len(both)} items (e.g. id {both[0]}): make them disjoint")
@@ -377,7 +333,7 @@ def find_outliers(ix, where: str | None = None, k: int = 10, commit: bool = True
     `insight_outlier`. `k` must be below the number of items (the k-th other item must exist)."""
     from embedsearch.core.errors import EvalError
 
-    sel, x = _load(ix, where, "outliers")
+    sel, x = load(ix, where, "outliers")
     if not 1 <= k <= len(x) - 1:  # was clamped silently: the scores were another k's than the one recorded
         raise EvalError(f"outliers: -k {k} needs at least {k + 1} items (each item's {k}-th nearest other item), "
                         f"but `{where or 'all items'}` selects {len(x)}: use -k between 1 and {len(x) - 1}"

@@ -18,6 +18,7 @@ import numpy as np
 
 from embedsearch.core import progress
 from embedsearch.core.vectors import l2_normalize
+from embedsearch.evaluate.computed import load, store_columns
 from embedsearch.query.exact import Bank, topk
 
 log = logging.getLogger(__name__)
@@ -238,15 +239,8 @@ def find_label_issues(ix, where: str | None = None, methods=("knn", "linear"), n
     (`small_classes`): its items are scored by models that saw only its other items — none for a class of one,
     whose item then scores near 1 (ranked as a likely error) whatever its image."""
     from embedsearch.core.errors import EvalError
-    from embedsearch.evaluate.insight import store_columns  # here: insight re-exports this module's names
 
-    sel = ix.select(where)
-    keep = sel["class_index"] >= 0
-    sel = {k: v[keep] for k, v in sel.items()}
-    if len(sel["id"]) < 2:
-        raise EvalError(f"label issues: `{where or 'all items'}` selects {len(sel['id'])} labelled items; it needs "
-                        "at least 2")
-    x = ix.vectors(sel["id"])
+    sel, x = load(ix, where, "label issues", labelled=True)
     classes = ix.classes()
     y = sel["class_index"]
     present, counts = np.unique(y, return_counts=True)

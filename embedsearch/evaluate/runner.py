@@ -16,7 +16,7 @@ import uuid
 import numpy as np
 
 from embedsearch.core.errors import EvalError
-from embedsearch.evaluate.insight import column
+from embedsearch.evaluate.computed import column
 from embedsearch.evaluate.methods import (
     ORDER,
     REGISTRY,

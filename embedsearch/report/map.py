@@ -124,10 +124,10 @@ def projection(ix, where: str | None = None, method: str = "umap", sample: int =
     ids = sel["id"]
     if len(ids) < 3:
         raise EvalError(f"map: `{where or 'all items'}` selects {len(ids)} items; it needs at least 3")
-    from embedsearch.evaluate.insight import column
+    from embedsearch.evaluate.computed import column
 
     key = _key(ix, ids, method, sample, seed)
-    # stored under insight.column's prefix: a source column `map_pca_x` is the user's, never read or replaced
+    # stored under computed.column's prefix: a source column `map_pca_x` is the user's, never read or replaced
     cx, cy = column(f"map_{method}_x"), column(f"map_{method}_y")
     if reuse:
         _, runs = ix.sql("SELECT run_id, config FROM runs WHERE kind = 'insight:map' "
@@ -147,7 +147,7 @@ def projection(ix, where: str | None = None, method: str = "umap", sample: int =
         raise EvalError(f"map --method {method}: the projection of `{where or 'all items'}` has non-finite "
                         "coordinates; try --method pca")
     info = {**info, "where": where, "key": key}
-    from embedsearch.evaluate.insight import store_columns
+    from embedsearch.evaluate.computed import store_columns
 
     run_id = store_columns(ix, "map", ids,
                            {cx: ("DOUBLE", xy[:, 0].tolist()), cy: ("DOUBLE", xy[:, 1].tolist())}, info)
@@ -156,7 +156,7 @@ def projection(ix, where: str | None = None, method: str = "umap", sample: int =
 
 def _colour_values(ix, ids: np.ndarray, color: str) -> tuple[list, str]:
     """Per item: a category (or a number for label-issue / outlier) and what the colour means."""
-    from embedsearch.evaluate.insight import column
+    from embedsearch.evaluate.computed import column
 
     cols = [r[0] for r in ix.con.execute("DESCRIBE items").fetchall()]
     need = {"leak": (column("leak_of"), "embedsearch leaks"),
